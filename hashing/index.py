@@ -130,7 +130,7 @@ def brute_force(
         return []
     i, d = np.concatenate(hit_ids), np.concatenate(hit_dist)
     o = np.lexsort((i, d))
-    return list(zip(i[o].tolist(), d[o].tolist()))
+    return list(zip(i[o].tolist(), d[o].tolist(), strict=True))
 
 
 def _group(b: int, qidx: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> list[list[Match]]:
@@ -139,7 +139,7 @@ def _group(b: int, qidx: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> list[
     if len(qidx) == 0:
         return out
     o = np.lexsort((ids, dist, qidx))
-    for q, i, d in zip(qidx[o].tolist(), ids[o].tolist(), dist[o].tolist()):
+    for q, i, d in zip(qidx[o].tolist(), ids[o].tolist(), dist[o].tolist(), strict=True):
         out[q].append((i, d))
     return out
 
@@ -462,16 +462,14 @@ class ExactIndex:
         if self._delta_n + len(ids_a) > self.max_delta:
             self._merge(ids_a, keys_a)
             return
-        for i, k in zip(ids_a.tolist(), keys_a):
+        for i, k in zip(ids_a.tolist(), keys_a, strict=True):
             self._delta.setdefault(k.tobytes(), []).append(i)
         self._delta_n += len(ids_a)
 
     def _merge(self, ids: np.ndarray, keys: np.ndarray) -> None:
         d_keys = [k for k, v in self._delta.items() for _ in v]
         d_ids = [i for v in self._delta.values() for i in v]
-        all_keys = np.concatenate(
-            [self._keys[self._alive], _as_codes(d_keys, self.nbytes), keys]
-        )
+        all_keys = np.concatenate([self._keys[self._alive], _as_codes(d_keys, self.nbytes), keys])
         all_ids = np.concatenate([self._ids[self._alive], np.asarray(d_ids, np.int64), ids])
         prefix = self._prefixes(all_keys)
         o = np.argsort(prefix, kind="stable")
@@ -529,7 +527,7 @@ class ExactIndex:
                 ok = (self._keys[pos] == q[qi]).all(axis=1) & self._alive[pos]
                 qi, pos = qi[ok], pos[ok]
                 srt = np.lexsort((pos, qi))  # stable, input-independent order of ids
-                for i, ident in zip(qi[srt].tolist(), self._ids[pos[srt]].tolist()):
+                for i, ident in zip(qi[srt].tolist(), self._ids[pos[srt]].tolist(), strict=True):
                     out[i].append(ident)
         if self._delta:
             get = self._delta.get

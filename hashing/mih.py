@@ -74,9 +74,7 @@ def sub_radii(widths: list[int], radius: int, n: int) -> list[int]:
     """
     m = len(widths)
     s, a = divmod(radius, m)
-    extra = [
-        (_table_cost(w, s, n) - _table_cost(w, s - 1, n), t) for t, w in enumerate(widths)
-    ]
+    extra = [(_table_cost(w, s, n) - _table_cost(w, s - 1, n), t) for t, w in enumerate(widths)]
     extra.sort()
     radii = [s - 1] * m
     for _, t in extra[: a + 1]:
@@ -91,7 +89,9 @@ def _table_cost(width: int, radius: int, n: int) -> float:
 
 def estimated_cost(widths: list[int], radius: int, n: int) -> float:
     """Estimated probes + candidates per query (uniformly random codes)."""
-    return sum(_table_cost(w, r, n) for w, r in zip(widths, sub_radii(widths, radius, n)))
+    return sum(
+        _table_cost(w, r, n) for w, r in zip(widths, sub_radii(widths, radius, n), strict=True)
+    )
 
 
 def choose_substrings(bits: int, n: int, design_radius: int) -> int:
@@ -191,7 +191,7 @@ class MultiIndexTables:
         idx_dtype = np.uint32 if m * n < 2**32 - 1 else np.int64
         offsets = np.empty(int(sum(sizes)), dtype=idx_dtype)
         order = np.empty(m * n, dtype=idx_dtype)
-        for t, (start, width) in enumerate(zip(starts.tolist(), widths)):
+        for t, (start, width) in enumerate(zip(starts.tolist(), widths, strict=True)):
             keys = np.empty(n, dtype=np.uint32)
             for lo in range(0, n, _BUILD_CHUNK):
                 words = to_be_words(codes[lo : lo + _BUILD_CHUNK])
@@ -211,7 +211,7 @@ class MultiIndexTables:
         widths = self.widths.tolist()
         radii = sub_radii(widths, radius, self.n)
         tbl, masks = [], []
-        for t, (w, r) in enumerate(zip(widths, radii)):
+        for t, (w, r) in enumerate(zip(widths, radii, strict=True)):
             if r < 0:
                 continue
             fm = flip_masks(w, r)
@@ -240,7 +240,9 @@ class MultiIndexTables:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
         keys = np.empty((b, self.m), dtype=np.int64)
-        for t, (start, width) in enumerate(zip(self.starts.tolist(), self.widths.tolist())):
+        for t, (start, width) in enumerate(
+            zip(self.starts.tolist(), self.widths.tolist(), strict=True)
+        ):
             keys[:, t] = extract_key(qwords, start, width)
         slots = (keys[:, tbl] ^ masks) + base  # (B, P) bucket slots in ``offsets``
         lo = self.offsets[slots].astype(np.int64)
@@ -257,4 +259,3 @@ class MultiIndexTables:
         rows = self.order[pos].astype(np.int64)
         qidx = np.repeat(np.arange(b, dtype=np.int64), counts.reshape(b, -1).sum(axis=1))
         return qidx, rows
-
