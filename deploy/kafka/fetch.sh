@@ -27,10 +27,15 @@ tmp="$(mktemp -d "$ROOT/var/kafka/libs.tmp.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 echo "fetching kafka jars with maven into $LIBS ..."
-mvn -B -q -Dstyle.color=never -f "$HERE/pom.xml" \
-  "$DEP_PLUGIN:copy-dependencies" \
-  -DincludeScope=runtime \
-  -DoutputDirectory="$tmp"
+# Maven's own output goes to a log, shown only when it fails.
+if ! mvn -B -f "$HERE/pom.xml" \
+    "$DEP_PLUGIN:copy-dependencies" \
+    -DincludeScope=runtime \
+    -DoutputDirectory="$tmp" >"$ROOT/var/kafka/fetch.log" 2>&1; then
+  echo "fetch.sh: maven failed; last lines of var/kafka/fetch.log:" >&2
+  tail -n 40 "$ROOT/var/kafka/fetch.log" >&2
+  exit 1
+fi
 
 echo "$want" > "$tmp/.pom.sha256"
 rm -rf "$LIBS"
