@@ -27,15 +27,12 @@ JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
-kjava() { # run a Kafka command-line tool quietly (tools log to stderr at WARN)
-  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -Xshare:auto \
-    -Dlog4j2.configurationFile="$CONF/tools-log4j2.properties" \
-    -cp "$LIBS/*" "$@"
-}
+# Kafka command-line tools: small heap, quick start, log WARN to stderr.
+TOOL_JAVA=("$JAVA" -Xmx256m -XX:TieredStopAtLevel=1
+  -Dlog4j2.configurationFile="$CONF/tools-log4j2.properties" -cp "$LIBS/*")
+kjava() { "${TOOL_JAVA[@]}" "$@"; }
 broker_answers() {
-  timeout 30 "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 \
-    -Dlog4j2.configurationFile="$CONF/tools-log4j2.properties" \
-    -cp "$LIBS/*" org.apache.kafka.tools.TopicCommand \
+  timeout 30 "${TOOL_JAVA[@]}" org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "127.0.0.1:$PORT" --list >/dev/null 2>&1
 }
 
