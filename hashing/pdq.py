@@ -1,0 +1,225 @@
+"""PDQ and pHash as matrix products, so both can be computed from one reduced decode.
+
+Why this module exists: the naive way to hash a photo is to decode it at full
+resolution, let ``pdqhash.compute`` blur and decimate the full luma plane to
+64x64, and let ``imagehash.phash`` Lanczos-resize the full greyscale picture
+to 32x32. Both steps are *linear* and *separable* in the pixels, so each is
+``Rows @ Y @ Cols.T`` for a small weight matrix per axis. Written that way:
+
+* the weights depend only on the image size, so they are built once and
+  cached;
+* the weights for a full-resolution axis can be summed over blocks of ``s``
+  pixels, which gives the weights to apply to a picture decoded at ``1/s``
+  scale (JPEG DCT scaling, ``Image.reduce``): every reduced pixel is the
+  mean of an ``s x s`` block, so the reduced product equals the full one
+  wherever the picture is flat within a block and stays very close
+  elsewhere. That is what keeps the fast hashes faithful to the reference
+  implementations other hotlines used to build their hash banks;
+* PDQ and pHash share the pass over the pixels.
+
+The PDQ part follows facebook/ThreatExchange ``pdq/cpp/hashing/pdqhashing.cpp``
+step by step (Jarosz box filters, decimation, 16x16 DCT without the DC row,
+Torben median, image-domain quality metric); with ``s = 1`` it reproduces
+``pdqhash.compute`` (see the unit tests). The pHash part follows ImageHash
+4.3.2 ``phash`` (greyscale, Pillow's Lanczos kernel to 32x32, DCT-II on both
+axes, top-left 8x8, median threshold).
+
+All caches are pure functions of their arguments, so this module is safe to
+use from many threads at once.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = [
+    "PDQ_SIZE",
+    "PHASH_SIZE",
+    "PerceptualHashes",
+    "perceptual_hashes",
+]
+
+PDQ_SIZE = 64
+"""PDQ downsamples the luma plane to 64x64 before its DCT."""
+PHASH_SIZE = 32
+"""imagehash.phash resizes to 32x32 (hash_size 8 x highfreq_factor 4)."""
+_PHASH_BITS_SIDE = 8
+_JAROSZ_PASSES = 2
+_LANCZOS_SUPPORT = 3.0
+
+
+def _block_sums(weights: np.ndarray, scale: int) -> np.ndarray:
+    """Sum the columns of ``weights`` in consecutive blocks of ``scale`` pixels."""
+    if scale == 1:
+        return weights
+    starts = np.arange(0, weights.shape[1], scale)
+    return np.add.reduceat(weights, starts, axis=1)
+
+
+def _jarosz_window(length: int) -> int:
+    """computeJaroszFilterWindowSize(oldDimension, 64) of the PDQ reference."""
+    return (length + 2 * PDQ_SIZE - 1) // (2 * PDQ_SIZE)
+
+
+def _box_transpose(columns: np.ndarray, window: int) -> np.ndarray:
+    """Apply the transpose of PDQ's ``box1DFloat`` to each column of ``columns``.
+
+    box1DFloat writes ``out[i] = mean(in[i - (window - half) .. i + half - 1])``
+    with the window clipped at both ends and the mean taken over the pixels
+    actually inside. Its transpose spreads ``in[i] / count_i`` over the same
+    window, which a cumulative sum does in one pass.
+    """
+    length = columns.shape[0]
+    half = (window + 2) // 2
+    behind = window - half
+    index = np.arange(length)
+    lo = np.maximum(index - behind, 0)
+    hi = np.minimum(index + half, length)
+    scaled = columns / (hi - lo)[:, None]
+    cumulative = np.vstack([np.zeros((1, columns.shape[1])), np.cumsum(scaled, axis=0)])
+    # out[j] = sum of scaled[i] for the i whose window contains j:
+    # i in [j - half + 1, j + behind], clipped.
+    first = np.maximum(index - half + 1, 0)
+    last = np.minimum(index + behind, length - 1)
+    return cumulative[last + 1] - cumulative[first]
+
+
+@lru_cache(maxsize=512)
+def _pdq_axis(length: int, scale: int) -> np.ndarray:
+    """64 x ceil(length/scale) weights: Jarosz-filter then decimate one axis."""
+    window = _jarosz_window(length)
+    picks = ((np.arange(PDQ_SIZE) + 0.5) * length / PDQ_SIZE).astype(np.int64)
+    selector = np.zeros((length, PDQ_SIZE))
+    selector[picks, np.arange(PDQ_SIZE)] = 1.0
+    weights = selector
+    for _ in range(_JAROSZ_PASSES):
+        weights = _box_transpose(weights, window)
+    weights = _block_sums(weights.T, scale)
+    weights.setflags(write=False)
+    return weights
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    """Pillow's lanczos_filter: sinc(x) * sinc(x / 3) on [-3, 3)."""
+    inside = (x >= -_LANCZOS_SUPPORT) & (x < _LANCZOS_SUPPORT)
+    return np.where(inside, np.sinc(x) * np.sinc(x / _LANCZOS_SUPPORT), 0.0)
+
+
+@lru_cache(maxsize=512)
+def _phash_axis(length: int, scale: int) -> np.ndarray:
+    """8 x ceil(length/scale) weights: Lanczos to 32 (as Pillow does), then DCT-II rows 0..7."""
+    step = length / PHASH_SIZE
+    filterscale = max(step, 1.0)
+    support = _LANCZOS_SUPPORT * filterscale
+    resize = np.zeros((PHASH_SIZE, length))
+    for out in range(PHASH_SIZE):
+        center = (out + 0.5) * step
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), length)
+        taps = _lanczos((np.arange(lo, hi) - center + 0.5) / filterscale)
+        total = taps.sum()
+        resize[out, lo:hi] = taps / total if total != 0.0 else taps
+    k = np.arange(_PHASH_BITS_SIDE)[:, None]
+    n = np.arange(PHASH_SIZE)[None, :]
+    # scipy.fftpack.dct type II, unnormalised: y[k] = 2 * sum x[n] cos(pi k (2n + 1) / 2N).
+    dct = 2.0 * np.cos(np.pi * k * (2 * n + 1) / (2 * PHASH_SIZE))
+    weights = _block_sums(dct @ resize, scale)
+    weights.setflags(write=False)
+    return weights
+
+
+@lru_cache(maxsize=512)
+def _combined_rows(length: int, scale: int) -> np.ndarray:
+    """PDQ and pHash row weights stacked, so one product serves both hashes."""
+    stacked = np.vstack([_pdq_axis(length, scale), _phash_axis(length, scale)]).astype(np.float32)
+    stacked.setflags(write=False)
+    return stacked
+
+
+@lru_cache(maxsize=512)
+def _combined_cols(length: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    pdq = np.ascontiguousarray(_pdq_axis(length, scale).T, dtype=np.float32)
+    phash = np.ascontiguousarray(_phash_axis(length, scale).T, dtype=np.float32)
+    pdq.setflags(write=False)
+    phash.setflags(write=False)
+    return pdq, phash
+
+
+def _pdq_dct_matrix() -> np.ndarray:
+    """The 16x64 DCT of pdqhashing.cpp: rows 1..16 (the DC row is skipped)."""
+    i = np.arange(1, 17)[:, None]
+    j = np.arange(PDQ_SIZE)[None, :]
+    return math.sqrt(2.0 / PDQ_SIZE) * np.cos((math.pi / 2 / PDQ_SIZE) * i * (2 * j + 1))
+
+
+_PDQ_DCT = _pdq_dct_matrix().astype(np.float32)
+_PDQ_DCT.setflags(write=False)
+_PDQ_BIT_WEIGHTS = (1 << np.arange(16, dtype=np.uint32)).astype(np.uint32)
+_PDQ_BIT_WEIGHTS.setflags(write=False)
+_PHASH_BIT_WEIGHTS = np.array([1 << (63 - b) for b in range(64)], dtype=np.uint64)
+_PHASH_BIT_WEIGHTS.setflags(write=False)
+
+
+class PerceptualHashes:
+    """PDQ (hex, quality) and pHash (hex) of one picture."""
+
+    __slots__ = ("pdq", "pdq_quality", "phash")
+
+    def __init__(self, pdq: str, pdq_quality: int, phash: str) -> None:
+        self.pdq = pdq
+        self.pdq_quality = pdq_quality
+        self.phash = phash
+
+    def __repr__(self) -> str:
+        return f"PerceptualHashes(pdq={self.pdq!r}, pdq_quality={self.pdq_quality}, phash={self.phash!r})"
+
+
+def _pdq_quality(block: np.ndarray) -> int:
+    """computePDQImageDomainQualityMetric: truncated, scaled gradient sum / 90, capped at 100."""
+    vertical = np.trunc((block[:-1, :] - block[1:, :]) * 100.0 / 255.0)
+    horizontal = np.trunc((block[:, :-1] - block[:, 1:]) * 100.0 / 255.0)
+    gradient_sum = int(np.abs(vertical).sum() + np.abs(horizontal).sum())
+    return min(gradient_sum // 90, 100)
+
+
+def _pdq_hex(block: np.ndarray) -> str:
+    """pdqBuffer16x16ToBits + Hash256::format: bit 16i+j set iff coefficient > Torben median."""
+    coefficients = _PDQ_DCT @ block @ _PDQ_DCT.T
+    flat = coefficients.ravel()
+    # Torben's median over 256 values returns the 128th smallest (the lower median).
+    median = np.partition(flat, 127)[127]
+    bits = (coefficients > median).astype(np.uint32)
+    words = bits @ _PDQ_BIT_WEIGHTS  # word i holds row i, bit j = column j
+    return "".join(f"{int(w):04x}" for w in words[::-1])
+
+
+def _phash_hex(lowfreq: np.ndarray) -> str:
+    """ImageHash: bits = lowfreq > median, row-major, first bit most significant."""
+    bits = (lowfreq > np.median(lowfreq)).ravel()
+    return f"{int(_PHASH_BIT_WEIGHTS[bits].sum(dtype=np.uint64)):016x}"
+
+
+def perceptual_hashes(luma: np.ndarray, full_size: tuple[int, int], scale: int) -> PerceptualHashes:
+    """PDQ and pHash of a luma plane decoded at ``1/scale`` of ``full_size``.
+
+    ``luma`` is a 2-D array (rows x columns, any real dtype) of the picture's
+    luma 0.299 R + 0.587 G + 0.114 B, either at full resolution (``scale=1``)
+    or reduced so that each pixel is the mean of a ``scale x scale`` block of
+    the full picture (the last row/column block may be partial).
+    ``full_size`` is ``(width, height)`` of the full picture: the weights are
+    those of the reference algorithms at that size.
+    """
+    width, height = full_size
+    rows = _combined_rows(height, scale)
+    pdq_cols, phash_cols = _combined_cols(width, scale)
+    if luma.shape != (rows.shape[1], pdq_cols.shape[0]):
+        raise ValueError(
+            f"luma plane {luma.shape} does not match {width}x{height} at 1/{scale} scale"
+        )
+    partial = rows @ np.asarray(luma, dtype=np.float32)
+    block = partial[:PDQ_SIZE] @ pdq_cols
+    lowfreq = partial[PDQ_SIZE:] @ phash_cols
+    return PerceptualHashes(_pdq_hex(block), _pdq_quality(block), _phash_hex(lowfreq))
