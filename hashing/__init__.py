@@ -1,0 +1,1 @@
+"""Image hashing and matching: hash-type plug-ins, fast image hashing, the near-match index."""

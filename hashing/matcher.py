@@ -1,0 +1,127 @@
+"""Match image hashes against the bank of known material.
+
+Holds one index per hash type: exact look-ups for MD5/SHA-1/SHA-256 and
+near-match (Hamming radius) indexes for PDQ and pHash. It is pure and in
+memory; callers load it from the database and tell it about added or retired
+entries, so it can be shared by classify and the HashCheck API.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashing.index import ExactIndex, HammingIndex
+
+EXACT_TYPES = ("md5", "sha1", "sha256")
+NEAR_TYPES = {"pdq": 256, "phash": 64}
+PDQ_MIN_QUALITY = 50
+
+
+@dataclass(frozen=True)
+class BankRecord:
+    id: int
+    category: str
+    source: str
+    md5: str | None = None
+    sha1: str | None = None
+    sha256: str | None = None
+    pdq: str | None = None
+    phash: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry_id: int
+    signal: str
+    distance: int
+    category: str
+    source: str
+
+
+class BankMatcher:
+    def __init__(self, pdq_radius: int = 31, phash_radius: int = 8) -> None:
+        self.radius = {"pdq": pdq_radius, "phash": phash_radius}
+        self._lock = threading.RLock()
+        self._exact = {t: ExactIndex() for t in EXACT_TYPES}
+        self._near = {t: HammingIndex(bits) for t, bits in NEAR_TYPES.items()}
+        self._meta: dict[int, tuple[str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def add(self, records: Iterable[BankRecord]) -> int:
+        records = list(records)
+        with self._lock:
+            for kind in EXACT_TYPES:
+                rows = [(r.id, getattr(r, kind)) for r in records if getattr(r, kind)]
+                if rows:
+                    self._exact[kind].add(
+                        np.array([i for i, _ in rows], dtype=np.int64), [bytes.fromhex(h) for _, h in rows]
+                    )
+            for kind, bits in NEAR_TYPES.items():
+                rows = [(r.id, getattr(r, kind)) for r in records if getattr(r, kind)]
+                if rows:
+                    codes = np.frombuffer(b"".join(bytes.fromhex(h) for _, h in rows), dtype=np.uint8)
+                    self._near[kind].add(
+                        np.array([i for i, _ in rows], dtype=np.int64), codes.reshape(len(rows), bits // 8)
+                    )
+            for r in records:
+                self._meta[r.id] = (r.category, r.source)
+        return len(records)
+
+    def retire(self, ids: Iterable[int]) -> None:
+        ids = np.array(list(ids), dtype=np.int64)
+        with self._lock:
+            for index in [*self._exact.values(), *self._near.values()]:
+                index.remove(ids)
+            for i in ids.tolist():
+                self._meta.pop(int(i), None)
+
+    def _hit(self, entry_id: int, signal: str, distance: int) -> Hit | None:
+        meta = self._meta.get(entry_id)
+        if meta is None:
+            return None
+        return Hit(entry_id, signal, distance, meta[0], meta[1])
+
+    def lookup(self, signal: str, value: str, radius: int | None = None) -> list[Hit]:
+        """All bank entries matching one hash of one type (exact, or within the radius)."""
+        with self._lock:
+            if signal in EXACT_TYPES:
+                ids = self._exact[signal].lookup_batch([bytes.fromhex(value)])[0]
+                return [h for i in ids if (h := self._hit(int(i), signal, 0))]
+            r = self.radius[signal] if radius is None else radius
+            found = self._near[signal].query(bytes.fromhex(value), r)
+            return [h for i, d in found if (h := self._hit(int(i), signal, int(d)))]
+
+    def match(
+        self,
+        *,
+        md5: str | None = None,
+        sha1: str | None = None,
+        sha256: str | None = None,
+        pdq: str | None = None,
+        pdq_quality: int | None = None,
+        phash: str | None = None,
+    ) -> Hit | None:
+        """The best hit for one image: an exact hash first, then the closest PDQ, then pHash.
+
+        PDQ hashes of quality below 50 are not matched (too flat to be meaningful).
+        """
+        for signal, value in (("sha256", sha256), ("sha1", sha1), ("md5", md5)):
+            if value:
+                hits = self.lookup(signal, value)
+                if hits:
+                    return hits[0]
+        if pdq and (pdq_quality is None or pdq_quality >= PDQ_MIN_QUALITY):
+            hits = self.lookup("pdq", pdq)
+            if hits:
+                return min(hits, key=lambda h: h.distance)
+        if phash:
+            hits = self.lookup("phash", phash)
+            if hits:
+                return min(hits, key=lambda h: h.distance)
+        return None

@@ -1,0 +1,1 @@
+"""Platform code shared by every stage: settings, database, the two runtimes, web app, CLI."""

@@ -1,0 +1,106 @@
+"""Composition root: builds the real adapters from settings and hands them to the stages.
+
+Everything that reads configuration or opens connections happens here, once;
+stage code only sees the small interfaces it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from hashing.image import hash_image
+from hotline.bank import Bank
+from hotline.config import Settings
+from hotline.db.engine import make_engine, make_sessionmaker, migrate
+from hotline.stage import Stage
+from services.classify.fetcher import FetchPolicy, Fetcher
+from services.classify.hosting import HostingDirectory, HostingResolver, Resolver
+from services.classify.stage import ClassifyStage
+from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
+from services.escalate.stage import EscalateStage
+from services.ingest.stage import IngestStage
+from services.notify.mailer import Mailer, SmtpMailer
+from services.notify.stage import NotifyStage
+
+STAGE_NAMES = ("ingest", "classify", "notify", "escalate")
+
+
+@dataclass
+class System:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    bank: Bank
+    hosting: HostingResolver
+    partners: PartnerDirectory
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def build_stage(self, name: str) -> Stage:
+        s = self.settings
+        if name == "ingest":
+            return IngestStage()
+        if name == "classify":
+            fetcher = Fetcher(
+                FetchPolicy(
+                    allow_private=s.allow_private_fetch,
+                    timeout_seconds=s.fetch_timeout_seconds,
+                    max_bytes=s.fetch_max_bytes,
+                    max_redirects=s.fetch_max_redirects,
+                    user_agent=s.user_agent,
+                ),
+                resolve=self.hosting.addresses,
+                transport=self.overrides.get("fetch_transport"),
+            )
+            max_pixels = s.fetch_max_pixels
+            return ClassifyStage(
+                fetcher=fetcher,
+                hash_image=lambda data: hash_image(data, max_pixels=max_pixels),
+                match=self.bank.match,
+                hosting=self.hosting,
+                partner_names=self.partners.names(),
+                home_country=s.home_country.upper(),
+                max_images=s.fetch_max_images_per_page,
+                hotline_name=s.hotline_name,
+            )
+        if name == "notify":
+            mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
+                s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls
+            )
+            return NotifyStage(mailer=mailer, sender=s.notice_from, hotline_name=s.hotline_name)
+        if name == "escalate":
+            gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(
+                transport=self.overrides.get("partner_transport")
+            )
+            return EscalateStage(
+                partners=self.partners,
+                gateway=gateway,
+                max_attempts=s.forward_max_attempts,
+                retry_seconds=s.forward_retry_seconds,
+            )
+        raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGE_NAMES)}")
+
+    def build_stages(self, names: tuple[str, ...] = STAGE_NAMES) -> list[Stage]:
+        return [self.build_stage(n) for n in names]
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    run_migrations: bool = True,
+    dns: Resolver | None = None,
+    **overrides: Any,
+) -> System:
+    if run_migrations:
+        migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    bank = Bank(sessions, pdq_radius=settings.pdq_radius, phash_radius=settings.phash_radius)
+    hosting = HostingResolver(HostingDirectory.from_file(settings.hosting_file), dns)
+    partners = PartnerDirectory.from_file(settings.partners_file)
+    return System(settings, engine, sessions, bank, hosting, partners, overrides)
+
+

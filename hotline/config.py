@@ -1,0 +1,55 @@
+"""Settings from the environment (all prefixed ``HOTLINE_``), with safe defaults.
+
+No secret has a default: SMTP passwords and partner tokens only ever come from
+the environment, so nothing sensitive can be committed by accident.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob an operator can turn. Read once per process via :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="HOTLINE_", extra="ignore")
+
+    database_url: str = "sqlite:///hotline.db"
+    kafka_brokers: str | None = None
+    topic_prefix: str = ""
+    kafka_partitions: int = 3
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    notice_from: str = "ntd@hotline.invalid"
+    hotline_name: str = "Hotline"
+
+    home_country: str = "NL"
+    hosting_file: Path | None = None
+    partners_file: Path | None = None
+
+    allow_private_fetch: bool = False
+    fetch_timeout_seconds: float = 10.0
+    fetch_max_bytes: int = 20_000_000
+    fetch_max_pixels: int = 60_000_000
+    fetch_max_images_per_page: int = 50
+    fetch_max_redirects: int = 5
+    user_agent: str = "hotline-classifier/0.1 (+abuse report processing)"
+
+    pdq_radius: int = Field(default=31, ge=0, le=128)
+    phash_radius: int = Field(default=8, ge=0, le=32)
+
+    forward_max_attempts: int = 5
+    forward_retry_seconds: float = 2.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,89 @@
+"""An analyst's decision on an item waiting for assessment.
+
+Confirmed illegal material is *new* material: it is escalated to the police
+at once (there may be a child in ongoing abuse) and its hashes join the bank,
+so every further copy is recognised automatically. Not illegal closes the item.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from hotline.db.models import Assessment
+from hotline.stage import Outgoing
+from hotline.store import Store, now
+from schemas.facts import HostingFacts, ImageFacts
+from schemas.items import ItemClassified
+from schemas.notices import AnalystClassification, PoliceEscalation
+
+Verdict = Literal["illegal", "not_illegal"]
+
+
+class AssessmentRefused(Exception):
+    """The decision cannot be applied (unknown item, wrong state); ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def assess(
+    store: Store,
+    item_id: str,
+    *,
+    verdict: Verdict,
+    category: str | None,
+    analyst: str,
+    notes: str | None = None,
+) -> list[Outgoing]:
+    item = store.get_item(item_id)
+    if item is None:
+        raise AssessmentRefused(404, f"no item {item_id}")
+    if item.state != "awaiting_assessment":
+        raise AssessmentRefused(409, f"item {item_id} is {item.state}, not awaiting assessment")
+    store.add_assessment(
+        Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
+    )
+    store.audit(analyst, "assessment", item_id, f"{verdict} {category or ''}".strip())
+    if verdict == "not_illegal":
+        store.set_state(item, "closed_not_illegal", f"assessed as not illegal by {analyst}", "assessment")
+        return []
+
+    category = category or "national"
+    classified = ItemClassified.model_validate(item.classification) if item.classification else None
+    images: list[ImageFacts] = list(classified.images) if classified else []
+    hosting: HostingFacts | None = classified.hosting if classified else None
+    added = 0
+    for img in images:
+        if img.error is None and img.sha256:
+            store.add_bank_entry(
+                category=category,
+                source=f"analyst:{analyst}",
+                md5=img.md5,
+                sha1=img.sha1,
+                sha256=img.sha256,
+                pdq=img.pdq,
+                phash=img.phash,
+            )
+            added += 1
+    escalation = PoliceEscalation(
+        escalation_id=f"pol-{item_id}",
+        item_id=item_id,
+        url=item.url,
+        images=images,
+        hosting=hosting,
+        first_seen=item.first_seen,
+        last_seen=item.last_seen,
+        report_ids=store.report_ids_for_item(item_id),
+        classification=AnalystClassification(analyst=analyst, verdict="illegal", category=category, notes=notes),
+    )
+    store.add_escalation(escalation.escalation_id, item_id, escalation.model_dump(mode="json"))
+    store.set_state(
+        item,
+        "escalated",
+        f"confirmed new material ({category}) by {analyst}: escalated to the police; "
+        f"{added} hash set(s) added to the bank; takedown follows on police release",
+        "assessment",
+    )
+    return [Outgoing("escalations.police", escalation)]

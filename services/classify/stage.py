@@ -1,0 +1,189 @@
+"""Classify: fetch an item's URL, hash every image, match against the bank, find the hoster,
+and route it (NTD, analyst assessment, partner forward, or closed as offline).
+
+Image bytes live only in memory for the moment it takes to hash them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hotline.stage import InvalidMessage, Outgoing
+from hotline.store import Store
+from schemas import Message
+from schemas.facts import BankMatch, HostingFacts, ImageFacts
+from schemas.items import ItemAccepted, ItemClassified
+from schemas.notices import PartnerForward, TakedownNotice
+from services.classify.fetcher import Fetched, FetchError, Fetcher
+from services.classify.hosting import HostingResolver
+from services.classify.page import image_urls
+from services.classify.routing import decide_route
+
+ROUTE_STATE = {
+    "ntd": "notice_queued",
+    "forward": "forward_queued",
+    "assessment": "awaiting_assessment",
+    "closed_offline": "closed_offline",
+}
+
+HashFn = Callable[[bytes], object]
+MatchFn = Callable[..., object]
+
+
+def looks_like_image(fetched: Fetched) -> bool:
+    if fetched.content_type.startswith("image/"):
+        return True
+    head = fetched.body[:12]
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+@dataclass
+class ClassifyStage:
+    fetcher: Fetcher
+    hash_image: HashFn
+    match: MatchFn
+    hosting: HostingResolver
+    partner_names: dict[str, str]  # country -> partner hotline name
+    home_country: str = "NL"
+    max_images: int = 50
+    hotline_name: str = "Hotline"
+
+    name = "classify"
+    inputs = ("items.accepted",)
+
+    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+        assert isinstance(message, ItemAccepted)
+        item = store.get_item(message.item_id)
+        if item is None:
+            raise InvalidMessage("unknown_item", f"item {message.item_id} was never accepted by ingest")
+        if item.classification is not None:
+            # Redelivery after a crash: publish the same results again (notify and escalate
+            # deduplicate by notice/forward id), do no new work.
+            return self._outputs(ItemClassified.model_validate(item.classification))
+
+        classified = self.classify(item.id, item.url)
+        store.session.refresh(item)
+        if item.classification is not None:
+            return self._outputs(ItemClassified.model_validate(item.classification))
+        item.classification = classified.model_dump(mode="json")
+        if classified.hosting:
+            item.country = classified.hosting.country
+            item.hoster = classified.hosting.hoster
+        store.set_state(item, ROUTE_STATE[classified.route], classified.reason, self.name)
+        return self._outputs(classified)
+
+    def classify(self, item_id: str, url: str) -> ItemClassified:
+        host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        hosting = self.hosting.facts(host)
+        online = True
+        offline_reason = ""
+        status: int | None = None
+        content_type: str | None = None
+        images: list[ImageFacts] = []
+        try:
+            page = self.fetcher.get(url)
+            status, content_type = page.status, page.content_type
+            if page.status >= 400:
+                online, offline_reason = False, f"the URL answered HTTP {page.status}: content is not (or no longer) online"
+            elif looks_like_image(page):
+                images.append(self._image_facts(url, page.body))
+            elif "html" in page.content_type:
+                html = page.body.decode("utf-8", "replace")
+                for img_url in image_urls(html, page.final_url, self.max_images):
+                    images.append(self._fetch_image(img_url))
+        except FetchError as err:
+            online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"
+        known = any(i.match is not None for i in images)
+        decision = decide_route(
+            online=online,
+            offline_reason=offline_reason,
+            known=known,
+            image_count=sum(1 for i in images if i.error is None),
+            hosting=hosting,
+            home_country=self.home_country,
+            partner_countries=set(self.partner_names),
+        )
+        return ItemClassified(
+            item_id=item_id,
+            url=url,
+            online=online,
+            http_status=status,
+            content_type=content_type,
+            images=images,
+            hosting=hosting,
+            known=known,
+            route=decision.route,  # type: ignore[arg-type]
+            reason=decision.reason,
+        )
+
+    def _fetch_image(self, url: str) -> ImageFacts:
+        try:
+            fetched = self.fetcher.get(url)
+        except FetchError as err:
+            return ImageFacts(url=url, error=f"{err.code}: {err.reason}")
+        if fetched.status >= 400:
+            return ImageFacts(url=url, error=f"HTTP {fetched.status}")
+        return self._image_facts(url, fetched.body)
+
+    def _image_facts(self, url: str, data: bytes) -> ImageFacts:
+        try:
+            h = self.hash_image(data)
+        except ValueError as err:  # ImageError: broken file, bomb, not an image
+            return ImageFacts(url=url, byte_size=len(data), error=str(err))
+        hashes = {k: getattr(h, k) for k in ("md5", "sha1", "sha256", "pdq", "pdq_quality", "phash")}
+        hit = self.match(**hashes)
+        match = None
+        if hit is not None:
+            match = BankMatch(
+                entry_id=hit.entry_id,  # type: ignore[attr-defined]
+                signal=hit.signal,  # type: ignore[attr-defined]
+                distance=hit.distance,  # type: ignore[attr-defined]
+                category=hit.category,  # type: ignore[attr-defined]
+                source=hit.source,  # type: ignore[attr-defined]
+            )
+        return ImageFacts(
+            url=url,
+            **hashes,
+            width=getattr(h, "width", None),
+            height=getattr(h, "height", None),
+            format=getattr(h, "format", None),
+            byte_size=len(data),
+            match=match,
+        )
+
+    def _outputs(self, c: ItemClassified) -> list[Outgoing]:
+        out = [Outgoing("items.classified", c)]
+        hosting: HostingFacts | None = c.hosting
+        if c.route == "ntd" and hosting and hosting.abuse:
+            out.append(
+                Outgoing(
+                    "notices.ntd",
+                    TakedownNotice(
+                        notice_id=f"ntd-{c.item_id}",
+                        item_id=c.item_id,
+                        url=c.url,
+                        hoster=hosting.hoster or hosting.host,
+                        abuse_email=hosting.abuse,
+                        country=hosting.country,
+                        images=[i for i in c.images if i.match is not None],
+                    ),
+                )
+            )
+        elif c.route == "forward" and hosting and hosting.country:
+            out.append(
+                Outgoing(
+                    "forwards.partner",
+                    PartnerForward(
+                        forward_id=f"fwd-{c.item_id}",
+                        item_id=c.item_id,
+                        url=c.url,
+                        country=hosting.country,
+                        partner_name=self.partner_names.get(hosting.country, ""),
+                        images=[i for i in c.images if i.match is not None],
+                        hosting=hosting,
+                        from_hotline=self.hotline_name,
+                    ),
+                )
+            )
+        return out

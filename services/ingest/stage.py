@@ -1,0 +1,100 @@
+"""Ingest: validate a raw report, normalize its URLs, deduplicate them into items.
+
+A URL that is already an open item is linked to it (the new report joins the
+item's report list and timeline) instead of creating new work. Invalid URLs
+are recorded on the report with the reason and published to
+``reports.rejected``; a report without a single usable URL is rejected whole.
+"""
+
+from __future__ import annotations
+
+from hotline.stage import REJECTED, InvalidMessage, Outgoing
+from hotline.store import Store, now
+from schemas import Message
+from schemas.items import ItemAccepted
+from schemas.reports import ReportRejected, ReportSubmitted
+from services.ingest.urls import UrlRejected, normalize_url
+
+MAX_URLS_PER_REPORT = 500
+
+
+class IngestStage:
+    name = "ingest"
+    inputs = ("reports.submitted",)
+
+    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+        assert isinstance(message, ReportSubmitted)
+        report = store.get_report(message.report_id)
+        if report is not None and report.status != "received":
+            return self._replay(message, store)
+        if not message.urls:
+            raise InvalidMessage("no_urls", "the report contains no URL", message.report_id)
+        if len(message.urls) > MAX_URLS_PER_REPORT:
+            raise InvalidMessage(
+                "too_many_urls",
+                f"a report may name at most {MAX_URLS_PER_REPORT} URLs, this one has {len(message.urls)}",
+                message.report_id,
+            )
+        if report is None:
+            report = store.create_report(message)
+
+        out: list[Outgoing] = []
+        seen: dict[str, str] = {}
+        for position, raw in enumerate(message.urls):
+            try:
+                norm = normalize_url(raw)
+            except UrlRejected as err:
+                store.link_report_url(report.id, position, str(raw), None, err.reason)
+                out.append(
+                    Outgoing(
+                        REJECTED,
+                        ReportRejected(
+                            report_id=report.id,
+                            stage=self.name,
+                            reason_code=err.code,
+                            reason=f"{raw!r}: {err.reason}",
+                            payload={"report_id": report.id, "url": raw, "position": position},
+                            source_topic=topic,
+                        ),
+                    )
+                )
+                continue
+            if norm.url in seen:  # same URL twice in one report
+                store.link_report_url(report.id, position, raw, seen[norm.url])
+                continue
+            item = store.open_item_for_url(norm.url)
+            if item is None:
+                item = store.create_item(norm.url)
+                store.add_event(item.id, self.name, "received", f"reported in {report.id} via {message.channel}")
+                store.link_report_url(report.id, position, raw, item.id)
+                out.append(Outgoing("items.accepted", ItemAccepted(item_id=item.id, url=norm.url, report_ids=[report.id])))
+            else:
+                item.last_seen = now()
+                store.link_report_url(report.id, position, raw, item.id)
+                store.add_event(
+                    item.id, self.name, "reported_again", f"also reported in {report.id}; linked to the open item"
+                )
+            seen[norm.url] = item.id
+
+        if not seen:
+            report.status = "rejected"
+            report.reason = "no URL in the report could be processed"
+        else:
+            report.status = "accepted"
+        return out
+
+    def _replay(self, message: ReportSubmitted, store: Store) -> list[Outgoing]:
+        """A redelivered report: publish again what it led to (downstream stages are idempotent)."""
+        out: list[Outgoing] = []
+        for link in store.report_urls(message.report_id):
+            if link.item_id is None:
+                continue
+            item = store.get_item(link.item_id)
+            if item is not None and item.state == "received":
+                out.append(
+                    Outgoing(
+                        "items.accepted",
+                        ItemAccepted(item_id=item.id, url=item.url, report_ids=store.report_ids_for_item(item.id)),
+                    )
+                )
+        return out

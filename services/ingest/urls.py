@@ -1,0 +1,96 @@
+"""Validate and normalize reported URLs, so the same resource reported twice is one item.
+
+Pure functions, no I/O. Normalization is conservative: it only removes
+differences that cannot change what a server returns (case of scheme and host,
+default ports, fragments, dot segments, IDN spelling); query strings keep their
+order because some sites route on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+MAX_URL_LENGTH = 2048
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UrlRejected(ValueError):
+    """A URL that cannot be processed; ``code`` is machine-readable, the message is for people."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class NormalizedUrl:
+    url: str
+    host: str
+
+
+def _normalize_host(host: str) -> str:
+    host = host.strip().rstrip(".").lower()
+    if not host:
+        raise UrlRejected("missing_host", "the URL has no host name")
+    try:
+        return ipaddress.ip_address(host.strip("[]")).compressed  # IP literal
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise UrlRejected("invalid_host", f"host name {host!r} is not a valid domain name") from exc
+    labels = ascii_host.split(".")
+    if not all(_HOST_LABEL.match(label) for label in labels):
+        raise UrlRejected("invalid_host", f"host name {host!r} is not a valid domain name")
+    return ascii_host
+
+
+def normalize_url(raw: str) -> NormalizedUrl:
+    """Return the canonical form of a reported URL, or raise ``UrlRejected`` saying why not."""
+    if not isinstance(raw, str):
+        raise UrlRejected("not_a_string", "a URL must be a string")
+    text = raw.strip()
+    if not text:
+        raise UrlRejected("empty_url", "the URL is empty")
+    if len(text) > MAX_URL_LENGTH:
+        raise UrlRejected("url_too_long", f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if _CONTROL.search(text):
+        raise UrlRejected("invalid_characters", "the URL contains control characters")
+    if "://" not in text:
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", text) and not re.match(r"^[^:/]+:\d", text):
+            scheme = text.split(":", 1)[0].lower()
+            raise UrlRejected("unsupported_scheme", f"only http and https URLs can be processed, not {scheme}:")
+        text = "http://" + text  # reporters often paste "example.com/page"
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise UrlRejected("unsupported_scheme", f"only http and https URLs can be processed, not {scheme}:")
+    if " " in parts.netloc:
+        raise UrlRejected("invalid_host", "the host part contains spaces")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UrlRejected("invalid_port", "the port is not a number between 0 and 65535") from exc
+    host = _normalize_host(parts.hostname or "")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    path = parts.path or "/"
+    # Resolve dot segments and re-quote consistently (unreserved characters unescaped).
+    trailing = path.endswith("/")
+    path = posixpath.normpath(unquote(path))
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    if trailing and not path.endswith("/"):
+        path += "/"
+    path = quote(path, safe="/:@!$&'()*+,;=-._~")
+    url = urlunsplit((scheme, netloc, path, parts.query, ""))
+    return NormalizedUrl(url=url, host=host)
