@@ -127,7 +127,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as error:
-        raise ImageError(f"not an image (or not one of {', '.join(ACCEPTED_FORMATS)})") from error
+        raise ImageError(
+            "not an image, or its header is broken "
+            f"(formats accepted: {', '.join(ACCEPTED_FORMATS)})"
+        ) from error
     except Image.DecompressionBombError as error:
         raise ImageError(f"decompression bomb refused: {error}") from error
     except Exception as error:  # a malformed header can raise almost anything inside a plugin
