@@ -1,0 +1,308 @@
+"""Distributed runtime: one stage per process, as a faust-streaming app on Apache Kafka.
+
+The stage code is the same blocking code the embedded runtime runs; here it
+runs in a worker thread (``loop.run_in_executor``) so the event loop keeps
+heartbeating to the consumer group while a slow fetch or SMTP conversation is
+under way.
+
+Delivery is at-least-once, and the order of steps is what makes it so:
+
+1. the stage handles the event inside a fresh ``Store`` and the database
+   transaction commits (outgoing messages are *not* written to the
+   ``bus_messages`` outbox: in Kafka mode the worker produces them itself);
+2. every outgoing message is produced to Kafka and its delivery awaited;
+3. only then is the source event acked, so its offset can be committed.
+
+A crash between 1 and 3 redelivers the event; every stage is idempotent on
+redelivery (ingest and classify re-publish what they produced before, notify
+and escalate deduplicate by notice/forward id), so that costs a duplicate
+message downstream at worst, never a second e-mail.
+
+Acks are manual (``stream.noack()``) because faust acks an event in a
+``finally`` block when the agent is cancelled: with automatic acks a worker
+stopped by SIGTERM in the middle of retrying a failing event would commit its
+offset and the event would be lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from schemas import TOPICS
+
+if TYPE_CHECKING:
+    import faust
+
+    from hotline.bootstrap import System
+    from hotline.stage import Outgoing, Stage
+
+log = logging.getLogger(__name__)
+
+# Back-off for transient failures of one event: 0.5 s, 1 s, 2 s ... capped.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+
+# A worker killed with -9 keeps its partitions until the group coordinator gives
+# up on it: a short session makes a restarted or surviving worker take over in
+# seconds instead of faust's default minute. Must be >= the broker's
+# group.min.session.timeout.ms (6 s by default).
+SESSION_TIMEOUT_SECONDS = float(os.environ.get("HOTLINE_KAFKA_SESSION_TIMEOUT", "10"))
+HEARTBEAT_SECONDS = 1.0
+
+
+def kafka_topic(prefix: str, logical: str) -> str:
+    """The real Kafka topic of a logical topic name (tests isolate themselves by prefix)."""
+    return f"{prefix}{logical}"
+
+
+def app_id_for(prefix: str, stage_name: str) -> str:
+    """Consumer group and faust app id. Contains the prefix, so faust's own internal topics
+    (``<app id>-__assignor-__leader``) and the group never collide between tests or deployments."""
+    return f"hotline-{prefix}{stage_name}"
+
+
+def backoff_seconds(failures: int) -> float:
+    return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MAX_SECONDS)
+
+
+def create_topics(
+    brokers: str,
+    prefix: str,
+    partitions: int,
+    replication_factor: int = 1,
+    timeout_seconds: float = 30.0,
+) -> list[str]:
+    """Create every topic of ``schemas.TOPICS`` under ``prefix``; topics that exist are left alone.
+
+    Returns the names that were created. Idempotent, so ``hotline topics create``
+    and every worker's start-up may call it.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=brokers.split(","),
+        client_id="hotline-topics",
+        request_timeout_ms=int(timeout_seconds * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        wanted = [kafka_topic(prefix, name) for name in TOPICS]
+        missing = [name for name in wanted if name not in existing]
+        created: list[str] = []
+        for name in missing:
+            # One request per topic: a racing creator (another worker starting at the same
+            # moment) then only makes *that* topic's request fail, harmlessly.
+            try:
+                admin.create_topics(
+                    [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)],
+                    timeout_ms=int(timeout_seconds * 1000),
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+class StageProcessor:
+    """Runs one stage's blocking code for one event, with the database commit first.
+
+    Separate from faust so the order of the steps can be read (and tested) in one place.
+    """
+
+    def __init__(self, system: System, stage: Stage) -> None:
+        self.system = system
+        self.stage = stage
+
+    def process(self, topic: str, raw: bytes) -> list[Outgoing]:
+        """Handle one message and commit its state changes; return what to produce.
+
+        Raises on transient failure, after rolling back.
+        """
+        from hotline.stage import run_stage
+        from hotline.store import Store
+
+        with self.system.sessions() as session:
+            store = Store(session)
+            try:
+                outgoing = run_stage(self.stage, topic, raw, store)
+                store.commit()
+            except Exception:
+                store.rollback()
+                raise
+            return outgoing
+
+
+def build_app(system: System, stage_name: str) -> faust.App:
+    """The faust app of one stage: one agent per input topic, raw bytes in and out."""
+    import faust
+
+    settings = system.settings
+    if not settings.kafka_brokers:
+        raise ValueError("HOTLINE_KAFKA_BROKERS is not set: the Kafka runtime needs a broker")
+    prefix = settings.topic_prefix
+    stage = system.build_stage(stage_name)
+    processor = StageProcessor(system, stage)
+    app = faust.App(
+        app_id_for(prefix, stage_name),
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",") if b.strip()],
+        web_enabled=False,
+        store="memory://",
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+        broker_heartbeat_interval=HEARTBEAT_SECONDS,
+        # Stage work (a page with 50 images, a slow SMTP server) can take long; faust must
+        # not declare the consumer stuck while a thread works on an event.
+        broker_max_poll_interval=600.0,
+        stream_wait_empty=True,
+    )
+    outputs: dict[str, Any] = {}
+
+    def output_topic(logical: str) -> Any:
+        if logical not in outputs:
+            outputs[logical] = app.topic(
+                kafka_topic(prefix, logical),
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.kafka_partitions,
+            )
+        return outputs[logical]
+
+    for logical in stage.inputs:
+        source = app.topic(
+            kafka_topic(prefix, logical),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.kafka_partitions,
+        )
+        app.agent(source, name=f"{stage_name}.{logical}")(
+            _make_agent(app, logical, stage_name, processor, output_topic)
+        )
+    return app
+
+
+def _make_agent(
+    app: faust.App,
+    logical: str,
+    stage_name: str,
+    processor: StageProcessor,
+    output_topic: Callable[[str], Any],
+) -> Callable[[Any], Any]:
+    async def agent(stream: Any) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+            await _process_until_done(app, logical, stage_name, processor, output_topic, raw)
+            # Only now, with state committed and outputs delivered, may the offset move.
+            await manual.ack(event)
+
+    agent.__name__ = f"{stage_name}_{logical.replace('.', '_')}"
+    return agent
+
+
+async def _process_until_done(
+    app: faust.App,
+    logical: str,
+    stage_name: str,
+    processor: StageProcessor,
+    output_topic: Callable[[str], Any],
+    raw: bytes,
+) -> None:
+    """Process one event, retrying transient failures with capped exponential back-off.
+
+    Never gives up: an event that cannot be processed *now* (database down, SMTP
+    refusing) holds up its partition rather than being skipped; invalid input does
+    not come here as a failure, ``run_stage`` turns it into a ``reports.rejected``
+    message. Cancellation (worker stopping) propagates, leaving the event unacked.
+    """
+    loop = asyncio.get_running_loop()
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            outgoing = await loop.run_in_executor(None, processor.process, logical, raw)
+            pending = []
+            for o in outgoing:
+                fut = await output_topic(o.topic).send(
+                    key=o.key.encode(), value=o.message.to_bytes(), force=True
+                )
+                pending.append(fut)
+            for fut in pending:
+                await fut  # delivered (acks=all) before the source event is acked
+        except Exception as exc:  # noqa: BLE001 - transient by contract: retry the same event
+            failures += 1
+            delay = backoff_seconds(failures)
+            log.warning(
+                "stage %s: event from %s failed (attempt %d), retrying in %.1fs: %r",
+                stage_name,
+                logical,
+                failures,
+                delay,
+                exc,
+                exc_info=failures == 1,
+            )
+            await asyncio.sleep(delay)
+            continue
+        log.debug(
+            "stage %s: event from %s done in %.3fs, %d message(s) out",
+            stage_name,
+            logical,
+            time.monotonic() - started,
+            len(outgoing),
+        )
+        return
+
+
+def run_stage_worker(system: System, stage_name: str) -> None:
+    """Run one stage as a faust worker until SIGTERM/SIGINT; returns after a clean stop.
+
+    Creates the topics first (idempotent) so a worker started before
+    ``hotline topics create`` does not fail on a missing topic.
+    """
+    import faust
+
+    settings = system.settings
+    if not settings.kafka_brokers:
+        raise ValueError("HOTLINE_KAFKA_BROKERS is not set: the Kafka runtime needs a broker")
+    create_topics(settings.kafka_brokers, settings.topic_prefix, settings.kafka_partitions)
+    app = build_app(system, stage_name)
+    # The worker installs SIGTERM/SIGINT handlers that stop the app: agents are
+    # cancelled (an event in progress stays unacked), acked offsets are committed.
+    worker = faust.Worker(app, loglevel=os.environ.get("HOTLINE_LOG_LEVEL", "INFO"), override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hotline.runtime.kafka STAGE``: the same as ``hotline serve --stage STAGE``
+    with a broker configured, without the CLI's other dependencies."""
+    from hotline.bootstrap import STAGE_NAMES, bootstrap
+    from hotline.config import Settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("stage", choices=STAGE_NAMES)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("HOTLINE_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {args.stage} %(levelname)s %(name)s: %(message)s",
+    )
+    run_stage_worker(bootstrap(Settings()), args.stage)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Outbox relay: moves messages the web process committed to ``bus_messages`` onto Kafka.
+
+The web app (report submissions, analyst decisions) writes its messages with
+``store.enqueue`` + ``store.commit``: in the same transaction as the state
+change, so a report is never accepted without its message or the other way
+round (transactional outbox). This relay publishes them and then *deletes*
+the rows. Deleting rather than remembering a position, because PostgreSQL
+sequence values become visible out of order across concurrent transactions:
+a row with a smaller id may commit after one with a larger id was relayed,
+and a position would skip it for ever.
+
+At-least-once: a crash between the broker's acknowledgement and the DELETE
+publishes those rows again; every consumer is idempotent on redelivery.
+Several relays may run (one per web process): ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL keeps them from publishing the same rows at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from hotline.db.models import BusMessage
+from hotline.runtime.kafka import kafka_topic
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        brokers: str,
+        prefix: str = "",
+        *,
+        batch_size: int = 500,
+        poll_seconds: float = 0.2,
+        send_timeout_seconds: float = 30.0,
+        producer: KafkaProducer | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.brokers = brokers
+        self.prefix = prefix
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.send_timeout_seconds = send_timeout_seconds
+        self._producer = producer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.relayed = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="outbox-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in flight; rows not yet deleted are published by the next relay."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._producer is not None:
+            self._producer.close(timeout=timeout)
+            self._producer = None
+
+    def __enter__(self) -> OutboxRelay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- work --------------------------------------------------------------
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.brokers.split(","),
+                client_id="hotline-outbox-relay",
+                acks="all",
+                retries=5,
+                # Ordering per key must survive a retried batch.
+                max_in_flight_requests_per_connection=1,
+            )
+        return self._producer
+
+    def relay_once(self) -> int:
+        """Publish one batch and delete it; returns how many rows went out.
+
+        Raises when the broker does not acknowledge: the rows stay for the next attempt.
+        """
+        with self.sessions() as session:
+            query = select(BusMessage).order_by(BusMessage.id).limit(self.batch_size)
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = session.scalars(query).all()
+            if not rows:
+                session.rollback()
+                return 0
+            producer = self.producer()
+            futures: list[Any] = [
+                producer.send(
+                    kafka_topic(self.prefix, row.topic),
+                    key=row.key.encode(),
+                    value=row.value.encode(),
+                )
+                for row in rows
+            ]
+            producer.flush(timeout=self.send_timeout_seconds)
+            for fut in futures:
+                fut.get(timeout=self.send_timeout_seconds)  # raises if the broker refused
+            session.execute(delete(BusMessage).where(BusMessage.id.in_([r.id for r in rows])))
+            session.commit()
+            self.relayed += len(rows)
+            return len(rows)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                sent = self.relay_once()
+            except Exception as exc:  # noqa: BLE001 - broker or database away: keep the rows, retry
+                failures += 1
+                self.last_error = repr(exc)
+                log.warning("outbox relay failed (attempt %d), will retry: %r", failures, exc)
+                self._stop.wait(min(0.5 * 2 ** (failures - 1), 30.0))
+                continue
+            failures = 0
+            self.last_error = None
+            if sent < self.batch_size:
+                self._stop.wait(self.poll_seconds)
