@@ -222,7 +222,7 @@ class Store:
     def escalations(self, after: datetime | None = None) -> Sequence[Escalation]:
         q = select(Escalation).order_by(Escalation.created_at, Escalation.id)
         if after is not None:
-            q = q.where(Escalation.created_at > after)
+            q = q.where(Escalation.created_at >= after)
         return self.session.scalars(q).all()
 
     def add_assessment(self, assessment: Assessment) -> None:

@@ -1,0 +1,64 @@
+"""Who is calling: bearer tokens mapped to accounts with one role each.
+
+Tokens are random, shown once by ``hotline users add`` and stored only as
+SHA-256, so a database leak does not hand out working credentials.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request, status
+
+from hotline.store import Store
+
+ROLES = ("admin", "analyst", "police", "hoster", "partner")
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: int
+    name: str
+    role: str
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def get_store(request: Request) -> Iterator[Store]:
+    with request.app.state.system.sessions() as session:
+        yield Store(session)
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.cookies.get("hotline_token")
+
+
+def optional_caller(request: Request, store: Store = Depends(get_store)) -> Caller | None:
+    token = _token(request)
+    if token is None:
+        return None
+    user = store.user_by_token(token)
+    if user is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return Caller(user.id, user.name, user.role)
+
+
+def require_role(*roles: str) -> Callable[..., Caller]:
+    def dependency(caller: Caller | None = Depends(optional_caller)) -> Caller:
+        if caller is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "authentication required: send Authorization: Bearer TOKEN",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if caller.role not in roles and caller.role != "admin":
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the role {' or '.join(roles)}")
+        return caller
+
+    return dependency

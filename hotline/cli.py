@@ -1,0 +1,262 @@
+"""The ``hotline`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hotline.config import Settings, get_settings
+
+
+def _system(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+    from hotline.bootstrap import bootstrap
+
+    return bootstrap(settings or get_settings())
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    """hotline: process reports of child sexual abuse material, from intake to takedown."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--quiet", is_flag=True, help="Only print the summary.")
+def demo(quiet: bool) -> None:
+    """Run the whole pipeline embedded on synthetic data and report what happened."""
+    from hotline.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)
+
+    sys.exit(run_demo(quiet=quiet))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--stage", default=None, help="Run one stage only (ingest, classify, notify, escalate, web).")
+def serve(host: str, port: int, stage: str | None) -> None:
+    """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
+    import uvicorn
+
+    from hotline.bootstrap import STAGE_NAMES
+    from hotline.web import create_app
+
+    settings = get_settings()
+    system = _system(settings)
+    if settings.kafka_brokers:
+        if stage in STAGE_NAMES:
+            from hotline.runtime.kafka import run_stage_worker
+
+            run_stage_worker(system, stage)
+            return
+        if stage not in (None, "web"):
+            raise click.BadParameter(f"unknown stage {stage!r}", param_hint="--stage")
+        from hotline.runtime.relay import OutboxRelay
+
+        relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix)
+        relay.start()
+        try:
+            uvicorn.run(create_app(system), host=host, port=port, log_level="info")
+        finally:
+            relay.stop()
+        return
+    from hotline.runtime.embedded import EmbeddedRuntime
+
+    names = STAGE_NAMES if stage in (None, "web") else (stage,)
+    runtime = EmbeddedRuntime(system.sessions, system.build_stages(names) if stage != "web" else [])
+    runtime.start()
+    try:
+        if stage in (None, "web"):
+            uvicorn.run(create_app(system), host=host, port=port, log_level="info")
+        else:
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.stop()
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from hotline.db.engine import migrate as run
+
+    run(get_settings().database_url)
+    click.echo("database is at the newest schema")
+
+
+@main.group()
+def bank() -> None:
+    """The bank of known hashes."""
+
+
+@bank.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--category", default="baseline", show_default=True, help="For rows without a category.")
+@click.option("--source", default=None, help="For rows without a source (default: the file name).")
+def bank_import(file: Path, category: str, source: str | None) -> None:
+    """Load known hashes from CSV (md5,sha1,sha256,pdq,phash,category,source; any subset of hashes)."""
+    from tqdm import tqdm
+
+    from hotline.bank import import_csv
+    from hotline.store import Store
+
+    system = _system()
+    total = max(sum(1 for _ in file.open()) - 1, 0)
+    with system.sessions() as session, file.open(newline="") as fh, tqdm(
+        total=total, unit="rows", disable=total < 10_000 or not sys.stderr.isatty()
+    ) as bar:
+        store = Store(session)
+        added, errors = import_csv(fh, store, category, source or file.name, progress=bar.update)
+        store.commit()
+    for e in errors[:20]:
+        click.echo(f"refused {e}", err=True)
+    if len(errors) > 20:
+        click.echo(f"... and {len(errors) - 20} more refused rows", err=True)
+    click.echo(f"imported {added} entries, refused {len(errors)} rows")
+    sys.exit(1 if errors and not added else 0)
+
+
+@bank.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--include-retired", is_flag=True)
+def bank_export(output: Path | None, include_retired: bool) -> None:
+    """Write the bank as CSV (to stdout by default)."""
+    from hotline.bank import export_csv
+    from hotline.store import Store
+
+    system = _system()
+    with system.sessions() as session:
+        if output:
+            with output.open("w", newline="") as fh:
+                n = export_csv(Store(session), fh, include_retired)
+            click.echo(f"exported {n} entries to {output}", err=True)
+        else:
+            export_csv(Store(session), sys.stdout, include_retired)
+
+
+@bank.command("retire")
+@click.argument("entry_id", type=int)
+@click.option("--reason", required=True, help="Why the entry leaves the bank (kept on record).")
+def bank_retire(entry_id: int, reason: str) -> None:
+    """Retire a bank entry; it stops matching, the reason is kept."""
+    from hotline.bank import retire
+    from hotline.store import Store
+
+    system = _system()
+    with system.sessions() as session:
+        store = Store(session)
+        ok = retire(store, entry_id, reason, "cli")
+        store.commit()
+    if not ok:
+        raise click.ClickException(f"no active bank entry {entry_id}")
+    click.echo(f"retired entry {entry_id}")
+
+
+@main.group()
+def users() -> None:
+    """Accounts and API tokens."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner"]))
+def users_add(name: str, role: str) -> None:
+    """Create an account and print its API token (shown only once)."""
+    from hotline.auth import new_token
+    from hotline.store import Store
+
+    system = _system()
+    token = new_token()
+    with system.sessions() as session:
+        store = Store(session)
+        if store.user_by_name(name) is not None:
+            raise click.ClickException(f"a user named {name!r} already exists")
+        store.add_user(name, role, token)
+        store.audit("cli", "user_added", name, role)
+        store.commit()
+    click.echo(token)
+
+
+@main.group()
+def police() -> None:
+    """The police liaison's view."""
+
+
+@police.command("feed")
+@click.option("--follow", is_flag=True, help="Keep waiting for new escalations.")
+def police_feed(follow: bool) -> None:
+    """Print every escalations.police message so far as JSON lines."""
+    from hotline.police_feed import feed
+
+    for line in feed(get_settings(), follow=follow):
+        click.echo(line)
+        sys.stdout.flush()
+
+
+@main.group()
+def schemas() -> None:
+    """JSON Schemas of the topic messages."""
+
+
+@schemas.command("export")
+def schemas_export() -> None:
+    from schemas.export import export
+
+    for path in export():
+        click.echo(str(path))
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Fail when schemas/json is out of date with the models."""
+    from schemas.export import stale
+
+    bad = stale()
+    if bad:
+        raise click.ClickException("out of date: " + ", ".join(bad) + " (run: hotline schemas export)")
+    click.echo("schemas/json is up to date")
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every topic of the pipeline on the configured broker (idempotent)."""
+    from hotline.runtime.kafka import create_topics
+
+    s = get_settings()
+    if not s.kafka_brokers:
+        raise click.ClickException("HOTLINE_KAFKA_BROKERS is not set")
+    create_topics(s.kafka_brokers, s.topic_prefix, s.kafka_partitions)
+    click.echo("topics ready")
+
+
+@main.command("audit-verify")
+def audit_verify() -> None:
+    """Check the hash chain of the audit log."""
+    from hotline.store import Store
+
+    system = _system()
+    with system.sessions() as session:
+        bad = Store(session).verify_audit_chain()
+    if bad:
+        raise click.ClickException(f"audit log rows fail verification: {bad[:20]}")
+    click.echo("audit log chain intact")
+
+
+if __name__ == "__main__":
+    main()
