@@ -54,6 +54,7 @@ __all__ = [
     "ImageHashes",
     "hash_image",
     "hash_image_reference",
+    "jpeg_draft_scale",
 ]
 
 DEFAULT_MAX_PIXELS = 60_000_000
@@ -174,6 +175,11 @@ def _reduced_luma(frame: Image.Image) -> tuple[np.ndarray, int]:
     return np.asarray(frame, dtype=np.float32) @ _LUMA, scale
 
 
+def jpeg_draft_scale(width: int, height: int) -> int:
+    """The DCT-domain reduction (1, 2, 4 or 8) ``hash_image`` decodes a JPEG of this size at."""
+    return _scale_for(width, height, _JPEG_SCALES)
+
+
 def _jpeg_luma(image: Image.Image) -> tuple[np.ndarray, int]:
     """Decode a JPEG's luma at 1/8, 1/4, 1/2 or full scale in the DCT domain.
 
@@ -181,7 +187,7 @@ def _jpeg_luma(image: Image.Image) -> tuple[np.ndarray, int]:
     decoded size is ``ceil(size / scale)``: what ``perceptual_hashes`` expects.
     """
     width, height = image.size
-    scale = _scale_for(width, height, _JPEG_SCALES)
+    scale = jpeg_draft_scale(width, height)
     if image.mode in ("RGB", "L"):
         # For YCbCr JPEGs libjpeg then emits Y only: JFIF's Y is exactly PDQ's luma.
         image.draft("L", (width // scale, height // scale))
