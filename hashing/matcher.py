@@ -9,14 +9,14 @@ entries, so it can be shared by classify and the HashCheck API.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hashing.index import ExactIndex, HammingIndex
 
-EXACT_TYPES = ("md5", "sha1", "sha256")
+EXACT_TYPES = {"md5": 16, "sha1": 20, "sha256": 32}
 NEAR_TYPES = {"pdq": 256, "phash": 64}
 PDQ_MIN_QUALITY = 50
 
@@ -46,7 +46,7 @@ class BankMatcher:
     def __init__(self, pdq_radius: int = 31, phash_radius: int = 8) -> None:
         self.radius = {"pdq": pdq_radius, "phash": phash_radius}
         self._lock = threading.RLock()
-        self._exact = {t: ExactIndex() for t in EXACT_TYPES}
+        self._exact = {t: ExactIndex(n) for t, n in EXACT_TYPES.items()}
         self._near = {t: HammingIndex(bits) for t, bits in NEAR_TYPES.items()}
         self._meta: dict[int, tuple[str, str]] = {}
 
@@ -60,14 +60,18 @@ class BankMatcher:
                 rows = [(r.id, getattr(r, kind)) for r in records if getattr(r, kind)]
                 if rows:
                     self._exact[kind].add(
-                        np.array([i for i, _ in rows], dtype=np.int64), [bytes.fromhex(h) for _, h in rows]
+                        np.array([i for i, _ in rows], dtype=np.int64),
+                        [bytes.fromhex(h) for _, h in rows],
                     )
             for kind, bits in NEAR_TYPES.items():
                 rows = [(r.id, getattr(r, kind)) for r in records if getattr(r, kind)]
                 if rows:
-                    codes = np.frombuffer(b"".join(bytes.fromhex(h) for _, h in rows), dtype=np.uint8)
+                    codes = np.frombuffer(
+                        b"".join(bytes.fromhex(h) for _, h in rows), dtype=np.uint8
+                    )
                     self._near[kind].add(
-                        np.array([i for i, _ in rows], dtype=np.int64), codes.reshape(len(rows), bits // 8)
+                        np.array([i for i, _ in rows], dtype=np.int64),
+                        codes.reshape(len(rows), bits // 8),
                     )
             for r in records:
                 self._meta[r.id] = (r.category, r.source)
@@ -96,6 +100,36 @@ class BankMatcher:
             r = self.radius[signal] if radius is None else radius
             found = self._near[signal].query(bytes.fromhex(value), r)
             return [h for i, d in found if (h := self._hit(int(i), signal, int(d)))]
+
+    def lookup_batch(
+        self, signal: str, values: Sequence[str] | np.ndarray, radius: int | None = None
+    ) -> list[list[Hit]]:
+        """``lookup`` for many hashes of one type at once, in input order.
+
+        Why: the HashCheck API answers batches of 10,000 hashes; one vectorised
+        index probe per type is ~100x cheaper than a Python call per hash.
+        ``values`` are *validated* lowercase hex strings (see ``hashing.signals``)
+        or an ``(n, bytes)`` uint8 array of the same hashes in byte form.
+        """
+        nbytes = EXACT_TYPES[signal] if signal in EXACT_TYPES else NEAR_TYPES[signal] // 8
+        if isinstance(values, np.ndarray):
+            codes = values
+        else:
+            codes = np.frombuffer(bytes.fromhex("".join(values)), dtype=np.uint8)
+            codes = codes.reshape(len(values), nbytes)
+        if len(codes) == 0:
+            return []
+        with self._lock:
+            if signal in EXACT_TYPES:
+                return [
+                    [h for i in ids if (h := self._hit(i, signal, 0))] if ids else []
+                    for ids in self._exact[signal].lookup_batch(codes)
+                ]
+            r = self.radius[signal] if radius is None else radius
+            return [
+                [h for i, d in found if (h := self._hit(int(i), signal, int(d)))] if found else []
+                for found in self._near[signal].query_batch(codes, r)
+            ]
 
     def match(
         self,
