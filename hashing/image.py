@@ -11,7 +11,7 @@ HashCheck batch can be large, so hashing throughput is a capacity limit.
   chroma nor full-size pixels are ever produced; other formats are decoded
   and box-reduced (``Image.reduce``);
 * PDQ and pHash are computed together from that one reduced luma plane with
-  cached weight matrices (:mod:`hashing.pdq`) that reproduce the reference
+  cached weight matrices (:mod:`hashing.perceptual`) that reproduce the reference
   implementations' filters at the full size.
 
 Compatibility matters more than speed: partner hotlines' hash banks were
@@ -43,7 +43,7 @@ import pdqhash
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
-from hashing.pdq import perceptual_hashes
+from hashing.perceptual import perceptual_hashes
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -72,6 +72,8 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _FRAME_DECODE_BUDGET = 4
 """Animated files: decode at most this many times ``max_pixels`` in frames.
 GIF and WebP frames can only be reached by decoding the ones before them."""
+_MAX_SEEK_FRAMES = 2_000
+"""...and never step through more frames than this, however small they are."""
 
 
 class ImageError(ValueError):
@@ -202,7 +204,8 @@ def _sample_frames(
     frame_count: int, max_frames: int, frame_pixels: int, max_pixels: int
 ) -> list[int]:
     """Evenly spaced frame numbers (always including 0), within the decode budget."""
-    reachable = min(frame_count, max(1, (_FRAME_DECODE_BUDGET * max_pixels) // frame_pixels))
+    by_pixels = max(1, (_FRAME_DECODE_BUDGET * max_pixels) // frame_pixels)
+    reachable = min(frame_count, by_pixels, _MAX_SEEK_FRAMES)
     wanted = min(reachable, max(1, max_frames))
     if wanted == 1:
         return [0]

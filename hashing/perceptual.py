@@ -31,6 +31,7 @@ use from many threads at once.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -163,18 +164,13 @@ _PHASH_BIT_WEIGHTS = np.array([1 << (63 - b) for b in range(64)], dtype=np.uint6
 _PHASH_BIT_WEIGHTS.setflags(write=False)
 
 
+@dataclass(frozen=True, slots=True)
 class PerceptualHashes:
     """PDQ (hex, quality) and pHash (hex) of one picture."""
 
-    __slots__ = ("pdq", "pdq_quality", "phash")
-
-    def __init__(self, pdq: str, pdq_quality: int, phash: str) -> None:
-        self.pdq = pdq
-        self.pdq_quality = pdq_quality
-        self.phash = phash
-
-    def __repr__(self) -> str:
-        return f"PerceptualHashes(pdq={self.pdq!r}, pdq_quality={self.pdq_quality}, phash={self.phash!r})"
+    pdq: str
+    pdq_quality: int
+    phash: str
 
 
 def _pdq_quality(block: np.ndarray) -> int:

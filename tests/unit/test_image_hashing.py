@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from hashing.image import ImageError, ImageHashes, hash_image, hash_image_reference
-from hashing.pdq import perceptual_hashes
+from hashing.perceptual import perceptual_hashes
 from hashing.signals import PDQ_MIN_QUALITY, SIGNAL_TYPES
 from hashing.synthetic import (
     encode,
@@ -255,3 +255,18 @@ def test_thread_safe(photo_jpegs: list[bytes]) -> None:
     expected = [hash_image(data) for data in inputs]
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(hash_image, inputs)) == expected
+
+
+def test_frame_sampling_stays_within_the_decode_budget() -> None:
+    data = generate_animated_gif(frames=30, width=96, height=64, seed=3)
+    # Budget: 4 x max_pixels of frames; 96x64 frames, max_pixels = 2 frames -> 8 reachable.
+    hashes = hash_image(data, max_pixels=96 * 64 * 2, max_frames=4)
+    assert hashes.frame_count == 30
+    assert [frame.index for frame in hashes.frames] == [2, 5, 7]
+
+
+def test_frame_sampling_never_steps_through_endless_animations() -> None:
+    from hashing.image import _sample_frames
+
+    indices = _sample_frames(10**6, 16, frame_pixels=1, max_pixels=60_000_000)
+    assert len(indices) == 16 and indices[0] == 0 and indices[-1] < 2_001
