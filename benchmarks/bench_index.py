@@ -46,10 +46,10 @@ from hashing.index import ExactIndex, HammingIndex, brute_force  # noqa: E402
 Row = dict[str, str]
 
 
-def _pin() -> None:
+def _pin(cpu: int) -> None:
     """One core, one thread: the target is queries/s per core."""
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(0, {cpu})
     faiss.omp_set_num_threads(1)
 
 
@@ -323,12 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         "--faiss-n", type=int, default=1_000_000, help="bank size for faiss MultiHash (0: skip)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpu", type=int, default=0, help="core to pin to")
     ap.add_argument("--skip-phash", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.queries, args.brute, args.faiss_n = 200_000, 400, 5, 200_000
 
-    _pin()
+    _pin(args.cpu)
     rng = np.random.default_rng(args.seed)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench_index_") as tmp:
