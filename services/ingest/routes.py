@@ -1,0 +1,209 @@
+"""Report intake over HTTP: the public form (works without JavaScript), the JSON API and the
+status view. Input is validated here too, so callers get a 422 naming the field at once;
+ingest validates again for channels that bypass HTTP (Kafka, CSV, partners)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, Header, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hotline.auth import Caller, get_store, optional_caller, require_role
+from hotline.stage import Outgoing
+from hotline.store import Store
+from schemas.reports import ReportSubmitted
+from services.ingest.stage import MAX_URLS_PER_REPORT
+from services.ingest.urls import UrlRejected, normalize_url
+
+router = APIRouter()
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+COARSE = {
+    "received": "received",
+    "classifying": "received",
+    "awaiting_assessment": "in_progress",
+    "notice_queued": "in_progress",
+    "forward_queued": "in_progress",
+    "notice_unconfirmed": "action_taken",
+    "escalated": "action_taken",
+    "notice_sent": "action_taken",
+    "forwarded": "action_taken",
+    "removed": "closed",
+    "closed_offline": "closed",
+    "closed_not_illegal": "closed",
+    "rejected": "rejected",
+}
+COARSE_REASON = {
+    "received": "your report was received and is waiting to be processed",
+    "in_progress": "the hotline is processing this address",
+    "action_taken": "the hotline has taken action on this address",
+    "closed": "the hotline has finished with this address",
+    "rejected": "this address could not be processed",
+}
+
+
+class ReportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(min_length=1, max_length=MAX_URLS_PER_REPORT)
+    description: str | None = Field(default=None, max_length=10_000)
+    reporter_email: str | None = Field(default=None, max_length=320)
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, urls: list[str]) -> list[str]:
+        problems = []
+        for i, url in enumerate(urls):
+            try:
+                normalize_url(url)
+            except UrlRejected as err:
+                problems.append(f"urls[{i}] {url!r}: {err.reason}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return urls
+
+    @field_validator("reporter_email")
+    @classmethod
+    def _valid_email(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() == "":
+            return None
+        if value is not None and not EMAIL.match(value.strip()):
+            raise ValueError("not a valid e-mail address")
+        return value.strip() if value else value
+
+
+class PartnerReportRequest(BaseModel):
+    """A report forwarded to us by a partner hotline abroad (material hosted here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(min_length=1, max_length=MAX_URLS_PER_REPORT)
+    partner_reference: str = Field(min_length=1, max_length=200)
+    partner_country: str | None = Field(default=None, min_length=2, max_length=2)
+    description: str | None = Field(default=None, max_length=10_000)
+
+    _valid_urls = field_validator("urls")(ReportRequest._valid_urls.__func__)  # type: ignore[attr-defined]
+
+
+def submit(
+    store: Store,
+    body: ReportRequest | PartnerReportRequest,
+    channel: str,
+    idempotency_key: str | None,
+) -> str:
+    if idempotency_key:
+        existing = store.report_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return existing.id
+    msg = ReportSubmitted(
+        channel=channel,  # type: ignore[arg-type]
+        urls=body.urls,
+        description=body.description,
+        reporter_email=getattr(body, "reporter_email", None),
+        partner_reference=getattr(body, "partner_reference", None),
+        partner_country=getattr(body, "partner_country", None),
+    )
+    store.create_report(msg, idempotency_key=idempotency_key)
+    store.enqueue([Outgoing("reports.submitted", msg)])
+    store.commit()
+    return msg.report_id
+
+
+@router.post("/api/v1/reports", status_code=202, tags=["reports"])
+def post_report(
+    body: ReportRequest,
+    store: Store = Depends(get_store),
+    idempotency_key: str | None = Header(default=None, max_length=200),
+) -> JSONResponse:
+    """Submit a report. A retried request with the same ``Idempotency-Key`` returns the first report."""
+    report_id = submit(store, body, "api", idempotency_key)
+    return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
+
+
+@router.post("/api/v1/partner/reports", status_code=202, tags=["reports"])
+def post_partner_report(
+    body: PartnerReportRequest,
+    store: Store = Depends(get_store),
+    caller: Caller = Depends(require_role("partner")),
+    idempotency_key: str | None = Header(default=None, max_length=200),
+) -> JSONResponse:
+    """Intake for partner hotlines (role ``partner``): same pipeline, channel ``partner``, with
+    the partner's own case reference kept on the report. ``Idempotency-Key`` defaults to it."""
+    key = idempotency_key or f"partner:{caller.name}:{body.partner_reference}"
+    report_id = submit(store, body, "partner", key)
+    return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
+
+
+@router.get("/api/v1/reports/{report_id}", tags=["reports"])
+def get_report(
+    report_id: str, store: Store = Depends(get_store), caller: Caller | None = Depends(optional_caller)
+) -> dict[str, Any]:
+    """Each item's state and the reason in words. Anonymous callers see a coarse state only;
+    admins and analysts see the full state and timeline."""
+    report = store.get_report(report_id)
+    if report is None:
+        raise HTTPException(404, f"no report {report_id}")
+    full = caller is not None and caller.role in ("admin", "analyst")
+    items = []
+    for link in store.report_urls(report_id):
+        if link.item_id is None:
+            entry: dict[str, Any] = {"item_id": None, "url": link.url_as_reported, "state": "rejected",
+                                     "reason": link.rejected_reason or "rejected"}
+            if full:
+                entry["events"] = []
+            items.append(entry)
+            continue
+        item = store.get_item(link.item_id)
+        assert item is not None
+        if full:
+            items.append({
+                "item_id": item.id, "url": item.url, "state": item.state, "reason": item.reason,
+                "country": item.country, "hoster": item.hoster,
+                "events": [{"at": e.at.isoformat(), "stage": e.stage, "kind": e.kind, "detail": e.detail}
+                           for e in store.events(item.id)],
+            })
+        else:
+            coarse = COARSE.get(item.state, "in_progress")
+            items.append({"item_id": item.id, "url": item.url, "state": coarse, "reason": COARSE_REASON[coarse]})
+    status = report.status
+    return {"report_id": report.id, "status": status, "reason": report.reason if full or status == "rejected" else None,
+            "submitted_at": report.submitted_at.isoformat(), "items": items}
+
+
+@router.get("/report", response_class=HTMLResponse, include_in_schema=False)
+def report_form(request: Request) -> HTMLResponse:
+    return templates.TemplateResponse(request, "report.html", _form_context(request))
+
+
+def _form_context(request: Request, **extra: Any) -> dict[str, Any]:
+    ctx: dict[str, Any] = {"hotline_name": request.app.state.system.settings.hotline_name, "urls": "",
+                           "description": "", "reporter_email": "", "errors": [], "report_id": None}
+    ctx.update(extra)
+    return ctx
+
+
+@router.post("/report", response_class=HTMLResponse, include_in_schema=False)
+def report_form_post(
+    request: Request,
+    urls: str = Form(""),
+    description: str = Form(""),
+    reporter_email: str = Form(""),
+    store: Store = Depends(get_store),
+) -> HTMLResponse:
+    lines = [u.strip() for u in urls.splitlines() if u.strip()]
+    try:
+        body = ReportRequest(urls=lines, description=description or None, reporter_email=reporter_email or None)
+    except ValueError as exc:
+        errors = [str(e["msg"]).removeprefix("Value error, ") for e in getattr(exc, "errors", lambda: [])()] or [str(exc)]
+        if not lines:
+            errors = ["please enter at least one web address"]
+        ctx = _form_context(request, urls=urls, description=description, reporter_email=reporter_email, errors=errors)
+        return templates.TemplateResponse(request, "report.html", ctx, status_code=422)
+    report_id = submit(store, body, "web", None)
+    return templates.TemplateResponse(request, "report.html", _form_context(request, report_id=report_id))
