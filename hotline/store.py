@@ -26,6 +26,7 @@ from hotline.db.models import (
     BusMessage,
     Escalation,
     Forward,
+    HashCheckStat,
     Item,
     ItemEvent,
     Notice,
@@ -240,6 +241,47 @@ class Store:
 
     def user_by_name(self, name: str) -> User | None:
         return self.session.scalar(select(User).where(User.name == name))
+
+    # -- hashcheck statistics ---------------------------------------------
+    def record_hashcheck(self, user_id: int, week: str, checks: int, hits: int) -> None:
+        """Add one HashCheck request's counts to the hoster's row for ``week`` (e.g. 2026-W48).
+
+        One atomic INSERT .. ON CONFLICT DO UPDATE, so concurrent requests of the
+        same hoster never lose an increment and a request costs one statement.
+        """
+        values = {"user_id": user_id, "week": week, "checks": checks, "hits": hits}
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(HashCheckStat).values(**values)
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(HashCheckStat).values(**values)  # type: ignore[assignment]
+        else:  # pragma: no cover - only the two supported backends run here
+            raise NotImplementedError(f"no upsert for database dialect {dialect}")
+        self.session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[HashCheckStat.user_id, HashCheckStat.week],
+                set_={
+                    "checks": HashCheckStat.checks + stmt.excluded.checks,
+                    "hits": HashCheckStat.hits + stmt.excluded.hits,
+                },
+            )
+        )
+
+    def hashcheck_stats(self, user_id: int | None = None) -> list[tuple[str, str, int, int]]:
+        """(week, hoster name, checks, hits) per hoster per week, oldest week first;
+        only ``user_id``'s rows when given."""
+        q = (
+            select(HashCheckStat.week, User.name, HashCheckStat.checks, HashCheckStat.hits)
+            .join(User, User.id == HashCheckStat.user_id)
+            .order_by(HashCheckStat.week, User.name)
+        )
+        if user_id is not None:
+            q = q.where(HashCheckStat.user_id == user_id)
+        return [(w, n, int(c), int(h)) for w, n, c, h in self.session.execute(q)]
 
     # -- audit -------------------------------------------------------------
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
