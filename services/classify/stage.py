@@ -133,6 +133,11 @@ class ClassifyStage:
             return ImageFacts(url=url, byte_size=len(data), error=str(err))
         hashes = {k: getattr(h, k) for k in ("md5", "sha1", "sha256", "pdq", "pdq_quality", "phash")}
         hit = self.match(**hashes)
+        # An animation is known if any of its sampled frames is (abusers hide a frame in a GIF).
+        for frame in getattr(h, "frames", None) or []:
+            if hit is not None:
+                break
+            hit = self.match(pdq=frame.pdq, pdq_quality=frame.pdq_quality, phash=frame.phash)
         match = None
         if hit is not None:
             match = BankMatch(
