@@ -9,15 +9,18 @@ order because some sites route on it.
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
+import string
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 MAX_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class UrlRejected(ValueError):
@@ -53,6 +56,37 @@ def _normalize_host(host: str) -> str:
     return ascii_host
 
 
+def _normalize_escapes(path: str) -> str:
+    """RFC 3986 6.2.2.1-2: decode escapes of unreserved characters only, upper-case the rest.
+
+    Decoding everything would turn ``%2F`` into a path separator (or an invalid UTF-8 escape
+    into U+FFFD) and so name, and fetch, a different resource than the one reported.
+    """
+
+    def fix(m: re.Match[str]) -> str:
+        ch = chr(int(m.group(1), 16))
+        return ch if ch in _UNRESERVED else "%" + m.group(1).upper()
+
+    path = _STRAY_PERCENT.sub("%25", _ESCAPE.sub(fix, path))
+    return quote(path, safe="/:@!$&'()*+,;=-._~%")
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 for an absolute path; empty segments (``//``) are kept, they are data."""
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg in (".", ".."):
+            if seg == ".." and out:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
 def normalize_url(raw: str) -> NormalizedUrl:
     """Return the canonical form of a reported URL, or raise ``UrlRejected`` saying why not."""
     if not isinstance(raw, str):
@@ -83,14 +117,7 @@ def normalize_url(raw: str) -> NormalizedUrl:
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
-    path = parts.path or "/"
-    # Resolve dot segments and re-quote consistently (unreserved characters unescaped).
-    trailing = path.endswith("/")
-    path = posixpath.normpath(unquote(path))
-    if path.startswith("//"):
-        path = "/" + path.lstrip("/")
-    if trailing and not path.endswith("/"):
-        path += "/"
-    path = quote(path, safe="/:@!$&'()*+,;=-._~")
+    # Re-quote consistently (unreserved characters unescaped), then resolve dot segments.
+    path = _remove_dot_segments(_normalize_escapes(parts.path or "/"))
     url = urlunsplit((scheme, netloc, path, parts.query, ""))
     return NormalizedUrl(url=url, host=host)
