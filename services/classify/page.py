@@ -51,11 +51,11 @@ def image_urls(html: str, page_url: str, limit: int) -> list[str]:
     base = urljoin(page_url, parser.base) if parser.base else page_url
     out: list[str] = []
     for ref in parser.found:
+        if len(out) >= limit:
+            break
         if ref.startswith("data:"):
             continue
         url = urljoin(base, ref.strip()).split("#", 1)[0]
         if urlsplit(url).scheme in ("http", "https") and url not in out:
             out.append(url)
-        if len(out) >= limit:
-            break
     return out
