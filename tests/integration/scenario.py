@@ -551,3 +551,153 @@ def fresh_pg_database(admin_url: str, name_hint: str = "it") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# ---------------------------------------------------------------- the Kafka runtime, as processes
+
+
+class KafkaPipeline:
+    """``Pipeline`` on real Kafka: reports are produced with kafka-python as a web form would,
+    and a reader assigned to every partition of every topic records what is published.
+
+    The reader has no consumer group, so it neither joins a rebalance nor commits offsets:
+    it sees each topic from the beginning and cannot disturb the stages.
+    """
+
+    def __init__(self, brokers: str, prefix: str, sessions: sessionmaker[Session]) -> None:
+        from kafka import KafkaProducer
+
+        from hotline.runtime.kafka import create_topics
+        from hotline.runtime.relay import OutboxRelay
+        from schemas import TOPICS
+
+        self.brokers, self.prefix, self.sessions = brokers, prefix, sessions
+        create_topics(brokers, prefix, 3)
+        self.producer = KafkaProducer(bootstrap_servers=brokers.split(","), acks="all")
+        self._seen: dict[str, list[bytes]] = {name: [] for name in TOPICS}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="topic-reader", daemon=True)
+        self._reader.start()
+        # The web process's outbox relay (``hotline serve --stage web`` starts the same class).
+        self.relay = OutboxRelay(sessions, brokers, prefix, poll_seconds=0.1)
+        self.relay.start()
+
+    def _read(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.brokers.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            partitions = []
+            for logical in self._seen:
+                name = self.prefix + logical
+                ids = wait_for(f"partitions of {name}", lambda n=name: consumer.partitions_for_topic(n), 30)
+                partitions += [TopicPartition(name, i) for i in sorted(ids)]
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            while not self._stop.is_set():
+                for tp, records in consumer.poll(timeout_ms=200).items():
+                    logical = tp.topic[len(self.prefix) :]
+                    with self._lock:
+                        self._seen[logical].extend(r.value for r in records)
+        finally:
+            consumer.close()
+
+    def submit(self, report: ReportSubmitted) -> None:
+        self.submit_raw(report.to_bytes(), key=report.report_id.encode())
+
+    def submit_raw(self, value: bytes, key: bytes = b"") -> None:
+        self.producer.send(self.prefix + "reports.submitted", key=key, value=value).get(timeout=30)
+
+    def published(self, topic: str) -> list[dict[str, Any]]:
+        with self._lock:
+            raw = list(self._seen[topic])
+        return [json.loads(v) for v in raw]
+
+    def publish_outbox(self) -> None:
+        """Wait for the relay to empty ``bus_messages`` (it deletes what the broker acknowledged)."""
+        from hotline.db.models import BusMessage
+
+        def empty() -> bool:
+            with self.sessions() as s:
+                return s.scalar(select(BusMessage.id).limit(1)) is None
+
+        wait_for("the outbox relay to publish", empty, 30)
+
+    def close(self) -> None:
+        self.relay.stop()
+        self._stop.set()
+        self._reader.join(10)
+        self.producer.close(timeout=10)
+
+
+class StageProcesses:
+    """The four stages as separate ``hotline serve --stage NAME`` processes.
+
+    Each runs in its own session (process group), logs to a file under ``log_dir``,
+    and is always killed in ``stop_all`` (TERM, then KILL after a grace period).
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, Any] = {}
+        self.starts: Counter[str] = Counter()
+
+    def start(self, stage: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.starts[stage] += 1
+        log = open(self.log_dir / f"{stage}.{self.starts[stage]}.log", "wb")  # noqa: SIM115 - the child owns it
+        self.procs[stage] = subprocess.Popen(
+            [sys.executable, "-m", "hotline.cli", "serve", "--stage", stage],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill9(self, stage: str) -> None:
+        import signal
+
+        proc = self.procs[stage]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def alive(self, stage: str) -> bool:
+        return self.procs[stage].poll() is None
+
+    def stop_all(self, grace: float = 15.0) -> dict[str, int | None]:
+        """TERM every process, KILL what is still running after ``grace``; the exit codes."""
+        import signal
+        import subprocess
+
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        codes: dict[str, int | None] = {}
+        for stage, proc in self.procs.items():
+            try:
+                codes[stage] = proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                codes[stage] = None
+        return codes
+
+    def logs(self, tail: int = 40) -> str:
+        out = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            out.append(f"--- {path.name} (last {tail} lines)\n" + "\n".join(lines[-tail:]))
+        return "\n".join(out)
