@@ -1,0 +1,272 @@
+"""The HashCheck API for hosting providers (like the Dutch HashCheckService), its usage
+statistics and the monitor page.
+
+A hoster hashes the files on its own servers and asks, in batches, which are
+known material; it can then remove them before anyone reports them. The body
+is parsed by hand (``services.hashcheck.logic``) instead of by a pydantic
+model per hash, which is what keeps a 10,000-hash batch in the millisecond
+range; the pydantic models below only document the shape in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from hotline.auth import Caller, get_store, require_role
+from hotline.store import Store, now
+from services.hashcheck.logic import (
+    MAX_BATCH,
+    BatchRejected,
+    chart,
+    check,
+    iso_week,
+    parse_batch,
+)
+from services.ingest.routes import ReportRequest, submit
+from services.ingest.stage import MAX_URLS_PER_REPORT
+
+try:  # orjson only makes (de)serialising a 10,000-hash batch ~3x cheaper; json works too.
+    import orjson
+
+    def _loads(raw: bytes) -> Any:
+        return orjson.loads(raw)
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    JSON_LIBRARY = f"orjson {orjson.__version__}"
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def _loads(raw: bytes) -> Any:
+        return json.loads(raw)
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    JSON_LIBRARY = "json (stdlib)"
+
+router = APIRouter()
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""10,000 hashes plus 10,000 report URLs fit easily; more is refused before parsing."""
+
+
+# -- documentation-only models (the body is parsed by services.hashcheck.logic) ----------------
+HashType = Literal["md5", "sha1", "sha256", "pdq", "phash"]
+
+
+class HashQuery(BaseModel):
+    type: HashType = Field(description="hash type (case-insensitive)")
+    value: str = Field(
+        description="hex digits: md5 32, sha1 40, sha256 64, pdq 64, phash 16 (case-insensitive)",
+        examples=["11accac1ac1507aefbfdf0948c9fbf39"],
+    )
+
+
+class HashCheckRequest(BaseModel):
+    hashes: list[HashQuery] = Field(min_length=1, max_length=MAX_BATCH)
+    report_hits: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "optional: hash value -> URL where the hoster serves that file. For every hash "
+            "that turns out known, the URL is reported to the hotline (channel api) so the "
+            "item goes through ingest and classify and the hotline can follow up its removal. "
+            "Keys must be hashes of this request; URLs are validated like report URLs."
+        ),
+    )
+
+
+class HashResult(BaseModel):
+    type: HashType
+    value: str = Field(description="the hash as checked (lowercase hex)")
+    known: bool
+    distance: int | None = Field(
+        description="0 for an exact match; for pdq/phash the Hamming distance to the nearest "
+        "known hash (within the hotline's radius); null when not known"
+    )
+
+
+class ReportLink(BaseModel):
+    report_id: str
+    status_url: str
+    urls: int
+
+
+class HashCheckResponse(BaseModel):
+    checked: int = Field(description="hashes in this request")
+    known: int = Field(description="how many of this request's hashes are known")
+    results: list[HashResult] = Field(description="one per input hash, in input order")
+    reports: list[ReportLink] = Field(description="reports opened for report_hits (may be empty)")
+
+
+class StatRow(BaseModel):
+    week: str = Field(examples=["2026-W48"])
+    hoster: str
+    checks: int
+    hits: int
+
+
+class StatsResponse(BaseModel):
+    stats: list[StatRow]
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema with its ``$defs`` inlined: an OpenAPI ``requestBody`` given by
+    hand cannot point into the schema's own ``$defs``."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]
+
+
+_ERROR_EXAMPLE = {"detail": [{"field": "hashes[3].value",
+                              "reason": "md5 hash must be 32 hex characters (128 bits), got 31"}]}
+
+DESCRIPTION = f"""
+Which of these hashes are known material? For hosting providers, authenticated by API key
+(`Authorization: Bearer TOKEN` of an account with role `hoster`; admins may call too).
+
+Body: `{{"hashes": [{{"type": "md5", "value": "..."}}, {{"type": "pdq", "value": "..."}}]}}`,
+1 to {MAX_BATCH:,} hashes of types md5, sha1, sha256, pdq (256-bit) and phash (64-bit), mixed
+freely. Answer: one result per hash, in input order:
+`{{"type", "value", "known": bool, "distance": int|null}}`: `distance` is 0 for exact hashes and
+the Hamming distance to the nearest known hash for pdq/phash (near matches are found within
+the hotline's fixed radius, PDQ 31 bits by default; a caller cannot widen it). Nothing else
+about the bank is ever returned.
+
+Optional `"report_hits": {{"<hash value>": "<url>"}}`: for each hash that is known, the hotline
+opens a report of that URL (as `POST /api/v1/reports` would), follows up its removal, and the
+answer lists the report ids (`GET /api/v1/reports/{{id}}` shows their progress).
+
+Errors: empty batch or an invalid hash → 422 naming the position and the reason
+(e.g. `hashes[3].value`); more than {MAX_BATCH:,} hashes → 413. Each call counts towards the
+caller's weekly statistics (`GET /api/v1/hashcheck/stats`).
+"""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refused early when too large (the JSON is parsed in bulk by the route)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes; send at most "
+                                 f"{MAX_BATCH} hashes per request")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes; send at most "
+                                     f"{MAX_BATCH} hashes per request")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+RawBody = Annotated[bytes, Depends(_read_body)]
+HosterOrAdmin = Annotated[Caller, Depends(require_role("hoster"))]
+Admin = Annotated[Caller, Depends(require_role("admin"))]
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+@router.post(
+    "/api/v1/hashcheck",
+    tags=["hashcheck"],
+    summary="Check a batch of hashes against the bank of known material",
+    description=DESCRIPTION,
+    response_model=None,
+    responses={
+        200: {"model": HashCheckResponse},
+        401: {"description": "no or unknown token"},
+        403: {"description": "the token's role is not hoster or admin"},
+        413: {"description": f"more than {MAX_BATCH} hashes", "content": {"application/json": {
+            "example": {"detail": [{"field": "hashes", "reason": f"at most {MAX_BATCH} hashes per "
+                                    "request, got 10001; split the batch"}]}}}},
+        422: {"description": "empty batch, invalid hash or URL", "content": {
+            "application/json": {"example": _ERROR_EXAMPLE}}},
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inline_schema(HashCheckRequest),
+    }}}},
+)
+def post_hashcheck(
+    request: Request, caller: HosterOrAdmin, store: StoreDep, raw: RawBody
+) -> Response:
+    try:
+        data = _loads(raw)
+    except ValueError as exc:
+        return JSONResponse({"detail": [{"field": "body", "reason": f"not valid JSON: {exc}"}]},
+                            status_code=422)
+    try:
+        batch = parse_batch(data)
+    except BatchRejected as exc:
+        return JSONResponse({"detail": exc.errors}, status_code=exc.status)
+
+    bank = request.app.state.system.bank
+    bank.refresh()  # a cheap version check at most once a second, not a query per hash
+    answer = check(bank.matcher, batch)
+
+    store.record_hashcheck(caller.user_id, iso_week(now()), batch.size, answer.known)
+    reports: list[dict[str, Any]] = []
+    for lo in range(0, len(answer.hit_urls), MAX_URLS_PER_REPORT):
+        urls = answer.hit_urls[lo: lo + MAX_URLS_PER_REPORT]
+        body = ReportRequest(
+            urls=urls,
+            description=f"HashCheck: hoster {caller.name} found {len(urls)} known file(s) on its "
+                        "own servers; follow up removal",
+        )
+        report_id = submit(store, body, "api", None)  # commits the statistics with it
+        reports.append({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}",
+                        "urls": len(urls)})
+    if not reports:
+        store.commit()
+    payload = {"checked": batch.size, "known": answer.known, "results": answer.results,
+               "reports": reports}
+    return Response(_dumps(payload), media_type="application/json")
+
+
+@router.get("/api/v1/hashcheck/stats", tags=["hashcheck"], response_model=StatsResponse)
+def get_stats(caller: HosterOrAdmin, store: StoreDep) -> dict[str, Any]:
+    """Hashes checked and hits per ISO week: every hoster's for an admin, a hoster only its own."""
+    rows = store.hashcheck_stats(None if caller.role == "admin" else caller.user_id)
+    return {"stats": [{"week": w, "hoster": n, "checks": c, "hits": h} for w, n, c, h in rows]}
+
+
+@router.get("/monitor/hashcheck", response_class=HTMLResponse, include_in_schema=False)
+def monitor(request: Request, caller: Admin, store: StoreDep) -> HTMLResponse:
+    """Checks and hits per week per hoster, with bar charts drawn server-side (no JS, no CDN)."""
+    rows = store.hashcheck_stats()
+    checks: dict[str, int] = defaultdict(int)
+    hits: dict[str, int] = defaultdict(int)
+    for week, _, c, h in rows:
+        checks[week] += c
+        hits[week] += h
+    weeks = sorted(checks)
+    ctx = {
+        "hotline_name": request.app.state.system.settings.hotline_name,
+        "rows": [{"week": w, "hoster": n, "checks": c, "hits": h,
+                  "rate": f"{100 * h / c:.2f} %" if c else "–"} for w, n, c, h in rows],
+        "checks_chart": chart({w: checks[w] for w in weeks}),
+        "hits_chart": chart({w: hits[w] for w in weeks}),
+        "total_checks": sum(checks.values()),
+        "total_hits": sum(hits.values()),
+        "hosters": len({n for _, n, _, _ in rows}),
+    }
+    return templates.TemplateResponse(request, "monitor.html", ctx)
