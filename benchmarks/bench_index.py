@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -345,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load1, load5, _ = os.getloadavg()
     print(
-        f"\nLoad average at the end: {load1:.2f} (1 min), {load5:.2f} (5 min)."
+        f"\nLoad average at the end: {load1:.2f} (1 min), {load5:.2f} (5 min); "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB."
         f"\nCPU: {_cpu_model()}, {os.cpu_count()} cores (pinned to 1); "
         f"Python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}\n"
     )
