@@ -1,0 +1,184 @@
+"""Crash recovery on the distributed runtime: ``kill -9`` a stage process in the middle of a batch,
+start it again, and every report still reaches its final state with each notice e-mailed once.
+
+What "once" can mean at the notice in flight: notify commits a notice as ``sending`` before
+the SMTP conversation and ``sent`` after it. A process killed between the two cannot know
+whether the hoster got the mail, and does not send it again (a duplicate takedown notice is
+the worse failure): the item ends ``notice_unconfirmed`` for an operator to check the SMTP
+log. So with one kill of notify, at most one item may end that way, with at most one copy
+delivered; every other notice arrives exactly once. Killing classify loses nothing and
+duplicates nothing: all notices arrive exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from hotline.db.engine import make_engine, make_sessionmaker, migrate
+from hotline.db.models import Item, Notice
+from tests.integration import scenario
+from tests.integration.scenario import World, wait_for
+from tests.integration.test_kafka_pipeline import distributed
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+BATCH = 30
+
+
+@pytest.fixture(scope="module")
+def restart_db(pg_url: str) -> Iterator[str]:
+    with scenario.fresh_pg_database(pg_url, "restart") as url:
+        migrate(url)
+        yield url
+
+
+@pytest.fixture
+def db_sessions(restart_db: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(restart_db)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def slow_world(tmp_path: Path) -> Iterator[World]:
+    # Slow enough that a batch of 30 takes a few seconds per stage, so the kill lands mid-batch.
+    with scenario.world(tmp_path, site_delay=0.1, smtp_delay=0.1) as w:
+        yield w
+
+
+def batch_states(sessions: sessionmaker[Session], urls: list[str]) -> Counter[str]:
+    with sessions() as s:
+        return Counter(s.scalars(select(Item.state).where(Item.url.in_(urls))).all())
+
+
+def notice_status(sessions: sessionmaker[Session], urls: list[str]) -> dict[str, str]:
+    """Notice id -> status, for the batch's items."""
+    with sessions() as s:
+        rows = s.execute(
+            select(Notice.id, Notice.status).join(Item, Item.id == Notice.item_id).where(Item.url.in_(urls))
+        ).all()
+    return {nid: status for nid, status in rows}
+
+
+def run_kill_and_restart(
+    stage: str,
+    w: World,
+    db_url: str,
+    sessions: sessionmaker[Session],
+    brokers: str,
+    prefix: str,
+    log_dir: Path,
+    progress: callable,  # type: ignore[valid-type]
+) -> dict[str, float]:
+    """Submit the batch, kill -9 ``stage`` once ``progress()`` reaches 5, restart it, wait for the end."""
+    reports = scenario.known_batch(w, BATCH)
+    urls = [r.urls[0] for r in reports]
+    t0 = time.monotonic()
+    with distributed(w, db_url, sessions, brokers, prefix, log_dir) as (pipeline, procs):
+        for r in reports:
+            pipeline.submit(r)
+        wait_for(f"{stage} to be part-way through the batch", lambda: progress(urls) >= 5, 90, interval=0.02)
+        procs.kill9(stage)
+        at_kill = progress(urls)
+        killed_at = time.monotonic() - t0
+        assert at_kill < BATCH, f"the batch was done before the kill ({at_kill}); nothing was tested"
+        procs.start(stage)
+
+        final = ("notice_sent", "notice_unconfirmed")
+
+        def done() -> bool:
+            states = batch_states(sessions, urls)
+            return sum(states[s] for s in final) == BATCH
+
+        try:
+            wait_for("every item of the batch in a final state", done, 120, interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {batch_states(sessions, urls)}") from None
+        finished = time.monotonic() - t0
+        # Give a late duplicate (if any) the chance to show up before counting.
+        time.sleep(1.0)
+
+        for r in reports:
+            assert scenario.report_status(sessions, r.report_id) == "accepted"
+        states = batch_states(sessions, urls)
+        notices = notice_status(sessions, urls)
+        received = w.mail.count_by_notice()
+        assert len(notices) == BATCH
+        duplicates = {n: c for n, c in received.items() if c > 1}
+        assert not duplicates, f"notices e-mailed more than once: {duplicates}"
+        for nid, status in notices.items():
+            if status == "sent":
+                assert received[nid] == 1, f"{nid} is sent but arrived {received[nid]} times"
+            else:
+                assert status == "delivery_unknown", (nid, status)
+        assert set(received) <= set(notices)
+        if stage == "notify":
+            assert states["notice_unconfirmed"] <= 1, states
+        else:
+            assert states["notice_unconfirmed"] == 0, states
+            assert all(received[n] == 1 for n in notices)
+        assert all(procs.alive(s) for s in procs.procs)
+    return {
+        "killed_at": killed_at,
+        "done_at": finished,
+        "progress_at_kill": at_kill,
+        "unconfirmed": states["notice_unconfirmed"],
+    }
+
+
+def test_kill_notify_mid_batch(
+    tmp_path: Path,
+    kafka_brokers: str,
+    restart_db: str,
+    db_sessions: sessionmaker[Session],
+    unique_topic_prefix: str,
+    slow_world: World,
+) -> None:
+    def mails_received(urls: list[str]) -> int:
+        return len(slow_world.mail.snapshot())
+
+    result = run_kill_and_restart(
+        "notify",
+        slow_world,
+        restart_db,
+        db_sessions,
+        kafka_brokers,
+        unique_topic_prefix + ".",
+        tmp_path / "logs",
+        mails_received,
+    )
+    print("kill -9 notify:", result)
+
+
+def test_kill_classify_mid_batch(
+    tmp_path: Path,
+    kafka_brokers: str,
+    restart_db: str,
+    db_sessions: sessionmaker[Session],
+    unique_topic_prefix: str,
+    slow_world: World,
+) -> None:
+    def classified(urls: list[str]) -> int:
+        states = batch_states(db_sessions, urls)
+        return sum(n for s, n in states.items() if s != "received")
+
+    result = run_kill_and_restart(
+        "classify",
+        slow_world,
+        restart_db,
+        db_sessions,
+        kafka_brokers,
+        unique_topic_prefix + ".",
+        tmp_path / "logs",
+        classified,
+    )
+    print("kill -9 classify:", result)
