@@ -24,7 +24,8 @@ Untrusted input: every failure to read the picture is an ``ImageError``
 with a reason (not an image, unsupported format, truncated, too many pixels).
 The pixel count is checked from the header before any pixel is decoded, so
 a small file claiming to be 100000x100000 is refused without allocating.
-Only raster formats decoded inside Pillow are accepted (no EPS, which would
+JPEGs with an absurd number of progressive scans are refused for the same
+reason (decoding time). Only raster formats decoded inside Pillow are accepted (no EPS, which would
 start Ghostscript). EXIF orientation is deliberately *not* applied, exactly
 like the reference tools, so hashes agree with other hotlines' banks.
 
@@ -49,6 +50,7 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_MAX_PIXELS",
+    "MAX_JPEG_SCANS",
     "FrameHashes",
     "ImageError",
     "ImageHashes",
@@ -74,6 +76,11 @@ _FRAME_DECODE_BUDGET = 4
 GIF and WebP frames can only be reached by decoding the ones before them."""
 _MAX_SEEK_FRAMES = 2_000
 """...and never step through more frames than this, however small they are."""
+MAX_JPEG_SCANS = 256
+"""Progressive JPEGs have ~10 scans; each scan walks every block again, so a
+file of thousands of tiny scans makes the decoder run for minutes (a known
+denial of service; libjpeg-turbo's own tools cap scans too). Counted from
+the bytes before decoding: 0xFFDA cannot occur unescaped in entropy-coded data."""
 
 
 class ImageError(ValueError):
@@ -139,6 +146,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as error:  # a malformed header can raise almost anything inside a plugin
         raise ImageError(f"broken image header: {type(error).__name__}: {error}") from error
     _check_size(image, max_pixels)
+    if image.format in ("JPEG", "MPO"):
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            image.close()
+            raise ImageError(
+                f"JPEG has {scans} scans, over the limit of {MAX_JPEG_SCANS} "
+                "(possible decoding-time bomb)"
+            )
     return image
 
 

@@ -270,3 +270,14 @@ def test_frame_sampling_never_steps_through_endless_animations() -> None:
 
     indices = _sample_frames(10**6, 16, frame_pixels=1, max_pixels=60_000_000)
     assert len(indices) == 16 and indices[0] == 0 and indices[-1] < 2_001
+
+
+def test_jpeg_with_too_many_scans_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashing.image
+
+    progressive = encode(generate_photo_like(200, 150, seed=6), "JPEG", progressive=True)
+    assert progressive.count(b"\xff\xda") > 3
+    assert hash_image(progressive).width == 200
+    monkeypatch.setattr(hashing.image, "MAX_JPEG_SCANS", 3)
+    with pytest.raises(ImageError, match="scans, over the limit of 3"):
+        hash_image(progressive)
