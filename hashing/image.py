@@ -24,9 +24,9 @@ Untrusted input: every failure to read the picture is an ``ImageError``
 with a reason (not an image, unsupported format, truncated, too many pixels).
 The pixel count is checked from the header before any pixel is decoded, so
 a small file claiming to be 100000x100000 is refused without allocating.
-JPEGs with an absurd number of progressive scans are refused for the same
-reason (decoding time). Only raster formats decoded inside Pillow are accepted (no EPS, which would
-start Ghostscript). EXIF orientation is deliberately *not* applied, exactly
+JPEGs with an absurd number of progressive scans are refused too (decoding
+time). Only raster formats decoded inside Pillow are accepted (no EPS,
+which would start Ghostscript). EXIF orientation is deliberately *not* applied, exactly
 like the reference tools, so hashes agree with other hotlines' banks.
 
 Nothing here keeps or writes image bytes; all state is local to a call, so
