@@ -84,7 +84,7 @@ class Fetcher:
             addrs = self.resolve(host)
         except LookupError as exc:
             raise FetchError("dns", str(exc)) from exc
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: UnicodeError of an un-encodable name
             raise FetchError("dns", f"host name {host} does not resolve ({exc})") from exc
         if not addrs:
             raise FetchError("dns", f"host name {host} has no address")
@@ -104,15 +104,21 @@ class Fetcher:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise FetchError("bad_url", f"cannot fetch {current!r}")
             host = parts.hostname
+            try:
+                port = parts.port
+            except ValueError as exc:
+                raise FetchError("bad_url", f"cannot fetch {current!r}: {exc}") from exc
             ip = self._vetted_address(host)
-            port = parts.port
             ip_host = f"[{ip}]" if ":" in ip else ip
             netloc = f"{ip_host}:{port}" if port else ip_host
             target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
             host_header = parts.netloc.rsplit("@", 1)[-1]
-            request = self.client.build_request(
-                "GET", target, headers={"Host": host_header}, extensions={"sni_hostname": host}
-            )
+            try:
+                request = self.client.build_request(
+                    "GET", target, headers={"Host": host_header}, extensions={"sni_hostname": host}
+                )
+            except (httpx.InvalidURL, ValueError) as exc:  # e.g. control characters from a page
+                raise FetchError("bad_url", f"cannot fetch {current!r}: {exc}") from exc
             try:
                 response = self.client.send(request, stream=True)
             except httpx.TimeoutException as exc:
