@@ -1,31 +1,71 @@
 """The bank of known hashes as the rest of the system sees it: database rows kept in sync
-with an in-memory ``BankMatcher``, plus CSV import and export.
+with an in-memory matcher, plus CSV import and export.
 
-Several processes may change the bank (analysts confirming material, imports),
-so the matcher checks a cheap version stamp at most once a ``refresh_seconds``
-and reloads what changed.
+Why it looks like this: banks hold 10 million entries and more, and the
+matcher must be ready seconds after a process starts, stay in step with
+additions and retirements made by other processes, and never match a retired
+entry for long. So:
+
+* the matcher (:class:`hashing.snapshot.CompactBankMatcher`) keeps metadata
+  in numpy columns and is loaded from the database by streaming rows into
+  arrays in chunks, never one Python object per entry;
+* with ``index_dir`` set, a snapshot of the built matcher is saved to disk
+  with the database position it reflects; at start it is memory-mapped and
+  only what changed since is applied; when much has changed it is re-saved;
+* changes are found cheaply: new rows by ``id > the highest id seen`` (the
+  primary key), retirements through the ``bank_retire`` rows that
+  :func:`retire` writes to the audit log (also by primary key). A periodic
+  :meth:`Bank.verify` compares counts with the database and repairs what those
+  two could miss (rows committed out of id order on PostgreSQL, retirements
+  made behind the application's back);
+* imports use bulk inserts (PostgreSQL: ``COPY``) and report every bad row by
+  line and column.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from sqlalchemy import select
+import numpy as np
+from sqlalchemy import Connection, Table, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hashing.matcher import BankMatcher, BankRecord, Hit
+from hashing.matcher import BankRecord, Hit
 from hashing.signals import InvalidHash, get_signal_type
-from hotline.db.models import BankEntry
+from hashing.snapshot import (
+    CompactBankMatcher,
+    EntryBatch,
+    EntryTable,
+    SnapshotError,
+    load_snapshot,
+    save_snapshot,
+    snapshot_lock,
+)
+from hotline.db.models import AuditLog, BankEntry
 from hotline.store import Store, now
+
+if TYPE_CHECKING:
+    from hotline.config import Settings
+
+log = logging.getLogger(__name__)
 
 HASH_COLUMNS = ("md5", "sha1", "sha256", "pdq", "phash")
 CSV_COLUMNS = (*HASH_COLUMNS, "category", "source")
+RETIRE_ACTION = "bank_retire"
+"""Audit action written by :func:`retire`; its subject is the entry id. The bank's
+processes learn about retirements from these rows (see module docstring)."""
+
+_T = cast(Table, BankEntry.__table__)
+_CATEGORY_MAX: int = getattr(_T.c.category.type, "length", None) or 32
+_SOURCE_MAX: int = getattr(_T.c.source.type, "length", None) or 200
 
 
 def record_of(entry: BankEntry) -> BankRecord:
@@ -41,48 +81,430 @@ def record_of(entry: BankEntry) -> BankRecord:
     )
 
 
+# --------------------------------------------------------------------------- loading
+
+
+def stream_batches(
+    conn: Connection, table: EntryTable, *where: Any, chunk: int = 100_000
+) -> Iterator[EntryBatch]:
+    """Bank rows matching ``where`` (retired ones included), as columnar batches of ``chunk``.
+
+    Core ``select`` with ``yield_per`` (a server-side cursor on PostgreSQL), so
+    memory holds one chunk of row tuples at a time.
+    """
+    stmt = (
+        select(
+            _T.c.id,
+            *(_T.c[k] for k in HASH_COLUMNS),
+            _T.c.category,
+            _T.c.source,
+            _T.c.retired_at.is_not(None),
+        )
+        .where(*where)
+        .order_by(_T.c.id)
+    )
+    result = conn.execution_options(yield_per=chunk).execute(stmt)
+    for part in result.partitions(chunk):
+        cols = list(zip(*part, strict=True))
+        yield EntryBatch.from_columns(
+            table,
+            cols[0],
+            cols[6],
+            cols[7],
+            cols[8],
+            {k: cols[1 + i] for i, k in enumerate(HASH_COLUMNS)},
+        )
+
+
+def stream_ids(conn: Connection, *where: Any, chunk: int = 500_000) -> np.ndarray:
+    """Ids of the rows matching ``where`` as one int64 array (8 bytes per row)."""
+    result = conn.execution_options(yield_per=chunk).execute(
+        select(_T.c.id).where(*where).order_by(_T.c.id)
+    )
+    parts = [
+        np.fromiter((r[0] for r in part), np.int64, len(part)) for part in result.partitions(chunk)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+@dataclass
+class SyncState:
+    """How far the matcher reflects the database.
+
+    Every bank row with ``id <= max_id`` is known to the matcher (alive or
+    retired), and every ``bank_retire`` audit row with ``id <= audit_id`` has
+    been applied. ``changes`` counts rows added and retired since the snapshot
+    on disk was written (None: no snapshot).
+    """
+
+    max_id: int
+    audit_id: int
+    changes: int | None = None
+
+    def info(self, database: str) -> dict[str, Any]:
+        return {"max_id": self.max_id, "audit_id": self.audit_id, "database": database}
+
+
 class Bank:
+    """The matcher kept in step with the ``bank_entries`` table (see module docstring).
+
+    Args:
+        sessions: the session factory of the bank's database.
+        pdq_radius, phash_radius: match radii (settings).
+        refresh_seconds: how often :meth:`match` looks for changes.
+        index_dir: where the snapshot lives (``HOTLINE_INDEX_DIR``); None: no snapshot,
+            the matcher is built from the database at start.
+        mmap: map the snapshot's arrays instead of reading them (shared page cache).
+        verify_seconds: how often a background thread cross-checks counts with the
+            database (None: only at start and when asked).
+        resave_min, resave_fraction: re-save the snapshot once more than
+            ``max(resave_min, resave_fraction * entries)`` rows were added or retired
+            since it was written, so a start never has to replay much.
+        chunk_rows: rows per chunk when streaming from the database.
+    """
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
         pdq_radius: int = 31,
         phash_radius: int = 8,
         refresh_seconds: float = 1.0,
+        index_dir: Path | None = None,
+        *,
+        mmap: bool = True,
+        verify_seconds: float | None = 300.0,
+        resave_min: int = 50_000,
+        resave_fraction: float = 0.05,
+        chunk_rows: int = 100_000,
     ) -> None:
         self.sessions = sessions
-        self.matcher = BankMatcher(pdq_radius=pdq_radius, phash_radius=phash_radius)
+        self.pdq_radius = pdq_radius
+        self.phash_radius = phash_radius
         self.refresh_seconds = refresh_seconds
-        self._version: tuple[int, int, int] | None = None
-        self._loaded_max_id = 0
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self.mmap = mmap
+        self.verify_seconds = verify_seconds
+        self.resave_min = resave_min
+        self.resave_fraction = resave_fraction
+        self.chunk_rows = chunk_rows
+        self.matcher = CompactBankMatcher(pdq_radius=pdq_radius, phash_radius=phash_radius)
+        self.state: SyncState | None = None
+        self.loaded_from: str | None = None
         self._checked = 0.0
-        self._lock = threading.Lock()
+        self._verified = 0.0
+        self._lock = threading.RLock()
+        self._maintenance: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, sessions: sessionmaker[Session], **kwargs: Any
+    ) -> Bank:
+        """The bank as configured (radii, ``HOTLINE_INDEX_DIR``)."""
+        return cls(
+            sessions,
+            pdq_radius=settings.pdq_radius,
+            phash_radius=settings.phash_radius,
+            index_dir=settings.index_path(),
+            **kwargs,
+        )
+
+    # ---- identity
+
+    def _database(self) -> str:
+        """Which database a snapshot belongs to (a snapshot of another one is never used)."""
+        bind = self.sessions.kw.get("bind")
+        url = getattr(bind, "url", None)
+        return url.render_as_string(hide_password=True) if url is not None else ""
+
+    # ---- loading
+
+    def load(self) -> str:
+        """(Re)load the matcher: from the snapshot plus what changed since, else from the
+        database (then save a snapshot). Returns ``"snapshot"`` or ``"database"``."""
+        with self._lock:
+            loaded = self._load_snapshot()
+            if loaded is None:
+                self.rebuild(save=self.index_dir is not None)
+                self.loaded_from = "database"
+            else:
+                self.loaded_from = "snapshot"
+            self._checked = self._verified = time.monotonic()
+            return self.loaded_from
+
+    def _load_snapshot(self) -> SyncState | None:
+        if self.index_dir is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            matcher, info = load_snapshot(
+                self.index_dir,
+                pdq_radius=self.pdq_radius,
+                phash_radius=self.phash_radius,
+                mmap=self.mmap,
+            )
+        except SnapshotError as exc:
+            log.info("bank snapshot not used: %s", exc)
+            return None
+        if info.get("database") != self._database():
+            log.warning(
+                "bank snapshot in %s is of another database (%s); rebuilding",
+                self.index_dir,
+                info.get("database"),
+            )
+            return None
+        state = SyncState(int(info["max_id"]), int(info["audit_id"]), changes=0)
+        with self.sessions() as session:
+            db_max = session.scalar(select(func.max(_T.c.id))) or 0
+            if db_max < state.max_id:
+                log.warning(
+                    "bank snapshot is ahead of the database (id %d > %d); rebuilding",
+                    state.max_id,
+                    db_max,
+                )
+                return None
+        self.matcher, self.state = matcher, state
+        t1 = time.perf_counter()
+        self._catch_up()
+        repaired = self.verify()
+        log.info(
+            "bank: snapshot of %d entries loaded in %.2fs, %d changes since applied in %.2fs%s",
+            len(matcher),
+            t1 - t0,
+            state.changes,
+            time.perf_counter() - t1,
+            f", {repaired} repaired" if repaired else "",
+        )
+        if self._resave_due():
+            self.save_snapshot()
+        return state
+
+    def rebuild(self, save: bool = True) -> CompactBankMatcher:
+        """Build the matcher from the database (streamed, columnar) and swap it in;
+        ``save`` also writes a fresh snapshot."""
+        with self._lock:
+            t0 = time.perf_counter()
+            fresh = CompactBankMatcher(pdq_radius=self.pdq_radius, phash_radius=self.phash_radius)
+            with self.sessions() as session:
+                conn = session.connection()
+                # Audit position first: a retirement racing with the read is re-applied later.
+                audit_id = session.scalar(select(func.max(AuditLog.id))) or 0
+                max_id = session.scalar(select(func.max(_T.c.id))) or 0
+                batches = list(
+                    stream_batches(conn, fresh.entries, _T.c.id <= max_id, chunk=self.chunk_rows)
+                )
+            fresh.add_batch(EntryBatch.concat(batches))
+            del batches
+            self.matcher = fresh
+            self.state = SyncState(max_id, audit_id, changes=None)
+            log.info(
+                "bank: %d entries loaded from the database in %.1fs",
+                len(fresh),
+                time.perf_counter() - t0,
+            )
+            if save and self.index_dir is not None:
+                self.save_snapshot()
+            return fresh
+
+    def save_snapshot(self) -> Path | None:
+        """Write the matcher and its database position to ``index_dir``.
+
+        Skipped (returns None) when another process is writing one right now.
+        """
+        if self.index_dir is None:
+            raise ValueError("no index directory configured (HOTLINE_INDEX_DIR)")
+        with self._lock:
+            if self.state is None:
+                self.load()
+            assert self.state is not None
+            with snapshot_lock(self.index_dir) as got:
+                if not got:
+                    log.info("bank: another process is writing a snapshot; skipped")
+                    return None
+                t0 = time.perf_counter()
+                path = save_snapshot(
+                    self.matcher, self.index_dir, self.state.info(self._database())
+                )
+                self.state.changes = 0
+                log.info(
+                    "bank: snapshot of %d entries saved to %s in %.1fs",
+                    len(self.matcher),
+                    path,
+                    time.perf_counter() - t0,
+                )
+                return path
+
+    # ---- keeping up
 
     def refresh(self, force: bool = False) -> None:
+        """Apply what changed in the database since the last look (two primary-key queries).
+
+        Never waits for a refresh or verification already running in another
+        thread (matching goes on against the current matcher), except the
+        first load, which everyone needs.
+        """
         if not force and time.monotonic() - self._checked < self.refresh_seconds:
             return
-        with self._lock:
-            with self.sessions() as session:
-                version = Store(session).bank_version()
-                if version == self._version:
-                    self._checked = time.monotonic()
+        if self.state is None:
+            with self._lock:
+                if self.state is None:
+                    self.load()
                     return
-                if self._version is not None and version[2] == self._version[2]:
-                    # Only additions since last time: add incrementally.
-                    rows = session.scalars(
-                        select(BankEntry).where(BankEntry.id > self._loaded_max_id, BankEntry.retired_at.is_(None))
-                    ).all()
-                    self.matcher.add(record_of(r) for r in rows)
-                else:
-                    fresh = BankMatcher(self.matcher.radius["pdq"], self.matcher.radius["phash"])
-                    fresh.add(record_of(r) for r in Store(session).active_bank_entries())
-                    self.matcher = fresh
-                self._version = version
-                self._loaded_max_id = version[0]
-                self._checked = time.monotonic()
+        if not self._lock.acquire(blocking=force):
+            return
+        try:
+            self._catch_up()
+            self._checked = time.monotonic()
+        finally:
+            self._lock.release()
+        self._maybe_maintain()
+
+    def _catch_up(self) -> int:
+        """Add rows with ids beyond ``max_id``, apply newer ``bank_retire`` audit rows."""
+        state = self.state
+        assert state is not None
+        changed = 0
+        with self.sessions() as session:
+            conn = session.connection()
+            max_id = session.scalar(select(func.max(_T.c.id))) or 0
+            audit_id = session.scalar(select(func.max(AuditLog.id))) or 0
+            if max_id > state.max_id:
+                entries = self.matcher.entries
+                batches = list(
+                    stream_batches(
+                        conn,
+                        entries,
+                        _T.c.id > state.max_id,
+                        _T.c.id <= max_id,
+                        chunk=self.chunk_rows,
+                    )
+                )
+                batch = EntryBatch.concat(batches)
+                self.matcher.add_batch(batch)
+                changed += len(batch)
+                state.max_id = max_id
+            if audit_id > state.audit_id:
+                subjects = conn.execute(
+                    select(AuditLog.subject).where(
+                        AuditLog.id > state.audit_id,
+                        AuditLog.id <= audit_id,
+                        AuditLog.action == RETIRE_ACTION,
+                    )
+                ).scalars()
+                ids = [int(s) for s in subjects if s.isdigit()]
+                if ids:
+                    changed += self.matcher.retire(ids)
+                state.audit_id = audit_id
+        if state.changes is not None:
+            state.changes += changed
+        return changed
+
+    def verify(self) -> int:
+        """Cross-check with the database; repair and return how many entries were wrong.
+
+        Finds rows with ``id <= max_id`` the matcher has not seen (PostgreSQL
+        hands out ids at insert, so a long transaction can commit below ids
+        already read) and retirements that did not come through the audit
+        log. Costs two counts over the table: seconds at 10M rows on SQLite.
+        """
+        with self._lock:
+            state = self.state
+            if state is None:
+                self.load()
+                return 0
+            entries = self.matcher.entries
+            repaired = 0
+            with self.sessions() as session:
+                conn = session.connection()
+                total, retired = conn.execute(
+                    select(func.count(_T.c.id), func.count(_T.c.retired_at)).where(
+                        _T.c.id <= state.max_id
+                    )
+                ).one()
+                if total < entries.total:
+                    log.warning(
+                        "bank: %d rows known but only %d in the database; rebuilding",
+                        entries.total,
+                        total,
+                    )
+                    self.rebuild(save=self.index_dir is not None)
+                    return entries.total - total
+                if total > entries.total:
+                    ids = stream_ids(conn, _T.c.id <= state.max_id)
+                    missing = ids[~entries.known(ids)]
+                    log.warning(
+                        "bank: %d rows committed out of id order found; adding", len(missing)
+                    )
+                    for lo in range(0, len(missing), 10_000):
+                        part = missing[lo : lo + 10_000].tolist()
+                        self.matcher.add_batch(
+                            EntryBatch.concat(
+                                list(stream_batches(conn, entries, _T.c.id.in_(part)))
+                            )
+                        )
+                    repaired += len(missing)
+                if retired != entries.dead:
+                    ids = stream_ids(conn, _T.c.id <= state.max_id, _T.c.retired_at.is_not(None))
+                    k = self.matcher.retire(ids.tolist())
+                    log.warning("bank: %d retirements not seen in the audit log; applied", k)
+                    repaired += k
+                    if entries.dead != retired:
+                        # An entry came back (retired_at cleared by hand): start over.
+                        self.rebuild(save=self.index_dir is not None)
+            if state.changes is not None:
+                state.changes += repaired
+            self._verified = time.monotonic()
+            return repaired
+
+    def _resave_due(self) -> bool:
+        s = self.state
+        if self.index_dir is None or s is None:
+            return False
+        if s.changes is None:
+            return True
+        return s.changes > max(self.resave_min, self.resave_fraction * self.matcher.entries.total)
+
+    def _maybe_maintain(self) -> None:
+        """Verify and re-save in a background thread when due, so matching never waits."""
+        verify_due = (
+            self.verify_seconds is not None
+            and time.monotonic() - self._verified >= self.verify_seconds
+        )
+        if not (verify_due or self._resave_due()):
+            return
+        if self._maintenance is not None and self._maintenance.is_alive():
+            return
+
+        def work() -> None:
+            try:
+                if verify_due:
+                    self.verify()
+                if self._resave_due():
+                    self.save_snapshot()
+            except Exception:  # noqa: BLE001 - maintenance must not kill the process; next round retries
+                log.exception("bank maintenance failed")
+                self._verified = time.monotonic()
+
+        self._maintenance = threading.Thread(target=work, name="bank-maintenance", daemon=True)
+        self._maintenance.start()
+
+    # ---- use
 
     def match(self, **hashes: str | int | None) -> Hit | None:
         self.refresh()
         return self.matcher.match(**hashes)  # type: ignore[arg-type]
+
+    def retire(self, entry_id: int, reason: str, actor: str) -> bool:
+        """Retire in the database (reason kept) and stop matching at once in this process."""
+        with self.sessions() as session:
+            store = Store(session)
+            ok = retire(store, entry_id, reason, actor)
+            store.commit()
+        if ok:
+            self.matcher.retire([entry_id])
+        return ok
+
+
+# --------------------------------------------------------------------------- CSV
 
 
 def validate_row(row: dict[str, str]) -> dict[str, str | None]:
@@ -100,79 +522,193 @@ def validate_row(row: dict[str, str]) -> dict[str, str | None]:
     return hashes
 
 
+class _Writer:
+    """Bulk insert of validated rows: ``COPY`` on PostgreSQL, Core executemany elsewhere."""
+
+    def __init__(self, conn: Connection, stamp: Any) -> None:
+        self.conn = conn
+        self.stamp = stamp
+        self.postgres = conn.dialect.name == "postgresql"
+        self._sqlite_cache: Any = None
+        if conn.dialect.name == "sqlite":
+            # Random hashes land all over the md5/sha1/sha256 index b-trees: a big page
+            # cache (1 GiB here, for this import only) keeps those inserts in memory.
+            self._sqlite_cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+            conn.exec_driver_sql("PRAGMA cache_size=-1048576")
+
+    def write(self, rows: list[tuple[str | None, ...]]) -> None:
+        if self.postgres:
+            raw = self.conn.connection.driver_connection
+            cols = ", ".join((*CSV_COLUMNS, "added_at"))
+            with raw.cursor() as cur, cur.copy(f"COPY {_T.name} ({cols}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+                for r in rows:
+                    copy.write_row((*r, self.stamp))
+        else:
+            self.conn.execute(
+                insert(_T),
+                [
+                    {
+                        "md5": r[0],
+                        "sha1": r[1],
+                        "sha256": r[2],
+                        "pdq": r[3],
+                        "phash": r[4],
+                        "category": r[5],
+                        "source": r[6],
+                        "added_at": self.stamp,
+                    }
+                    for r in rows
+                ],
+            )
+
+    def close(self) -> None:
+        if self._sqlite_cache is not None:
+            self.conn.exec_driver_sql(f"PRAGMA cache_size={int(self._sqlite_cache)}")
+
+
 def import_csv(
     stream: TextIO,
     store: Store,
     default_category: str = "baseline",
     default_source: str = "import",
     progress: Callable[[int], None] | None = None,
-    batch_size: int = 5000,
+    batch_size: int = 10_000,
 ) -> tuple[int, list[str]]:
-    """Load bank rows from CSV (columns md5,sha1,sha256,pdq,phash,category,source; any subset of
-    hash columns). Returns (rows added, errors); bad rows are reported, never silently skipped."""
-    reader = csv.DictReader(stream)
-    if reader.fieldnames is None:
+    """Load bank rows from CSV (columns md5,sha1,sha256,pdq,phash,category,source; any subset
+    of hash columns, in any order). Returns (rows added, errors).
+
+    Every refused row is reported as ``line N: column C: reason``, never
+    silently skipped; blank lines are not rows. Good rows go to the database
+    in bulk (``batch_size`` rows per insert) in the caller's transaction, so
+    the caller's commit makes the import visible at once. ``progress`` is
+    called with the number of rows read since the last call.
+    """
+    reader = csv.reader(stream)
+    try:
+        header = next(reader)
+    except StopIteration:
         return 0, ["the file is empty"]
-    unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
+    except csv.Error as exc:
+        return 0, [f"line 1: not CSV: {exc}"]
+    names = [h.strip().lower() for h in header]
+    unknown = [h for h in names if h not in CSV_COLUMNS]
     if unknown:
-        return 0, [f"unknown column(s) {', '.join(unknown)}; expected any of {', '.join(CSV_COLUMNS)}"]
+        return 0, [
+            f"line 1: unknown column(s) {', '.join(unknown)}; expected any of {', '.join(CSV_COLUMNS)}"
+        ]
+    dupes = sorted({h for h in names if names.count(h) > 1})
+    if dupes:
+        return 0, [f"line 1: column(s) {', '.join(dupes)} appear more than once"]
+    hash_pos = [(names.index(c), c, get_signal_type(c)) for c in HASH_COLUMNS if c in names]
+    if not hash_pos:
+        return 0, ["line 1: no hash column; expected at least one of " + ", ".join(HASH_COLUMNS)]
+    cat_pos = names.index("category") if "category" in names else None
+    src_pos = names.index("source") if "source" in names else None
+    width = len(names)
+    slot = {c: i for i, c in enumerate(HASH_COLUMNS)}
+
+    writer = _Writer(store.session.connection(), now())
     added = 0
     errors: list[str] = []
-    batch: list[BankEntry] = []
-    stamp = now()
-    for lineno, row in enumerate(reader, start=2):
-        try:
-            hashes = validate_row(row)
-        except ValueError as exc:
-            errors.append(f"line {lineno}: {exc}")
-            continue
-        batch.append(
-            BankEntry(
-                category=(row.get("category") or default_category).strip(),
-                source=(row.get("source") or default_source).strip(),
-                added_at=stamp,
-                **hashes,
-            )
-        )
-        if len(batch) >= batch_size:
-            store.session.add_all(batch)
-            store.flush()
+    batch: list[tuple[str | None, ...]] = []
+    read = 0
+    try:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                errors.append(f"line {reader.line_num}: not CSV: {exc}")
+                continue
+            read += 1
+            if progress and read % batch_size == 0:
+                progress(batch_size)
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            lineno = reader.line_num
+            if len(row) != width:
+                errors.append(
+                    f"line {lineno}: expected {width} fields ({', '.join(names)}), got {len(row)}"
+                )
+                continue
+            out: list[str | None] = [None] * 7
+            bad = None
+            for pos, col, sig in hash_pos:
+                value = row[pos]
+                if value and not value.isspace():
+                    try:
+                        out[slot[col]] = sig.validate(value)
+                    except InvalidHash as exc:
+                        bad = f"line {lineno}: column {col}: {exc}"
+                        break
+            if bad is None and all(v is None for v in out[:5]):
+                bad = f"line {lineno}: no hash in any of the columns {', '.join(c for _, c, _ in hash_pos)}"
+            if bad is None:
+                category = (row[cat_pos].strip() if cat_pos is not None else "") or default_category
+                source = (row[src_pos].strip() if src_pos is not None else "") or default_source
+                if len(category) > _CATEGORY_MAX:
+                    bad = f"line {lineno}: column category: longer than {_CATEGORY_MAX} characters"
+                elif len(source) > _SOURCE_MAX:
+                    bad = f"line {lineno}: column source: longer than {_SOURCE_MAX} characters"
+                else:
+                    out[5], out[6] = category, source
+            if bad is not None:
+                errors.append(bad)
+                continue
+            batch.append(tuple(out))
+            if len(batch) >= batch_size:
+                writer.write(batch)
+                added += len(batch)
+                batch = []
+        if batch:
+            writer.write(batch)
             added += len(batch)
-            if progress:
-                progress(len(batch))
-            batch = []
-    if batch:
-        store.session.add_all(batch)
-        store.flush()
-        added += len(batch)
-        if progress:
-            progress(len(batch))
+        if progress and read % batch_size:
+            progress(read % batch_size)
+    finally:
+        writer.close()
     store.audit("cli", "bank_import", "bank", f"{added} entries added, {len(errors)} rows refused")
     return added, errors
 
 
 def export_csv(store: Store, out: TextIO, include_retired: bool = False) -> int:
+    """Write the bank as CSV (same columns as the import). Streams: constant memory at 10M rows."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
-    n = 0
-    q = select(BankEntry).order_by(BankEntry.id)
+    q = select(*(_T.c[c] for c in CSV_COLUMNS)).order_by(_T.c.id)
     if not include_retired:
-        q = q.where(BankEntry.retired_at.is_(None))
-    for e in store.session.scalars(q):
-        writer.writerow([e.md5 or "", e.sha1 or "", e.sha256 or "", e.pdq or "", e.phash or "", e.category, e.source])
-        n += 1
+        q = q.where(_T.c.retired_at.is_(None))
+    n = 0
+    result = store.session.connection().execution_options(yield_per=50_000).execute(q)
+    for part in result.partitions():
+        writer.writerows([("" if v is None else v) for v in r] for r in part)
+        n += len(part)
     return n
 
 
 def retire(store: Store, entry_id: int, reason: str, actor: str) -> bool:
+    """Retire an entry: it stops matching, the reason stays on record.
+
+    The ``bank_retire`` audit row is also how every running :class:`Bank`
+    learns of the retirement, cheaply.
+    """
     entry = store.session.get(BankEntry, entry_id)
     if entry is None or entry.retired_at is not None:
         return False
     entry.retired_at = now()
     entry.retired_reason = reason
-    store.audit(actor, "bank_retire", str(entry_id), reason)
+    store.audit(actor, RETIRE_ACTION, str(entry_id), reason)
     return True
 
 
 def rows_from_text(text: str) -> Iterator[dict[str, str]]:
     yield from csv.DictReader(io.StringIO(text))
+
+
+def write_csv(rows: Sequence[dict[str, str | None]], out: TextIO) -> None:
+    """Rows as bank CSV (for tests and benchmarks that generate banks)."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        writer.writerow([r.get(c) or "" for c in CSV_COLUMNS])

@@ -49,6 +49,27 @@ class Settings(BaseSettings):
     forward_max_attempts: int = 5
     forward_retry_seconds: float = 2.0
 
+    # Where the bank matcher's snapshot lives (hotline.bank): "auto" = ``var/index``
+    # next to the SQLite file (or the working directory for other databases);
+    # "" or "none" = no snapshot, the matcher is built from the database at start.
+    index_dir: str = "auto"
+
+    def index_path(self) -> Path | None:
+        """``index_dir`` resolved: a directory, or None for no snapshot."""
+        value = self.index_dir.strip()
+        if value.lower() in ("", "none", "off"):
+            return None
+        if value.lower() != "auto":
+            return Path(value)
+        if self.database_url.startswith("sqlite"):
+            from sqlalchemy.engine import make_url
+
+            database = make_url(self.database_url).database
+            if not database or database == ":memory:" or database.startswith("file:"):
+                return None
+            return Path(database).parent / "var" / "index"
+        return Path("var") / "index"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
