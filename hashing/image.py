@@ -65,9 +65,9 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"
 """Formats Pillow decodes in-process; anything else is refused as not an image."""
 
 MIN_REDUCED_SIDE = 128
-"""Decode no smaller than this (shorter side, pixels). Measured in
-benchmarks/bench_hashing.py: at >= 128 the fast PDQ stays within a few bits
-of the full-resolution reference (PDQ itself works on a 64x64 downsample)."""
+"""Decode no smaller than this (shorter side, pixels). At >= 128 the fast PDQ
+stays within a few bits of the full-resolution reference; at 96 it drifts up
+to the 8-bit budget (sweep in docs/benchmarks-hashing.md)."""
 
 _JPEG_SCALES = (8, 4, 2, 1)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -105,6 +105,9 @@ class ImageHashes(BaseModel):
     ``hashing.signals.PDQ_MIN_QUALITY`` must not be used for matching.
     ``frames`` holds the other sampled frames of an animation (frame 0 is
     never repeated there); at most ``max_frames`` frames are hashed in all.
+    ``hash_image`` always fills the perceptual fields of a picture it could
+    decode; they are optional so that hashes from other sources (bank rows,
+    partner forwards) without a perceptual hash fit the same model.
     """
 
     model_config = ConfigDict(frozen=True)
