@@ -538,9 +538,9 @@ class _Writer:
 
     def write(self, rows: list[tuple[str | None, ...]]) -> None:
         if self.postgres:
-            raw = self.conn.connection.driver_connection
+            raw: Any = self.conn.connection.driver_connection  # psycopg.Connection
             cols = ", ".join((*CSV_COLUMNS, "added_at"))
-            with raw.cursor() as cur, cur.copy(f"COPY {_T.name} ({cols}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            with raw.cursor() as cur, cur.copy(f"COPY {_T.name} ({cols}) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row((*r, self.stamp))
         else:
