@@ -171,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Synthetic photo-like JPEGs, quality 85, 4:2:0; {'quick' if args.quick else 'full'} run.\n"
     )
 
-    rows, drifts = [], []
+    rows: list[tuple[str, str, float, float, float | None]] = []
+    drifts = []
     for width, height in SIZES:
         started = time.perf_counter()
         images = [
