@@ -7,11 +7,11 @@ inclusive; pHash: ≈ 10), while answering ≥ 1,000 queries/s on one core.
 
 * :class:`HammingIndex` — exact Hamming range search by multi-index hashing
   (see :mod:`hashing.mih` for the scheme and why it is exact). Rows live in a
-  *main* segment (multi-index tables, rebuilt in bulk) plus a small *delta*
-  segment scanned linearly, so analysts can add entries one at a time without
-  a rebuild; when the delta outgrows ``max_delta`` both are merged and the
-  tables rebuilt. Removal marks rows dead (a tombstone mask checked at query
-  time) and dead rows are dropped at the next rebuild.
+  large *main* segment (rebuilt in bulk) and a small *delta* segment of
+  recent additions (rebuilt on each ``add``, milliseconds), both with
+  multi-index tables, so analysts can add entries one at a time without a
+  10M rebuild and without slowing queries. Removal marks rows dead (a
+  tombstone mask checked at query time); dead rows go at the next rebuild.
 * :class:`ExactIndex` — cryptographic hashes: a sorted array of 64-bit key
   prefixes searched with ``np.searchsorted`` (queries sorted first, which
   makes the binary searches cache friendly), full keys compared afterwards.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -154,22 +155,125 @@ def _group(b: int, qidx: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> list[
 # --------------------------------------------------------------------------- HammingIndex
 
 
+class _Segment:
+    """Rows plus their multi-index tables: the unit that is built, queried and saved.
+
+    ``alive`` is the tombstone mask ``remove`` clears; dead rows are dropped
+    when the segment is rebuilt.
+    """
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        ids: np.ndarray,
+        tables: MultiIndexTables | None,
+        alive: np.ndarray | None = None,
+    ) -> None:
+        self.codes = codes  # (n, padded) uint8
+        self.ids = ids  # (n,) int64
+        self.tables = tables
+        self.alive = np.ones(len(ids), dtype=bool) if alive is None else alive
+        self.n_dead = int(len(ids) - self.alive.sum()) if alive is not None else 0
+
+    @classmethod
+    def build(
+        cls, codes: np.ndarray, ids: np.ndarray, bits: int, substrings: int | None, radius: int
+    ) -> _Segment:
+        tables = None
+        if len(ids):
+            m = substrings or choose_substrings(bits, len(ids), radius)
+            tables = MultiIndexTables.build(codes, bits, m)
+        return cls(codes, ids, tables)
+
+    @classmethod
+    def empty(cls, padded: int) -> _Segment:
+        return cls(np.empty((0, padded), np.uint8), np.empty(0, np.int64), None)
+
+    def __len__(self) -> int:
+        return len(self.ids) - self.n_dead
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, ids) of the live rows."""
+        if self.n_dead == 0:
+            return self.codes, self.ids
+        return self.codes[self.alive], self.ids[self.alive]
+
+    def remove(self, ids: np.ndarray) -> int:
+        if len(self.ids) == 0:
+            return 0
+        dead = np.isin(self.ids, ids) & self.alive
+        k = int(dead.sum())
+        if k:
+            if not self.alive.flags.writeable:  # memory-mapped or loaded read-only
+                self.alive = self.alive.copy()
+            self.alive[dead] = False
+            self.n_dead += k
+        return k
+
+    def hits(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query index, id, distance) of every live row within ``radius`` of rows of ``q``."""
+        n = len(self.ids)
+        if n == 0 or self.tables is None:
+            e = np.empty(0, dtype=np.int64)
+            return e, e, e.astype(np.int32)
+        q64 = q.view(np.uint64)
+        codes64 = self.codes.view(np.uint64)
+        if estimated_cost(self.tables.widths.tolist(), radius, n) >= n / 4:
+            # Radius too large (or segment too small) for the tables to help: scan, still exact.
+            qs, rs, ds = [], [], []
+            for i, row in enumerate(q):
+                dist = hamming_distances(self.codes, row)
+                r = np.flatnonzero(dist <= radius)
+                qs.append(np.full(len(r), i, dtype=np.int64))
+                rs.append(r)
+                ds.append(dist[r])
+            qi, rows, d = np.concatenate(qs), np.concatenate(rs), np.concatenate(ds)
+        else:
+            rows, per_query = self.tables.candidates(q.view(">u8").astype(np.uint64), radius)
+            qi = np.repeat(np.arange(len(q), dtype=np.int64), per_query)
+            # np.take and np.repeat: several times faster than fancy indexing here.
+            counts = np.bitwise_count(
+                np.take(codes64, rows, axis=0) ^ np.repeat(q64, per_query, axis=0)
+            )
+            d = counts[:, 0].astype(np.int32)
+            for j in range(1, counts.shape[1]):
+                d += counts[:, j]
+            ok = d <= radius
+            qi, rows, d = qi[ok], rows[ok], d[ok]
+            if len(qi):
+                # A true match is usually found through several tables: dedupe.
+                _, first = np.unique(qi * n + rows, return_index=True)
+                qi, rows, d = qi[first], rows[first], d[first]
+        if self.n_dead and len(rows):
+            ok = self.alive[rows]
+            qi, rows, d = qi[ok], rows[ok], d[ok]
+        return qi.astype(np.int64), self.ids[rows], d
+
+
 class HammingIndex:
     """Exact Hamming range search over ``bits``-bit codes (PDQ: 256, pHash: 64).
 
     ``query`` returns *every* live entry within the radius (inclusive): the
     multi-index tables only narrow the candidates, the full distance decides.
 
+    Two segments, both with multi-index tables: the large *main* one, rebuilt
+    only in bulk, and a small *delta* holding recent additions, rebuilt on
+    every ``add`` (milliseconds at its size). So analysts' one-at-a-time
+    additions never trigger a 10M rebuild and never slow queries down; once
+    the delta exceeds ``max_delta`` rows it is merged into the main segment.
+
     Args:
         bits: code length in bits (a multiple of 8).
         substrings: number of multi-index substrings; ``None`` (default)
-            re-chooses it at every rebuild from the bank size, which is what
+            chooses it at every build from the segment size, which is what
             you want unless benchmarking.
         design_radius: the radius the substring count is tuned for (default
             31 for 256-bit PDQ, else ``bits // 6``, 10 for pHash); any radius
             can be queried, large ones fall back to a linear scan.
-        max_delta: entries kept in the linearly scanned delta segment before
-            a rebuild; bigger means cheaper single adds, slower queries.
+        max_delta: rows kept in the delta segment before a merge into the
+            main one (a merge rebuilds the main tables: ~16 s at 10M).
+
+    Not thread-safe for concurrent mutation; concurrent queries are fine.
     """
 
     def __init__(
@@ -178,7 +282,7 @@ class HammingIndex:
         *,
         substrings: int | None = None,
         design_radius: int | None = None,
-        max_delta: int = 16384,
+        max_delta: int = 65536,
     ) -> None:
         if bits <= 0 or bits % 8:
             raise ValueError("bits must be a positive multiple of 8")
@@ -190,19 +294,13 @@ class HammingIndex:
             design_radius if design_radius is not None else (31 if bits == 256 else bits // 6)
         )
         self.max_delta = max_delta
-        self._codes = np.empty((0, self._padded), dtype=np.uint8)  # main segment
-        self._ids = np.empty(0, dtype=np.int64)
-        self._alive = np.ones(0, dtype=bool)
-        self._n_dead = 0
-        self._tables: MultiIndexTables | None = None
-        self._delta_codes: list[np.ndarray] = []
-        self._delta_ids: list[np.ndarray] = []
-        self._delta_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._main = _Segment.empty(self._padded)
+        self._delta = _Segment.empty(self._padded)
 
     # ---- mutation
 
     def add(self, ids: np.ndarray | Iterable[int], codes: np.ndarray | Sequence[bytes]) -> None:
-        """Add entries. Small additions go to the delta segment; large ones trigger a rebuild.
+        """Add entries: into the delta segment, or straight into the main one when large.
 
         Ids need not be unique (two hashes of one bank entry are fine); ``remove``
         removes every row with the id.
@@ -213,49 +311,37 @@ class HammingIndex:
             raise ValueError(f"{len(ids_a)} ids for {len(codes_a)} codes")
         if len(ids_a) == 0:
             return
-        self._delta_ids.append(ids_a)
-        self._delta_codes.append(codes_a.copy())
-        self._delta_cache = None
-        if self._delta_len() > self.max_delta:
+        d_codes, d_ids = self._delta.live()
+        codes_all = np.concatenate([d_codes, codes_a])
+        ids_all = np.concatenate([d_ids, ids_a])
+        if len(ids_all) > self.max_delta:
+            self._delta = _Segment(codes_all, ids_all, None)
             self.rebuild()
+        else:
+            self._delta = self._build(codes_all, ids_all)
 
     def remove(self, ids: np.ndarray | Iterable[int]) -> int:
-        """Retire entries by id; returns how many rows were removed."""
+        """Retire entries by id (tombstones; rows are dropped at the next rebuild).
+
+        Returns how many rows were removed.
+        """
         ids_a = _as_ids(ids)
         if len(ids_a) == 0:
             return 0
-        removed = 0
-        if len(self._ids):
-            dead = np.isin(self._ids, ids_a) & self._alive
-            k = int(dead.sum())
-            if k:
-                if not self._alive.flags.writeable:  # memory-mapped read-only
-                    self._alive = self._alive.copy()
-                self._alive[dead] = False
-                self._n_dead += k
-                removed += k
-        if self._delta_ids:
-            d_ids, d_codes = self._delta()
-            keep = ~np.isin(d_ids, ids_a)
-            removed += int((~keep).sum())
-            self._delta_ids, self._delta_codes = [d_ids[keep]], [d_codes[keep]]
-            self._delta_cache = None
-        return removed
+        return self._main.remove(ids_a) + self._delta.remove(ids_a)
 
     def rebuild(self) -> None:
         """Merge the delta into the main segment, drop removed rows, rebuild the tables."""
-        d_ids, d_codes = self._delta()
-        keep = self._alive
-        codes = np.concatenate([self._codes[keep], d_codes]) if len(d_ids) else self._codes[keep]
-        ids = np.concatenate([self._ids[keep], d_ids]) if len(d_ids) else self._ids[keep]
-        self._codes, self._ids = np.ascontiguousarray(codes), ids
-        self._alive = np.ones(len(ids), dtype=bool)
-        self._n_dead = 0
-        self._delta_ids, self._delta_codes, self._delta_cache = [], [], None
-        self._tables = None
-        if len(ids):
-            m = self.substrings or choose_substrings(self.bits, len(ids), self.design_radius)
-            self._tables = MultiIndexTables.build(self._codes, self.bits, m)
+        m_codes, m_ids = self._main.live()
+        d_codes, d_ids = self._delta.live()
+        codes = np.ascontiguousarray(np.concatenate([m_codes, d_codes]))
+        ids = np.concatenate([m_ids, d_ids])
+        self._main = _Segment.empty(self._padded)  # free the old tables before building
+        self._delta = _Segment.empty(self._padded)
+        self._main = self._build(codes, ids)
+
+    def _build(self, codes: np.ndarray, ids: np.ndarray) -> _Segment:
+        return _Segment.build(codes, ids, self.bits, self.substrings, self.design_radius)
 
     # ---- queries
 
@@ -277,97 +363,26 @@ class HammingIndex:
         q = _pad(_as_codes(codes, self.nbytes), self._padded)
         out: list[list[Match]] = []
         for lo in range(0, len(q), block):
-            out.extend(self._query_block(q[lo : lo + block], int(radius)))
+            blk = q[lo : lo + block]
+            parts = [s.hits(blk, int(radius)) for s in (self._main, self._delta) if len(s.ids)]
+            if not parts:
+                out.extend([] for _ in range(len(blk)))
+                continue
+            qi, ids, d = (np.concatenate(p) for p in zip(*parts, strict=True))
+            out.extend(_group(len(blk), qi, ids, d))
         return out
-
-    def _query_block(self, q: np.ndarray, radius: int) -> list[list[Match]]:
-        b = len(q)
-        q64 = q.view(np.uint64)
-        parts_q: list[np.ndarray] = []
-        parts_i: list[np.ndarray] = []
-        parts_d: list[np.ndarray] = []
-        if self._tables is not None and len(self._ids):
-            qi, rows, d = self._main_hits(q, q64, radius)
-            parts_q.append(qi)
-            parts_i.append(self._ids[rows])
-            parts_d.append(d)
-        if self._delta_ids:
-            d_ids, d_codes = self._delta()
-            d64 = d_codes.view(np.uint64)
-            # (b, nd) distances; the delta is bounded by max_delta so this stays small.
-            dist = np.bitwise_count(q64[:, None, :] ^ d64[None, :, :]).sum(axis=2, dtype=np.int32)
-            qi, j = np.nonzero(dist <= radius)
-            parts_q.append(qi.astype(np.int64))
-            parts_i.append(d_ids[j])
-            parts_d.append(dist[qi, j])
-        if not parts_q:
-            return [[] for _ in range(b)]
-        return _group(b, np.concatenate(parts_q), np.concatenate(parts_i), np.concatenate(parts_d))
-
-    def _main_hits(
-        self, q: np.ndarray, q64: np.ndarray, radius: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query index, main row, distance) of every live main row within ``radius``."""
-        tables = self._tables
-        assert tables is not None
-        n = len(self._ids)
-        codes64 = self._codes.view(np.uint64)
-        if estimated_cost(tables.widths.tolist(), radius, n) >= n / 4:
-            # Radius too large for the tables to help: scan (still exact).
-            qs, rs, ds = [], [], []
-            for i, row in enumerate(q):
-                dist = hamming_distances(self._codes, row)
-                r = np.flatnonzero(dist <= radius)
-                qs.append(np.full(len(r), i, dtype=np.int64))
-                rs.append(r)
-                ds.append(dist[r])
-            qi, rows, d = np.concatenate(qs), np.concatenate(rs), np.concatenate(ds)
-        else:
-            rows, per_query = tables.candidates(q.view(">u8").astype(np.uint64), radius)
-            qi = np.repeat(np.arange(len(q), dtype=np.int64), per_query)
-            # np.take and np.repeat: several times faster than fancy indexing here.
-            counts = np.bitwise_count(
-                np.take(codes64, rows, axis=0) ^ np.repeat(q64, per_query, axis=0)
-            )
-            d = counts[:, 0].astype(np.int32)
-            for j in range(1, counts.shape[1]):
-                d += counts[:, j]
-            ok = d <= radius
-            qi, rows, d = qi[ok], rows[ok], d[ok]
-            if len(qi):
-                # A true match is usually found through several tables: dedupe.
-                _, first = np.unique(qi * n + rows, return_index=True)
-                qi, rows, d = qi[first], rows[first], d[first]
-        if self._n_dead and len(rows):
-            ok = self._alive[rows]
-            qi, rows, d = qi[ok], rows[ok], d[ok]
-        return qi.astype(np.int64), rows.astype(np.int64), d
 
     # ---- bookkeeping
 
-    def _delta_len(self) -> int:
-        return sum(len(i) for i in self._delta_ids)
-
-    def _delta(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._delta_cache is None:
-            if self._delta_ids:
-                ids = np.concatenate(self._delta_ids)
-                codes = np.concatenate(self._delta_codes)
-            else:
-                ids = np.empty(0, dtype=np.int64)
-                codes = np.empty((0, self._padded), dtype=np.uint8)
-            self._delta_ids, self._delta_codes = [ids], [codes]
-            self._delta_cache = (ids, codes)
-        return self._delta_cache
-
     def __len__(self) -> int:
         """Live entries (rows) in the index."""
-        return len(self._ids) - self._n_dead + self._delta_len()
+        return len(self._main) + len(self._delta)
 
     @property
     def num_substrings(self) -> int:
-        """Substrings of the current main segment's tables (0 before the first rebuild)."""
-        return self._tables.m if self._tables is not None else 0
+        """Substrings of the main segment's tables (0 while it is empty)."""
+        t = self._main.tables
+        return t.m if t is not None else 0
 
     # ---- persistence
 
@@ -375,14 +390,15 @@ class HammingIndex:
         """Write the index to directory ``path`` as ``.npy`` files (delta merged first).
 
         Saving the built tables (not just the codes) is what makes ``load``
-        take seconds at 10M entries instead of a rebuild.
+        take a second at 10M entries instead of a rebuild.
         """
-        if self._delta_ids or self._n_dead:
+        if len(self._delta.ids) or self._main.n_dead:
             self.rebuild()
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {"codes": self._codes, "ids": self._ids}
-        t = self._tables
+        main = self._main
+        arrays: dict[str, np.ndarray] = {"codes": main.codes, "ids": main.ids}
+        t = main.tables
         if t is not None:
             arrays.update(
                 starts=t.starts, widths=t.widths, bases=t.bases, offsets=t.offsets, order=t.order
@@ -396,7 +412,7 @@ class HammingIndex:
             "substrings": self.substrings,
             "design_radius": self.design_radius,
             "max_delta": self.max_delta,
-            "n": int(len(self._ids)),
+            "n": int(len(main.ids)),
             "tables": t is not None,
         }
         (p / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -407,13 +423,14 @@ class HammingIndex:
 
         ``mmap=True`` maps the arrays read-only instead of reading them: instant,
         and several worker processes then share one copy in the page cache
-        (the first queries are slower while pages fault in).
+        (the first queries are slower while pages fault in). Either way the
+        loaded index accepts ``add`` and ``remove``.
         """
         p = Path(path)
         meta = json.loads((p / "meta.json").read_text())
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             raise ValueError(f"{p} is not a {_FORMAT} v{_VERSION} directory")
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
 
         def arr(name: str) -> np.ndarray:
             return np.load(p / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
@@ -424,20 +441,22 @@ class HammingIndex:
             design_radius=meta["design_radius"],
             max_delta=meta["max_delta"],
         )
-        idx._codes, idx._ids = arr("codes"), arr("ids")
-        if idx._codes.shape != (meta["n"], idx._padded) or idx._ids.shape != (meta["n"],):
+        n = meta["n"]
+        codes, ids = arr("codes"), arr("ids")
+        if codes.shape != (n, idx._padded) or ids.shape != (n,):
             raise ValueError(f"{p}: arrays do not match meta.json")
-        idx._alive = np.ones(meta["n"], dtype=bool)
+        tables = None
         if meta["tables"]:
-            idx._tables = MultiIndexTables(
+            tables = MultiIndexTables(
                 bits=idx.bits,
-                n=meta["n"],
+                n=n,
                 starts=np.array(arr("starts")),
                 widths=np.array(arr("widths")),
                 bases=np.array(arr("bases")),
                 offsets=arr("offsets"),
                 order=arr("order"),
             )
+        idx._main = _Segment(codes, ids, tables)
         return idx
 
 
