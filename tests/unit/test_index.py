@@ -146,6 +146,25 @@ def test_incremental_add_then_query(pdq_bank) -> None:
     assert one.query(codes[0], 0) == [(42, 0)]
 
 
+def test_delta_segment_uses_its_own_tables(pdq_bank) -> None:
+    """Rows added below max_delta are searched through the delta's tables, exactly."""
+    ids, codes, _ = pdq_bank
+    index = HammingIndex(256)  # max_delta 65536: everything stays in the delta
+    index.add(ids[:2000], codes[:2000])
+    index.add(ids[2000:], codes[2000:])
+    assert index.num_substrings == 0 and len(index) == 4000
+    assert index._delta.tables is not None and index._delta.tables.m > 1
+    queries = _queries(codes, max_flip=32, count=150, seed=21)
+    for radius in (0, 31):
+        want = [brute_force(codes, ids, q, radius) for q in queries]
+        assert index.query_batch(queries, radius) == want
+    index.remove(ids[:100])
+    keep = np.ones(len(ids), bool)
+    keep[:100] = False
+    want = [brute_force(codes[keep], ids[keep], q, 31) for q in queries]
+    assert index.query_batch(queries, 31) == want
+
+
 def test_remove(pdq_bank) -> None:
     ids, codes, _ = pdq_bank
     index = HammingIndex(256, max_delta=200)
