@@ -185,7 +185,11 @@ def _scale_for(width: int, height: int, choices: tuple[int, ...] | None = None) 
 def _reduced_luma(frame: Image.Image) -> tuple[np.ndarray, int]:
     """Luma of an already-seeked frame, box-reduced; returns (plane, scale)."""
     width, height = frame.size
-    if frame.mode not in ("L", "RGB"):
+    if frame.mode.startswith("I;16"):
+        # Pillow's RGB conversion clips 16-bit grey to white (the reference tools
+        # then hash a blank, quality-0 picture); keep the top 8 bits instead.
+        frame = Image.fromarray((np.asarray(frame, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+    elif frame.mode not in ("L", "RGB"):
         frame = frame.convert("RGB")  # what the reference pipeline does, alpha dropped
     scale = _scale_for(width, height)
     if scale > 1:

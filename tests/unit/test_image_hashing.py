@@ -286,3 +286,12 @@ def test_jpeg_with_too_many_scans_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(hashing.image, "MAX_JPEG_SCANS", 3)
     with pytest.raises(ImageError, match="scans, over the limit of 3"):
         hash_image(progressive)
+
+
+def test_16_bit_greyscale_png_is_hashed_from_its_top_8_bits() -> None:
+    grey = np.asarray(generate_photo_like(300, 200, seed=3).convert("L"))
+    wide = encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG")
+    narrow = encode(Image.fromarray(grey), "PNG")
+    hashes, expected = hash_image(wide), hash_image(narrow)
+    assert hashes.pdq_quality == expected.pdq_quality and PDQ.usable(hashes.pdq_quality)
+    assert hashes.pdq == expected.pdq and hashes.phash == expected.phash
