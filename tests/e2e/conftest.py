@@ -47,8 +47,15 @@ class Stack:
     known_seed: int
 
     def api(self, role: str | None = "admin") -> httpx.Client:
+        """An HTTP client with a bearer token of ``role`` (None: anonymous)."""
         headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=10, trust_env=False)
+
+    def signed_in(self, role: str) -> httpx.Client:
+        """An HTTP client that carries ``role``'s token the way a signed-in browser does: as the
+        ``hotline_token`` cookie, with no Origin or Referer unless a test adds one."""
+        return httpx.Client(base_url=self.base_url, cookies={"hotline_token": self.tokens[role]}, timeout=10,
+                            trust_env=False)
 
     def wait_for(self, check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
@@ -73,6 +80,17 @@ class Stack:
                 return items  # type: ignore[no-any-return]
 
             return self.wait_for(ready, what=f"report {report_id} to reach {states or 'ingest'}")  # type: ignore[no-any-return]
+
+
+def click_and_wait(browser: Any, button: Any, timeout: float = 10.0) -> None:
+    """Click a link or submit button and wait until the browser has left the page: ``click``
+    returns as soon as the click is dispatched, before the next page is shown."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element("tag name", "html")
+    button.click()
+    WebDriverWait(browser, timeout).until(ec.staleness_of(page))
 
 
 def _start_web(app: Any, port: int) -> tuple[Any, threading.Thread]:

@@ -9,7 +9,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from hashing.synthetic import photo_like_jpeg
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, click_and_wait
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def test_report_two_urls_without_javascript(stack: Stack, browser_without_js: An
 
     browser.get(f"{stack.base_url}/report")
     _fill(browser, urls, "e2e: two addresses from the public form")
-    browser.find_element(By.ID, "submit").click()
+    click_and_wait(browser, browser.find_element(By.ID, "submit"))
 
     report_id = browser.find_element(By.ID, "report-id").text.strip()
     assert report_id
@@ -60,7 +60,7 @@ def test_bad_url_shows_the_reason_and_keeps_the_text(stack: Stack, browser_witho
 
     browser.get(f"{stack.base_url}/report")
     _fill(browser, typed, description)
-    browser.find_element(By.ID, "submit").click()
+    click_and_wait(browser, browser.find_element(By.ID, "submit"))
 
     errors = browser.find_element(By.ID, "errors").text
     assert "not sent" in errors
