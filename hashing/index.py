@@ -49,6 +49,11 @@ __all__ = ["HammingIndex", "ExactIndex", "brute_force", "hamming_distances"]
 Match = tuple[int, int]
 """(bank entry id, Hamming distance)."""
 
+# Above this many bucket probes per query a scan is cheaper than enumerating them.
+_MAX_PROBES = 1 << 18
+# Bound on queries × probes per vectorised step (≈ 8 bytes × a few arrays each).
+_MAX_BLOCK_PROBES = 1 << 20
+
 _FORMAT = "hotline-hamming-index"
 _EXACT_FORMAT = "hotline-exact-index"
 _VERSION = 1
@@ -218,7 +223,8 @@ class _Segment:
             return e, e, e.astype(np.int32)
         q64 = q.view(np.uint64)
         codes64 = self.codes.view(np.uint64)
-        if estimated_cost(self.tables.widths.tolist(), radius, n) >= n / 4:
+        probes = self.tables.probe_count(radius)
+        if probes > _MAX_PROBES or estimated_cost(self.tables.widths.tolist(), radius, n) >= n / 4:
             # Radius too large (or segment too small) for the tables to help: scan, still exact.
             qs, rs, ds = [], [], []
             for i, row in enumerate(q):
@@ -228,6 +234,14 @@ class _Segment:
                 rs.append(r)
                 ds.append(dist[r])
             qi, rows, d = np.concatenate(qs), np.concatenate(rs), np.concatenate(ds)
+        elif len(q) * probes > _MAX_BLOCK_PROBES and len(q) > 1:
+            # Keep the (queries × probes) temporaries bounded at large radii.
+            step = max(1, _MAX_BLOCK_PROBES // probes)
+            parts = [self.hits(q[lo : lo + step], radius) for lo in range(0, len(q), step)]
+            qi = np.concatenate(
+                [p[0] + lo for p, lo in zip(parts, range(0, len(q), step), strict=True)]
+            )
+            return qi, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
         else:
             rows, per_query = self.tables.candidates(q.view(">u8").astype(np.uint64), radius)
             qi = np.repeat(np.arange(len(q), dtype=np.int64), per_query)

@@ -230,7 +230,10 @@ class MultiIndexTables:
         return plan
 
     def probe_count(self, radius: int) -> int:
-        return int(len(self.probe_plan(radius)[0]))
+        """Bucket probes per query at ``radius`` (computed without building the plan)."""
+        widths = self.widths.tolist()
+        radii = sub_radii(widths, radius, self.n)
+        return sum(ball_size(w, r) for w, r in zip(widths, radii, strict=True))
 
     def candidates(self, qwords: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidate rows for big-endian query words ``(B, W)``, grouped by query.

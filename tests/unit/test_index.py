@@ -107,6 +107,19 @@ def test_clustered_bank_and_large_radius_fallback() -> None:
         assert index.query_batch(queries, radius) == want
 
 
+def test_bounded_probe_blocks_and_probe_cap(pdq_bank, monkeypatch) -> None:
+    """The memory-bounding sub-blocks and the probe cap change speed, never results."""
+    import hashing.index as hindex
+
+    ids, codes, index = pdq_bank
+    queries = _queries(codes, max_flip=35, count=40, seed=31)
+    want = [brute_force(codes, ids, q, 33) for q in queries]
+    monkeypatch.setattr(hindex, "_MAX_BLOCK_PROBES", 1000)  # sub-blocks of ~1 query
+    assert index.query_batch(queries, 33) == want
+    monkeypatch.setattr(hindex, "_MAX_PROBES", 10)  # always scan
+    assert index.query_batch(queries, 33) == want
+
+
 @pytest.mark.parametrize("radius", [0, 10])
 def test_phash_matches_brute_force(radius: int) -> None:
     ids, codes = _bank(4000, 64, seed=2)
