@@ -101,6 +101,12 @@ def run_stage(stage: Stage, topic: str, raw: bytes | str, store: Store) -> list[
         return stage.handle(topic, message, store)
     except InvalidMessage as err:
         log.warning("stage %s rejected a message from %s: %s", stage.name, topic, err)
+        out = rejection(stage.name, topic, raw, err)
+        rid = out.message.report_id  # type: ignore[attr-defined]
+        if err.report_id is None and rid and len(rid) <= 64:
+            # A malformed message whose report id is still readable: record that report as
+            # rejected too, or it would be a silent drop (404 on its status page).
+            err.report_id = rid
         store.rollback()
         store.record_rejection(stage.name, err)
-        return [rejection(stage.name, topic, raw, err)]
+        return [out]
