@@ -561,7 +561,8 @@ class ExactIndex:
 
     def lookup_batch(self, keys: Sequence[bytes] | np.ndarray) -> list[list[int]]:
         """Ids for each key, in input order; vectorised (millions of keys/s)."""
-        q = _as_codes(list(keys) if not isinstance(keys, np.ndarray) else keys, self.nbytes)
+        raw = keys if isinstance(keys, np.ndarray) else list(keys)
+        q = _as_codes(raw, self.nbytes)
         b = len(q)
         out: list[list[int]] = [[] for _ in range(b)]
         if len(self._prefix) and b:
@@ -576,15 +577,17 @@ class ExactIndex:
                 ends = np.cumsum(counts)
                 pos = np.arange(total) + np.repeat(lo - (ends - counts), counts)
                 qi = np.repeat(o, counts)
-                ok = (self._keys[pos] == q[qi]).all(axis=1) & self._alive[pos]
+                same = np.take(self._keys, pos, axis=0) == np.take(q, qi, axis=0)
+                ok = same.all(axis=1) & self._alive[pos]
                 qi, pos = qi[ok], pos[ok]
                 srt = np.lexsort((pos, qi))  # stable, input-independent order of ids
                 for i, ident in zip(qi[srt].tolist(), self._ids[pos[srt]].tolist(), strict=True):
                     out[i].append(ident)
         if self._delta:
             get = self._delta.get
-            for i, k in enumerate(q):
-                hit = get(k.tobytes())
+            as_bytes = raw if isinstance(raw, list) else (k.tobytes() for k in q)
+            for i, k in enumerate(as_bytes):
+                hit = get(bytes(k))
                 if hit:
                     out[i].extend(hit)
         return out
