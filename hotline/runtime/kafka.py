@@ -166,7 +166,12 @@ def build_app(system: System, stage_name: str) -> faust.App:
         # Stage work (a page with 50 images, a slow SMTP server) can take long; faust must
         # not declare the consumer stuck while a thread works on an event.
         broker_max_poll_interval=600.0,
-        stream_wait_empty=True,
+        # faust's default waits, on shutdown and before giving partitions up in a
+        # rebalance, until every event in progress is acked. An event that keeps failing
+        # is never acked, so that wait would hang the worker (and the whole group) for
+        # as long as the failure lasts. Without it the event stays unacked and is
+        # delivered again to whoever owns the partition next.
+        stream_wait_empty=False,
     )
     outputs: dict[str, Any] = {}
 
@@ -204,9 +209,12 @@ def _make_agent(
         manual = stream.noack()
         async for event in manual.events():
             raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
-            await _process_until_done(app, logical, stage_name, processor, output_topic, raw)
-            # Only now, with state committed and outputs delivered, may the offset move.
-            await manual.ack(event)
+            done = await _process_until_done(
+                app, logical, stage_name, processor, output_topic, raw, event.message.tp
+            )
+            if done:
+                # Only now, with state committed and outputs delivered, may the offset move.
+                await manual.ack(event)
 
     agent.__name__ = f"{stage_name}_{logical.replace('.', '_')}"
     return agent
@@ -219,13 +227,17 @@ async def _process_until_done(
     processor: StageProcessor,
     output_topic: Callable[[str], Any],
     raw: bytes,
-) -> None:
+    tp: Any,
+) -> bool:
     """Process one event, retrying transient failures with capped exponential back-off.
 
-    Never gives up: an event that cannot be processed *now* (database down, SMTP
-    refusing) holds up its partition rather than being skipped; invalid input does
-    not come here as a failure, ``run_stage`` turns it into a ``reports.rejected``
-    message. Cancellation (worker stopping) propagates, leaving the event unacked.
+    Returns True when the event is done (state committed, outputs delivered). Never
+    skips: an event that cannot be processed *now* (database down, SMTP refusing)
+    holds up its partition; invalid input is not a failure here, ``run_stage`` turns
+    it into a ``reports.rejected`` message. Returns False, without processing, only
+    when a rebalance has given the partition to another worker, which will process
+    the event itself. Cancellation (worker stopping) propagates, leaving the event
+    unacked.
     """
     loop = asyncio.get_running_loop()
     failures = 0
@@ -254,6 +266,14 @@ async def _process_until_done(
                 exc_info=failures == 1,
             )
             await asyncio.sleep(delay)
+            if tp not in app.consumer.assignment():
+                log.warning(
+                    "stage %s: partition %s was reassigned while its event kept failing; "
+                    "leaving the event to its new owner",
+                    stage_name,
+                    tp,
+                )
+                return False
             continue
         log.debug(
             "stage %s: event from %s done in %.3fs, %d message(s) out",
@@ -262,7 +282,7 @@ async def _process_until_done(
             time.monotonic() - started,
             len(outgoing),
         )
-        return
+        return True
 
 
 def run_stage_worker(system: System, stage_name: str) -> None:

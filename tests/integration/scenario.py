@@ -244,6 +244,19 @@ class World:
     unknown_image: bytes
     token: str
     cases: dict[str, Case] = field(default_factory=dict)
+    _smtp: Controller | None = None
+
+    def smtp_start(self) -> None:
+        """(Re)start the SMTP server on the same port (an aiosmtpd Controller cannot restart)."""
+        if self._smtp is None:
+            self._smtp = Controller(self.mail, hostname="127.0.0.1", port=self.smtp_port)
+            self._smtp.start()
+
+    def smtp_stop(self) -> None:
+        """Take the SMTP server away: senders get "connection refused" until ``smtp_start``."""
+        if self._smtp is not None:
+            self._smtp.stop()
+            self._smtp = None
 
     def url(self, host: str, path: str) -> str:
         return f"http://{host}:{self.sites[host].port}{path}"
@@ -288,8 +301,6 @@ def world(tmp: Path, site_delay: float = 0.0, smtp_delay: float = 0.0) -> Iterat
     partner = PartnerEndpoint(token)
     sink = MailSink(smtp_delay)
     smtp_port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
     hosting_file = tmp / "hosting.yaml"
     hosting_file.write_text(
         yaml.safe_dump(
@@ -314,10 +325,11 @@ def world(tmp: Path, site_delay: float = 0.0, smtp_delay: float = 0.0) -> Iterat
         )
     )
     w = World(tmp, sites, partner, sink, smtp_port, hosting_file, partners_file, known, unknown, token)
+    w.smtp_start()
     try:
         yield w
     finally:
-        controller.stop()
+        w.smtp_stop()
         partner.close()
         for site in sites.values():
             site.close()
@@ -669,6 +681,17 @@ class StageProcesses:
             start_new_session=True,
         )
         log.close()
+
+    def terminate(self, stage: str, timeout: float = 20.0) -> int:
+        """SIGTERM one stage and wait for it; its exit code."""
+        import signal
+
+        proc = self.procs[stage]
+        proc.send_signal(signal.SIGTERM)
+        return int(proc.wait(timeout))
+
+    def log_text(self, stage: str) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{stage}.*.log")))
 
     def kill9(self, stage: str) -> None:
         import signal

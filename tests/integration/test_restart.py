@@ -182,3 +182,41 @@ def test_kill_classify_mid_batch(
         classified,
     )
     print("kill -9 classify:", result)
+
+
+def test_stop_while_retrying_keeps_the_event(
+    tmp_path: Path,
+    kafka_brokers: str,
+    restart_db: str,
+    db_sessions: sessionmaker[Session],
+    unique_topic_prefix: str,
+) -> None:
+    """A worker stopped (SIGTERM) while it backs off from a failing event must not ack it:
+    after the restart the event is processed, and the notice goes out once.
+
+    This is what the manual acks in ``hotline.runtime.kafka`` are for: faust acks an event
+    in a ``finally`` when the agent is cancelled, which would commit the failed event's
+    offset on the way down and lose the notice.
+    """
+    with scenario.world(tmp_path) as w:
+        w.smtp_stop()  # the mail server is down: notify fails and retries
+        (report,) = scenario.known_batch(w, 1, prefix="/retry")
+        url = report.urls[0]
+        with distributed(w, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs") as (
+            pipeline,
+            procs,
+        ):
+            pipeline.submit(report)
+            wait_for(
+                "notify to fail and retry twice",
+                lambda: "failed (attempt 2" in procs.log_text("notify"),
+                90,
+                interval=0.2,
+            )
+            assert scenario.item_state(db_sessions, url) == "notice_queued"
+            assert procs.terminate("notify") == 0  # a clean stop, in the middle of the back-off
+            w.smtp_start()
+            procs.start("notify")
+            wait_for("the notice after the restart", lambda: scenario.item_state(db_sessions, url) == "notice_sent", 90)
+            time.sleep(1.0)
+            assert list(w.mail.count_by_notice().values()) == [1]
