@@ -619,7 +619,7 @@ class ExactIndex:
         meta = json.loads((p / "meta.json").read_text())
         if meta.get("format") != _EXACT_FORMAT or meta.get("version") != _VERSION:
             raise ValueError(f"{p} is not a {_EXACT_FORMAT} v{_VERSION} directory")
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         idx = cls(meta["nbytes"], max_delta=meta["max_delta"])
         idx._keys = np.load(p / "keys.npy", mmap_mode=mode, allow_pickle=False)
         idx._prefix = np.load(p / "prefix.npy", mmap_mode=mode, allow_pickle=False)
