@@ -109,11 +109,12 @@ def _page_caller(request: Request, store: Store) -> Caller | None:
         return None
 
 
-def _gate(request: Request, store: Store) -> Caller | Response:
-    """An analyst or admin, or the page to show instead (login redirect, 403)."""
+def _gate(request: Request, store: Store, back_to: str | None = None) -> Caller | Response:
+    """An analyst or admin, or the page to show instead (login redirect, 403). ``back_to`` is
+    where to return after signing in, when that is not this URL (a form handler)."""
     caller = _page_caller(request, store)
     if caller is None:
-        response = RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+        response = RedirectResponse(f"/login?next={quote(back_to or request.url.path)}", status_code=303)
         if TOKEN_COOKIE in request.cookies:
             _clear_token(response)
         return response
@@ -336,7 +337,8 @@ def decide(
     notes: Annotated[str, Form()] = "",
 ) -> Response:
     """Apply the analyst's decision exactly as the API does (``assess``), then back to the queue."""
-    caller = _gate(request, store)
+    # Signed out meanwhile: the decision is not kept; after signing in they see the item again.
+    caller = _gate(request, store, back_to=f"/analyst/items/{item_id}")
     if isinstance(caller, Response):
         return caller
     if not same_origin(request):

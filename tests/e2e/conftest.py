@@ -77,9 +77,9 @@ class Stack:
                     return None
                 if states is not None and any(i["state"] not in states for i in items):
                     return None
-                return items  # type: ignore[no-any-return]
+                return items
 
-            return self.wait_for(ready, what=f"report {report_id} to reach {states or 'ingest'}")  # type: ignore[no-any-return]
+            return self.wait_for(ready, what=f"report {report_id} to reach {states or 'ingest'}")
 
 
 def click_and_wait(browser: Any, button: Any, timeout: float = 10.0) -> None:

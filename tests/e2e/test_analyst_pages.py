@@ -124,6 +124,38 @@ def test_analyst_signs_in_views_blurred_image_and_escalates(stack: Stack, browse
     assert browser.current_url.startswith(f"{stack.base_url}/login")
 
 
+def test_decision_form_works_without_javascript(stack: Stack, browser_without_js: Any) -> None:
+    browser = browser_without_js
+    report_id, item_id, _, _ = _unknown_image_item(stack, seed=405)
+    item_page = f"{stack.base_url}/analyst/items/{item_id}"
+
+    browser.get(item_page)  # a link from a colleague: sign in, then straight to the item
+    assert browser.current_url == f"{stack.base_url}/login?next=/analyst/items/{item_id}"
+    _sign_in(browser, stack, "analyst")
+    assert browser.current_url == item_page
+
+    # Without scripts the image stays veiled (CSS alone), and the useless button stays hidden.
+    img = browser.find_element(By.ID, "img-0")
+    assert "blur(24px)" in img.value_of_css_property("filter")
+    assert not browser.find_element(By.CSS_SELECTOR, "button.toggle").is_displayed()
+
+    browser.find_element(By.ID, "verdict-not-illegal").click()
+    browser.find_element(By.ID, "notes").send_keys("e2e: nothing illegal")
+    click_and_wait(browser, browser.find_element(By.ID, "decide"))
+    assert browser.current_url == f"{stack.base_url}/analyst"
+    assert "closed_not_illegal" in browser.find_element(By.ID, "flash").text
+
+    (item,) = stack.report_items(report_id, 1)
+    assert item["state"] == "closed_not_illegal"
+    with stack.system.sessions() as session:
+        assert not [e for e in Store(session).escalations() if e.item_id == item_id]
+
+    # The decided item has nothing left to decide.
+    browser.get(item_page)
+    assert browser.find_element(By.ID, "decided").text.startswith("This item is closed_not_illegal")
+    assert not browser.find_elements(By.ID, "decision")
+
+
 def test_hoster_cannot_open_the_analyst_pages(stack: Stack, browser: Any) -> None:
     _, item_id, _, _ = _unknown_image_item(stack, seed=402)
     browser.get(f"{stack.base_url}/login")
