@@ -203,8 +203,16 @@ class MailSink:
         self.delay = delay
         self.mails: list[Mail] = []
         self._lock = threading.Lock()
+        # While set, DATA is not answered: the sender hangs inside the SMTP conversation.
+        self.hold = threading.Event()
+        self.held = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.hold.is_set():
+            with self._lock:
+                self.held += 1
+            while self.hold.is_set():
+                await asyncio.sleep(0.02)
         if self.delay:
             await asyncio.sleep(self.delay)
         msg = email.message_from_bytes(envelope.original_content or envelope.content)

@@ -220,3 +220,43 @@ def test_stop_while_retrying_keeps_the_event(
             wait_for("the notice after the restart", lambda: scenario.item_state(db_sessions, url) == "notice_sent", 90)
             time.sleep(1.0)
             assert list(w.mail.count_by_notice().values()) == [1]
+
+
+def test_kill_notify_inside_the_smtp_conversation(
+    tmp_path: Path,
+    kafka_brokers: str,
+    restart_db: str,
+    db_sessions: sessionmaker[Session],
+    unique_topic_prefix: str,
+) -> None:
+    """The one case "exactly once" cannot be known: notify dies after the mail server has the
+    message and before the answer. The restarted worker must not send it again; the item ends
+    ``notice_unconfirmed`` with the reason, and later notices go out normally."""
+    with scenario.world(tmp_path) as w:
+        first, second = scenario.known_batch(w, 2, prefix="/inflight")
+        with distributed(w, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs") as (
+            pipeline,
+            procs,
+        ):
+            w.mail.hold.set()
+            pipeline.submit(first)
+            wait_for("notify inside the SMTP DATA phase", lambda: w.mail.held == 1, 90, interval=0.02)
+            procs.kill9("notify")
+            w.mail.hold.clear()
+            procs.start("notify")
+            first_url, second_url = first.urls[0], second.urls[0]
+            wait_for(
+                "the in-flight notice marked unconfirmed",
+                lambda: scenario.item_state(db_sessions, first_url) == "notice_unconfirmed",
+                90,
+            )
+            pipeline.submit(second)
+            wait_for("the next notice", lambda: scenario.item_state(db_sessions, second_url) == "notice_sent", 90)
+            time.sleep(1.0)
+            item = scenario.item_for_url(db_sessions, first_url)
+            assert item is not None and "not re-sent" in item.reason
+            received = w.mail.count_by_notice()
+            assert received[f"ntd-{item.id}"] <= 1, received
+            assert list(received.values()).count(1) >= 1
+            events = [m for m in pipeline.published("notices.events") if m["item_id"] == item.id]
+            assert [e["kind"] for e in events] == ["delivery_unknown"], events
