@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Form, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import IntegrityError
 
 from hotline.auth import Caller, get_store, optional_caller, require_role
 from hotline.stage import Outgoing
@@ -109,9 +110,17 @@ def submit(
         partner_reference=getattr(body, "partner_reference", None),
         partner_country=getattr(body, "partner_country", None),
     )
-    store.create_report(msg, idempotency_key=idempotency_key)
-    store.enqueue([Outgoing("reports.submitted", msg)])
-    store.commit()
+    try:
+        store.create_report(msg, idempotency_key=idempotency_key)
+        store.enqueue([Outgoing("reports.submitted", msg)])
+        store.commit()
+    except IntegrityError:
+        # A retry that raced the first request with the same key: answer with the first report.
+        store.rollback()
+        existing = store.report_by_idempotency_key(idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing.id
     return msg.report_id
 
 
