@@ -1,0 +1,60 @@
+"""Analyst API: the queue of items waiting for assessment, and the decision on one item."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from hotline.auth import Caller, get_store, require_role
+from hotline.store import Store
+from services.assessment.logic import AssessmentRefused, assess
+
+router = APIRouter(tags=["assessment"])
+
+
+class AssessmentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["illegal", "not_illegal"]
+    category: Literal["baseline", "national"] | None = None
+    notes: str | None = Field(default=None, max_length=10_000)
+
+
+@router.get("/api/v1/items")
+def list_items(
+    state: str = "awaiting_assessment",
+    store: Store = Depends(get_store),
+    caller: Caller = Depends(require_role("analyst")),
+) -> dict[str, Any]:
+    """Items in a state (default: the analyst queue), oldest first. Hashes and metadata only."""
+    return {
+        "items": [
+            {"item_id": i.id, "url": i.url, "state": i.state, "reason": i.reason, "country": i.country,
+             "hoster": i.hoster, "first_seen": i.first_seen.isoformat()}
+            for i in store.items_in_state(state)
+        ]
+    }
+
+
+@router.post("/api/v1/items/{item_id}/assessment")
+def post_assessment(
+    item_id: str,
+    body: AssessmentRequest,
+    store: Store = Depends(get_store),
+    caller: Caller = Depends(require_role("analyst")),
+) -> dict[str, Any]:
+    """Record an analyst's decision. ``illegal`` escalates to the police at once and adds the
+    item's hashes to the bank; ``not_illegal`` closes the item."""
+    try:
+        outgoing = assess(store, item_id, verdict=body.verdict, category=body.category,
+                          analyst=caller.name, notes=body.notes)
+    except AssessmentRefused as exc:
+        store.rollback()
+        raise HTTPException(exc.status, exc.reason) from exc
+    store.enqueue(outgoing)
+    store.commit()
+    item = store.get_item(item_id)
+    assert item is not None
+    return {"item_id": item_id, "state": item.state, "reason": item.reason}
