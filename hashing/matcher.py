@@ -111,12 +111,7 @@ class BankMatcher:
         ``values`` are *validated* lowercase hex strings (see ``hashing.signals``)
         or an ``(n, bytes)`` uint8 array of the same hashes in byte form.
         """
-        nbytes = EXACT_TYPES[signal] if signal in EXACT_TYPES else NEAR_TYPES[signal] // 8
-        if isinstance(values, np.ndarray):
-            codes = values
-        else:
-            codes = np.frombuffer(bytes.fromhex("".join(values)), dtype=np.uint8)
-            codes = codes.reshape(len(values), nbytes)
+        codes = self._codes(signal, values)
         if len(codes) == 0:
             return []
         with self._lock:
@@ -130,6 +125,44 @@ class BankMatcher:
                 [h for i, d in found if (h := self._hit(int(i), signal, int(d)))] if found else []
                 for found in self._near[signal].query_batch(codes, r)
             ]
+
+    def distances_batch(
+        self, signal: str, values: Sequence[str] | np.ndarray, radius: int | None = None
+    ) -> list[int | None]:
+        """For each hash, the distance to the nearest live bank entry (0 for exact types), or
+        ``None`` when none is within the radius; in input order.
+
+        Why besides ``lookup_batch``: the HashCheck API may reveal nothing but "known, how
+        far", so it never needs ``Hit`` objects; skipping them halves the cost of a batch.
+        """
+        codes = self._codes(signal, values)
+        if len(codes) == 0:
+            return []
+        meta = self._meta
+        with self._lock:
+            if signal in EXACT_TYPES:
+                # Retiring removes ids from the index and from _meta together; checking the
+                # first id is the fast path, the rest only matter for duplicate keys.
+                return [
+                    None if not ids else 0 if ids[0] in meta or any(i in meta for i in ids)
+                    else None
+                    for ids in self._exact[signal].lookup_batch(codes)
+                ]
+            r = self.radius[signal] if radius is None else radius
+            # Matches come sorted by distance: the first live one is the nearest.
+            return [
+                next((int(d) for i, d in found if int(i) in meta), None) if found else None
+                for found in self._near[signal].query_batch(codes, r)
+            ]
+
+    @staticmethod
+    def _codes(signal: str, values: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Validated hex strings (or their bytes as a uint8 array) -> an (n, bytes) array."""
+        if isinstance(values, np.ndarray):
+            return values
+        nbytes = EXACT_TYPES[signal] if signal in EXACT_TYPES else NEAR_TYPES[signal] // 8
+        codes = np.frombuffer(bytes.fromhex("".join(values)), dtype=np.uint8)
+        return codes.reshape(len(values), nbytes)
 
     def match(
         self,
