@@ -374,3 +374,33 @@ def test_stats_per_hoster_per_week_postgresql(pg_app: App) -> None:
     rows = c.get("/api/v1/hashcheck/stats").json()["stats"]
     assert [(r["week"], r["checks"], r["hits"]) for r in rows] == [(week, 24, 24)]
 
+
+
+# ------------------------------------------------------------------ parsing (no HTTP needed)
+
+
+def test_bulk_and_per_hash_parsing_agree() -> None:
+    """The bulk path and the one-hash-at-a-time path accept and normalise the same input."""
+    from services.hashcheck.logic import BatchRejected, _parse_each, parse_batch
+
+    md5 = "11accac1ac1507aefbfdf0948c9fbf39"
+    pdq = "3d0593eaecb905c23a1468b66b957d760ad4ec2045b1ef8788c5d52b8c5b3e6d"
+    clean = [{"type": "md5", "value": md5.upper()}, {"type": "pdq", "value": pdq},
+             {"type": "md5", "value": md5}]
+    bulk = parse_batch({"hashes": clean})
+    each = _parse_each(clean)
+    assert bulk.codes and bulk.values == each.values == {"md5": [md5, md5], "pdq": [pdq]}
+    assert bulk.positions == each.positions == {"md5": [0, 2], "pdq": [1]}
+    # Spellings only the per-hash path takes: upper-case type names, blanks around values.
+    odd = parse_batch({"hashes": [{"type": " MD5", "value": f" {md5} "}, {"type": "pdq", "value": pdq}]})
+    assert odd.values == {"md5": [md5], "pdq": [pdq]} and not odd.codes
+    for bad, where in [
+        ({"type": "md5", "value": 12}, "hashes[1].value"),
+        (["md5", md5], "hashes[1]"),
+        ({"type": ["md5"], "value": md5}, "hashes[1].type"),
+        ({"type": "md5", "value": md5, "category": "x"}, "hashes[1].category"),
+        ({"type": "md5"}, "hashes[1].value"),
+    ]:
+        with pytest.raises(BatchRejected) as err:
+            parse_batch({"hashes": [clean[0], bad]})
+        assert err.value.status == 422 and err.value.errors[0]["field"] == where, err.value.errors
