@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +65,10 @@ RETIRE_ACTION = "bank_retire"
 processes learn about retirements from these rows (see module docstring)."""
 
 _T = cast(Table, BankEntry.__table__)
+_FAST_HEX = {
+    c: re.compile(f"[0-9a-fA-F]{{{get_signal_type(c).bits // 4}}}").fullmatch for c in HASH_COLUMNS
+}
+"""Per hash column: does a value need no normalising beyond lowercase (fast path of the import)."""
 _CATEGORY_MAX: int = getattr(_T.c.category.type, "length", None) or 32
 _SOURCE_MAX: int = getattr(_T.c.source.type, "length", None) or 200
 
@@ -342,13 +347,13 @@ class Bank:
         thread (matching goes on against the current matcher), except the
         first load, which everyone needs.
         """
-        if not force and time.monotonic() - self._checked < self.refresh_seconds:
-            return
         if self.state is None:
             with self._lock:
                 if self.state is None:
                     self.load()
                     return
+        if not force and time.monotonic() - self._checked < self.refresh_seconds:
+            return
         if not self._lock.acquire(blocking=force):
             return
         try:
@@ -523,47 +528,75 @@ def validate_row(row: dict[str, str]) -> dict[str, str | None]:
 
 
 class _Writer:
-    """Bulk insert of validated rows: ``COPY`` on PostgreSQL, Core executemany elsewhere."""
+    """Bulk insert of validated rows, in the caller's transaction.
+
+    PostgreSQL: ``COPY ... FROM STDIN`` with the batch pre-formatted as COPY
+    text (one ``write`` per batch; ``write_row`` per row costs more than the
+    database). Elsewhere: one DBAPI ``executemany`` of tuples per batch, the
+    statement compiled once by SQLAlchemy Core; going below Core saves the
+    per-row parameter processing, a fifth of the import time at 10M rows.
+    """
 
     def __init__(self, conn: Connection, stamp: Any) -> None:
         self.conn = conn
-        self.stamp = stamp
-        self.postgres = conn.dialect.name == "postgresql"
+        dialect = conn.dialect
+        self.postgres = dialect.name == "postgresql"
+        process = _T.c.added_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self.stamp = process(stamp) if process else stamp
         self._sqlite_cache: Any = None
-        if conn.dialect.name == "sqlite":
+        if self.postgres:
+            self._copy_sql = f"COPY {_T.name} ({', '.join((*CSV_COLUMNS, 'added_at'))}) FROM STDIN"
+            self._stamp_text = stamp.isoformat()
+        else:
+            compiled = insert(_T).compile(dialect=dialect, column_keys=[*CSV_COLUMNS, "added_at"])
+            self._sql = str(compiled)
+            self._order = list(compiled.positiontup or [])
+            if sorted(self._order) != sorted([*CSV_COLUMNS, "added_at"]):
+                self._sql = ""  # a dialect with named parameters: use Core as is
+        if dialect.name == "sqlite":
             # Random hashes land all over the md5/sha1/sha256 index b-trees: a big page
             # cache (1 GiB here, for this import only) keeps those inserts in memory.
             self._sqlite_cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
             conn.exec_driver_sql("PRAGMA cache_size=-1048576")
 
     def write(self, rows: list[tuple[str | None, ...]]) -> None:
+        raw: Any = self.conn.connection.driver_connection  # the DBAPI connection
         if self.postgres:
-            raw: Any = self.conn.connection.driver_connection  # psycopg.Connection
-            cols = ", ".join((*CSV_COLUMNS, "added_at"))
-            with raw.cursor() as cur, cur.copy(f"COPY {_T.name} ({cols}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row((*r, self.stamp))
+            tail = f"\t{self._stamp_text}\n"
+            text = "".join("\t".join([_copy_text(v) for v in r]) + tail for r in rows)
+            with raw.cursor() as cur, cur.copy(self._copy_sql) as copy:
+                copy.write(text)
+        elif self._sql:
+            pos = {c: i for i, c in enumerate(CSV_COLUMNS)}
+            idx = [pos.get(c, -1) for c in self._order]
+            stamp = self.stamp
+            params = [tuple(stamp if i < 0 else r[i] for i in idx) for r in rows]
+            cur = raw.cursor()
+            try:
+                cur.executemany(self._sql, params)
+            finally:
+                cur.close()
         else:
+            keys = (*CSV_COLUMNS,)
             self.conn.execute(
                 insert(_T),
-                [
-                    {
-                        "md5": r[0],
-                        "sha1": r[1],
-                        "sha256": r[2],
-                        "pdq": r[3],
-                        "phash": r[4],
-                        "category": r[5],
-                        "source": r[6],
-                        "added_at": self.stamp,
-                    }
-                    for r in rows
-                ],
+                [{**dict(zip(keys, r, strict=True)), "added_at": self.stamp} for r in rows],
             )
 
     def close(self) -> None:
         if self._sqlite_cache is not None:
             self.conn.exec_driver_sql(f"PRAGMA cache_size={int(self._sqlite_cache)}")
+
+
+def _copy_text(v: str | None) -> str:
+    """One value in PostgreSQL COPY text format."""
+    if v is None:
+        return "\\N"
+    if "\\" in v or "\t" in v or "\n" in v or "\r" in v:
+        return (
+            v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        )
+    return v
 
 
 def import_csv(
@@ -599,7 +632,9 @@ def import_csv(
     dupes = sorted({h for h in names if names.count(h) > 1})
     if dupes:
         return 0, [f"line 1: column(s) {', '.join(dupes)} appear more than once"]
-    hash_pos = [(names.index(c), c, get_signal_type(c)) for c in HASH_COLUMNS if c in names]
+    hash_pos = [
+        (names.index(c), c, get_signal_type(c), _FAST_HEX[c]) for c in HASH_COLUMNS if c in names
+    ]
     if not hash_pos:
         return 0, ["line 1: no hash column; expected at least one of " + ", ".join(HASH_COLUMNS)]
     cat_pos = names.index("category") if "category" in names else None
@@ -634,16 +669,20 @@ def import_csv(
                 continue
             out: list[str | None] = [None] * 7
             bad = None
-            for pos, col, sig in hash_pos:
+            for pos, col, sig, fast in hash_pos:
                 value = row[pos]
-                if value and not value.isspace():
+                if not value:
+                    continue
+                if fast(value):  # the common case, one C call; validate() explains failures
+                    out[slot[col]] = value.lower()
+                elif not value.isspace():
                     try:
                         out[slot[col]] = sig.validate(value)
                     except InvalidHash as exc:
                         bad = f"line {lineno}: column {col}: {exc}"
                         break
             if bad is None and all(v is None for v in out[:5]):
-                bad = f"line {lineno}: no hash in any of the columns {', '.join(c for _, c, _ in hash_pos)}"
+                bad = f"line {lineno}: no hash in any of the columns {', '.join(h[1] for h in hash_pos)}"
             if bad is None:
                 category = (row[cat_pos].strip() if cat_pos is not None else "") or default_category
                 source = (row[src_pos].strip() if src_pos is not None else "") or default_source
