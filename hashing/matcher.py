@@ -138,20 +138,16 @@ class BankMatcher:
         codes = self._codes(signal, values)
         if len(codes) == 0:
             return []
-        meta = self._meta
+        # The indexes alone decide: ``add`` and ``retire`` change them and the entry metadata
+        # together under the lock (here and in subclasses), and asking the metadata per hit
+        # costs more than the whole index probe on a compact matcher.
         with self._lock:
             if signal in EXACT_TYPES:
-                # Retiring removes ids from the index and from _meta together; checking the
-                # first id is the fast path, the rest only matter for duplicate keys.
-                return [
-                    None if not ids else 0 if ids[0] in meta or any(i in meta for i in ids)
-                    else None
-                    for ids in self._exact[signal].lookup_batch(codes)
-                ]
+                return [0 if ids else None for ids in self._exact[signal].lookup_batch(codes)]
             r = self.radius[signal] if radius is None else radius
-            # Matches come sorted by distance: the first live one is the nearest.
+            # Matches come sorted by distance: the first is the nearest.
             return [
-                next((int(d) for i, d in found if int(i) in meta), None) if found else None
+                int(found[0][1]) if found else None
                 for found in self._near[signal].query_batch(codes, r)
             ]
 
