@@ -71,7 +71,7 @@ class App:
         self.system.engine.dispose()
 
 
-def start_app(database_url: str, seeds: range = range(1, 6), random_entries: int = 2000) -> App:
+def start_app(database_url: str, seeds: range = range(1, 7), random_entries: int = 2000) -> App:
     import uvicorn
 
     from hotline.web import create_app
@@ -173,6 +173,14 @@ def test_known_unknown_and_near(app: App) -> None:
     assert isinstance(near, int) and 0 < near <= 31, near
     assert all(x["distance"] is None for x in res if not x["known"])
     assert body["checked"] == 10 and body["known"] == 6 and body["reports"] == []
+
+
+def test_retired_entries_are_no_longer_known(app: App) -> None:
+    h = app.known[5]
+    c = app.client("hoster-c")
+    assert [x["known"] for x in check(c, [("md5", h.md5), ("pdq", h.pdq)]).json()["results"]] == [True, True]
+    assert app.system.bank.retire(app.entry_ids[5], "test: wrongly added", "tester")
+    assert [x["known"] for x in check(c, [("md5", h.md5), ("pdq", h.pdq)]).json()["results"]] == [False, False]
 
 
 def test_answer_reveals_nothing_about_the_bank(app: App) -> None:
