@@ -92,7 +92,7 @@ def serve(args: argparse.Namespace) -> None:
     from services.hashcheck import logic
     from services.hashcheck.routes import JSON_LIBRARY, _dumps, _loads
 
-    system = bootstrap(Settings(database_url=args.db), run_migrations=False)
+    system = bootstrap(Settings(database_url=args.db, index_dir="none"), run_migrations=False)
     t0 = time.perf_counter()
     system.bank.refresh(force=True)
     load_s = time.perf_counter() - t0
@@ -133,7 +133,7 @@ def build_bank(db_url: str, n: int, seed: int) -> tuple[list[str], list[str], li
     from hotline.db.models import BankEntry
     from hotline.store import Store, now
 
-    system = bootstrap(Settings(database_url=db_url))
+    system = bootstrap(Settings(database_url=db_url, index_dir="none"))
     rng = np.random.default_rng(seed)
     md5, sha256, pdq = hex_rows(rng, n, 16), hex_rows(rng, n, 32), hex_rows(rng, n, 32)
     stamp = now()

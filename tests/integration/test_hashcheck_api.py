@@ -76,7 +76,7 @@ def start_app(database_url: str, seeds: range = range(1, 7), random_entries: int
 
     from hotline.web import create_app
 
-    system = bootstrap(Settings(database_url=database_url))
+    system = bootstrap(Settings(database_url=database_url, index_dir="none"))
     tokens = {}
     known = [png_hashes(s) for s in seeds]
     entry_ids = []
