@@ -48,11 +48,34 @@ class Fetched:
     ip: str
 
 
+# IPv6 ranges that carry an IPv4 address a gateway or the kernel may connect to instead:
+# NAT64 (RFC 6052, well-known prefix) and the deprecated IPv4-compatible form. 6to4 is
+# handled through ``sixtofour``. Local-use NAT64 (RFC 8215) embeds at varying offsets,
+# so it is never treated as public.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _effective(addr: IPAddress) -> IPAddress:
+    """The address a connection really ends up at, as far as it can be told from the address."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped:
+            return addr.ipv4_mapped
+        if addr in _NAT64 or addr in _IPV4_COMPATIBLE:
+            return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if addr.sixtofour:
+            return addr.sixtofour
+    return addr
+
+
 def address_allowed(ip: str, allow_private: bool) -> bool:
-    addr = ipaddress.ip_address(ip)
-    if getattr(addr, "ipv4_mapped", None):
-        addr = addr.ipv4_mapped  # type: ignore[union-attr]
-    if addr.is_global and not addr.is_multicast:
+    raw = ipaddress.ip_address(ip)
+    addr = _effective(raw)
+    if addr.is_global and not addr.is_multicast and raw not in _NAT64_LOCAL:
         return True
     if not allow_private:
         return False
