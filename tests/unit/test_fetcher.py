@@ -199,6 +199,11 @@ PRIVATE_AND_RESERVED = [
     "::ffff:10.0.0.5",  # IPv4-mapped private
     "::ffff:127.0.0.1",  # IPv4-mapped loopback
     "::ffff:169.254.169.254",  # IPv4-mapped metadata service
+    "64:ff9b::a00:5",  # NAT64 of 10.0.0.5: an IPv6-only network's gateway connects there
+    "64:ff9b::a9fe:a9fe",  # NAT64 of the metadata service
+    "64:ff9b:1::a00:5",  # local-use NAT64
+    "2002:a9fe:a9fe::1",  # 6to4 of the metadata service
+    "::a00:5",  # deprecated IPv4-compatible form of 10.0.0.5
 ]
 
 
@@ -207,7 +212,9 @@ def test_address_policy_refuses_non_public(ip: str) -> None:
     assert address_allowed(ip, allow_private=False) is False
 
 
-@pytest.mark.parametrize("ip", ["8.8.8.8", "93.184.216.34", "2001:4860:4860::8888", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize(
+    "ip", ["8.8.8.8", "93.184.216.34", "2001:4860:4860::8888", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+)
 def test_address_policy_allows_public(ip: str) -> None:
     assert address_allowed(ip, allow_private=False) is True
 
