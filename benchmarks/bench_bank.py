@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,13 @@ def queries(n: int, k: int = 300) -> dict[str, list[tuple[int, str]]]:
     picks = np.sort(rng.choice(n, size=min(k, n), replace=False))
     out: dict[str, list[tuple[int, str]]] = {"md5": [], "sha256": [], "pdq": [], "phash": []}
     chunk = 1_000_000
+    cache: dict[int, dict[str, np.ndarray]] = {}
     for p in picks.tolist():
         lo = (p // chunk) * chunk
-        cols = _rows(n, lo, min(n, lo + chunk))
+        if lo not in cache:
+            cache.clear()  # picks are sorted: one chunk in memory at a time
+            cache[lo] = _rows(n, lo, min(n, lo + chunk))
+        cols = cache[lo]
         r = p - lo
         out["md5"].append((p + 1, cols["md5"][r].tobytes().hex()))
         out["sha256"].append((p + 1, cols["sha256"][r].tobytes().hex()))
@@ -386,12 +391,13 @@ def main() -> None:
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.stage:
-        fn = {
+        stages: dict[str, Callable[..., dict[str, Any]]] = {
             "import": stage_import,
             "build": stage_build,
             "load": stage_load,
             "catchup": stage_catchup,
-        }[a.stage]
+        }
+        fn = stages[a.stage]
         args: list[Any] = list(a.args)
         if a.stage == "load":
             args[3] = args[3] == "1"
