@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from hotline.stage import InvalidMessage, Outgoing
 from hotline.store import Store
@@ -74,7 +75,7 @@ class ClassifyStage:
         return self._outputs(classified)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:
-        host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        host = urlsplit(url).hostname or ""  # "[fd00::1]" without a port has no ":port" to cut
         hosting = self.hosting.facts(host)
         online = True
         offline_reason = ""
