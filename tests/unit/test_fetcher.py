@@ -687,3 +687,29 @@ def test_classify_records_pixel_bomb_as_image_error(store: Store, transport: Loo
     assert direct.route == "assessment" and "no images" in direct.reason
     assert direct_item is not None and direct_item.state == "awaiting_assessment"
     assert transport.off_loopback == []
+
+
+@pytest.mark.parametrize("url", ["http://[fd00::1]/x.jpg", "http://[fd00::1]:8080/x.jpg", "https://[FD00::1]/"])
+def test_classify_finds_hosting_of_ipv6_literal_urls(url: str, transport: LoopbackOnlyTransport) -> None:
+    asked: list[str] = []
+
+    class RecordingNoDns:
+        def resolve(self, host: str) -> list[str]:
+            asked.append(host)
+            raise OSError("no DNS in tests")
+
+    nets = [(ipaddress.ip_network("fd00::/8"), NetworkEntry(range="fd00::/8", country="NL", hoster="V6 B.V.", abuse="abuse@v6.test"))]
+    hosting = HostingResolver(HostingDirectory({}, nets), RecordingNoDns())
+    stage = ClassifyStage(
+        fetcher=Fetcher(FetchPolicy(allow_private=False), resolve=hosting.addresses, transport=transport),
+        hash_image=lambda data: hash_image(data),
+        match=lambda **hashes: None,
+        hosting=hosting,
+        partner_names={},
+    )
+    classified = stage.classify("item-1", url)
+    assert classified.hosting is not None
+    assert (classified.hosting.ip, classified.hosting.country, classified.hosting.hoster) == ("fd00::1", "NL", "V6 B.V.")
+    assert asked == []  # an address literal needs no DNS query
+    assert classified.route == "closed_offline" and "refused_address" in classified.reason
+    assert transport.attempts == []
