@@ -272,6 +272,18 @@ def test_report_hits_opens_a_report_for_known_hashes_only(app: App) -> None:
         submitted = [v for v in values if reports[0]["report_id"] in v]
     assert len(submitted) == 1 and url_known in submitted[0] and "other.jpg" not in submitted[0]
     assert '"channel":"api"' in submitted[0].replace(" ", "")
+    # ... and ingest turns it into an item the hotline follows up.
+    from hotline.runtime.embedded import EmbeddedRuntime
+
+    admin = app.client("admin")
+    with EmbeddedRuntime(app.system.sessions, app.system.build_stages(("ingest",))):
+        deadline = time.monotonic() + 20
+        while True:
+            items = admin.get(reports[0]["status_url"]).json()["items"]
+            if items or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert [(i["url"], i["state"]) for i in items] == [(url_known, "received")]
 
 
 def test_report_hits_with_a_bad_url_or_foreign_hash_is_422(app: App) -> None:
