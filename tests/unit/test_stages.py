@@ -562,3 +562,24 @@ def test_bank_match_value_object_round_trips_through_classification(sessions: se
         assert item is not None and item.classification is not None
         back = ItemClassified.model_validate(item.classification)
         assert back.images[0].match == hit.match
+
+
+def test_audit_timestamps_read_back_in_utc_whatever_the_session_zone(sessions: sessionmaker[Session]) -> None:
+    # PostgreSQL answers timestamptz in the session's TimeZone (e.g. Europe/Amsterdam); the chain
+    # hashes at.isoformat(), so a "+01:00" spelling of the same instant broke every row.
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from hotline.db.models import UTCDateTime
+
+    amsterdam = datetime(2026, 1, 5, 13, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
+    read_back = UTCDateTime().process_result_value(amsterdam, None)
+    assert read_back == amsterdam and read_back is not None
+    assert read_back.isoformat() == "2026-01-05T12:00:00.123456+00:00"
+    # and a zone-aware value written through SQLite keeps its instant
+    with sessions() as s:
+        s.add(AuditLog(at=amsterdam, actor="a", action="b", subject="c", detail="", prev_hash="0", hash="0"))
+        s.commit()
+    with sessions() as s:
+        (at,) = s.scalars(select(AuditLog.at)).all()
+        assert at == amsterdam and at.tzinfo is not None and at.utcoffset() == timedelta(0)
+        assert at == datetime(2026, 1, 5, 12, 0, 0, 123456, tzinfo=UTC)
