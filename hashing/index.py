@@ -36,6 +36,9 @@ structures the classify stage and the HashCheck API wrap.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -144,6 +147,33 @@ def brute_force(
     i, d = np.concatenate(hit_ids), np.concatenate(hit_dist)
     o = np.lexsort((i, d))
     return list(zip(i[o].tolist(), d[o].tolist(), strict=True))
+
+
+def _write_dir(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
+    """Write ``arrays`` as ``.npy`` plus ``meta.json`` into a fresh directory, then swap it in.
+
+    Never overwrite files in place: a process (this one included) may have the
+    old index memory-mapped, and truncating a mapped file crashes it with
+    SIGBUS. Renaming leaves old mappings valid and readers see either the old
+    or the new directory, never a half-written one.
+    """
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{tmp.name[-8:]}")
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _group(b: int, qidx: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> list[list[Match]]:
@@ -408,8 +438,6 @@ class HammingIndex:
         """
         if len(self._delta.ids) or self._main.n_dead:
             self.rebuild()
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
         main = self._main
         arrays: dict[str, np.ndarray] = {"codes": main.codes, "ids": main.ids}
         t = main.tables
@@ -417,8 +445,6 @@ class HammingIndex:
             arrays.update(
                 starts=t.starts, widths=t.widths, bases=t.bases, offsets=t.offsets, order=t.order
             )
-        for name, arr in arrays.items():
-            np.save(p / f"{name}.npy", arr, allow_pickle=False)
         meta = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -429,7 +455,7 @@ class HammingIndex:
             "n": int(len(main.ids)),
             "tables": t is not None,
         }
-        (p / "meta.json").write_text(json.dumps(meta, indent=2))
+        _write_dir(Path(path), arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = False) -> HammingIndex:
@@ -599,10 +625,11 @@ class ExactIndex:
         """Write to directory ``path`` as ``.npy`` files (delta merged first)."""
         if self._delta_n or self._n_dead:
             self._merge(np.empty(0, np.int64), np.empty((0, self.nbytes), np.uint8))
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        for name, a in (("keys", self._keys), ("prefix", self._prefix), ("ids", self._ids)):
-            np.save(p / f"{name}.npy", a, allow_pickle=False)
+        arrays: dict[str, np.ndarray] = {
+            "keys": self._keys,
+            "prefix": self._prefix,
+            "ids": self._ids,
+        }
         meta = {
             "format": _EXACT_FORMAT,
             "version": _VERSION,
@@ -610,7 +637,7 @@ class ExactIndex:
             "max_delta": self.max_delta,
             "n": int(len(self._ids)),
         }
-        (p / "meta.json").write_text(json.dumps(meta, indent=2))
+        _write_dir(Path(path), arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = False) -> ExactIndex:

@@ -220,6 +220,30 @@ def test_save_load_round_trip(pdq_bank, tmp_path: Path, mmap: bool) -> None:
     assert loaded.query_batch(queries, 31) == want
 
 
+def test_save_over_a_memory_mapped_copy(pdq_bank, tmp_path: Path) -> None:
+    """Re-saving to the directory an index is mapped from must not corrupt (or SIGBUS) it."""
+    ids, codes, _ = pdq_bank
+    index = HammingIndex(256, max_delta=0)
+    index.add(ids[:2000], codes[:2000])
+    index.save(tmp_path / "bank")
+    mapped = HammingIndex.load(tmp_path / "bank", mmap=True)
+    mapped.save(tmp_path / "bank")  # unchanged: rewrites the very files it maps
+    mapped.add(ids[2000:], codes[2000:])
+    mapped.save(tmp_path / "bank")
+    queries = _queries(codes, max_flip=31, count=50, seed=41)
+    want = [brute_force(codes, ids, q, 31) for q in queries]
+    assert mapped.query_batch(queries, 31) == want
+    assert HammingIndex.load(tmp_path / "bank", mmap=True).query_batch(queries, 31) == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]  # no temp dirs left
+
+    exact = ExactIndex(16)
+    exact.add([1, 2], [b"a" * 16, b"b" * 16])
+    exact.save(tmp_path / "md5")
+    again = ExactIndex.load(tmp_path / "md5", mmap=True)
+    again.save(tmp_path / "md5")
+    assert again.lookup_batch([b"a" * 16, b"c" * 16]) == [[1], []]
+
+
 def test_empty_index_and_bad_input(tmp_path: Path) -> None:
     index = HammingIndex(256)
     assert len(index) == 0
