@@ -45,7 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -89,8 +89,13 @@ def serve(args: argparse.Namespace) -> None:
     from hotline.bootstrap import bootstrap
     from hotline.config import Settings
     from hotline.web import create_app
-    from services.hashcheck import logic
-    from services.hashcheck.routes import JSON_LIBRARY, _dumps, _loads
+    from services.hashcheck import logic, routes
+
+    if args.stdlib_json:  # what the API would cost without orjson (the route looks these up)
+        routes._loads = lambda raw: json.loads(raw)
+        routes._dumps = lambda obj: json.dumps(obj, separators=(",", ":")).encode()
+        routes.JSON_LIBRARY = "json (stdlib)"
+    _loads, _dumps, JSON_LIBRARY = routes._loads, routes._dumps, routes.JSON_LIBRARY
 
     system = bootstrap(Settings(database_url=args.db, index_dir="none"), run_migrations=False)
     t0 = time.perf_counter()
@@ -137,7 +142,7 @@ def build_bank(db_url: str, n: int, seed: int) -> tuple[list[str], list[str], li
     rng = np.random.default_rng(seed)
     md5, sha256, pdq = hex_rows(rng, n, 16), hex_rows(rng, n, 32), hex_rows(rng, n, 32)
     stamp = now()
-    table = BankEntry.__table__
+    table = cast(sa.Table, BankEntry.__table__)
     with system.engine.begin() as conn:
         for lo in range(0, n, 50_000):
             conn.execute(sa.insert(table), [
@@ -324,6 +329,49 @@ def pg_baselines(pg_url: str, n_bank: int, md5: list[str], sha256: list[str],
         admin.dispose()
 
 
+def measure_server(db_url: str, token: str, sample: Path, cpu: int, tmp: Path,
+                   exact: list[list[tuple[str, str, bool]]],
+                   near: list[list[tuple[str, str, bool]]], stdlib_json: bool = False,
+                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Start the app in its own process on ``cpu``, time the batches, stop it."""
+    import httpx
+
+    from hotline.loopback import free_port
+
+    info_path = tmp / f"server-{uuid.uuid4().hex[:6]}.json"
+    port = free_port("127.0.0.1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    print("starting the server (loads the bank) ...", file=sys.stderr, flush=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--db", db_url, "--port", str(port),
+         "--cpu", str(cpu), "--info", str(info_path), "--sample", str(sample)]
+        + (["--stdlib-json"] if stdlib_json else []),
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 1800
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError("the server exited")
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        info = json.loads(info_path.read_text())
+        print("timing HTTP batches ...", file=sys.stderr, flush=True)
+        http_exact = run_http(base, token, exact, server.pid)
+        http_pdq = run_http(base, token, near, server.pid) if near else None
+    finally:
+        server.terminate()
+        server.wait(30)
+    return info, http_exact, http_pdq
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="bank of 100,000 and fewer batches")
@@ -333,6 +381,8 @@ def main() -> int:
     p.add_argument("--pg", default=os.environ.get("HOTLINE_TEST_DATABASE_URL", ""),
                    help="PostgreSQL URL for the PostgreSQL baseline ('' to skip)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--skip-stdlib-json", action="store_true",
+                   help="do not measure the API a second time without orjson")
     # internal: the server process
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -340,14 +390,11 @@ def main() -> int:
     p.add_argument("--cpu", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--info", help=argparse.SUPPRESS)
     p.add_argument("--sample", help=argparse.SUPPRESS)
+    p.add_argument("--stdlib-json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
         serve(args)
         return 0
-
-    import httpx
-
-    from hotline.loopback import free_port
 
     n = args.n or (100_000 if args.quick else 1_000_000)
     n_exact = args.batches or (10 if args.quick else 30)
@@ -366,36 +413,14 @@ def main() -> int:
         near = pdq_batches(pdq, n_pdq, rng)
         sample = Path(tmp) / "sample.json"
         sample.write_bytes(encode(exact[0]))
-        info_path = Path(tmp) / "server.json"
-        port = free_port("127.0.0.1")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        print("starting the server (loads the bank) ...", file=sys.stderr, flush=True)
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--db", db_url, "--port", str(port),
-             "--cpu", str(server_cpu), "--info", str(info_path), "--sample", str(sample)],
-            env=env,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 1800
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError("the server exited")
-                try:
-                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.2)
-            info = json.loads(info_path.read_text())
-            print("timing HTTP batches ...", file=sys.stderr, flush=True)
-            http_exact = run_http(base, token, exact, server.pid)
-            http_pdq = run_http(base, token, near, server.pid)
-        finally:
-            server.terminate()
-            server.wait(30)
+        info, http_exact, http_pdq = measure_server(db_url, token, sample, server_cpu,
+                                                    Path(tmp), exact, near)
+        http_stdlib = None
+        if not args.skip_stdlib_json:
+            print("again with the stdlib json module instead of orjson ...", file=sys.stderr,
+                  flush=True)
+            _, http_stdlib, _ = measure_server(db_url, token, sample, server_cpu, Path(tmp),
+                                               exact, [], stdlib_json=True)
 
         # Baselines on the same hashes (the known/unknown mix of the HTTP batches).
         queries = [q for rows in exact[: max(2, n_exact // 10)] for q in rows]
@@ -408,8 +433,14 @@ def main() -> int:
     baseline = base_results.get("pg_per_hash") or base_results["sqlite_per_hash"]
     baseline_name = "PostgreSQL per-hash SELECT" if "pg_per_hash" in base_results \
         else "SQLite per-hash SELECT"
+    assert http_pdq is not None
     rows = [
-        ("HashCheck API, exact (MD5+SHA-256), HTTP, batches of 10,000", http_exact),
+        (f"HashCheck API, exact (MD5+SHA-256), HTTP, batches of 10,000 ({info['json']})",
+         http_exact),
+    ]
+    if http_stdlib:
+        rows.append(("HashCheck API, exact, as above with the stdlib json module", http_stdlib))
+    rows += [
         ("HashCheck API, PDQ near match (radius 31), HTTP, batches of 10,000", http_pdq),
         ("SQLite per-hash `SELECT ... WHERE md5 = ?` (indexed, in-process)",
          base_results["sqlite_per_hash"]),
