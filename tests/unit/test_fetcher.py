@@ -408,6 +408,8 @@ def loopback_plays_public(monkeypatch: pytest.MonkeyPatch) -> None:
         ("http://router.test:8080/", {"router.test": ["192.168.1.1"]}),
         ("http://169.254.169.254/latest/meta-data/", {}),
         ("http://[fd00::1]/", {}),
+        ("//169.254.169.254/latest/meta-data/", {}),  # scheme-relative
+        ("http://user@10.0.0.5/", {}),
         ("http://corp.test/", {"corp.test": ["172.16.0.1"]}),
         ("http://localhost-alias.test:{port}/", {"localhost-alias.test": ["127.0.0.2"]}),
         ("/relative-but-host-stays-public", {}),  # control: same host, allowed
@@ -424,7 +426,7 @@ def test_redirect_to_private_address_is_refused(
     site.body("/relative-but-host-stays-public", b"ok", length=2)
     resolver = TestResolver({"public.test": ["127.0.0.1"], **table})
     f = make_fetcher(resolver, transport, allow_private=False)
-    if location.startswith("/"):
+    if location == "/relative-but-host-stays-public":
         assert f.get(f"http://public.test:{site.port}/start").body == b"ok"
         assert transport.attempts == ["127.0.0.1", "127.0.0.1"]
         return
