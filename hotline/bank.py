@@ -25,6 +25,7 @@ entry for long. So:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import re
@@ -146,8 +147,25 @@ class SyncState:
     audit_id: int
     changes: int | None = None
 
-    def info(self, database: str) -> dict[str, Any]:
-        return {"max_id": self.max_id, "audit_id": self.audit_id, "database": database}
+    def info(self, database: str, fingerprint: str) -> dict[str, Any]:
+        return {
+            "max_id": self.max_id,
+            "audit_id": self.audit_id,
+            "database": database,
+            "fingerprint": fingerprint,
+        }
+
+
+def fingerprint(session: Session, max_id: int) -> str:
+    """A digest of the first row and the row ``max_id``: tells a snapshot of this bank from
+    one of a bank that was deleted and re-imported under the same URL with as many rows."""
+    rows = session.execute(
+        select(_T.c.id, *(_T.c[k] for k in HASH_COLUMNS), _T.c.added_at)
+        .where(_T.c.id.in_([select(func.min(_T.c.id)).scalar_subquery(), max_id]))
+        .order_by(_T.c.id)
+    ).all()
+    body = repr([(r[0], *r[1:6], r[6].isoformat() if r[6] else None) for r in rows])
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 class Bank:
@@ -267,6 +285,9 @@ class Bank:
                     db_max,
                 )
                 return None
+            if info.get("fingerprint") != fingerprint(session, state.max_id):
+                log.warning("bank snapshot does not fit the rows in the database; rebuilding")
+                return None
         self.matcher, self.state = matcher, state
         t1 = time.perf_counter()
         self._catch_up()
@@ -326,8 +347,10 @@ class Bank:
                     log.info("bank: another process is writing a snapshot; skipped")
                     return None
                 t0 = time.perf_counter()
+                with self.sessions() as session:
+                    print_ = fingerprint(session, self.state.max_id)
                 path = save_snapshot(
-                    self.matcher, self.index_dir, self.state.info(self._database())
+                    self.matcher, self.index_dir, self.state.info(self._database(), print_)
                 )
                 self.state.changes = 0
                 log.info(

@@ -468,6 +468,21 @@ def test_snapshot_of_another_database_is_not_used(
     assert bank.match(md5=rows[0]["md5"]) is None
 
 
+def test_snapshot_of_a_recreated_database_is_not_used(
+    tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
+) -> None:
+    do_import(csv_text(["md5"], [entry() for _ in range(5)]))
+    make_bank(sessions, tmp_path / "idx").load()
+    with sessions() as s:  # same URL, same row count, other hashes
+        s.execute(text("delete from bank_entries"))
+        s.commit()
+    other = [entry() for _ in range(5)]
+    do_import(csv_text(["md5"], other))
+    bank = make_bank(sessions, tmp_path / "idx")
+    assert bank.load() == "database"
+    assert bank.match(md5=other[0]["md5"]) is not None
+
+
 def test_broken_snapshot_falls_back_to_the_database(
     tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
 ) -> None:
