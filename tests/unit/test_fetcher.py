@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import ssl
 import struct
 import threading
 import time
@@ -43,11 +44,14 @@ from services.classify.stage import ClassifyStage
 # --------------------------------------------------------------------------- test seams
 
 
+_TLS = ssl.create_default_context()
+
+
 class LoopbackOnlyTransport(httpx.HTTPTransport):
     """Records every connection attempt; refuses, without connecting, any non-loopback one."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(verify=_TLS)  # one TLS context for all tests: building one costs 0.1 s
         self.attempts: list[str] = []
         self.host_headers: list[str] = []
 
