@@ -149,7 +149,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as error:  # a malformed header can raise almost anything inside a plugin
         raise ImageError(f"broken image header: {type(error).__name__}: {error}") from error
     _check_size(image, max_pixels)
-    if image.format in ("JPEG", "MPO"):
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        # Baseline JPEGs have one scan per picture; only progressive ones need counting.
         scans = data.count(b"\xff\xda")
         if scans > MAX_JPEG_SCANS:
             image.close()
