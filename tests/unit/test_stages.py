@@ -10,6 +10,7 @@ import shutil
 import smtplib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text, update
@@ -26,7 +27,7 @@ from hotline.db.models import (
     Report,
     ReportUrl,
 )
-from hotline.stage import Outgoing, Stage, run_stage
+from hotline.stage import Outgoing, run_stage
 from hotline.store import Store
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
@@ -59,7 +60,7 @@ def sessions(migrated_template: Path, tmp_path: Path) -> Iterator[sessionmaker[S
     engine.dispose()
 
 
-def deliver(sessions: sessionmaker[Session], stage: Stage, topic: str, raw: bytes | str) -> list[Outgoing]:
+def deliver(sessions: sessionmaker[Session], stage: Any, topic: str, raw: bytes | str) -> list[Outgoing]:
     """One delivery as the embedded runtime does it: decode+handle, publish with the unit of work."""
     with sessions() as session:
         store = Store(session)
@@ -74,12 +75,12 @@ def read(sessions: sessionmaker[Session], fn: Callable[[Store], object]) -> obje
         return fn(Store(session))
 
 
-def of_topic(out: list[Outgoing], topic: str) -> list[object]:
+def of_topic(out: list[Outgoing], topic: str) -> list[Any]:
     return [o.message for o in out if o.topic == topic]
 
 
 def submit(sessions: sessionmaker[Session], *urls: str, report_id: str | None = None) -> tuple[str, list[Outgoing]]:
-    msg = ReportSubmitted(urls=list(urls), **({"report_id": report_id} if report_id else {}))
+    msg = ReportSubmitted(urls=list(urls)) if report_id is None else ReportSubmitted(urls=list(urls), report_id=report_id)
     return msg.report_id, deliver(sessions, IngestStage(), "reports.submitted", msg.model_dump_json())
 
 
