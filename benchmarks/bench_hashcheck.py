@@ -19,6 +19,8 @@ Setup:
   full; the first answer is checked (the known half must come back known);
 * near batches: 10,000 PDQ hashes, half of them bank entries with 0..31 bits
   flipped (all must be found), half random;
+* every figure is the best of three runs (shared machines: the best run is
+  the least disturbed one), next to the CPU time the server process used;
 * baselines, on the same bank and the same hashes, one core: a per-hash
   ``SELECT id FROM bank_entries WHERE md5 = ?`` (indexed) with the stdlib
   sqlite3 module and, when PostgreSQL is reachable, with psycopg over
@@ -53,6 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BATCH = 10_000
+ROUNDS = 3
+"""Every figure is the best of this many runs: the machines this runs on are shared, and the
+best run is the one least disturbed by other programs."""
 
 
 def pin(cpu: int) -> None:
@@ -215,30 +220,40 @@ def run_http(base: str, token: str, batches: list[list[tuple[str, str, bool]]],
         expected = [k for _, _, k in batches[0]]
         got = [x["known"] for x in results]
         assert got == expected, f"{sum(a != b for a, b in zip(got, expected, strict=True))} wrong answers"
-        latencies = []
-        cpu0 = cpu_seconds(server_pid)
-        t0 = time.perf_counter()
-        for body in bodies:
-            t = time.perf_counter()
-            r = client.post("/api/v1/hashcheck", content=body)
-            _ = r.content
-            if r.status_code != 200:
-                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-            latencies.append(time.perf_counter() - t)
-        elapsed = time.perf_counter() - t0
-        cpu = cpu_seconds(server_pid) - cpu0
+        rounds = []
+        for _ in range(ROUNDS):
+            latencies = []
+            cpu0 = cpu_seconds(server_pid)
+            t0 = time.perf_counter()
+            for body in bodies:
+                t = time.perf_counter()
+                r = client.post("/api/v1/hashcheck", content=body)
+                _ = r.content
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+                latencies.append(time.perf_counter() - t)
+            elapsed = time.perf_counter() - t0
+            cpu = cpu_seconds(server_pid) - cpu0
+            rounds.append((elapsed, cpu, latencies))
     n = len(bodies) * BATCH
-    return {"hashes": n, "seconds": elapsed, "rate": n / elapsed, "cpu_rate": n / max(cpu, 1e-9),
+    elapsed, cpu, latencies = min(rounds, key=lambda x: x[0])
+    return {"hashes": n, "seconds": elapsed, "rate": n / elapsed,
+            "cpu_rate": n / max(min(c for _, c, _ in rounds), 1e-9),
             "p50_ms": 1000 * statistics.median(latencies),
             "max_ms": 1000 * max(latencies)}
 
 
 def timed(n: int, fn: Callable[[], int]) -> dict[str, Any]:
-    t0, c0 = time.perf_counter(), time.process_time()
-    found = fn()
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"hashes": n, "seconds": elapsed, "rate": n / elapsed, "found": found,
-            "cpu_rate": n / max(cpu, 1e-9)}
+    """Best of ``ROUNDS`` runs, like the API rows."""
+    walls, cpus = [], []
+    found = 0
+    for _ in range(ROUNDS):
+        t0, c0 = time.perf_counter(), time.process_time()
+        found = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return {"hashes": n, "seconds": min(walls), "rate": n / min(walls), "found": found,
+            "cpu_rate": n / max(min(cpus), 1e-9)}
 
 
 def sqlite_baselines(path: str, queries: list[tuple[str, str, bool]]) -> dict[str, dict[str, Any]]:
