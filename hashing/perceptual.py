@@ -52,12 +52,18 @@ _JAROSZ_PASSES = 2
 _LANCZOS_SUPPORT = 3.0
 
 
-def _block_sums(weights: np.ndarray, scale: int) -> np.ndarray:
-    """Sum the columns of ``weights`` in consecutive blocks of ``scale`` pixels."""
-    if scale == 1:
-        return weights
-    starts = np.arange(0, weights.shape[1], scale)
-    return np.add.reduceat(weights, starts, axis=1)
+def _scatter_reduced(
+    outputs: int, positions: np.ndarray, weights: np.ndarray, length: int, scale: int
+) -> np.ndarray:
+    """Sum per-pixel weights (rows x taps, at full-resolution ``positions``) into
+    an ``outputs x ceil(length/scale)`` matrix: one column per reduced pixel,
+    which is the mean of ``scale`` full-resolution pixels."""
+    reduced = -(-length // scale)
+    valid = (positions >= 0) & (positions < length)
+    rows = np.broadcast_to(np.arange(outputs)[:, None], positions.shape)
+    flat = rows[valid] * reduced + positions[valid] // scale
+    summed = np.bincount(flat, weights=weights[valid], minlength=outputs * reduced)
+    return summed.reshape(outputs, reduced)
 
 
 def _jarosz_window(length: int) -> int:
@@ -65,40 +71,44 @@ def _jarosz_window(length: int) -> int:
     return (length + 2 * PDQ_SIZE - 1) // (2 * PDQ_SIZE)
 
 
-def _box_transpose(columns: np.ndarray, window: int) -> np.ndarray:
-    """Apply the transpose of PDQ's ``box1DFloat`` to each column of ``columns``.
+@lru_cache(maxsize=1024)
+def _pdq_axis(length: int, scale: int) -> np.ndarray:
+    """64 x ceil(length/scale) weights: Jarosz-filter, decimate to 64, along one axis.
 
-    box1DFloat writes ``out[i] = mean(in[i - (window - half) .. i + half - 1])``
-    with the window clipped at both ends and the mean taken over the pixels
-    actually inside. Its transpose spreads ``in[i] / count_i`` over the same
-    window, which a cumulative sum does in one pass.
+    PDQ's ``box1DFloat`` writes ``out[k] = mean(in[lo(k) .. hi(k) - 1])`` with
+    ``lo(k) = max(k - behind, 0)``, ``hi(k) = min(k + half, length)``: a window
+    clipped at the edges, averaged over the pixels inside. Two passes, then
+    ``decimateFloat`` keeps pixel ``pick(i)``. So output ``i`` weighs pixel
+    ``j`` by the sum, over the ``k`` in pick(i)'s window, of
+    ``1 / (count(pick) * count(k))`` when ``j`` is in k's window. Only those
+    few pixels around each pick are visited, so a new size costs well under
+    a millisecond even for very large pictures.
     """
-    length = columns.shape[0]
+    window = _jarosz_window(length)
     half = (window + 2) // 2
     behind = window - half
-    index = np.arange(length)
-    lo = np.maximum(index - behind, 0)
-    hi = np.minimum(index + half, length)
-    scaled = columns / (hi - lo)[:, None]
-    cumulative = np.vstack([np.zeros((1, columns.shape[1])), np.cumsum(scaled, axis=0)])
-    # out[j] = sum of scaled[i] for the i whose window contains j:
-    # i in [j - half + 1, j + behind], clipped.
-    first = np.maximum(index - half + 1, 0)
-    last = np.minimum(index + behind, length - 1)
-    return cumulative[last + 1] - cumulative[first]
 
+    def lo(k: np.ndarray) -> np.ndarray:
+        return np.maximum(k - behind, 0)
 
-@lru_cache(maxsize=512)
-def _pdq_axis(length: int, scale: int) -> np.ndarray:
-    """64 x ceil(length/scale) weights: Jarosz-filter then decimate one axis."""
-    window = _jarosz_window(length)
+    def hi(k: np.ndarray) -> np.ndarray:
+        return np.minimum(k + half, length)
+
     picks = ((np.arange(PDQ_SIZE) + 0.5) * length / PDQ_SIZE).astype(np.int64)
-    selector = np.zeros((length, PDQ_SIZE))
-    selector[picks, np.arange(PDQ_SIZE)] = 1.0
-    weights = selector
-    for _ in range(_JAROSZ_PASSES):
-        weights = _box_transpose(weights, window)
-    weights = _block_sums(weights.T, scale)
+    # Second-pass pixels k of each pick's window: PDQ_SIZE x window (padded, masked).
+    ks = lo(picks)[:, None] + np.arange(window)[None, :]
+    inside = ks < hi(picks)[:, None]
+    k_weight = np.where(inside, 1.0 / ((hi(picks) - lo(picks))[:, None] * (hi(ks) - lo(ks))), 0.0)
+    # Spread each k's weight over its own window with a local difference array.
+    base = lo(lo(picks))
+    span = 2 * window + 2
+    diff = np.zeros((PDQ_SIZE, span + 1))
+    row = np.broadcast_to(np.arange(PDQ_SIZE)[:, None], ks.shape)
+    np.add.at(diff, (row, lo(ks) - base[:, None]), k_weight)
+    np.add.at(diff, (row, hi(ks) - base[:, None]), -k_weight)
+    local = np.cumsum(diff[:, :span], axis=1)
+    positions = base[:, None] + np.arange(span)[None, :]
+    weights = _scatter_reduced(PDQ_SIZE, positions, local, length, scale)
     weights.setflags(write=False)
     return weights
 
@@ -109,27 +119,41 @@ def _lanczos(x: np.ndarray) -> np.ndarray:
     return np.where(inside, np.sinc(x) * np.sinc(x / _LANCZOS_SUPPORT), 0.0)
 
 
-@lru_cache(maxsize=512)
+def _phash_dct() -> np.ndarray:
+    """scipy.fftpack.dct type II, unnormalised, rows 0..7: 2 cos(pi k (2n + 1) / 2N)."""
+    k = np.arange(_PHASH_BITS_SIDE)[:, None]
+    n = np.arange(PHASH_SIZE)[None, :]
+    return 2.0 * np.cos(np.pi * k * (2 * n + 1) / (2 * PHASH_SIZE))
+
+
+_PHASH_DCT = _phash_dct()
+
+
+@lru_cache(maxsize=1024)
 def _phash_axis(length: int, scale: int) -> np.ndarray:
-    """8 x ceil(length/scale) weights: Lanczos to 32 (as Pillow does), then DCT-II rows 0..7."""
+    """8 x ceil(length/scale) weights: Lanczos to 32 (Pillow's coefficients), then DCT rows 0..7.
+
+    Mirrors Pillow's ``precompute_coeffs``: output ``o`` is centred at
+    ``(o + 0.5) * length / 32`` and reads pixels ``[lo, hi)`` within
+    ``3 * max(length / 32, 1)`` of it, with normalised Lanczos-3 weights.
+    """
     step = length / PHASH_SIZE
     filterscale = max(step, 1.0)
     support = _LANCZOS_SUPPORT * filterscale
-    resize = np.zeros((PHASH_SIZE, length))
-    for out in range(PHASH_SIZE):
-        center = (out + 0.5) * step
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), length)
-        taps = _lanczos((np.arange(lo, hi) - center + 0.5) / filterscale)
-        total = taps.sum()
-        resize[out, lo:hi] = taps / total if total != 0.0 else taps
-    k = np.arange(_PHASH_BITS_SIDE)[:, None]
-    n = np.arange(PHASH_SIZE)[None, :]
-    # scipy.fftpack.dct type II, unnormalised: y[k] = 2 * sum x[n] cos(pi k (2n + 1) / 2N).
-    dct = 2.0 * np.cos(np.pi * k * (2 * n + 1) / (2 * PHASH_SIZE))
-    weights = _block_sums(dct @ resize, scale)
-    weights.setflags(write=False)
-    return weights
+    centers = (np.arange(PHASH_SIZE) + 0.5) * step
+    lo = np.maximum((centers - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((centers + support + 0.5).astype(np.int64), length)
+    taps = int((hi - lo).max())
+    positions = lo[:, None] + np.arange(taps)[None, :]
+    inside = positions < hi[:, None]
+    weights = np.where(inside, _lanczos((positions - centers[:, None] + 0.5) / filterscale), 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, totals, out=weights, where=totals != 0.0)
+    positions = np.where(inside, positions, -1)
+    resize = _scatter_reduced(PHASH_SIZE, positions, weights, length, scale)
+    folded = _PHASH_DCT @ resize
+    folded.setflags(write=False)
+    return folded
 
 
 @lru_cache(maxsize=512)
