@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from hotline.db.models import (
@@ -30,6 +30,7 @@ from hotline.db.models import (
     Item,
     ItemEvent,
     Notice,
+    OpenUrl,
     Report,
     ReportUrl,
     User,
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def url_digest(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 def token_digest(token: str) -> str:
@@ -147,16 +152,16 @@ class Store:
         return self.session.get(Item, item_id)
 
     def open_item_for_url(self, url: str) -> Item | None:
-        return self.session.scalar(
-            select(Item)
-            .where(Item.url == url, Item.state.not_in(FINAL_STATES))
-            .order_by(Item.first_seen.desc())
-            .limit(1)
-        )
+        item_id = self.session.scalar(select(OpenUrl.item_id).where(OpenUrl.url_sha256 == url_digest(url)))
+        return None if item_id is None else self.session.get(Item, item_id)
 
     def create_item(self, url: str) -> Item:
+        """A new open item for ``url``. Raises IntegrityError (at flush) when another worker
+        just opened one for the same URL; the caller's retry then links to that item."""
         item = Item(id=uuid.uuid4().hex, url=url, state="received", reason="waiting to be classified")
         self.session.add(item)
+        self.session.flush()
+        self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item.id))
         self.session.flush()
         return item
 
@@ -165,6 +170,9 @@ class Store:
         item.reason = reason
         item.updated_at = now()
         self.add_event(item.id, stage, state, reason)
+        if state in FINAL_STATES:
+            # A closed URL reported again is new work: free the slot.
+            self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
 
     def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None:
         self.session.add(ItemEvent(item_id=item_id, stage=stage, kind=kind, detail=detail, at=now()))

@@ -16,7 +16,7 @@ class ReportSubmitted(Message):
     """A raw report as a channel received it. URLs are *not* validated here: ingest does that,
     so that a bad URL becomes a recorded rejection with a reason instead of a lost message."""
 
-    report_id: str = Field(default_factory=new_id)
+    report_id: str = Field(default_factory=new_id, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
     channel: Channel = "api"
     urls: list[str]
     description: str | None = None

@@ -88,6 +88,16 @@ class Item(Base):
     __table_args__ = (Index("ix_items_url", "url"),)
 
 
+class OpenUrl(Base):
+    """At most one open item per normalized URL, enforced by the primary key, so two ingest
+    workers racing on the same URL cannot both create an item (the loser retries and links)."""
+
+    __tablename__ = "open_urls"
+
+    url_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), unique=True)
+
+
 class ReportUrl(Base):
     """Each URL a report named: linked to its item, or rejected with the reason."""
 

@@ -6,6 +6,8 @@ Image bytes live only in memory for the moment it takes to hash them.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -50,8 +52,8 @@ class ClassifyStage:
     max_images: int = 50
     hotline_name: str = "Hotline"
 
-    name = "classify"
-    inputs = ("items.accepted",)
+    name: ClassVar[str] = "classify"
+    inputs: ClassVar[tuple[str, ...]] = ("items.accepted",)
 
     def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
         assert isinstance(message, ItemAccepted)

@@ -9,6 +9,8 @@ Partners receive an ``Idempotency-Key`` so a retried POST is not a second case.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import time
 from dataclasses import dataclass
 
@@ -27,8 +29,8 @@ class EscalateStage:
     max_attempts: int = 5
     retry_seconds: float = 2.0
 
-    name = "escalate"
-    inputs = ("forwards.partner",)
+    name: ClassVar[str] = "escalate"
+    inputs: ClassVar[tuple[str, ...]] = ("forwards.partner",)
 
     def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
         assert isinstance(message, PartnerForward)

@@ -8,6 +8,8 @@ are recorded on the report with the reason and published to
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from hotline.stage import REJECTED, InvalidMessage, Outgoing
 from hotline.store import Store, now
 from schemas import Message
@@ -19,8 +21,8 @@ MAX_URLS_PER_REPORT = 500
 
 
 class IngestStage:
-    name = "ingest"
-    inputs = ("reports.submitted",)
+    name: ClassVar[str] = "ingest"
+    inputs: ClassVar[tuple[str, ...]] = ("reports.submitted",)
 
     def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
         assert isinstance(message, ReportSubmitted)

@@ -9,6 +9,8 @@ is not sent again, because the hoster may already have it: it is marked
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass
 
 from hotline.db.models import Notice
@@ -26,8 +28,8 @@ class NotifyStage:
     sender: str
     hotline_name: str = "Hotline"
 
-    name = "notify"
-    inputs = ("notices.ntd",)
+    name: ClassVar[str] = "notify"
+    inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)
 
     def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
         assert isinstance(message, TakedownNotice)

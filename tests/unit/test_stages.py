@@ -6,6 +6,8 @@ Each test drives a stage the way a runtime does (``run_stage`` with the wire byt
 
 from __future__ import annotations
 
+import uuid
+
 import shutil
 import smtplib
 from collections.abc import Callable, Iterator
@@ -223,7 +225,8 @@ def test_redelivered_report_creates_nothing_new(sessions: sessionmaker[Session])
 def make_item(sessions: sessionmaker[Session], state: str, classification: ItemClassified | None = None) -> str:
     with sessions() as s:
         store = Store(s)
-        item = store.create_item("http://img.hoster-a.test/known.jpg")
+        # A distinct URL per item: only one open item may exist per URL.
+        item = store.create_item(f"http://img.hoster-a.test/known.jpg?case={uuid.uuid4().hex}")
         store.set_state(item, state, "set up by the test", "test")
         if classification is not None:
             item.classification = classification.model_copy(update={"item_id": item.id}).model_dump(mode="json")
@@ -444,7 +447,7 @@ def test_illegal_escalates_and_adds_hashes_to_the_bank(sessions: sessionmaker[Se
     assert esc.topic == "escalations.police"
     msg = esc.message
     assert isinstance(msg, PoliceEscalation)
-    assert msg.item_id == item_id and msg.url == CLASSIFIED.url
+    assert msg.item_id == item_id and msg.url.startswith(CLASSIFIED.url + "?case=")
     assert msg.images == [IMG_OK, IMG_BROKEN]
     assert msg.hosting is not None and msg.hosting.abuse == "abuse@hoster-a.test"
     assert (msg.classification.analyst, msg.classification.category) == ("ann", "national")
