@@ -298,8 +298,11 @@ NL_A, NL_B, DE_C = "images.hoster-a.test", "cdn.hoster-b.test", "bilder.hoster-c
 @contextlib.contextmanager
 def world(tmp: Path, site_delay: float = 0.0, smtp_delay: float = 0.0) -> Iterator[World]:
     """Start the loopback world; everything is shut down on exit."""
-    known = [photo_like_jpeg(320, 240, seed=s) for s in (101, 102, 103)]
-    unknown = photo_like_jpeg(320, 240, seed=201)
+    # Fresh images per world: a database shared by several tests must not already know the
+    # "unknown" image because an analyst confirmed it in an earlier test.
+    base = uuid.uuid4().int % 1_000_000 * 10
+    known = [photo_like_jpeg(320, 240, seed=base + i) for i in (1, 2, 3)]
+    unknown = photo_like_jpeg(320, 240, seed=base + 4)
     sites = {
         NL_A: Site("127.0.0.2", site_delay),
         NL_B: Site("127.0.0.3", site_delay),
@@ -588,7 +591,9 @@ class KafkaPipeline:
     it sees each topic from the beginning and cannot disturb the stages.
     """
 
-    def __init__(self, brokers: str, prefix: str, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, brokers: str, prefix: str, sessions: sessionmaker[Session], relay: bool = True
+    ) -> None:
         from kafka import KafkaProducer
 
         from hotline.runtime.kafka import create_topics
@@ -603,9 +608,11 @@ class KafkaPipeline:
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, name="topic-reader", daemon=True)
         self._reader.start()
-        # The web process's outbox relay (``hotline serve --stage web`` starts the same class).
-        self.relay = OutboxRelay(sessions, brokers, prefix, poll_seconds=0.1)
-        self.relay.start()
+        # The web process's outbox relay (``hotline serve --stage web`` starts the same class);
+        # off when the test runs the web process itself.
+        self.relay = OutboxRelay(sessions, brokers, prefix, poll_seconds=0.1) if relay else None
+        if self.relay is not None:
+            self.relay.start()
 
     def _read(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -654,7 +661,8 @@ class KafkaPipeline:
         wait_for("the outbox relay to publish", empty, 30)
 
     def close(self) -> None:
-        self.relay.stop()
+        if self.relay is not None:
+            self.relay.stop()
         self._stop.set()
         self._reader.join(10)
         self.producer.close(timeout=10)
@@ -673,7 +681,7 @@ class StageProcesses:
         self.procs: dict[str, Any] = {}
         self.starts: Counter[str] = Counter()
 
-    def start(self, stage: str) -> None:
+    def start(self, stage: str, *args: str) -> None:
         import os
         import subprocess
         import sys
@@ -681,7 +689,7 @@ class StageProcesses:
         self.starts[stage] += 1
         log = open(self.log_dir / f"{stage}.{self.starts[stage]}.log", "wb")  # noqa: SIM115 - the child owns it
         self.procs[stage] = subprocess.Popen(
-            [sys.executable, "-m", "hotline.cli", "serve", "--stage", stage],
+            [sys.executable, "-m", "hotline.cli", "serve", "--stage", stage, *args],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -53,14 +53,20 @@ def worker_env(w: World, database_url: str, brokers: str, prefix: str) -> dict[s
 
 @contextlib.contextmanager
 def distributed(
-    w: World, database_url: str, sessions: sessionmaker[Session], brokers: str, prefix: str, log_dir: Path
+    w: World,
+    database_url: str,
+    sessions: sessionmaker[Session],
+    brokers: str,
+    prefix: str,
+    log_dir: Path,
+    relay: bool = True,
 ) -> Iterator[tuple[KafkaPipeline, StageProcesses]]:
     """Bank loaded, topics created, four stage processes and the outbox relay running.
     Processes are always stopped on exit, and their logs shown when the body failed."""
     with sessions() as s:
         scenario.load_bank(Store(s), w.known_images)
     log_dir.mkdir(exist_ok=True)
-    pipeline = KafkaPipeline(brokers, prefix, sessions)
+    pipeline = KafkaPipeline(brokers, prefix, sessions, relay=relay)
     procs = StageProcesses(worker_env(w, database_url, brokers, prefix), log_dir)
     try:
         for stage in STAGES:
@@ -93,3 +99,80 @@ def test_acceptance_kafka(
         # SIGTERM is a clean stop.
         assert codes == dict.fromkeys(STAGES, 0), f"{codes}\n{procs.logs()}"
     print("kafka acceptance timings:", {k: round(v, 2) for k, v in timings.items()})
+
+
+def test_through_the_web_process(
+    tmp_path: Path,
+    kafka_brokers: str,
+    kafka_db: str,
+    db_sessions: sessionmaker[Session],
+    unique_topic_prefix: str,
+) -> None:
+    """The deployment as operators run it: ``hotline serve --stage web`` (API + outbox relay)
+    beside the four stage processes. A report goes in over HTTP, an analyst decides over HTTP,
+    and the police escalation comes out on Kafka."""
+    import httpx
+
+    from hotline.auth import new_token
+
+    prefix = unique_topic_prefix + "."
+    token = new_token()
+    with db_sessions() as s:
+        store = Store(s)
+        store.add_user(f"analyst-{prefix}", "analyst", token)
+        store.commit()
+    port = scenario.free_port()
+    base = f"http://127.0.0.1:{port}"
+    analyst = {"Authorization": f"Bearer {token}"}
+    with (
+        scenario.world(tmp_path) as w,
+        distributed(w, kafka_db, db_sessions, kafka_brokers, prefix, tmp_path / "logs", relay=False) as (
+            pipeline,
+            procs,
+        ),
+        httpx.Client(base_url=base, timeout=10) as http,
+    ):
+        cases = scenario.build_acceptance_cases(w)
+        procs.start("web", "--host", "127.0.0.1", "--port", str(port))
+
+        def web_up() -> bool:
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        scenario.wait_for("the web process", web_up, 60, interval=0.2)
+
+        bad = http.post("/api/v1/reports", json={"urls": ["ftp://files.hoster-a.test/x.jpg"]})
+        assert bad.status_code == 422 and "urls" in bad.text, bad.text
+
+        urls = [cases["known_nl"].url, cases["unknown_nl"].url]
+        answer = http.post("/api/v1/reports", json={"urls": urls, "description": "via the API"})
+        assert answer.status_code == 202, answer.text
+        report_id = answer.json()["report_id"]
+
+        def states() -> dict[str, str] | None:
+            r = http.get(f"/api/v1/reports/{report_id}", headers=analyst)
+            got = {i["url"]: i["state"] for i in r.json()["items"]}
+            return got if got == {urls[0]: "notice_sent", urls[1]: "awaiting_assessment"} else None
+
+        try:
+            scenario.wait_for("both items routed", states, 90, interval=0.2)
+        except AssertionError as exc:
+            now = http.get(f"/api/v1/reports/{report_id}", headers=analyst).json()
+            raise AssertionError(f"{exc}; the report now: {now}") from None
+        unknown = scenario.item_for_url(db_sessions, urls[1])
+        assert unknown is not None
+        decided = http.post(
+            f"/api/v1/items/{unknown.id}/assessment",
+            json={"verdict": "illegal", "category": "national"},
+            headers=analyst,
+        )
+        assert decided.status_code == 200 and decided.json()["state"] == "escalated", decided.text
+        esc = scenario.wait_for(
+            "the police escalation on Kafka",
+            lambda: [m for m in pipeline.published("escalations.police") if m["item_id"] == unknown.id],
+            60,
+        )
+        assert len(esc) == 1 and esc[0]["classification"]["analyst"] == f"analyst-{prefix}"
+        assert [m.rcpt_tos for m in w.mail.snapshot()] == [[scenario.HOSTER_A]]
