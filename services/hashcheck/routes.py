@@ -49,6 +49,9 @@ def _dumps(obj: Any) -> bytes:
 router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
+CHART_WEEKS = 26
+"""The monitor's charts show the last half year; more bars would not be readable."""
+
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """10,000 hashes plus 10,000 report URLs fit easily; more is refused before parsing."""
 
@@ -251,7 +254,7 @@ def monitor(request: Request, caller: Admin, store: StoreDep) -> HTMLResponse:
     for week, _, c, h in rows:
         checks[week] += c
         hits[week] += h
-    weeks = sorted(checks)
+    weeks = sorted(checks)[-CHART_WEEKS:]  # the table below keeps every week
     ctx = {
         "hotline_name": request.app.state.system.settings.hotline_name,
         "rows": [{"week": w, "hoster": n, "checks": c, "hits": h,
