@@ -17,7 +17,7 @@ from hotline.bank import Bank
 from hotline.config import Settings
 from hotline.db.engine import make_engine, make_sessionmaker, migrate
 from hotline.stage import Stage
-from services.classify.fetcher import FetchPolicy, Fetcher
+from services.classify.fetcher import Fetcher, FetchPolicy
 from services.classify.hosting import HostingDirectory, HostingResolver, Resolver
 from services.classify.stage import ClassifyStage
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway

@@ -150,7 +150,7 @@ def run_demo(quiet: bool = False) -> int:
         # --- bank and accounts ---------------------------------------------
         with system.sessions() as session:
             store = Store(session)
-            for n, data in known.items():
+            for data in known.values():
                 h = hash_image(data)
                 store.add_bank_entry(category="baseline", source="demo bank", md5=h.md5, sha1=h.sha1,
                                      sha256=h.sha256, pdq=h.pdq, phash=h.phash)

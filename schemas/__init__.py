@@ -5,7 +5,7 @@ read: topic name -> (model, key field). Consumers in other languages validate
 against ``schemas/json/<topic>.json``.
 """
 
-from schemas.base import Message, SCHEMA_VERSION
+from schemas.base import SCHEMA_VERSION, Message
 from schemas.topics import TOPICS, Topic, topic_for_model
 
 __all__ = ["Message", "SCHEMA_VERSION", "TOPICS", "Topic", "topic_for_model"]

@@ -6,10 +6,9 @@ Image bytes live only in memory for the moment it takes to hash them.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from hotline.stage import InvalidMessage, Outgoing
@@ -18,7 +17,7 @@ from schemas import Message
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
 from schemas.notices import PartnerForward, TakedownNotice
-from services.classify.fetcher import Fetched, FetchError, Fetcher
+from services.classify.fetcher import Fetched, Fetcher, FetchError
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import decide_route

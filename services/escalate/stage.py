@@ -9,10 +9,9 @@ Partners receive an ``Idempotency-Key`` so a retried POST is not a second case.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hotline.db.models import Forward
 from hotline.stage import Outgoing

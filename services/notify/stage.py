@@ -9,9 +9,8 @@ is not sent again, because the hoster may already have it: it is marked
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hotline.db.models import Notice
 from hotline.stage import Outgoing

@@ -6,10 +6,9 @@ Each test drives a stage the way a runtime does (``run_stage`` with the wire byt
 
 from __future__ import annotations
 
-import uuid
-
 import shutil
 import smtplib
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
