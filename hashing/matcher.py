@@ -80,8 +80,10 @@ class BankMatcher:
     def retire(self, ids: Iterable[int]) -> None:
         ids = np.array(list(ids), dtype=np.int64)
         with self._lock:
-            for index in [*self._exact.values(), *self._near.values()]:
-                index.remove(ids)
+            for exact in self._exact.values():
+                exact.remove(ids)
+            for near in self._near.values():
+                near.remove(ids)
             for i in ids.tolist():
                 self._meta.pop(int(i), None)
 
