@@ -493,7 +493,8 @@ def run_acceptance(p: Pipeline, w: World, timeout: float = 90.0) -> dict[str, fl
     assert len(mails) == 1, f"NTD sent {len(mails)} times"
     assert mails[0].rcpt_tos == [HOSTER_A]
     assert mails[0].message["To"] == HOSTER_A
-    assert cases["known_nl"].url in mails[0].message.get_payload(decode=True).decode()
+    body = mails[0].message.get_payload(decode=True)
+    assert isinstance(body, bytes) and cases["known_nl"].url in body.decode()
 
     # Forward: the partner got it, with the bearer token (PartnerEndpoint refuses without).
     known_de = item_for_url(p.sessions, cases["known_de"].url)
@@ -627,7 +628,11 @@ class KafkaPipeline:
             partitions = []
             for logical in self._seen:
                 name = self.prefix + logical
-                ids = wait_for(f"partitions of {name}", lambda n=name: consumer.partitions_for_topic(n), 30)
+                ids: set[int] = wait_for(
+                    f"partitions of {name}",
+                    lambda n=name: consumer.partitions_for_topic(n),  # type: ignore[misc]
+                    30,
+                )
                 partitions += [TopicPartition(name, i) for i in sorted(ids)]
             consumer.assign(partitions)
             consumer.seek_to_beginning(*partitions)

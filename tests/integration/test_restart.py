@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -77,7 +77,7 @@ def run_kill_and_restart(
     brokers: str,
     prefix: str,
     log_dir: Path,
-    progress: callable,  # type: ignore[valid-type]
+    progress: Callable[[list[str]], int],
 ) -> dict[str, float]:
     """Submit the batch, kill -9 ``stage`` once ``progress()`` reaches 5, restart it, wait for the end."""
     reports = scenario.known_batch(w, BATCH)
