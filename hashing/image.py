@@ -69,6 +69,10 @@ MIN_REDUCED_SIDE = 128
 stays within a few bits of the full-resolution reference; at 96 it drifts up
 to the 8-bit budget (sweep in docs/benchmarks-hashing.md)."""
 
+MAX_REDUCED_SIDE = 1024
+"""...and reduce any axis further that would still be longer than this, so
+the weight matrices stay small for extreme aspect ratios (60000000 x 1)."""
+
 _JPEG_SCALES = (8, 4, 2, 1)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _FRAME_DECODE_BUDGET = 4
@@ -183,8 +187,17 @@ def _scale_for(width: int, height: int, choices: tuple[int, ...] | None = None) 
     return 1
 
 
-def _reduced_luma(frame: Image.Image) -> tuple[np.ndarray, int]:
-    """Luma of an already-seeked frame, box-reduced; returns (plane, scale)."""
+def _axis_extra(reduced: int) -> int:
+    """Further reduction of an axis still longer than MAX_REDUCED_SIDE (extreme aspect ratios)."""
+    return reduced // (MAX_REDUCED_SIDE // 2) if reduced > MAX_REDUCED_SIDE else 1
+
+
+Scale = tuple[int, int]
+"""(horizontal, vertical) reduction: each reduced pixel is the mean of an sx x sy block."""
+
+
+def _reduced_luma(frame: Image.Image) -> tuple[np.ndarray, Scale]:
+    """Luma of an already-seeked frame, box-reduced; returns (plane, (sx, sy))."""
     width, height = frame.size
     if frame.mode.startswith("I;16"):
         # Pillow's RGB conversion clips 16-bit grey to white (the reference tools
@@ -193,11 +206,13 @@ def _reduced_luma(frame: Image.Image) -> tuple[np.ndarray, int]:
     elif frame.mode not in ("L", "RGB"):
         frame = frame.convert("RGB")  # what the reference pipeline does, alpha dropped
     scale = _scale_for(width, height)
-    if scale > 1:
-        frame = frame.reduce(scale)
+    sx = scale * _axis_extra(-(-width // scale))
+    sy = scale * _axis_extra(-(-height // scale))
+    if (sx, sy) != (1, 1):
+        frame = frame.reduce((sx, sy))
     if frame.mode == "L":
-        return np.asarray(frame), scale
-    return np.asarray(frame, dtype=np.float32) @ _LUMA, scale
+        return np.asarray(frame), (sx, sy)
+    return np.asarray(frame, dtype=np.float32) @ _LUMA, (sx, sy)
 
 
 def jpeg_draft_scale(width: int, height: int) -> int:
@@ -205,7 +220,7 @@ def jpeg_draft_scale(width: int, height: int) -> int:
     return _scale_for(width, height, _JPEG_SCALES)
 
 
-def _jpeg_luma(image: Image.Image) -> tuple[np.ndarray, int]:
+def _jpeg_luma(image: Image.Image) -> tuple[np.ndarray, Scale]:
     """Decode a JPEG's luma at 1/8, 1/4, 1/2 or full scale in the DCT domain.
 
     ``draft`` picks exactly the requested power-of-two scale here, and the
@@ -216,11 +231,17 @@ def _jpeg_luma(image: Image.Image) -> tuple[np.ndarray, int]:
     if image.mode in ("RGB", "L"):
         # For YCbCr JPEGs libjpeg then emits Y only: JFIF's Y is exactly PDQ's luma.
         image.draft("L", (width // scale, height // scale))
-        image.load()
-        return np.asarray(image), scale
-    image.draft("RGB", (width // scale, height // scale))  # CMYK and other rare layouts
-    image.load()
-    return np.asarray(image.convert("RGB"), dtype=np.float32) @ _LUMA, scale
+        decoded: Image.Image = image
+    else:
+        image.draft("RGB", (width // scale, height // scale))  # CMYK and other rare layouts
+        decoded = image.convert("RGB")
+    decoded.load()
+    fx, fy = _axis_extra(decoded.width), _axis_extra(decoded.height)
+    if (fx, fy) != (1, 1):
+        decoded = decoded.reduce((fx, fy))
+    if decoded.mode == "L":
+        return np.asarray(decoded), (scale * fx, scale * fy)
+    return np.asarray(decoded, dtype=np.float32) @ _LUMA, (scale * fx, scale * fy)
 
 
 def _sample_frames(

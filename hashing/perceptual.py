@@ -72,7 +72,6 @@ def _jarosz_window(length: int) -> int:
     return (length + 2 * PDQ_SIZE - 1) // (2 * PDQ_SIZE)
 
 
-@lru_cache(maxsize=1024)
 def _pdq_axis(length: int, scale: int) -> np.ndarray:
     """64 x ceil(length/scale) weights: Jarosz-filter, decimate to 64, along one axis.
 
@@ -134,7 +133,6 @@ def _phash_dct() -> np.ndarray:
 _PHASH_DCT = _phash_dct()
 
 
-@lru_cache(maxsize=1024)
 def _phash_axis(length: int, scale: int) -> np.ndarray:
     """8 x ceil(length/scale) weights: Lanczos to 32 (Pillow's coefficients), then DCT rows 0..7.
 
@@ -161,7 +159,7 @@ def _phash_axis(length: int, scale: int) -> np.ndarray:
     return folded
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=256)
 def _combined_rows(length: int, scale: int) -> np.ndarray:
     """PDQ and pHash row weights stacked, so one product serves both hashes."""
     stacked = np.vstack([_pdq_axis(length, scale), _phash_axis(length, scale)]).astype(np.float32)
@@ -169,7 +167,7 @@ def _combined_rows(length: int, scale: int) -> np.ndarray:
     return stacked
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=256)
 def _combined_cols(length: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
     pdq = np.ascontiguousarray(_pdq_axis(length, scale).T, dtype=np.float32)
     phash = np.ascontiguousarray(_phash_axis(length, scale).T, dtype=np.float32)
@@ -180,7 +178,7 @@ def _combined_cols(length: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
 
 def clear_weight_caches() -> None:
     """Forget every cached weight matrix (benchmarks use it to measure the cold cost)."""
-    for cached in (_pdq_axis, _phash_axis, _combined_rows, _combined_cols):
+    for cached in (_combined_rows, _combined_cols):
         cached.cache_clear()
 
 
@@ -233,22 +231,25 @@ def _phash_hex(lowfreq: np.ndarray) -> str:
     return f"{int(_PHASH_BIT_WEIGHTS[bits].sum(dtype=np.uint64)):016x}"
 
 
-def perceptual_hashes(luma: np.ndarray, full_size: tuple[int, int], scale: int) -> PerceptualHashes:
+def perceptual_hashes(
+    luma: np.ndarray, full_size: tuple[int, int], scale: int | tuple[int, int]
+) -> PerceptualHashes:
     """PDQ and pHash of a luma plane decoded at ``1/scale`` of ``full_size``.
 
     ``luma`` is a 2-D array (rows x columns, any real dtype) of the picture's
     luma 0.299 R + 0.587 G + 0.114 B, either at full resolution (``scale=1``)
-    or reduced so that each pixel is the mean of a ``scale x scale`` block of
-    the full picture (the last row/column block may be partial).
-    ``full_size`` is ``(width, height)`` of the full picture: the weights are
-    those of the reference algorithms at that size.
+    or reduced so that each pixel is the mean of an ``sx x sy`` block of the
+    full picture (``scale`` is ``s`` or ``(sx, sy)``; the last row/column
+    block may be partial). ``full_size`` is ``(width, height)`` of the full
+    picture: the weights are those of the reference algorithms at that size.
     """
     width, height = full_size
-    rows = _combined_rows(height, scale)
-    pdq_cols, phash_cols = _combined_cols(width, scale)
+    sx, sy = (scale, scale) if isinstance(scale, int) else scale
+    rows = _combined_rows(height, sy)
+    pdq_cols, phash_cols = _combined_cols(width, sx)
     if luma.shape != (rows.shape[1], pdq_cols.shape[0]):
         raise ValueError(
-            f"luma plane {luma.shape} does not match {width}x{height} at 1/{scale} scale"
+            f"luma plane {luma.shape} does not match {width}x{height} at 1/{sx}x1/{sy} scale"
         )
     partial = rows @ np.asarray(luma, dtype=np.float32)
     block = partial[:PDQ_SIZE] @ pdq_cols

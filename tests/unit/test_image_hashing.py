@@ -295,3 +295,19 @@ def test_16_bit_greyscale_png_is_hashed_from_its_top_8_bits() -> None:
     hashes, expected = hash_image(wide), hash_image(narrow)
     assert hashes.pdq_quality == expected.pdq_quality and PDQ.usable(hashes.pdq_quality)
     assert hashes.pdq == expected.pdq and hashes.phash == expected.phash
+
+
+@pytest.mark.parametrize("size, fmt", [((4000, 150), "PNG"), ((6000, 200), "JPEG")])
+def test_long_thin_pictures_stay_close_to_reference(size: tuple[int, int], fmt: str) -> None:
+    data = encode(generate_photo_like(*size, seed=2), fmt)
+    pdq_bits, phash_bits = _drift(hash_image(data), hash_image_reference(data))
+    assert pdq_bits <= 8 and phash_bits <= 4
+
+
+@pytest.mark.parametrize("size, fmt", [((200_000, 3), "PNG"), ((65_000, 16), "JPEG")])
+def test_extreme_aspect_ratios_are_hashed_quickly(size: tuple[int, int], fmt: str) -> None:
+    data = encode(Image.new("L", size, 128), fmt)
+    started = time.perf_counter()
+    hashes = hash_image(data)
+    assert time.perf_counter() - started < 1.0
+    assert (hashes.width, hashes.height) == size and hashes.pdq_quality == 0
