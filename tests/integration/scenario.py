@@ -685,16 +685,20 @@ class StageProcesses:
         self.log_dir = log_dir
         self.procs: dict[str, Any] = {}
         self.starts: Counter[str] = Counter()
+        self.args: dict[str, tuple[str, ...]] = {}
 
     def start(self, stage: str, *args: str) -> None:
+        """Start ``hotline serve --stage STAGE ARGS``; stage ``all`` is plain ``hotline serve``
+        (every stage and the web app in one process: the embedded runtime)."""
         import os
         import subprocess
         import sys
 
         self.starts[stage] += 1
+        self.args[stage] = args
         log = open(self.log_dir / f"{stage}.{self.starts[stage]}.log", "wb")  # noqa: SIM115 - the child owns it
         self.procs[stage] = subprocess.Popen(
-            [sys.executable, "-m", "hotline.cli", "serve", "--stage", stage, *args],
+            [sys.executable, "-m", "hotline.cli", "serve", *(["--stage", stage] if stage != "all" else []), *args],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -713,6 +717,10 @@ class StageProcesses:
 
     def log_text(self, stage: str) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{stage}.*.log")))
+
+    def restart(self, stage: str) -> None:
+        """Start ``stage`` again with the arguments it had."""
+        self.start(stage, *self.args[stage])
 
     def kill9(self, stage: str) -> None:
         import signal

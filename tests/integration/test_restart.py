@@ -12,6 +12,7 @@ duplicates nothing: all notices arrive exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,8 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.db.engine import make_engine, make_sessionmaker, migrate
 from hotline.db.models import Item, Notice
+from hotline.store import Store
 from tests.integration import scenario
-from tests.integration.scenario import World, wait_for
+from tests.integration.scenario import Pipeline, StageProcesses, World, wait_for
 from tests.integration.test_kafka_pipeline import distributed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -72,18 +74,15 @@ def notice_status(sessions: sessionmaker[Session], urls: list[str]) -> dict[str,
 def run_kill_and_restart(
     stage: str,
     w: World,
-    db_url: str,
     sessions: sessionmaker[Session],
-    brokers: str,
-    prefix: str,
-    log_dir: Path,
+    deployment: contextlib.AbstractContextManager[tuple[Pipeline, StageProcesses]],
     progress: Callable[[list[str]], int],
 ) -> dict[str, float]:
     """Submit the batch, kill -9 ``stage`` once ``progress()`` reaches 5, restart it, wait for the end."""
     reports = scenario.known_batch(w, BATCH)
     urls = [r.urls[0] for r in reports]
     t0 = time.monotonic()
-    with distributed(w, db_url, sessions, brokers, prefix, log_dir) as (pipeline, procs):
+    with deployment as (pipeline, procs):
         for r in reports:
             pipeline.submit(r)
         wait_for(f"{stage} to be part-way through the batch", lambda: progress(urls) >= 5, 90, interval=0.02)
@@ -91,7 +90,7 @@ def run_kill_and_restart(
         at_kill = progress(urls)
         killed_at = time.monotonic() - t0
         assert at_kill < BATCH, f"the batch was done before the kill ({at_kill}); nothing was tested"
-        procs.start(stage)
+        procs.restart(stage)
 
         final = ("notice_sent", "notice_unconfirmed")
 
@@ -121,7 +120,7 @@ def run_kill_and_restart(
             else:
                 assert status == "delivery_unknown", (nid, status)
         assert set(received) <= set(notices)
-        if stage == "notify":
+        if stage in ("notify", "all"):
             assert states["notice_unconfirmed"] <= 1, states
         else:
             assert states["notice_unconfirmed"] == 0, states
@@ -149,11 +148,8 @@ def test_kill_notify_mid_batch(
     result = run_kill_and_restart(
         "notify",
         slow_world,
-        restart_db,
         db_sessions,
-        kafka_brokers,
-        unique_topic_prefix + ".",
-        tmp_path / "logs",
+        distributed(slow_world, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs"),
         mails_received,
     )
     print("kill -9 notify:", result)
@@ -174,11 +170,8 @@ def test_kill_classify_mid_batch(
     result = run_kill_and_restart(
         "classify",
         slow_world,
-        restart_db,
         db_sessions,
-        kafka_brokers,
-        unique_topic_prefix + ".",
-        tmp_path / "logs",
+        distributed(slow_world, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs"),
         classified,
     )
     print("kill -9 classify:", result)
@@ -260,3 +253,35 @@ def test_kill_notify_inside_the_smtp_conversation(
             assert list(received.values()).count(1) >= 1
             events = [m for m in pipeline.published("notices.events") if m["item_id"] == item.id]
             assert [e["kind"] for e in events] == ["delivery_unknown"], events
+
+
+def test_kill_embedded_process_mid_batch(tmp_path: Path, slow_world: World) -> None:
+    """The same on the embedded runtime: ``hotline serve`` (all stages, SQLite) killed with -9
+    in the middle of the batch and started again."""
+    from tests.integration.test_embedded_pipeline import EmbeddedPipeline
+
+    db_url = f"sqlite:///{tmp_path / 'hotline.db'}"
+    migrate(db_url)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+
+    @contextlib.contextmanager
+    def embedded_process() -> Iterator[tuple[Pipeline, StageProcesses]]:
+        with sessions() as s:
+            scenario.load_bank(Store(s), slow_world.known_images)
+        (tmp_path / "logs").mkdir()
+        procs = StageProcesses({**slow_world.env(), "HOTLINE_DATABASE_URL": db_url}, tmp_path / "logs")
+        try:
+            procs.start("all", "--host", "127.0.0.1", "--port", str(scenario.free_port()))
+            yield EmbeddedPipeline(sessions), procs
+        finally:
+            procs.stop_all()
+
+    def mails_received(urls: list[str]) -> int:
+        return len(slow_world.mail.snapshot())
+
+    try:
+        result = run_kill_and_restart("all", slow_world, sessions, embedded_process(), mails_received)
+    finally:
+        engine.dispose()
+    print("kill -9 embedded:", result)
