@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,7 @@ RETRY_MAX_SECONDS = 30.0
 # up on it: a short session makes a restarted or surviving worker take over in
 # seconds instead of faust's default minute. Must be >= the broker's
 # group.min.session.timeout.ms (6 s by default).
-SESSION_TIMEOUT_SECONDS = float(os.environ.get("HOTLINE_KAFKA_SESSION_TIMEOUT", "10"))
+SESSION_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -300,7 +299,8 @@ def run_stage_worker(system: System, stage_name: str) -> None:
     app = build_app(system, stage_name)
     # The worker installs SIGTERM/SIGINT handlers that stop the app: agents are
     # cancelled (an event in progress stays unacked), acked offsets are committed.
-    worker = faust.Worker(app, loglevel=os.environ.get("HOTLINE_LOG_LEVEL", "INFO"), override_logging=False)
+    # Logging is the caller's to set up (the CLI does), hence override_logging=False.
+    worker = faust.Worker(app, override_logging=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=STAGE_NAMES)
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=os.environ.get("HOTLINE_LOG_LEVEL", "INFO"),
+        level=logging.INFO,
         format=f"%(asctime)s {args.stage} %(levelname)s %(name)s: %(message)s",
     )
     run_stage_worker(bootstrap(Settings()), args.stage)

@@ -671,6 +671,29 @@ class KafkaPipeline:
         self._stop.set()
         self._reader.join(10)
         self.producer.close(timeout=10)
+        delete_topics(self.brokers, self.prefix)
+
+
+def delete_topics(brokers: str, prefix: str) -> None:
+    """Remove a test's topics and the workers' faust-internal ones, so runs do not pile up
+    topics on a shared broker. Best effort: a broker that refuses only leaves litter behind."""
+    import warnings
+
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from hotline.runtime.kafka import app_id_for
+
+    internal = app_id_for(prefix, "")
+    admin = KafkaAdminClient(bootstrap_servers=brokers.split(","), client_id="hotline-tests-cleanup")
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix) or t.startswith(internal)]
+        if doomed:
+            admin.delete_topics(doomed, timeout_ms=30000)
+    except KafkaError as exc:
+        warnings.warn(f"could not delete test topics with prefix {prefix}: {exc!r}", stacklevel=2)
+    finally:
+        admin.close()
 
 
 class StageProcesses:
@@ -685,19 +708,21 @@ class StageProcesses:
         self.log_dir = log_dir
         self.procs: dict[str, Any] = {}
         self.starts: Counter[str] = Counter()
-        self.args: dict[str, tuple[str, ...]] = {}
+        self.commands: dict[str, tuple[str, tuple[str, ...]]] = {}
 
-    def start(self, stage: str, *args: str) -> None:
-        """Start ``hotline serve --stage STAGE ARGS``; stage ``all`` is plain ``hotline serve``
-        (every stage and the web app in one process: the embedded runtime)."""
+    def start(self, stage: str, *args: str, name: str | None = None) -> None:
+        """Start ``hotline serve --stage STAGE ARGS`` as process ``name`` (default: the stage);
+        stage ``all`` is plain ``hotline serve`` (every stage and the web app in one process:
+        the embedded runtime)."""
         import os
         import subprocess
         import sys
 
-        self.starts[stage] += 1
-        self.args[stage] = args
-        log = open(self.log_dir / f"{stage}.{self.starts[stage]}.log", "wb")  # noqa: SIM115 - the child owns it
-        self.procs[stage] = subprocess.Popen(
+        name = name or stage
+        self.starts[name] += 1
+        self.commands[name] = (stage, args)
+        log = open(self.log_dir / f"{name}.{self.starts[name]}.log", "wb")  # noqa: SIM115 - the child owns it
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "hotline.cli", "serve", *(["--stage", stage] if stage != "all" else []), *args],
             env={**os.environ, **self.env},
             stdout=log,
@@ -718,9 +743,10 @@ class StageProcesses:
     def log_text(self, stage: str) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{stage}.*.log")))
 
-    def restart(self, stage: str) -> None:
-        """Start ``stage`` again with the arguments it had."""
-        self.start(stage, *self.args[stage])
+    def restart(self, name: str) -> None:
+        """Start process ``name`` again, as it was started before."""
+        stage, args = self.commands[name]
+        self.start(stage, *args, name=name)
 
     def kill9(self, stage: str) -> None:
         import signal

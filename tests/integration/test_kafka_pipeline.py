@@ -176,3 +176,33 @@ def test_through_the_web_process(
         )
         assert len(esc) == 1 and esc[0]["classification"]["analyst"] == f"analyst-{prefix}"
         assert [m.rcpt_tos for m in w.mail.snapshot()] == [[scenario.HOSTER_A]]
+
+
+def test_two_classify_workers_share_the_work(
+    tmp_path: Path,
+    kafka_brokers: str,
+    kafka_db: str,
+    db_sessions: sessionmaker[Session],
+    unique_topic_prefix: str,
+) -> None:
+    """Scaling out: a second classify process joins the group while a batch is under way.
+    The partitions are shared (and moved, mid-event) without a report lost or a notice doubled."""
+    prefix = unique_topic_prefix + "."
+    with (
+        scenario.world(tmp_path, site_delay=0.05) as w,
+        distributed(w, kafka_db, db_sessions, kafka_brokers, prefix, tmp_path / "logs") as (pipeline, procs),
+    ):
+        reports = scenario.known_batch(w, 30, prefix="/scale")
+        urls = [r.urls[0] for r in reports]
+        for r in reports:
+            pipeline.submit(r)
+        procs.start("classify", name="classify-2")
+        scenario.wait_for(
+            "every item notice_sent",
+            lambda: set(scenario.states_by_url(db_sessions, urls).values()) == {"notice_sent"},
+            120,
+            interval=0.2,
+        )
+        received = w.mail.count_by_notice()
+        assert len(received) == 30 and set(received.values()) == {1}, received
+        assert procs.alive("classify") and procs.alive("classify-2")
