@@ -8,8 +8,8 @@ baseline), saving the snapshot, and loading it (what a process does at start
 now), plus catching up with rows added after the snapshot. Every step runs in
 its own process so its peak memory (max RSS) is its own.
 
-    python benchmarks/bench_bank.py --n 10000000      # ~25 min, ~4 GB disk per database
-    python benchmarks/bench_bank.py --quick           # 200k entries, ~1 min
+    python benchmarks/bench_bank.py --n 10000000      # ~16 min, ~15 GB disk in /tmp
+    python benchmarks/bench_bank.py --quick           # 200k entries, ~20 s
 
 Data is synthetic: uniformly random md5, sha256, pdq and phash per entry.
 Results are checked, not just timed: the matcher loaded from the snapshot must
