@@ -534,7 +534,8 @@ def snapshot_lock(directory: Path, *, wait: bool = False) -> Iterator[bool]:
 
     Yields whether the lock was taken (``wait=False`` does not block).
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    # Hash lists of known material are not for everyone on the machine.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
@@ -565,7 +566,7 @@ def save_snapshot(matcher: CompactBankMatcher, directory: Path, info: dict[str, 
     process that has them memory-mapped keeps its pages (POSIX unlink).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = directory / f".tmp-{uuid.uuid4().hex}"
     try:
         with matcher._lock:
@@ -599,6 +600,7 @@ def save_snapshot(matcher: CompactBankMatcher, directory: Path, info: dict[str, 
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of one snapshot directory (raises :class:`SnapshotError`)."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError) as exc:

@@ -47,7 +47,9 @@ from hashing.snapshot import (
     EntryBatch,
     EntryTable,
     SnapshotError,
+    current_snapshot,
     load_snapshot,
+    read_manifest,
     save_snapshot,
     snapshot_lock,
 )
@@ -328,13 +330,16 @@ class Bank:
                 time.perf_counter() - t0,
             )
             if save and self.index_dir is not None:
-                self.save_snapshot()
+                self.save_snapshot(force=True)
             return fresh
 
-    def save_snapshot(self) -> Path | None:
+    def save_snapshot(self, force: bool = False) -> Path | None:
         """Write the matcher and its database position to ``index_dir``.
 
-        Skipped (returns None) when another process is writing one right now.
+        Skipped (returns None) when another process is writing one right now,
+        or, unless ``force``, when the published snapshot is already at least
+        as far along as this matcher (another process saved it), so a process
+        that lags behind never replaces a newer snapshot with an older one.
         """
         if self.index_dir is None:
             raise ValueError("no index directory configured (HOTLINE_INDEX_DIR)")
@@ -345,6 +350,10 @@ class Bank:
             with snapshot_lock(self.index_dir) as got:
                 if not got:
                     log.info("bank: another process is writing a snapshot; skipped")
+                    return None
+                if not force and self._published_is_newer():
+                    log.info("bank: the published snapshot is as new as this matcher; kept")
+                    self.state.changes = 0
                     return None
                 t0 = time.perf_counter()
                 with self.sessions() as session:
@@ -360,6 +369,21 @@ class Bank:
                     time.perf_counter() - t0,
                 )
                 return path
+
+    def _published_is_newer(self) -> bool:
+        assert self.state is not None and self.index_dir is not None
+        path = current_snapshot(self.index_dir)
+        if path is None:
+            return False
+        try:
+            info = read_manifest(path)["info"]
+        except SnapshotError:
+            return False
+        return (
+            info.get("database") == self._database()
+            and int(info.get("max_id", -1)) >= self.state.max_id
+            and int(info.get("audit_id", -1)) >= self.state.audit_id
+        )
 
     # ---- keeping up
 

@@ -169,7 +169,7 @@ def bank_import(
         bank_ = Bank.from_settings(settings, system.sessions)
         bank_.load()
         if snapshot:
-            bank_.save_snapshot()
+            bank_.save_snapshot(force=True)
         behind = bank_.state.changes if bank_.state is not None else None
         took = time.perf_counter() - started
         if behind == 0:
@@ -290,7 +290,7 @@ def bank_index_rebuild() -> None:
     started = time.perf_counter()
     bank_.rebuild(save=False)
     built = time.perf_counter() - started
-    path = bank_.save_snapshot()
+    path = bank_.save_snapshot(force=True)
     if path is None:
         raise click.ClickException("another process is writing a snapshot right now; try again")
     click.echo(

@@ -377,6 +377,21 @@ def test_resave_after_many_changes(
     assert read_manifest(current_snapshot(tmp_path / "idx"))["info"]["max_id"] == 670  # type: ignore[arg-type]
 
 
+def test_a_lagging_process_keeps_the_newer_snapshot(
+    tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
+) -> None:
+    do_import(csv_text(["sha256"], [entry() for _ in range(100)]))
+    lagging = make_bank(sessions, tmp_path / "idx")
+    lagging.load()
+    do_import(csv_text(["sha256"], [entry() for _ in range(300)]))
+    make_bank(sessions, tmp_path / "idx", resave_min=10).load()  # re-saves at max id 400
+    newer = current_snapshot(tmp_path / "idx")
+    assert newer is not None and read_manifest(newer)["info"]["max_id"] == 400
+    assert lagging.save_snapshot() is None
+    assert current_snapshot(tmp_path / "idx") == newer
+    assert lagging.save_snapshot(force=True) is not None  # an explicit rebuild still writes
+
+
 def test_rebuild_replaces_matcher_and_snapshot(
     tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
 ) -> None:
