@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 HASH_COLUMNS = ("md5", "sha1", "sha256", "pdq", "phash")
 CSV_COLUMNS = (*HASH_COLUMNS, "category", "source")
+SQLITE_IMPORT_CACHE_KIB = 1 << 20
+"""SQLite page cache of the importing connection (KiB): the hash indexes of a 10M bank are
+~1.5 GB and inserts of random keys into them are only fast while they fit."""
 RETIRE_ACTION = "bank_retire"
 """Audit action written by :func:`retire`; its subject is the entry id. The bank's
 processes learn about retirements from these rows (see module docstring)."""
@@ -604,7 +607,7 @@ class _Writer:
             # Random hashes land all over the md5/sha1/sha256 index b-trees: a big page
             # cache (1 GiB here, for this import only) keeps those inserts in memory.
             self._sqlite_cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-            conn.exec_driver_sql("PRAGMA cache_size=-1048576")
+            conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_IMPORT_CACHE_KIB}")
 
     def write(self, rows: list[tuple[str | None, ...]]) -> None:
         raw: Any = self.conn.connection.driver_connection  # the DBAPI connection

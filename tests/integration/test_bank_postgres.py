@@ -126,3 +126,13 @@ def test_import_and_match_on_postgres(pg_sessions: sessionmaker[Session], tmp_pa
     with pg_sessions() as s:
         assert export_csv(Store(s), out) == 2_500
     assert out.getvalue().count("\n") >= 2_501
+
+
+def test_copy_import_is_one_transaction(pg_sessions: sessionmaker[Session]) -> None:
+    rows = [{"sha256": hx(32)} for _ in range(30)]
+    with pg_sessions() as s:
+        added, errors = import_csv(io.StringIO(csv_text(["sha256"], rows)), Store(s), batch_size=7)
+        assert (added, errors) == (30, [])
+        s.rollback()
+    with pg_sessions() as s:
+        assert s.scalar(sa.select(sa.func.count(BankEntry.id))) == 0

@@ -198,6 +198,19 @@ def test_import_in_many_batches(
     assert len(bank.matcher) == 2_345
 
 
+def test_import_is_one_transaction(sessions: sessionmaker[Session]) -> None:
+    """Bulk inserts go through the session's connection: no commit, no rows."""
+    with sessions() as s:
+        added, _ = import_csv(
+            io.StringIO(csv_text(["md5"], [entry() for _ in range(50)])), Store(s), batch_size=10
+        )
+        assert added == 50
+        assert s.scalar(text("select count(*) from bank_entries")) == 50
+        s.rollback()
+    with sessions() as s:
+        assert s.scalar(text("select count(*) from bank_entries")) == 0
+
+
 def test_export_round_trip(
     tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
 ) -> None:
