@@ -51,6 +51,8 @@ __all__ = [
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_MAX_PIXELS",
     "MAX_JPEG_SCANS",
+    "MAX_REDUCED_SIDE",
+    "MIN_REDUCED_SIDE",
     "FrameHashes",
     "ImageError",
     "ImageHashes",
