@@ -215,7 +215,8 @@ def _make_agent(
                 # Only now, with state committed and outputs delivered, may the offset move.
                 await manual.ack(event)
 
-    agent.__name__ = f"{stage_name}_{logical.replace('.', '_')}"
+    # faust labels agents (logs, tracebacks) by the function's name.
+    agent.__name__ = agent.__qualname__ = f"{stage_name}_{logical.replace('.', '_')}"
     return agent
 
 
