@@ -92,6 +92,7 @@ class OutboxRelay:
                 client_id="hotline-outbox-relay",
                 acks="all",
                 retries=5,
+                bootstrap_timeout_ms=int(self.send_timeout_seconds * 1000),
                 # Ordering per key must survive a retried batch.
                 max_in_flight_requests_per_connection=1,
             )

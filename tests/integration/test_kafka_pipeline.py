@@ -206,3 +206,51 @@ def test_two_classify_workers_share_the_work(
         received = w.mail.count_by_notice()
         assert len(received) == 30 and set(received.values()) == {1}, received
         assert procs.alive("classify") and procs.alive("classify-2")
+
+
+def test_outbox_relay_keeps_rows_until_the_broker_has_them(
+    tmp_path: Path, kafka_brokers: str, unique_topic_prefix: str
+) -> None:
+    """Rows leave ``bus_messages`` only after the broker acknowledged them, in id order."""
+    from kafka.errors import KafkaError
+    from sqlalchemy import func, select
+
+    from hotline.db.models import BusMessage
+    from hotline.runtime.relay import OutboxRelay
+    from hotline.stage import Outgoing
+    from schemas.reports import ReportSubmitted
+
+    db_url = f"sqlite:///{tmp_path / 'relay.db'}"
+    migrate(db_url)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    prefix = unique_topic_prefix + "."
+    reports = [ReportSubmitted(urls=[f"http://example.test/{i}"]) for i in range(5)]
+    with sessions() as s:
+        store = Store(s)
+        store.enqueue(Outgoing("reports.submitted", r) for r in reports)
+        store.commit()
+
+    def rows() -> int:
+        with sessions() as s:
+            return int(s.scalar(select(func.count(BusMessage.id))) or 0)
+
+    # Nothing listens on port 1 of loopback: the broker is "down".
+    down = OutboxRelay(sessions, "127.0.0.1:1", prefix, send_timeout_seconds=2)
+    with pytest.raises(KafkaError):
+        down.relay_once()
+    down.stop()
+    assert rows() == 5
+
+    pipeline = KafkaPipeline(kafka_brokers, prefix, sessions, relay=False)
+    relay = OutboxRelay(sessions, kafka_brokers, prefix)
+    try:
+        assert relay.relay_once() == 5
+        assert rows() == 0
+        scenario.wait_for("all five", lambda: len(pipeline.published("reports.submitted")) == 5, 30)
+        got = [m["report_id"] for m in pipeline.published("reports.submitted")]
+        assert sorted(got) == sorted(r.report_id for r in reports)
+    finally:
+        relay.stop()
+        pipeline.close()
+        engine.dispose()
