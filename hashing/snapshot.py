@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -49,6 +50,8 @@ __all__ = [
     "save_snapshot",
     "snapshot_lock",
 ]
+
+log = logging.getLogger(__name__)
 
 HASH_BYTES = {"md5": 16, "sha1": 20, "sha256": 32, "pdq": 32, "phash": 8}
 """Bytes per hash type, in the bank CSV's column order."""
@@ -126,9 +129,16 @@ class EntryBatch:
             pos = [i for i, v in enumerate(col) if v]
             if not pos:
                 continue
-            raw = bytes.fromhex("".join([col[i] for i in pos]))  # type: ignore[misc]
+            try:
+                raw = bytes.fromhex("".join([col[i] for i in pos]))  # type: ignore[misc]
+            except ValueError:
+                raw = b""
             if len(raw) != len(pos) * nbytes:
-                raise ValueError(f"{kind}: a hash is not {nbytes * 2} hex characters")
+                # A malformed value (written around the import's validation): drop just
+                # that hash, loudly, rather than refuse to load the whole bank.
+                pos, raw = _valid_only(kind, nbytes, ids, col, pos)
+                if not pos:
+                    continue
             codes = np.frombuffer(raw, dtype=np.uint8).reshape(len(pos), nbytes)
             hashes[kind] = (np.asarray(pos, dtype=np.int64), codes)
         cat, src = table.encode(categories, sources)
@@ -185,6 +195,26 @@ class EntryBatch:
         return EntryBatch(
             self.ids[keep], self.category[keep], self.source[keep], self.alive[keep], hashes
         )
+
+
+def _valid_only(
+    kind: str, nbytes: int, ids: Sequence[int], col: Sequence[str | None], pos: list[int]
+) -> tuple[list[int], bytes]:
+    good: list[int] = []
+    parts: list[bytes] = []
+    for i in pos:
+        try:
+            b = bytes.fromhex(col[i])  # type: ignore[arg-type]
+        except ValueError:
+            b = b""
+        if len(b) == nbytes:
+            good.append(i)
+            parts.append(b)
+        else:
+            log.error(
+                "bank entry %s: %s hash %r is malformed; not matched on it", ids[i], kind, col[i]
+            )
+    return good, b"".join(parts)
 
 
 class EntryTable:

@@ -482,6 +482,20 @@ def test_verify_applies_retirements_made_behind_the_applications_back(
     assert len(bank.matcher) == 18
 
 
+def test_a_malformed_row_in_the_database_does_not_stop_loading(
+    sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    good = hx(16)
+    _insert_raw(sessions, 1, good)
+    _insert_raw(sessions, 2, "not-hex-at-all")
+    _insert_raw(sessions, 3, hx(15))
+    bank = make_bank(sessions)
+    assert bank.match(md5=good) is not None
+    assert len(bank.matcher) == 3  # the entries exist; only their bad hashes are left out
+    assert "bank entry 2: md5 hash 'not-hex-at-all' is malformed" in caplog.text
+    assert "bank entry 3: md5" in caplog.text
+
+
 def test_snapshot_of_another_database_is_not_used(
     tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
 ) -> None:
