@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
@@ -50,8 +50,8 @@ class InvalidMessage(Exception):
 
 
 class Stage(Protocol):
-    name: str
-    inputs: tuple[str, ...]
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
 
     def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]: ...
 

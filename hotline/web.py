@@ -12,6 +12,7 @@ from hotline.bootstrap import System
 from hotline.db.models import BusMessage, Item
 from services.assessment.pages import router as analyst_pages_router
 from services.assessment.routes import router as assessment_router
+from services.hashcheck.routes import router as hashcheck_router
 from services.ingest.routes import router as ingest_router
 
 
@@ -25,12 +26,7 @@ def create_app(system: System) -> FastAPI:
     app.include_router(ingest_router)
     app.include_router(assessment_router)
     app.include_router(analyst_pages_router)
-    try:
-        from services.hashcheck.routes import router as hashcheck_router
-    except ImportError:  # pragma: no cover - hashcheck is optional while it is being built
-        hashcheck_router = None
-    if hashcheck_router is not None:
-        app.include_router(hashcheck_router)
+    app.include_router(hashcheck_router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,6 +7,8 @@ from hotline.db.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
+if not url:
+    raise RuntimeError("no database URL: run migrations through hotline.db.engine.migrate")
 connectable = create_engine(url)
 with connectable.connect() as connection:
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
