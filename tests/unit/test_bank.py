@@ -405,6 +405,28 @@ def test_a_lagging_process_keeps_the_newer_snapshot(
     assert lagging.save_snapshot(force=True) is not None  # an explicit rebuild still writes
 
 
+def test_a_running_process_adopts_the_snapshot_a_big_import_published(
+    tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
+) -> None:
+    do_import(csv_text(["sha256"], [entry() for _ in range(100)]))
+    running = make_bank(sessions, tmp_path / "idx", resave_min=50)
+    running.load()
+    before = running.matcher
+    big = [entry() for _ in range(300)]
+    do_import(csv_text(["sha256"], big))
+    make_bank(sessions, tmp_path / "idx", resave_min=50).load()  # what `hotline bank import` does
+    running.refresh()
+    assert running.matcher is not before  # mapped, not streamed
+    assert running.state is not None and running.state.max_id == 400
+    assert running.match(sha256=big[-1]["sha256"]) is not None
+    # Small changes are still applied in place.
+    few = [entry() for _ in range(3)]
+    do_import(csv_text(["sha256"], few))
+    same = running.matcher
+    running.refresh()
+    assert running.matcher is same and running.match(sha256=few[0]["sha256"]) is not None
+
+
 def test_rebuild_replaces_matcher_and_snapshot(
     tmp_path: Path, do_import: Callable[..., tuple[int, list[str]]], sessions: sessionmaker[Session]
 ) -> None:
