@@ -98,7 +98,7 @@ def bootstrap(
         migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    bank = Bank(sessions, pdq_radius=settings.pdq_radius, phash_radius=settings.phash_radius)
+    bank = Bank.from_settings(settings, sessions)
     hosting = HostingResolver(HostingDirectory.from_file(settings.hosting_file), dns)
     partners = PartnerDirectory.from_file(settings.partners_file)
     return System(settings, engine, sessions, bank, hosting, partners, overrides)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from hotline.db.models import (
@@ -56,6 +56,7 @@ def token_digest(token: str) -> str:
 # Rows of the outbox/bus table are inserted and committed under this lock, so their ids
 # become visible in order to the embedded runtime's readers (one process, many threads).
 OUTBOX_LOCK = threading.Lock()
+AUDIT_LOCK_KEY = 0x686F746C  # "hotl": the advisory lock that serializes audit appends
 
 
 class Store:
@@ -293,7 +294,14 @@ class Store:
 
     # -- audit -------------------------------------------------------------
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
-        """Append to the hash-chained audit log (each row commits to the previous row's hash)."""
+        """Append to the hash-chained audit log (each row commits to the previous row's hash).
+
+        Appends are serialized until commit so that two writers cannot both chain onto the
+        same predecessor: on PostgreSQL with a transaction-scoped advisory lock; SQLite
+        already admits one writer at a time (a stale reader fails to upgrade and retries).
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
         prev = self.session.scalar(select(AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)) or "0" * 64
         at = now()
         body = json.dumps([prev, at.isoformat(), actor, action, subject, detail])

@@ -138,7 +138,7 @@ class BankEntry(Base):
     category: Mapped[str] = mapped_column(String(32), default="baseline")
     source: Mapped[str] = mapped_column(String(200), default="")
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
-    retired_at: Mapped[datetime | None] = mapped_column()
+    retired_at: Mapped[datetime | None] = mapped_column(index=True)
     retired_reason: Mapped[str | None] = mapped_column(Text)
 
 
