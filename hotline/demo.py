@@ -15,11 +15,9 @@ import io
 import os
 import secrets
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
@@ -28,7 +26,7 @@ from PIL import Image
 from hashing.image import hash_image
 from hashing.synthetic import generate_photo_like, jpeg_bytes, photo_like_jpeg
 from hotline.config import Settings
-from hotline.loopback import LoopbackSite, PartnerEndpoint, SmtpSink, free_port
+from hotline.loopback import LoopbackSite, PartnerEndpoint, SmtpSink, free_port, serve_app
 from hotline.store import Store
 
 FINAL = {"notice_sent", "forwarded", "escalated", "closed_offline", "closed_not_illegal", "rejected"}
@@ -66,20 +64,6 @@ def _near_duplicate(seed: int) -> bytes:
 def _page(title: str, images: list[str]) -> bytes:
     tags = "".join(f'<img src="{src}" alt="">' for src in images)
     return f"<!doctype html><html><head><title>{title}</title></head><body><h1>{title}</h1>{tags}</body></html>".encode()
-
-
-def _start_web(app: Any, port: int) -> tuple[Any, threading.Thread]:
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the web app did not start")
-        time.sleep(0.02)
-    return server, thread
 
 
 def run_demo(quiet: bool = False) -> int:
@@ -165,7 +149,7 @@ def run_demo(quiet: bool = False) -> int:
         runtime = EmbeddedRuntime(system.sessions, system.build_stages())
         runtime.start()
         web_port = free_port()
-        server, thread = _start_web(create_app(system), web_port)
+        server, thread = serve_app(create_app(system), web_port)
         api = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=10)
 
         cases = [

@@ -24,6 +24,25 @@ def _require_loopback(host: str) -> None:
         raise ValueError(f"{host} is not a loopback address; test servers bind to loopback only")
 
 
+def serve_app(app: Any, port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> tuple[Any, threading.Thread]:
+    """Run an ASGI app under uvicorn in a daemon thread on loopback; returns once it accepts
+    connections. Stop it with ``server.should_exit = True`` and ``thread.join()``."""
+    import time
+
+    import uvicorn
+
+    _require_loopback(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the web app did not start on {host}:{port}")
+        time.sleep(0.02)
+    return server, thread
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
