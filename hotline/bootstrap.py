@@ -39,22 +39,28 @@ class System:
     partners: PartnerDirectory
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def build_fetcher(self) -> Fetcher:
+        """The guarded fetcher with the configured policy. Classify and the analyst's live image
+        view share it, so both refuse exactly the same addresses and resolve names alike."""
+        s = self.settings
+        return Fetcher(
+            FetchPolicy(
+                allow_private=s.allow_private_fetch,
+                timeout_seconds=s.fetch_timeout_seconds,
+                max_bytes=s.fetch_max_bytes,
+                max_redirects=s.fetch_max_redirects,
+                user_agent=s.user_agent,
+            ),
+            resolve=self.hosting.addresses,
+            transport=self.overrides.get("fetch_transport"),
+        )
+
     def build_stage(self, name: str) -> Stage:
         s = self.settings
         if name == "ingest":
             return IngestStage()
         if name == "classify":
-            fetcher = Fetcher(
-                FetchPolicy(
-                    allow_private=s.allow_private_fetch,
-                    timeout_seconds=s.fetch_timeout_seconds,
-                    max_bytes=s.fetch_max_bytes,
-                    max_redirects=s.fetch_max_redirects,
-                    user_agent=s.user_agent,
-                ),
-                resolve=self.hosting.addresses,
-                transport=self.overrides.get("fetch_transport"),
-            )
+            fetcher = self.build_fetcher()
             max_pixels = s.fetch_max_pixels
             return ClassifyStage(
                 fetcher=fetcher,

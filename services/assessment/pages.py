@@ -33,7 +33,7 @@ from hotline.store import Store
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
 from services.assessment.logic import AssessmentRefused, assess
-from services.classify.fetcher import Fetcher, FetchError, FetchPolicy
+from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)
 
@@ -175,20 +175,8 @@ def _images(classified: ItemClassified | None) -> list[ImageFacts]:
 
 
 def fetcher_for(system: System) -> Fetcher:
-    """A Fetcher with classify's policy (see ``System.build_stage``): the analyst's live view
-    must refuse exactly what classify refuses, and resolve names the same way."""
-    s = system.settings
-    return Fetcher(
-        FetchPolicy(
-            allow_private=s.allow_private_fetch,
-            timeout_seconds=s.fetch_timeout_seconds,
-            max_bytes=s.fetch_max_bytes,
-            max_redirects=s.fetch_max_redirects,
-            user_agent=s.user_agent,
-        ),
-        resolve=system.hosting.addresses,
-        transport=system.overrides.get("fetch_transport"),
-    )
+    """Classify's fetcher: the analyst's live view must refuse exactly what classify refuses."""
+    return system.build_fetcher()
 
 
 # -- login -----------------------------------------------------------------
