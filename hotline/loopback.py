@@ -8,15 +8,19 @@ from, or talk to, another machine.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
+import sys
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 def _require_loopback(host: str) -> None:
@@ -27,8 +31,6 @@ def _require_loopback(host: str) -> None:
 def serve_app(app: Any, port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> tuple[Any, threading.Thread]:
     """Run an ASGI app under uvicorn in a daemon thread on loopback; returns once it accepts
     connections. Stop it with ``server.should_exit = True`` and ``thread.join()``."""
-    import time
-
     import uvicorn
 
     _require_loopback(host)
@@ -53,20 +55,61 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-answer is expected (the tests kill fetching workers).
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
-class LoopbackSite:
-    """Serves ``pages`` (path -> (content type, bytes)) on one loopback address; 404 otherwise."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _HttpStandIn:
+    """An HTTP server on a loopback address, served from a daemon thread after ``start``."""
+
+    def _bind(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
         _require_loopback(host)
+        self.server = _Server((host, port), handler)
+        self.host, self.port = host, int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LoopbackSite(_HttpStandIn):
+    """Serves ``pages`` (path -> (content type, bytes)) on one loopback address; 404 otherwise.
+
+    ``requests`` lists every request path as asked, ``hits`` counts them by path (without
+    the query). ``delay`` slows every answer down, so a batch takes long enough for a test
+    to kill the worker fetching it.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay: float = 0.0) -> None:
         self.pages: dict[str, tuple[str, bytes]] = {}
         self.requests: list[str] = []
+        self.hits: Counter[str] = Counter()
+        self.delay = delay
+        self._lock = threading.Lock()
         site = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_Quiet):
             def do_GET(self) -> None:  # noqa: N802
-                site.requests.append(self.path)
-                page = site.pages.get(self.path.split("?", 1)[0])
+                path = self.path.split("?", 1)[0]
+                with site._lock:
+                    site.requests.append(self.path)
+                    site.hits[path] += 1
+                if site.delay:
+                    time.sleep(site.delay)
+                page = site.pages.get(path)
                 if page is None:
                     self.send_error(404)
                     return
@@ -77,23 +120,10 @@ class LoopbackSite:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _Server((host, port), Handler)
-        self.host, self.port = host, int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._bind(host, port, Handler)
 
     def add(self, path: str, content_type: str, body: bytes) -> None:
         self.pages[path] = (content_type, body)
-
-    def start(self) -> LoopbackSite:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -101,78 +131,128 @@ class ReceivedForward:
     path: str
     authorization: str | None
     body: dict[str, Any]
+    idempotency_key: str | None = None
 
 
-class PartnerEndpoint:
-    """A partner hotline's forward intake: accepts JSON POSTs bearing the expected token."""
+class PartnerEndpoint(_HttpStandIn):
+    """A partner hotline's forward intake: accepts JSON POSTs bearing the expected token
+    (``accept_status``), refuses others with 401 (counted in ``refused``), and answers the
+    first ``fail_first`` good ones with 503."""
 
-    def __init__(self, token: str, host: str = "127.0.0.1", fail_first: int = 0) -> None:
-        _require_loopback(host)
+    def __init__(
+        self, token: str, host: str = "127.0.0.1", fail_first: int = 0, accept_status: int = 201
+    ) -> None:
         self.token = token
+        self.accept_status = accept_status
         self.received: list[ReceivedForward] = []
         self.refused = 0
         self._fail_left = fail_first
+        self._lock = threading.Lock()
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_Quiet):
             def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length", "0"))
+                length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 auth = self.headers.get("Authorization")
-                if auth != f"Bearer {endpoint.token}":
-                    endpoint.refused += 1
-                    self.send_error(401)
+                with endpoint._lock:
+                    if auth != f"Bearer {endpoint.token}":
+                        endpoint.refused += 1
+                        status = 401
+                    elif endpoint._fail_left > 0:
+                        endpoint._fail_left -= 1
+                        status = 503
+                    else:
+                        key = self.headers.get("Idempotency-Key")
+                        endpoint.received.append(ReceivedForward(self.path, auth, json.loads(raw), key))
+                        status = endpoint.accept_status
+                if status >= 400:
+                    self.send_error(status)
                     return
-                if endpoint._fail_left > 0:
-                    endpoint._fail_left -= 1
-                    self.send_error(503)
-                    return
-                endpoint.received.append(ReceivedForward(self.path, auth, json.loads(raw)))
-                self.send_response(201)
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: Any) -> None:
-                pass
+        self._bind(host, 0, Handler)
+        self.url = f"http://{host}:{self.port}/api/forwards"
 
-        self.server = _Server((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/api/forwards"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def forwards_for(self, item_id: str) -> list[ReceivedForward]:
+        """What was accepted for ``item_id`` so far."""
+        with self._lock:
+            return [f for f in self.received if f.body.get("item_id") == item_id]
 
-    def start(self) -> PartnerEndpoint:
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@dataclass
+class ReceivedMail:
+    rcpt_tos: list[str]
+    message: Message
+
+    @property
+    def notice_id(self) -> str | None:
+        return self.message["X-Hotline-Notice-Id"]
 
 
 @dataclass
 class SmtpSink:
-    """A real SMTP server (aiosmtpd) on loopback that keeps every message it accepts."""
+    """A real SMTP server (aiosmtpd) on loopback that keeps every message it accepts:
+    ``messages`` (with the envelope recipients in ``X-Envelope-To``) and, with the envelope
+    beside each, ``mails``.
+
+    ``delay`` is spent before accepting DATA, like a slow mail server; while ``hold`` is set
+    DATA is not answered at all (``held`` counts the senders that waited), so a sender can be
+    killed inside the conversation. ``stop`` takes the server away ("connection refused")
+    until ``start`` brings it back on the same port.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
     messages: list[Message] = field(default_factory=list)
+    delay: float = 0.0
+    mails: list[ReceivedMail] = field(default_factory=list)
+    hold: threading.Event = field(default_factory=threading.Event, compare=False)
+    held: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _controller: Any = field(default=None, init=False, repr=False, compare=False)
 
     def start(self) -> SmtpSink:
         from aiosmtpd.controller import Controller
 
+        if self._controller is not None:
+            return self
         _require_loopback(self.host)
         sink = self
 
         class Handler:
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-                msg = message_from_bytes(envelope.content)
+                if sink.hold.is_set():
+                    with sink._lock:
+                        sink.held += 1
+                    while sink.hold.is_set():
+                        await asyncio.sleep(0.02)
+                if sink.delay:
+                    await asyncio.sleep(sink.delay)
+                msg = message_from_bytes(envelope.original_content or envelope.content)
                 msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
-                sink.messages.append(msg)
+                with sink._lock:
+                    sink.messages.append(msg)
+                    sink.mails.append(ReceivedMail(list(envelope.rcpt_tos), msg))
                 return "250 Message accepted for delivery"
 
         self.port = self.port or free_port(self.host)
+        # A new Controller each time: an aiosmtpd Controller cannot be started again.
         self._controller = Controller(Handler(), hostname=self.host, port=self.port)
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def snapshot(self) -> list[ReceivedMail]:
+        with self._lock:
+            return list(self.mails)
+
+    def count_by_notice(self) -> Counter[str]:
+        """How many times each notice arrived, by ``X-Hotline-Notice-Id`` ("?" without one)."""
+        return Counter(m.notice_id or "?" for m in self.snapshot())

@@ -9,7 +9,6 @@ image view can reach beyond loopback. Each test gets its own browser profile.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from hotline.auth import new_token
 from hotline.bootstrap import System, bootstrap
 from hotline.config import Settings
 from hotline.demo import NoDns
-from hotline.loopback import LoopbackSite, SmtpSink, free_port
+from hotline.loopback import LoopbackSite, SmtpSink, free_port, serve_app
 from hotline.runtime.embedded import EmbeddedRuntime
 from hotline.store import Store
 from hotline.web import create_app
@@ -93,20 +92,6 @@ def click_and_wait(browser: Any, button: Any, timeout: float = 10.0) -> None:
     WebDriverWait(browser, timeout).until(ec.staleness_of(page))
 
 
-def _start_web(app: Any, port: int) -> tuple[Any, threading.Thread]:
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the web app did not start")
-        time.sleep(0.02)
-    return server, thread
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("e2e")
@@ -145,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     runtime = EmbeddedRuntime(system.sessions, system.build_stages())
     runtime.start()
     port = free_port()
-    server, thread = _start_web(create_app(system), port)
+    server, thread = serve_app(create_app(system), port)
     try:
         yield Stack(f"http://127.0.0.1:{port}", site, site_url, system, runtime, tokens, known_seed)
     finally:

@@ -15,25 +15,18 @@ Nothing here talks to anything but 127.0.0.0/8.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import email
-import ipaddress
 import json
-import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email.message import Message as EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
-from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
 from hotline.db.models import Item, Notice, Report, ReportUrl
+from hotline.loopback import LoopbackSite, PartnerEndpoint, SmtpSink
 from hotline.store import Store
 from schemas.reports import ReportSubmitted
 from services.assessment.logic import assess
@@ -53,17 +47,6 @@ HOSTER_B = "abuse@hoster-b.test"  # NL, 127.0.0.3
 HOSTER_C = "abuse@hoster-c.test"  # DE, 127.0.0.4
 
 T = TypeVar("T")
-
-
-def _require_loopback(host: str) -> None:
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"{host} is not a loopback address")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
@@ -80,154 +63,6 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-# ---------------------------------------------------------------- loopback servers
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that goes away mid-answer is expected here: the tests kill fetching workers.
-        pass
-
-
-class Site:
-    """One hoster's web server on a loopback address: path -> (content type, body); 404 otherwise.
-
-    ``delay`` slows every answer down, so a batch takes long enough to kill a worker in it.
-    """
-
-    def __init__(self, ip: str, delay: float = 0.0) -> None:
-        _require_loopback(ip)
-        self.ip = ip
-        self.delay = delay
-        self.pages: dict[str, tuple[str, bytes]] = {}
-        self.hits: Counter[str] = Counter()
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
-                site.hits[path] += 1
-                if site.delay:
-                    time.sleep(site.delay)
-                page = site.pages.get(path)
-                if page is None:
-                    self.send_error(404)
-                    return
-                ctype, body = page
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _QuietServer((ip, 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def add(self, path: str, ctype: str, body: bytes) -> None:
-        self.pages[path] = (ctype, body)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class PartnerEndpoint:
-    """A partner hotline's forward endpoint: records every POST, 401 without the right token."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.received: list[dict[str, Any]] = []
-        self.refused = 0
-        self._lock = threading.Lock()
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                if self.headers.get("Authorization") != f"Bearer {endpoint.token}":
-                    with endpoint._lock:
-                        endpoint.refused += 1
-                    self.send_error(401)
-                    return
-                with endpoint._lock:
-                    endpoint.received.append(
-                        {
-                            "path": self.path,
-                            "idempotency_key": self.headers.get("Idempotency-Key"),
-                            "body": json.loads(body),
-                        }
-                    )
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/forwards"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def forwards_for(self, item_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r for r in self.received if r["body"].get("item_id") == item_id]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@dataclass
-class Mail:
-    rcpt_tos: list[str]
-    message: EmailMessage
-
-    @property
-    def notice_id(self) -> str | None:
-        return self.message["X-Hotline-Notice-Id"]
-
-
-class MailSink:
-    """aiosmtpd handler that keeps what arrived. ``delay`` is spent *before* accepting DATA,
-    like a slow mail server, so that a killed sender really can die mid-conversation."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.mails: list[Mail] = []
-        self._lock = threading.Lock()
-        # While set, DATA is not answered: the sender hangs inside the SMTP conversation.
-        self.hold = threading.Event()
-        self.held = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if self.hold.is_set():
-            with self._lock:
-                self.held += 1
-            while self.hold.is_set():
-                await asyncio.sleep(0.02)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        msg = email.message_from_bytes(envelope.original_content or envelope.content)
-        with self._lock:
-            self.mails.append(Mail(list(envelope.rcpt_tos), msg))
-        return "250 Message accepted for delivery"
-
-    def snapshot(self) -> list[Mail]:
-        with self._lock:
-            return list(self.mails)
-
-    def count_by_notice(self) -> Counter[str]:
-        return Counter(m.notice_id or "?" for m in self.snapshot())
-
-
 @dataclass
 class Case:
     """One reported URL and where it must end up."""
@@ -242,29 +77,15 @@ class Case:
 @dataclass
 class World:
     tmp: Path
-    sites: dict[str, Site]
+    sites: dict[str, LoopbackSite]
     partner: PartnerEndpoint
-    mail: MailSink
-    smtp_port: int
+    mail: SmtpSink  # ``mail.stop()`` takes the mail server away until ``mail.start()``
     hosting_file: Path
     partners_file: Path
     known_images: list[bytes]
     unknown_image: bytes
     token: str
     cases: dict[str, Case] = field(default_factory=dict)
-    _smtp: Controller | None = None
-
-    def smtp_start(self) -> None:
-        """(Re)start the SMTP server on the same port (an aiosmtpd Controller cannot restart)."""
-        if self._smtp is None:
-            self._smtp = Controller(self.mail, hostname="127.0.0.1", port=self.smtp_port)
-            self._smtp.start()
-
-    def smtp_stop(self) -> None:
-        """Take the SMTP server away: senders get "connection refused" until ``smtp_start``."""
-        if self._smtp is not None:
-            self._smtp.stop()
-            self._smtp = None
 
     def url(self, host: str, path: str) -> str:
         return f"http://{host}:{self.sites[host].port}{path}"
@@ -273,7 +94,7 @@ class World:
         """``HOTLINE_*`` variables for a worker process living in this world."""
         return {
             "HOTLINE_SMTP_HOST": "127.0.0.1",
-            "HOTLINE_SMTP_PORT": str(self.smtp_port),
+            "HOTLINE_SMTP_PORT": str(self.mail.port),
             "HOTLINE_HOSTING_FILE": str(self.hosting_file),
             "HOTLINE_PARTNERS_FILE": str(self.partners_file),
             "HOTLINE_ALLOW_PRIVATE_FETCH": "true",
@@ -284,7 +105,7 @@ class World:
     def settings_kwargs(self) -> dict[str, Any]:
         return {
             "smtp_host": "127.0.0.1",
-            "smtp_port": self.smtp_port,
+            "smtp_port": self.mail.port,
             "hosting_file": self.hosting_file,
             "partners_file": self.partners_file,
             "allow_private_fetch": True,
@@ -303,15 +124,29 @@ def world(tmp: Path, site_delay: float = 0.0, smtp_delay: float = 0.0) -> Iterat
     base = uuid.uuid4().int % 1_000_000 * 10
     known = [photo_like_jpeg(320, 240, seed=base + i) for i in (1, 2, 3)]
     unknown = photo_like_jpeg(320, 240, seed=base + 4)
-    sites = {
-        NL_A: Site("127.0.0.2", site_delay),
-        NL_B: Site("127.0.0.3", site_delay),
-        DE_C: Site("127.0.0.4", site_delay),
-    }
     token = uuid.uuid4().hex
-    partner = PartnerEndpoint(token)
-    sink = MailSink(smtp_delay)
-    smtp_port = free_port()
+    with contextlib.ExitStack() as running:
+        sites: dict[str, LoopbackSite] = {}
+        for name, ip in ((NL_A, "127.0.0.2"), (NL_B, "127.0.0.3"), (DE_C, "127.0.0.4")):
+            sites[name] = LoopbackSite(ip, delay=site_delay).start()
+            running.callback(sites[name].stop)
+        partner = PartnerEndpoint(token, accept_status=202).start()
+        running.callback(partner.stop)
+        mail = SmtpSink(delay=smtp_delay).start()
+        running.callback(mail.stop)
+        yield _make_world(tmp, sites, partner, mail, known, unknown, token)
+
+
+def _make_world(
+    tmp: Path,
+    sites: dict[str, LoopbackSite],
+    partner: PartnerEndpoint,
+    mail: SmtpSink,
+    known: list[bytes],
+    unknown: bytes,
+    token: str,
+) -> World:
+    """The world around running servers, with the hosting and partner files that describe them."""
     hosting_file = tmp / "hosting.yaml"
     hosting_file.write_text(
         yaml.safe_dump(
@@ -335,15 +170,7 @@ def world(tmp: Path, site_delay: float = 0.0, smtp_delay: float = 0.0) -> Iterat
             }
         )
     )
-    w = World(tmp, sites, partner, sink, smtp_port, hosting_file, partners_file, known, unknown, token)
-    w.smtp_start()
-    try:
-        yield w
-    finally:
-        w.smtp_stop()
-        partner.close()
-        for site in sites.values():
-            site.close()
+    return World(tmp, sites, partner, mail, hosting_file, partners_file, known, unknown, token)
 
 
 def load_bank(store: Store, images: list[bytes]) -> None:
@@ -422,7 +249,7 @@ def build_acceptance_cases(w: World) -> dict[str, Case]:
     b.add("/new/photo.jpg", "image/jpeg", w.unknown_image)
     # Known material at a DE hoster -> forward to the German partner hotline.
     c.add("/bild.jpg", "image/jpeg", w.known_images[1])
-    # Nothing at the URL any more -> closed offline (Site answers 404).
+    # Nothing at the URL any more -> closed offline (the site answers 404).
     cases = [
         Case("known_nl", w.url(NL_A, "/gallery/"), "notice_sent", abuse=HOSTER_A),
         Case("unknown_nl", w.url(NL_B, "/new/photo.jpg"), "escalated"),
@@ -500,7 +327,7 @@ def run_acceptance(p: Pipeline, w: World, timeout: float = 90.0) -> dict[str, fl
     known_de = item_for_url(p.sessions, cases["known_de"].url)
     assert known_de is not None
     fwd = wait_for("the partner forward", lambda: w.partner.forwards_for(known_de.id), timeout)
-    assert len(fwd) == 1 and fwd[0]["body"]["country"] == "DE" and fwd[0]["idempotency_key"] == f"fwd-{known_de.id}"
+    assert len(fwd) == 1 and fwd[0].body["country"] == "DE" and fwd[0].idempotency_key == f"fwd-{known_de.id}"
     assert w.partner.refused == 0
     # Nothing but the NL notice went out by mail: the DE item is the partner's to take down.
     assert all(m.rcpt_tos != [HOSTER_C] for m in w.mail.snapshot())

@@ -5,13 +5,15 @@ stages as separate ``hotline serve --stage NAME`` processes. The same scenario r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.db.engine import make_engine, make_sessionmaker, migrate
+from hotline.loopback import free_port
 from hotline.store import Store
 from tests.integration import scenario
 from tests.integration.scenario import KafkaPipeline, StageProcesses, World
@@ -20,6 +22,8 @@ pytestmark = pytest.mark.integration
 
 STAGES = ("ingest", "classify", "notify", "escalate")
 REPO = Path(__file__).resolve().parents[2]
+
+Deploy = Callable[..., contextlib.AbstractContextManager[tuple[KafkaPipeline, StageProcesses]]]
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +84,25 @@ def distributed(
         pipeline.close()
 
 
-def test_acceptance_kafka(
-    tmp_path: Path,
-    kafka_brokers: str,
-    kafka_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
-) -> None:
-    prefix = unique_topic_prefix + "."
-    with (
-        scenario.world(tmp_path) as w,
-        distributed(w, kafka_db, db_sessions, kafka_brokers, prefix, tmp_path / "logs") as (pipeline, procs),
-    ):
+def deployer(
+    database_url: str, sessions: sessionmaker[Session], brokers: str, prefix: str, log_dir: Path
+) -> Deploy:
+    """``distributed`` with all but the world bound: ``deploy(world)``, ``deploy(world, relay=False)``."""
+    return functools.partial(
+        distributed, database_url=database_url, sessions=sessions, brokers=brokers, prefix=prefix, log_dir=log_dir
+    )
+
+
+@pytest.fixture
+def deploy(
+    tmp_path: Path, kafka_brokers: str, kafka_db: str, db_sessions: sessionmaker[Session], unique_topic_prefix: str
+) -> Deploy:
+    """This module's database, the test's own topics, logs under ``tmp_path / "logs"``."""
+    return deployer(kafka_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs")
+
+
+def test_acceptance_kafka(tmp_path: Path, deploy: Deploy) -> None:
+    with scenario.world(tmp_path) as w, deploy(w) as (pipeline, procs):
         timings = scenario.run_acceptance(pipeline, w, timeout=90)
         # Every stage still up: bad input did not stop any of them.
         assert all(procs.alive(s) for s in STAGES)
@@ -102,11 +113,7 @@ def test_acceptance_kafka(
 
 
 def test_through_the_web_process(
-    tmp_path: Path,
-    kafka_brokers: str,
-    kafka_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
+    tmp_path: Path, deploy: Deploy, db_sessions: sessionmaker[Session], unique_topic_prefix: str
 ) -> None:
     """The deployment as operators run it: ``hotline serve --stage web`` (API + outbox relay)
     beside the four stage processes. A report goes in over HTTP, an analyst decides over HTTP,
@@ -121,15 +128,12 @@ def test_through_the_web_process(
         store = Store(s)
         store.add_user(f"analyst-{prefix}", "analyst", token)
         store.commit()
-    port = scenario.free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     analyst = {"Authorization": f"Bearer {token}"}
     with (
         scenario.world(tmp_path) as w,
-        distributed(w, kafka_db, db_sessions, kafka_brokers, prefix, tmp_path / "logs", relay=False) as (
-            pipeline,
-            procs,
-        ),
+        deploy(w, relay=False) as (pipeline, procs),
         httpx.Client(base_url=base, timeout=10) as http,
     ):
         cases = scenario.build_acceptance_cases(w)
@@ -179,19 +183,11 @@ def test_through_the_web_process(
 
 
 def test_two_classify_workers_share_the_work(
-    tmp_path: Path,
-    kafka_brokers: str,
-    kafka_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
+    tmp_path: Path, deploy: Deploy, db_sessions: sessionmaker[Session]
 ) -> None:
     """Scaling out: a second classify process joins the group while a batch is under way.
     The partitions are shared (and moved, mid-event) without a report lost or a notice doubled."""
-    prefix = unique_topic_prefix + "."
-    with (
-        scenario.world(tmp_path, site_delay=0.05) as w,
-        distributed(w, kafka_db, db_sessions, kafka_brokers, prefix, tmp_path / "logs") as (pipeline, procs),
-    ):
+    with scenario.world(tmp_path, site_delay=0.05) as w, deploy(w) as (pipeline, procs):
         reports = scenario.known_batch(w, 30, prefix="/scale")
         urls = [r.urls[0] for r in reports]
         for r in reports:

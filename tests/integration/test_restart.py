@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.db.engine import make_engine, make_sessionmaker, migrate
 from hotline.db.models import Item, Notice
+from hotline.loopback import free_port
 from hotline.store import Store
 from tests.integration import scenario
 from tests.integration.scenario import Pipeline, StageProcesses, World, wait_for
-from tests.integration.test_kafka_pipeline import distributed
+from tests.integration.test_kafka_pipeline import Deploy, deployer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -51,6 +52,14 @@ def db_sessions(restart_db: str) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
+def deploy(
+    tmp_path: Path, kafka_brokers: str, restart_db: str, db_sessions: sessionmaker[Session], unique_topic_prefix: str
+) -> Deploy:
+    """This module's database, the test's own topics, logs under ``tmp_path / "logs"``."""
+    return deployer(restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs")
+
+
+@pytest.fixture
 def slow_world(tmp_path: Path) -> Iterator[World]:
     # Slow enough that a batch of 30 takes a few seconds per stage, so the kill lands mid-batch.
     with scenario.world(tmp_path, site_delay=0.1, smtp_delay=0.1) as w:
@@ -69,6 +78,11 @@ def notice_status(sessions: sessionmaker[Session], urls: list[str]) -> dict[str,
             select(Notice.id, Notice.status).join(Item, Item.id == Notice.item_id).where(Item.url.in_(urls))
         ).all()
     return {nid: status for nid, status in rows}
+
+
+def mails_received(w: World) -> Callable[[list[str]], int]:
+    """Progress through a batch as notify makes it: the mails the SMTP server accepted so far."""
+    return lambda urls: len(w.mail.snapshot())
 
 
 def run_kill_and_restart(
@@ -134,55 +148,22 @@ def run_kill_and_restart(
     }
 
 
-def test_kill_notify_mid_batch(
-    tmp_path: Path,
-    kafka_brokers: str,
-    restart_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
-    slow_world: World,
-) -> None:
-    def mails_received(urls: list[str]) -> int:
-        return len(slow_world.mail.snapshot())
-
-    result = run_kill_and_restart(
-        "notify",
-        slow_world,
-        db_sessions,
-        distributed(slow_world, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs"),
-        mails_received,
-    )
+def test_kill_notify_mid_batch(deploy: Deploy, db_sessions: sessionmaker[Session], slow_world: World) -> None:
+    result = run_kill_and_restart("notify", slow_world, db_sessions, deploy(slow_world), mails_received(slow_world))
     print("kill -9 notify:", result)
 
 
-def test_kill_classify_mid_batch(
-    tmp_path: Path,
-    kafka_brokers: str,
-    restart_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
-    slow_world: World,
-) -> None:
+def test_kill_classify_mid_batch(deploy: Deploy, db_sessions: sessionmaker[Session], slow_world: World) -> None:
     def classified(urls: list[str]) -> int:
         states = batch_states(db_sessions, urls)
         return sum(n for s, n in states.items() if s != "received")
 
-    result = run_kill_and_restart(
-        "classify",
-        slow_world,
-        db_sessions,
-        distributed(slow_world, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs"),
-        classified,
-    )
+    result = run_kill_and_restart("classify", slow_world, db_sessions, deploy(slow_world), classified)
     print("kill -9 classify:", result)
 
 
 def test_stop_while_retrying_keeps_the_event(
-    tmp_path: Path,
-    kafka_brokers: str,
-    restart_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
+    tmp_path: Path, deploy: Deploy, db_sessions: sessionmaker[Session]
 ) -> None:
     """A worker stopped (SIGTERM) while it backs off from a failing event must not ack it:
     after the restart the event is processed, and the notice goes out once.
@@ -192,13 +173,10 @@ def test_stop_while_retrying_keeps_the_event(
     offset on the way down and lose the notice.
     """
     with scenario.world(tmp_path) as w:
-        w.smtp_stop()  # the mail server is down: notify fails and retries
+        w.mail.stop()  # the mail server is down: notify fails and retries
         (report,) = scenario.known_batch(w, 1, prefix="/retry")
         url = report.urls[0]
-        with distributed(w, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs") as (
-            pipeline,
-            procs,
-        ):
+        with deploy(w) as (pipeline, procs):
             pipeline.submit(report)
             wait_for(
                 "notify to fail and retry twice",
@@ -208,7 +186,7 @@ def test_stop_while_retrying_keeps_the_event(
             )
             assert scenario.item_state(db_sessions, url) == "notice_queued"
             assert procs.terminate("notify") == 0  # a clean stop, in the middle of the back-off
-            w.smtp_start()
+            w.mail.start()
             procs.start("notify")
             wait_for("the notice after the restart", lambda: scenario.item_state(db_sessions, url) == "notice_sent", 90)
             time.sleep(1.0)
@@ -216,21 +194,14 @@ def test_stop_while_retrying_keeps_the_event(
 
 
 def test_kill_notify_inside_the_smtp_conversation(
-    tmp_path: Path,
-    kafka_brokers: str,
-    restart_db: str,
-    db_sessions: sessionmaker[Session],
-    unique_topic_prefix: str,
+    tmp_path: Path, deploy: Deploy, db_sessions: sessionmaker[Session]
 ) -> None:
     """The one case "exactly once" cannot be known: notify dies after the mail server has the
     message and before the answer. The restarted worker must not send it again; the item ends
     ``notice_unconfirmed`` with the reason, and later notices go out normally."""
     with scenario.world(tmp_path) as w:
         first, second = scenario.known_batch(w, 2, prefix="/inflight")
-        with distributed(w, restart_db, db_sessions, kafka_brokers, unique_topic_prefix + ".", tmp_path / "logs") as (
-            pipeline,
-            procs,
-        ):
+        with deploy(w) as (pipeline, procs):
             w.mail.hold.set()
             pipeline.submit(first)
             wait_for("notify inside the SMTP DATA phase", lambda: w.mail.held == 1, 90, interval=0.02)
@@ -272,16 +243,13 @@ def test_kill_embedded_process_mid_batch(tmp_path: Path, slow_world: World) -> N
         (tmp_path / "logs").mkdir()
         procs = StageProcesses({**slow_world.env(), "HOTLINE_DATABASE_URL": db_url}, tmp_path / "logs")
         try:
-            procs.start("all", "--host", "127.0.0.1", "--port", str(scenario.free_port()))
+            procs.start("all", "--host", "127.0.0.1", "--port", str(free_port()))
             yield EmbeddedPipeline(sessions), procs
         finally:
             procs.stop_all()
 
-    def mails_received(urls: list[str]) -> int:
-        return len(slow_world.mail.snapshot())
-
     try:
-        result = run_kill_and_restart("all", slow_world, sessions, embedded_process(), mails_received)
+        result = run_kill_and_restart("all", slow_world, sessions, embedded_process(), mails_received(slow_world))
     finally:
         engine.dispose()
     print("kill -9 embedded:", result)
