@@ -143,7 +143,7 @@ class Fetcher:
             except (httpx.InvalidURL, ValueError) as exc:  # e.g. control characters from a page
                 raise FetchError("bad_url", f"cannot fetch {current!r}: {exc}") from exc
             try:
-                response = self.client.send(request, stream=True)
+                response = self._send(request)
             except httpx.TimeoutException as exc:
                 raise FetchError("timeout", f"{host} did not answer in time") from exc
             except httpx.HTTPError as exc:
@@ -164,6 +164,15 @@ class Fetcher:
             finally:
                 response.close()
         raise FetchError("too_many_redirects", f"more than {self.policy.max_redirects} redirects")
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send once more if a kept-alive connection turns out to have been closed by the server
+        in the meantime ("disconnected without sending a response"): a GET is safe to repeat,
+        and without this a page's second image could read as offline."""
+        try:
+            return self.client.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            return self.client.send(request, stream=True)
 
     def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
         declared = response.headers.get("content-length")
