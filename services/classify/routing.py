@@ -23,10 +23,18 @@ def decide_route(
     hosting: HostingFacts | None,
     home_country: str,
     partner_countries: set[str],
+    weak_match: bool = False,
 ) -> RouteDecision:
+    """``known``: an image matched the bank by an exact hash or PDQ, strong enough to act on
+    automatically. ``weak_match``: only a pHash near match (64 bits: at 10M entries about 0.1
+    chance candidates per query), which an analyst confirms before any notice goes out."""
     if not online:
         return RouteDecision("closed_offline", offline_reason)
     country = hosting.country if hosting else None
+    if not known and weak_match:
+        return RouteDecision(
+            "assessment", "probable known material (pHash near match only): an analyst confirms before any notice"
+        )
     if known:
         if country == home_country:
             if hosting and hosting.abuse:

@@ -96,11 +96,13 @@ class ClassifyStage:
                     images.append(self._fetch_image(img_url))
         except FetchError as err:
             online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"
-        known = any(i.match is not None for i in images)
+        known = any(i.match is not None and i.match.signal != "phash" for i in images)
+        weak = any(i.match is not None and i.match.signal == "phash" for i in images)
         decision = decide_route(
             online=online,
             offline_reason=offline_reason,
             known=known,
+            weak_match=weak,
             image_count=sum(1 for i in images if i.error is None),
             hosting=hosting,
             home_country=self.home_country,

@@ -93,3 +93,13 @@ def test_no_images_goes_to_an_analyst_with_that_reason() -> None:
 def test_offline_wins_over_everything() -> None:
     for known, hosting in [(True, NL_WITH_ABUSE), (True, DE), (False, US)]:
         assert route(online=False, offline_reason="gone", known=known, hosting=hosting).route == "closed_offline"
+
+
+def test_phash_only_match_goes_to_an_analyst_not_a_notice() -> None:
+    d = route(known=False, weak_match=True)
+    assert d.route == "assessment"
+    assert "pHash" in d.reason
+
+
+def test_strong_match_wins_over_a_weak_one() -> None:
+    assert route(known=True, weak_match=True).route == "ntd"
