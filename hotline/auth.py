@@ -29,7 +29,7 @@ def new_token() -> str:
 
 
 def get_store(request: Request) -> Iterator[Store]:
-    with request.app.state.system.sessions() as session:
+    with request.app.state.system.request_sessions()() as session:
         yield Store(session)
 
 

@@ -38,6 +38,19 @@ class System:
     hosting: HostingResolver
     partners: PartnerDirectory
     overrides: dict[str, Any] = field(default_factory=dict)
+    web_sessions: sessionmaker[Session] | None = None
+
+    def close(self) -> None:
+        """Release every database connection this system opened."""
+        self.engine.dispose()
+        if self.web_sessions is not None:
+            bind = self.web_sessions.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
+
+    def request_sessions(self) -> sessionmaker[Session]:
+        """Sessions for HTTP requests (see ``make_engine(immediate=True)``)."""
+        return self.web_sessions or self.sessions
 
     def build_fetcher(self) -> Fetcher:
         """The guarded fetcher with the configured policy. Classify and the analyst's live image
@@ -107,6 +120,9 @@ def bootstrap(
     bank = Bank.from_settings(settings, sessions)
     hosting = HostingResolver(HostingDirectory.from_file(settings.hosting_file), dns)
     partners = PartnerDirectory.from_file(settings.partners_file)
-    return System(settings, engine, sessions, bank, hosting, partners, overrides)
+    web_sessions = None
+    if settings.database_url.startswith("sqlite"):
+        web_sessions = make_sessionmaker(make_engine(settings.database_url, immediate=True))
+    return System(settings, engine, sessions, bank, hosting, partners, overrides, web_sessions)
 
 

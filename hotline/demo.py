@@ -220,7 +220,7 @@ def run_demo(quiet: bool = False) -> int:
         partner.stop()
         for s in (site_a, site_b, site_de):
             s.stop()
-        system.engine.dispose()
+        system.close()
 
     # --- what happened ---------------------------------------------------------
     notices = [(m["To"], m["X-Hotline-Notice-Id"]) for m in smtp.messages]

@@ -8,7 +8,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, immediate: bool = False) -> Engine:
+    """``immediate`` (SQLite only): every transaction starts with ``BEGIN IMMEDIATE``, taking the
+    write lock up front and waiting for it (busy timeout) instead of failing at once with
+    "database is locked" when a read transaction later tries to write after another writer
+    committed. The web app uses it: an HTTP request has no retry loop, the stages do."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -20,6 +24,14 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            if immediate:
+                dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
+
+        if immediate:
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)

@@ -53,6 +53,9 @@ class EscalateStage:
         error = ""
         while fwd.attempts < self.max_attempts:
             fwd.attempts += 1
+            # Commit before the HTTP call: no database lock (SQLite's is per database) is held
+            # while a slow partner answers, and the attempt is on record if the process dies.
+            store.commit()
             try:
                 self.gateway.deliver(partner, message)
             except DeliveryFailed as exc:
