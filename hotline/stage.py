@@ -110,3 +110,58 @@ def run_stage(stage: Stage, topic: str, raw: bytes | str, store: Store) -> list[
         store.rollback()
         store.record_rejection(stage.name, err)
         return [out]
+
+
+# An exception that is not a known infrastructure failure (a bug, or input that trips one)
+# is retried this many times; then the message is parked so that it cannot stop the stage.
+MAX_UNEXPECTED_FAILURES = 5
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Failures of something outside the message (network, SMTP, database, broker): these
+    are retried for as long as they last, never parked, because the message is fine."""
+    import smtplib
+
+    import httpx
+    from sqlalchemy import exc as sa_exc
+
+    infra: tuple[type[BaseException], ...] = (
+        OSError,
+        TimeoutError,
+        smtplib.SMTPException,
+        httpx.TransportError,
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.IntegrityError,  # a race with another worker: the retry sees the winner's row
+    )
+    try:
+        from aiokafka.errors import KafkaError
+
+        infra = (*infra, KafkaError)
+    except ImportError:  # pragma: no cover - aiokafka is a dependency
+        pass
+    return isinstance(exc, infra)
+
+
+def park(stage: Stage, topic: str, raw: bytes | str, store: Store, exc: BaseException, attempts: int) -> list[Outgoing]:
+    """Give up on a message that keeps failing unexpectedly: publish it to ``reports.rejected``
+    with the error, and put its item (if any) in front of an analyst with the reason, so the
+    report still ends in a recorded state and the stage moves on."""
+    store.rollback()
+    reason = (
+        f"stage {stage.name} failed {attempts} times on this message ({type(exc).__name__}: {exc}); "
+        "parked for an operator"
+    )
+    payload = _payload(raw)
+    report_id = payload.get("report_id") if isinstance(payload, dict) else None
+    err = InvalidMessage("processing_failed", reason, report_id if isinstance(report_id, str) else None)
+    item_id = payload.get("item_id") if isinstance(payload, dict) else None
+    if isinstance(item_id, str):
+        item = store.get_item(item_id)
+        from hotline.db.models import FINAL_STATES
+
+        if item is not None and item.state not in FINAL_STATES:
+            store.set_state(item, "awaiting_assessment", reason + "; an analyst decides", stage.name)
+    store.record_rejection(stage.name, err)
+    log.error("stage %s parked a message from %s: %s", stage.name, topic, reason)
+    return [rejection(stage.name, topic, raw, err)]

@@ -19,17 +19,24 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.db.models import BusMessage, BusOffset
-from hotline.stage import Stage, run_stage
+from hotline.stage import MAX_UNEXPECTED_FAILURES, Stage, is_infrastructure_error, park, run_stage
 from hotline.store import Store
 
 log = logging.getLogger(__name__)
 
 
 class EmbeddedRuntime:
-    def __init__(self, sessions: sessionmaker[Session], stages: Sequence[Stage], poll_seconds: float = 0.05) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        stages: Sequence[Stage],
+        poll_seconds: float = 0.05,
+        retry_base_seconds: float = 0.2,
+    ) -> None:
         self.sessions = sessions
         self.stages = list(stages)
         self.poll_seconds = poll_seconds
+        self.retry_base_seconds = retry_base_seconds
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, str] = {}
@@ -75,13 +82,26 @@ class EmbeddedRuntime:
             store = Store(session)
             outgoing = run_stage(stage, row.topic, row.value, store)
             store.enqueue(outgoing)
-            offset = session.get(BusOffset, (stage.name, "*"))
-            if offset is None:
-                session.add(BusOffset(consumer=stage.name, topic="*", position=row.id))
-            else:
-                offset.position = row.id
+            self._advance(session, stage, row.id)
             store.commit()
             return True
+
+    def _park(self, stage: Stage, exc: BaseException, attempts: int) -> None:
+        with self.sessions() as session:
+            row = self._next(session, stage)
+            if row is None:
+                return
+            store = Store(session)
+            store.enqueue(park(stage, row.topic, row.value, store, exc, attempts))
+            self._advance(session, stage, row.id)
+            store.commit()
+
+    def _advance(self, session: Session, stage: Stage, position: int) -> None:
+        offset = session.get(BusOffset, (stage.name, "*"))
+        if offset is None:
+            session.add(BusOffset(consumer=stage.name, topic="*", position=position))
+        else:
+            offset.position = position
 
     def _loop(self, stage: Stage) -> None:
         failures = 0
@@ -93,11 +113,18 @@ class EmbeddedRuntime:
             except OperationalError as exc:  # database busy: simply try again
                 log.debug("stage %s: database busy (%s), retrying", stage.name, exc)
                 busy = False
-            except Exception as exc:  # noqa: BLE001 - transient: retry the same message with backoff
+            except Exception as exc:  # noqa: BLE001 - retried with backoff, parked if it is no outage
                 failures += 1
                 self.errors[stage.name] = repr(exc)
+                if failures >= MAX_UNEXPECTED_FAILURES and not is_infrastructure_error(exc):
+                    try:
+                        self._park(stage, exc, failures)
+                        failures = 0
+                        continue
+                    except Exception as park_exc:  # noqa: BLE001 - e.g. database down: keep retrying
+                        log.warning("stage %s could not park a message: %r", stage.name, park_exc)
                 log.warning("stage %s failed (attempt %d), will retry: %r", stage.name, failures, exc)
-                self._stop.wait(min(0.2 * 2**failures, 30.0))
+                self._stop.wait(min(self.retry_base_seconds * 2**failures, 30.0))
                 continue
             if not busy:
                 self._stop.wait(self.poll_seconds)

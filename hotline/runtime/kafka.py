@@ -140,6 +140,17 @@ class StageProcessor:
                 raise
             return outgoing
 
+    def park(self, topic: str, raw: bytes, exc: BaseException, attempts: int) -> list[Outgoing]:
+        """Record a message that keeps failing unexpectedly as rejected; return what to produce."""
+        from hotline.stage import park
+        from hotline.store import Store
+
+        with self.system.sessions() as session:
+            store = Store(session)
+            outgoing = park(self.stage, topic, raw, store, exc, attempts)
+            store.commit()
+            return outgoing
+
 
 def build_app(system: System, stage_name: str) -> faust.App:
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
@@ -239,12 +250,23 @@ async def _process_until_done(
     the event itself. Cancellation (worker stopping) propagates, leaving the event
     unacked.
     """
+    from hotline.stage import MAX_UNEXPECTED_FAILURES, is_infrastructure_error
+
     loop = asyncio.get_running_loop()
     failures = 0
+    last_error: BaseException | None = None
     while True:
         started = time.monotonic()
         try:
-            outgoing = await loop.run_in_executor(None, processor.process, logical, raw)
+            if (
+                last_error is not None
+                and failures >= MAX_UNEXPECTED_FAILURES
+                and not is_infrastructure_error(last_error)
+            ):
+                # Not an outage but something about this message: park it, move on.
+                outgoing = await loop.run_in_executor(None, processor.park, logical, raw, last_error, failures)
+            else:
+                outgoing = await loop.run_in_executor(None, processor.process, logical, raw)
             pending = []
             for o in outgoing:
                 fut = await output_topic(o.topic).send(
@@ -255,6 +277,8 @@ async def _process_until_done(
                 await fut  # delivered (acks=all) before the source event is acked
         except Exception as exc:  # noqa: BLE001 - transient by contract: retry the same event
             failures += 1
+            if last_error is None or failures <= MAX_UNEXPECTED_FAILURES:
+                last_error = exc
             delay = backoff_seconds(failures)
             log.warning(
                 "stage %s: event from %s failed (attempt %d), retrying in %.1fs: %r",
