@@ -84,12 +84,22 @@ class Stack:
 def click_and_wait(browser: Any, button: Any, timeout: float = 10.0) -> None:
     """Click a link or submit button and wait until the browser has left the page: ``click``
     returns as soon as the click is dispatched, before the next page is shown."""
-    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element("tag name", "html")
     button.click()
-    WebDriverWait(browser, timeout).until(ec.staleness_of(page))
+
+    def left_the_page(_: Any) -> bool:
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            # Stale element, or (while the old document is being torn down) chromedriver's
+            # "Node with given id does not belong to the document": either way, it is gone.
+            return True
+        return False
+
+    WebDriverWait(browser, timeout).until(left_the_page)
 
 
 @pytest.fixture(scope="session")
