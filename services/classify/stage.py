@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from hashing.image import ImageHashes
+from hashing.matcher import Hit
 from hotline.stage import InvalidMessage, Outgoing
 from hotline.store import Store
 from schemas import Message
@@ -29,8 +31,8 @@ ROUTE_STATE = {
     "closed_offline": "closed_offline",
 }
 
-HashFn = Callable[[bytes], object]
-MatchFn = Callable[..., object]
+HashFn = Callable[[bytes], ImageHashes]
+MatchFn = Callable[..., Hit | None]
 
 
 def looks_like_image(fetched: Fetched) -> bool:
@@ -138,25 +140,25 @@ class ClassifyStage:
         hashes = {k: getattr(h, k) for k in ("md5", "sha1", "sha256", "pdq", "pdq_quality", "phash")}
         hit = self.match(**hashes)
         # An animation is known if any of its sampled frames is (abusers hide a frame in a GIF).
-        for frame in getattr(h, "frames", None) or []:
+        for frame in h.frames:
             if hit is not None:
                 break
             hit = self.match(pdq=frame.pdq, pdq_quality=frame.pdq_quality, phash=frame.phash)
         match = None
         if hit is not None:
             match = BankMatch(
-                entry_id=hit.entry_id,  # type: ignore[attr-defined]
-                signal=hit.signal,  # type: ignore[attr-defined]
-                distance=hit.distance,  # type: ignore[attr-defined]
-                category=hit.category,  # type: ignore[attr-defined]
-                source=hit.source,  # type: ignore[attr-defined]
+                entry_id=hit.entry_id,
+                signal=hit.signal,
+                distance=hit.distance,
+                category=hit.category,
+                source=hit.source,
             )
         return ImageFacts(
             url=url,
             **hashes,
-            width=getattr(h, "width", None),
-            height=getattr(h, "height", None),
-            format=getattr(h, "format", None),
+            width=h.width,
+            height=h.height,
+            format=h.format,
             byte_size=len(data),
             match=match,
         )
