@@ -373,15 +373,24 @@ class Bank:
                 )
                 return path
 
-    def _published_is_newer(self) -> bool:
-        assert self.state is not None and self.index_dir is not None
+    def _published_info(self) -> tuple[Path, dict[str, Any]] | None:
+        """The current published snapshot and its manifest info, if there is a readable one."""
+        if self.index_dir is None:
+            return None
         path = current_snapshot(self.index_dir)
         if path is None:
-            return False
+            return None
         try:
-            info = read_manifest(path)["info"]
+            return path, read_manifest(path)["info"]
         except SnapshotError:
+            return None
+
+    def _published_is_newer(self) -> bool:
+        assert self.state is not None and self.index_dir is not None
+        published = self._published_info()
+        if published is None:
             return False
+        _, info = published
         return (
             info.get("database") == self._database()
             and int(info.get("max_id", -1)) >= self.state.max_id
@@ -418,15 +427,10 @@ class Bank:
         """After a big import, map the snapshot the import published instead of streaming
         millions of rows from the database into this process (seconds, not minutes)."""
         state = self.state
-        if self.index_dir is None or state is None:
+        published = self._published_info()
+        if state is None or published is None:
             return False
-        path = current_snapshot(self.index_dir)
-        if path is None:
-            return False
-        try:
-            info = read_manifest(path)["info"]
-        except SnapshotError:
-            return False
+        path, info = published
         ahead = int(info.get("max_id", 0)) - state.max_id
         if ahead <= self._resave_threshold() or info.get("database") != self._database():
             return False
