@@ -49,6 +49,19 @@ COARSE_REASON = {
 }
 
 
+def check_urls(urls: list[str]) -> list[str]:
+    """Every URL must be one ingest can process; the error names each bad position and why."""
+    problems = []
+    for i, url in enumerate(urls):
+        try:
+            normalize_url(url)
+        except UrlRejected as err:
+            problems.append(f"urls[{i}] {url!r}: {err.reason}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return urls
+
+
 class ReportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,18 +69,7 @@ class ReportRequest(BaseModel):
     description: str | None = Field(default=None, max_length=10_000)
     reporter_email: str | None = Field(default=None, max_length=320)
 
-    @field_validator("urls")
-    @classmethod
-    def _valid_urls(cls, urls: list[str]) -> list[str]:
-        problems = []
-        for i, url in enumerate(urls):
-            try:
-                normalize_url(url)
-            except UrlRejected as err:
-                problems.append(f"urls[{i}] {url!r}: {err.reason}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return urls
+    _valid_urls = field_validator("urls")(check_urls)
 
     @field_validator("reporter_email")
     @classmethod
@@ -89,7 +91,7 @@ class PartnerReportRequest(BaseModel):
     partner_country: str | None = Field(default=None, min_length=2, max_length=2)
     description: str | None = Field(default=None, max_length=10_000)
 
-    _valid_urls = field_validator("urls")(ReportRequest._valid_urls.__func__)  # type: ignore[attr-defined]
+    _valid_urls = field_validator("urls")(check_urls)
 
 
 def submit(
