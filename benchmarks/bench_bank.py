@@ -120,15 +120,15 @@ def _rss_mb() -> float:
 
 
 def stage_import(url: str, csv_path: str) -> dict[str, Any]:
-    from hotline.bank import import_csv
-    from hotline.db.engine import make_engine, make_sessionmaker, migrate
-    from hotline.store import Store
+    from services.bank.bank import import_csv
+    from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+    from hotline.storage.unit_of_work import SqlUnitOfWork
 
     migrate(url)
     sessions = make_sessionmaker(make_engine(url))
     t0 = time.perf_counter()
     with sessions() as session, open(csv_path, newline="") as fh:
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         added, errors = import_csv(fh, store, "baseline", "bench")
         t1 = time.perf_counter()
         store.commit()
@@ -144,8 +144,8 @@ def stage_import(url: str, csv_path: str) -> dict[str, Any]:
 
 def stage_build(url: str, index_dir: str | None, qfile: str) -> dict[str, Any]:
     """Matcher from the database (no snapshot), answers to the queries, then save."""
-    from hotline.bank import Bank
-    from hotline.db.engine import make_engine, make_sessionmaker
+    from services.bank.bank import Bank
+    from hotline.storage.engine import make_engine, make_sessionmaker
 
     sessions = make_sessionmaker(make_engine(url))
     bank = Bank(sessions, index_dir=Path(index_dir) if index_dir else None, verify_seconds=None)
@@ -179,8 +179,8 @@ def stage_build(url: str, index_dir: str | None, qfile: str) -> dict[str, Any]:
 def stage_load(url: str, index_dir: str, qfile: str, mmap: bool) -> dict[str, Any]:
     """Snapshot -> matcher, as a process does at start (map + catch-up + verify)."""
     from hashing.snapshot import load_snapshot
-    from hotline.bank import Bank
-    from hotline.db.engine import make_engine, make_sessionmaker
+    from services.bank.bank import Bank
+    from hotline.storage.engine import make_engine, make_sessionmaker
 
     t0 = time.perf_counter()
     load_snapshot(Path(index_dir), mmap=mmap)
@@ -219,16 +219,16 @@ def stage_catchup(url: str, index_dir: str, add: int) -> dict[str, Any]:
     """Rows added and one retired after the snapshot: load applies them; refresh sees more."""
     import secrets
 
-    from hotline.bank import Bank, retire
-    from hotline.db.engine import make_engine, make_sessionmaker
-    from hotline.store import Store
+    from services.bank.bank import Bank, retire
+    from hotline.storage.engine import make_engine, make_sessionmaker
+    from hotline.storage.unit_of_work import SqlUnitOfWork
 
     sessions = make_sessionmaker(make_engine(url))
     new = [secrets.token_hex(32) for _ in range(add)]
     with sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         for h in new:
-            store.add_bank_entry(category="national", source="bench-late", sha256=h)
+            store.bank.add(category="national", source="bench-late", sha256=h)
         retire(store, 1, "benchmark", "bench")
         store.commit()
     bank = Bank(sessions, index_dir=Path(index_dir), verify_seconds=None, refresh_seconds=0)
@@ -239,7 +239,7 @@ def stage_catchup(url: str, index_dir: str, add: int) -> dict[str, Any]:
     ok_retired = bank.matcher.entries.get(1) is None
     late = secrets.token_hex(32)
     with sessions() as s:
-        Store(s).add_bank_entry(category="national", source="bench-late", sha256=late)
+        SqlUnitOfWork(s).bank.add(category="national", source="bench-late", sha256=late)
         s.commit()
     t0 = time.perf_counter()
     bank.refresh(force=True)

@@ -10,7 +10,7 @@ Setup:
   SQLite database through the real migrations (so the hash columns carry the
   schema's indexes), then loaded by the app's own ``Bank.refresh`` into the
   in-memory ``BankMatcher``;
-* server: ``hotline.web.create_app`` under one uvicorn worker in its own
+* server: ``entrypoints.web.create_app`` under one uvicorn worker in its own
   process, pinned to core 1 (``os.sched_setaffinity``); the client runs on
   core 0, so the server's figure is per core;
 * exact batches: ``POST /api/v1/hashcheck`` with 10,000 hashes each (half MD5,
@@ -91,9 +91,9 @@ def serve(args: argparse.Namespace) -> None:
     pin(args.cpu)
     import uvicorn
 
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
     from hotline.config import Settings
-    from hotline.web import create_app
+    from entrypoints.web import create_app
     from services.hashcheck import logic, routes
 
     if args.stdlib_json:  # what the API would cost without orjson (the route looks these up)
@@ -138,10 +138,11 @@ def build_bank(db_url: str, n: int, seed: int) -> tuple[list[str], list[str], li
     """Write ``n`` random entries through the real schema; return their hashes and a token."""
     import sqlalchemy as sa
 
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
     from hotline.config import Settings
-    from hotline.db.models import BankEntry
-    from hotline.store import Store, now
+    from hotline.storage.models import BankEntry
+    from hotline.kernel.clock import now
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
     system = bootstrap(Settings(database_url=db_url, index_dir="none"))
     rng = np.random.default_rng(seed)
@@ -155,8 +156,8 @@ def build_bank(db_url: str, n: int, seed: int) -> tuple[list[str], list[str], li
                  "source": "bench", "added_at": stamp} for i in range(lo, min(n, lo + 50_000))])
     token = uuid.uuid4().hex
     with system.sessions() as session:
-        store = Store(session)
-        store.add_user("bench-hoster", "hoster", token)
+        store = SqlUnitOfWork(session)
+        store.users.add("bench-hoster", "hoster", token)
         store.commit()
     system.engine.dispose()
     return md5, sha256, pdq, token
@@ -291,7 +292,7 @@ def pg_baselines(pg_url: str, n_bank: int, md5: list[str], sha256: list[str],
     import psycopg
     import sqlalchemy as sa
 
-    from hotline.db.engine import migrate
+    from hotline.storage.engine import migrate
 
     url = sa.engine.make_url(pg_url)
     name = f"hotline_bench_{uuid.uuid4().hex[:8]}"
@@ -351,7 +352,7 @@ def measure_server(db_url: str, token: str, sample: Path, cpu: int, tmp: Path,
     """Start the app in its own process on ``cpu``, time the batches, stop it."""
     import httpx
 
-    from hotline.loopback import free_port
+    from doubles.loopback import free_port
 
     info_path = tmp / f"server-{uuid.uuid4().hex[:6]}.json"
     port = free_port("127.0.0.1")

@@ -16,7 +16,7 @@ written to a temporary directory and published by an atomic rename of the
 ``CURRENT`` pointer, so a reader never sees half a snapshot and processes that
 still have the previous one memory-mapped keep working.
 
-Nothing here knows about the database: ``hotline.bank`` does that.
+Nothing here knows about the database: ``services.bank.bank`` does that.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class EntryBatch:
     positions (into ``ids``) that have a hash of that kind and the hashes as
     an ``(k, nbytes)`` uint8 array. Retired rows (``alive`` False) are kept so
     the matcher knows every entry id, which lets the caller detect rows it
-    missed (see ``hotline.bank``).
+    missed (see ``services.bank.bank``).
     """
 
     ids: np.ndarray

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     forward_max_attempts: int = 5
     forward_retry_seconds: float = 2.0
 
-    # Where the bank matcher's snapshot lives (hotline.bank): "auto" = ``var/index``
+    # Where the bank matcher's snapshot lives (services.bank.bank): "auto" = ``var/index``
     # next to the SQLite file (or the working directory for other databases);
     # "" or "none" = no snapshot, the matcher is built from the database at start.
     index_dir: str = "auto"

@@ -15,12 +15,15 @@ import time
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.db.models import BusMessage, BusOffset
-from hotline.stage import MAX_UNEXPECTED_FAILURES, Stage, is_infrastructure_error, park, run_stage
-from hotline.store import Store
+from hotline.kernel.failures import FailureHistory, FailurePolicy, Park
+from hotline.kernel.messages import Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.stage import Stage
+from hotline.runtime.steps import Finish, StepRunner, failure_of
+from hotline.storage.models import BusMessage, BusOffset
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,12 @@ class EmbeddedRuntime:
         sessions: sessionmaker[Session],
         stages: Sequence[Stage],
         poll_seconds: float = 0.05,
-        retry_base_seconds: float = 0.2,
+        policy: FailurePolicy | None = None,
     ) -> None:
         self.sessions = sessions
         self.stages = list(stages)
         self.poll_seconds = poll_seconds
-        self.retry_base_seconds = retry_base_seconds
+        self.policy = policy or FailurePolicy(first_delay_seconds=0.2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, str] = {}
@@ -64,67 +67,72 @@ class EmbeddedRuntime:
     def _position(self, session: Session, consumer: str) -> int:
         return int(session.scalar(select(func.max(BusOffset.position)).where(BusOffset.consumer == consumer)) or 0)
 
-    def _next(self, session: Session, stage: Stage) -> BusMessage | None:
-        pos = self._position(session, stage.name)
-        return session.scalar(
-            select(BusMessage)
-            .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs))
-            .order_by(BusMessage.id)
-            .limit(1)
-        )
-
-    def step(self, stage: Stage) -> bool:
-        """Process one message for ``stage``; False when there was nothing to do."""
+    def _next(self, stage: Stage) -> tuple[int, str, str] | None:
+        """(bus id, topic, value) of the stage's next message, read in a transaction of its own."""
         with self.sessions() as session:
-            row = self._next(session, stage)
-            if row is None:
-                return False
-            store = Store(session)
-            outgoing = run_stage(stage, row.topic, row.value, store)
-            store.enqueue(outgoing)
-            self._advance(session, stage, row.id)
-            store.commit()
-            return True
+            pos = self._position(session, stage.name)
+            row = session.execute(
+                select(BusMessage.id, BusMessage.topic, BusMessage.value)
+                .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs))
+                .order_by(BusMessage.id)
+                .limit(1)
+            ).first()
+            return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
-    def _park(self, stage: Stage, exc: BaseException, attempts: int) -> None:
-        with self.sessions() as session:
-            row = self._next(session, stage)
-            if row is None:
-                return
-            store = Store(session)
-            store.enqueue(park(stage, row.topic, row.value, store, exc, attempts))
-            self._advance(session, stage, row.id)
-            store.commit()
+    def _finisher(self, stage: Stage, position: int) -> Finish:
+        """The runtime's part of the last transaction: outputs to the bus, position advanced."""
 
-    def _advance(self, session: Session, stage: Stage, position: int) -> None:
-        offset = session.get(BusOffset, (stage.name, "*"))
-        if offset is None:
-            session.add(BusOffset(consumer=stage.name, topic="*", position=position))
+        def finish(uow: UnitOfWork, outgoing: list[Outgoing]) -> None:
+            uow.enqueue(outgoing)
+            assert isinstance(uow, SqlUnitOfWork)
+            offset = uow.session.get(BusOffset, (stage.name, "*"))
+            if offset is None:
+                uow.session.add(BusOffset(consumer=stage.name, topic="*", position=position))
+            else:
+                offset.position = position
+
+        return finish
+
+    def step(self, stage: Stage, history: FailureHistory | None = None) -> bool:
+        """Process one message for ``stage``; False when there was nothing to do. With
+        ``history`` holding a decision to park, the message is parked instead."""
+        nxt = self._next(stage)
+        if nxt is None:
+            return False
+        position, topic, value = nxt
+        runner = StepRunner(stage, self.sessions)
+        finish = self._finisher(stage, position)
+        if history is not None and isinstance(history.decision, Park) and history.last_error is not None:
+            runner.park(topic, value, history.last_error, history.decision.reason, finish)
         else:
-            offset.position = position
+            runner.process(topic, value, finish)
+        return True
 
     def _loop(self, stage: Stage) -> None:
-        failures = 0
+        history = FailureHistory(self.policy)
         while not self._stop.is_set():
             try:
-                busy = self.step(stage)
-                failures = 0
+                busy = self.step(stage, history)
+                history.reset()
                 self.errors.pop(stage.name, None)
-            except OperationalError as exc:  # database busy: simply try again
-                log.debug("stage %s: database busy (%s), retrying", stage.name, exc)
-                busy = False
-            except Exception as exc:  # noqa: BLE001 - retried with backoff, parked if it is no outage
-                failures += 1
-                self.errors[stage.name] = repr(exc)
-                if failures >= MAX_UNEXPECTED_FAILURES and not is_infrastructure_error(exc):
-                    try:
-                        self._park(stage, exc, failures)
-                        failures = 0
-                        continue
-                    except Exception as park_exc:  # noqa: BLE001 - e.g. database down: keep retrying
-                        log.warning("stage %s could not park a message: %r", stage.name, park_exc)
-                log.warning("stage %s failed (attempt %d), will retry: %r", stage.name, failures, exc)
-                self._stop.wait(min(self.retry_base_seconds * 2**failures, 30.0))
+            except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
+                if isinstance(history.decision, Park):
+                    # Parking itself failed (the database is down?): park again after a pause.
+                    log.warning("stage %s could not park a message, will try again: %r", stage.name, exc)
+                    self._stop.wait(self.policy.max_delay_seconds / 10)
+                    continue
+                error = failure_of(exc)
+                decision = history.record(error)
+                self.errors[stage.name] = repr(error)
+                if isinstance(decision, Park):
+                    log.warning("stage %s: %r; parking the message", stage.name, error)
+                    continue  # the next step parks it
+                hint = getattr(exc, "after_seconds", None)
+                delay = hint if hint is not None else decision.delay_seconds
+                log.warning(
+                    "stage %s failed (attempt %d), retrying in %.1fs: %r", stage.name, len(history), delay, error
+                )
+                self._stop.wait(delay)
                 continue
             if not busy:
                 self._stop.wait(self.poll_seconds)

@@ -7,8 +7,8 @@ under way.
 
 Delivery is at-least-once, and the order of steps is what makes it so:
 
-1. the stage handles the event inside a fresh ``Store`` and the database
-   transaction commits (outgoing messages are *not* written to the
+1. the stage handles the event through ``StepRunner`` (``hotline.runtime.steps``) and
+   its database transactions commit (outgoing messages are *not* written to the
    ``bus_messages`` outbox: in Kafka mode the worker produces them itself);
 2. every outgoing message is produced to Kafka and its delivery awaited;
 3. only then is the source event acked, so its offset can be committed.
@@ -26,26 +26,24 @@ offset and the event would be lost.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hotline.kernel.failures import FailurePolicy
 from schemas import TOPICS
 
 if TYPE_CHECKING:
     import faust
+    from sqlalchemy.orm import Session, sessionmaker
 
-    from hotline.bootstrap import System
-    from hotline.stage import Outgoing, Stage
+    from hotline.config import Settings
+    from hotline.kernel.stage import Stage
+    from hotline.runtime.steps import StepRunner
 
 log = logging.getLogger(__name__)
-
-# Back-off for transient failures of one event: 0.5 s, 1 s, 2 s ... capped.
-RETRY_FIRST_SECONDS = 0.5
-RETRY_MAX_SECONDS = 30.0
 
 # A worker killed with -9 keeps its partitions until the group coordinator gives
 # up on it: a short session makes a restarted or surviving worker take over in
@@ -53,6 +51,9 @@ RETRY_MAX_SECONDS = 30.0
 # group.min.session.timeout.ms (6 s by default).
 SESSION_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_SECONDS = 1.0
+
+# The one failure policy (``hotline.kernel.failures``), with Kafka's back-off pace.
+POLICY = FailurePolicy(first_delay_seconds=0.5, max_delay_seconds=30.0)
 
 
 def kafka_topic(prefix: str, logical: str) -> str:
@@ -64,10 +65,6 @@ def app_id_for(prefix: str, stage_name: str) -> str:
     """Consumer group and faust app id. Contains the prefix, so faust's own internal topics
     (``<app id>-__assignor-__leader``) and the group never collide between tests or deployments."""
     return f"hotline-{prefix}{stage_name}"
-
-
-def backoff_seconds(failures: int) -> float:
-    return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MAX_SECONDS)
 
 
 def create_topics(
@@ -112,56 +109,17 @@ def create_topics(
         admin.close()
 
 
-class StageProcessor:
-    """Runs one stage's blocking code for one event, with the database commit first.
-
-    Separate from faust so the order of the steps can be read (and tested) in one place.
-    """
-
-    def __init__(self, system: System, stage: Stage) -> None:
-        self.system = system
-        self.stage = stage
-
-    def process(self, topic: str, raw: bytes) -> list[Outgoing]:
-        """Handle one message and commit its state changes; return what to produce.
-
-        Raises on transient failure, after rolling back.
-        """
-        from hotline.stage import run_stage
-        from hotline.store import Store
-
-        with self.system.sessions() as session:
-            store = Store(session)
-            try:
-                outgoing = run_stage(self.stage, topic, raw, store)
-                store.commit()
-            except Exception:
-                store.rollback()
-                raise
-            return outgoing
-
-    def park(self, topic: str, raw: bytes, exc: BaseException, attempts: int) -> list[Outgoing]:
-        """Record a message that keeps failing unexpectedly as rejected; return what to produce."""
-        from hotline.stage import park
-        from hotline.store import Store
-
-        with self.system.sessions() as session:
-            store = Store(session)
-            outgoing = park(self.stage, topic, raw, store, exc, attempts)
-            store.commit()
-            return outgoing
-
-
-def build_app(system: System, stage_name: str) -> faust.App:
+def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage) -> faust.App:
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
 
-    settings = system.settings
+    from hotline.runtime.steps import StepRunner
+
     if not settings.kafka_brokers:
         raise ValueError("HOTLINE_KAFKA_BROKERS is not set: the Kafka runtime needs a broker")
     prefix = settings.topic_prefix
-    stage = system.build_stage(stage_name)
-    processor = StageProcessor(system, stage)
+    stage_name = stage.name
+    processor = StepRunner(stage, sessions)
     app = faust.App(
         app_id_for(prefix, stage_name),
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",") if b.strip()],
@@ -212,7 +170,7 @@ def _make_agent(
     app: faust.App,
     logical: str,
     stage_name: str,
-    processor: StageProcessor,
+    processor: StepRunner,
     output_topic: Callable[[str], Any],
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
@@ -235,36 +193,32 @@ async def _process_until_done(
     app: faust.App,
     logical: str,
     stage_name: str,
-    processor: StageProcessor,
+    processor: StepRunner,
     output_topic: Callable[[str], Any],
     raw: bytes,
     tp: Any,
 ) -> bool:
-    """Process one event, retrying transient failures with capped exponential back-off.
+    """Process one event; on failure the failure policy (``hotline.kernel.failures``)
+    decides: retry after back-off, or park (reject with the reason and move on).
 
-    Returns True when the event is done (state committed, outputs delivered). Never
-    skips: an event that cannot be processed *now* (database down, SMTP refusing)
-    holds up its partition; invalid input is not a failure here, ``run_stage`` turns
-    it into a ``reports.rejected`` message. Returns False, without processing, only
-    when a rebalance has given the partition to another worker, which will process
-    the event itself. Cancellation (worker stopping) propagates, leaving the event
-    unacked.
+    Returns True when the event is done (state committed, outputs delivered). An outage
+    (database down, SMTP refusing) holds up its partition for as long as it lasts;
+    invalid input is not a failure here, ``run_stage`` turns it into a
+    ``reports.rejected`` message. Returns False, without processing, only when a
+    rebalance has given the partition to another worker, which will process the event
+    itself. Cancellation (worker stopping) propagates, leaving the event unacked.
     """
-    from hotline.stage import MAX_UNEXPECTED_FAILURES, is_infrastructure_error
+    from hotline.kernel.failures import FailureHistory, Park
+    from hotline.runtime.steps import failure_of
 
     loop = asyncio.get_running_loop()
-    failures = 0
-    last_error: BaseException | None = None
+    history = FailureHistory(POLICY)
     while True:
         started = time.monotonic()
         try:
-            if (
-                last_error is not None
-                and failures >= MAX_UNEXPECTED_FAILURES
-                and not is_infrastructure_error(last_error)
-            ):
-                # Not an outage but something about this message: park it, move on.
-                outgoing = await loop.run_in_executor(None, processor.park, logical, raw, last_error, failures)
+            if isinstance(history.decision, Park) and history.last_error is not None:
+                why = history.decision.reason
+                outgoing = await loop.run_in_executor(None, processor.park, logical, raw, history.last_error, why)
             else:
                 outgoing = await loop.run_in_executor(None, processor.process, logical, raw)
             pending = []
@@ -275,19 +229,25 @@ async def _process_until_done(
                 pending.append(fut)
             for fut in pending:
                 await fut  # delivered (acks=all) before the source event is acked
-        except Exception as exc:  # noqa: BLE001 - transient by contract: retry the same event
-            failures += 1
-            if last_error is None or failures <= MAX_UNEXPECTED_FAILURES:
-                last_error = exc
-            delay = backoff_seconds(failures)
+        except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
+            if isinstance(history.decision, Park):
+                # Parking (or producing its rejection) failed: an outage; park again after a pause.
+                delay = POLICY.max_delay_seconds / 10
+            else:
+                decision = history.record(failure_of(exc))
+                hint = getattr(exc, "after_seconds", None)
+                if isinstance(decision, Park):
+                    delay = 0.0
+                else:
+                    delay = hint if hint is not None else decision.delay_seconds
             log.warning(
-                "stage %s: event from %s failed (attempt %d), retrying in %.1fs: %r",
+                "stage %s: event from %s failed (attempt %d), %s: %r",
                 stage_name,
                 logical,
-                failures,
-                delay,
-                exc,
-                exc_info=failures == 1,
+                len(history),
+                "parking it" if isinstance(history.decision, Park) else f"retrying in {delay:.1f}s",
+                failure_of(exc),
+                exc_info=len(history) == 1,
             )
             await asyncio.sleep(delay)
             if tp not in app.consumer.assignment():
@@ -309,7 +269,7 @@ async def _process_until_done(
         return True
 
 
-def run_stage_worker(system: System, stage_name: str) -> None:
+def run_stage_worker(settings: Settings, sessions: sessionmaker[Session], stage: Stage) -> None:
     """Run one stage as a faust worker until SIGTERM/SIGINT; returns after a clean stop.
 
     Creates the topics first (idempotent) so a worker started before
@@ -317,11 +277,10 @@ def run_stage_worker(system: System, stage_name: str) -> None:
     """
     import faust
 
-    settings = system.settings
     if not settings.kafka_brokers:
         raise ValueError("HOTLINE_KAFKA_BROKERS is not set: the Kafka runtime needs a broker")
     create_topics(settings.kafka_brokers, settings.topic_prefix, settings.kafka_partitions)
-    app = build_app(system, stage_name)
+    app = build_app(settings, sessions, stage)
     # The worker installs SIGTERM/SIGINT handlers that stop the app: agents are
     # cancelled (an event in progress stays unacked), acked offsets are committed.
     # Logging is the caller's to set up (the CLI does), hence override_logging=False.
@@ -331,23 +290,3 @@ def run_stage_worker(system: System, stage_name: str) -> None:
     except SystemExit as exc:
         if exc.code not in (None, 0):
             raise
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m hotline.runtime.kafka STAGE``: the same as ``hotline serve --stage STAGE``
-    with a broker configured, without the CLI's other dependencies."""
-    from hotline.bootstrap import STAGE_NAMES, bootstrap
-    from hotline.config import Settings
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("stage", choices=STAGE_NAMES)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {args.stage} %(levelname)s %(name)s: %(message)s",
-    )
-    run_stage_worker(bootstrap(Settings()), args.stage)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.db.models import BusMessage
 from hotline.runtime.kafka import kafka_topic
+from hotline.storage.models import BusMessage
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer

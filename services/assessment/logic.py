@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from hotline.db.models import Assessment
-from hotline.stage import Outgoing
-from hotline.store import Store, now
+from hotline.kernel.messages import Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.states import ItemState
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
 from schemas.notices import AnalystClassification, PoliceEscalation
@@ -29,7 +29,7 @@ class AssessmentRefused(Exception):
 
 
 def assess(
-    store: Store,
+    uow: UnitOfWork,
     item_id: str,
     *,
     verdict: Verdict,
@@ -37,17 +37,15 @@ def assess(
     analyst: str,
     notes: str | None = None,
 ) -> list[Outgoing]:
-    item = store.get_item(item_id)
+    item = uow.items.get(item_id)
     if item is None:
         raise AssessmentRefused(404, f"no item {item_id}")
-    if item.state != "awaiting_assessment":
+    if item.state != ItemState.AWAITING_ASSESSMENT:
         raise AssessmentRefused(409, f"item {item_id} is {item.state}, not awaiting assessment")
-    store.add_assessment(
-        Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
-    )
-    store.audit(analyst, "assessment", item_id, f"{verdict} {category or ''}".strip())
+    uow.assessments.add(item_id, analyst, verdict, category, notes)
+    uow.audit.append(analyst, "assessment", item_id, f"{verdict} {category or ''}".strip())
     if verdict == "not_illegal":
-        store.set_state(item, "closed_not_illegal", f"assessed as not illegal by {analyst}", "assessment")
+        uow.items.set_state(item, ItemState.CLOSED_NOT_ILLEGAL, f"assessed as not illegal by {analyst}", "assessment")
         return []
 
     category = category or "national"
@@ -57,7 +55,7 @@ def assess(
     added = 0
     for img in images:
         if img.error is None and img.sha256:
-            store.add_bank_entry(
+            uow.bank.add(
                 category=category,
                 source=f"analyst:{analyst}",
                 md5=img.md5,
@@ -75,13 +73,13 @@ def assess(
         hosting=hosting,
         first_seen=item.first_seen,
         last_seen=item.last_seen,
-        report_ids=store.report_ids_for_item(item_id),
+        report_ids=uow.items.report_ids(item_id),
         classification=AnalystClassification(analyst=analyst, verdict="illegal", category=category, notes=notes),
     )
-    store.add_escalation(escalation.escalation_id, item_id, escalation.model_dump(mode="json"))
-    store.set_state(
+    uow.escalations.add(escalation.escalation_id, item_id, escalation.model_dump(mode="json"))
+    uow.items.set_state(
         item,
-        "escalated",
+        ItemState.ESCALATED,
         f"confirmed new material ({category}) by {analyst}: escalated to the police; "
         f"{added} hash set(s) added to the bank; takedown follows on police release",
         "assessment",

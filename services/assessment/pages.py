@@ -3,7 +3,7 @@ and the decision form.
 
 Why pages next to the JSON API (``routes.py``): analysts work in a browser, and a browser
 cannot send ``Authorization: Bearer``. The login form therefore puts the token in an
-HttpOnly, SameSite=Strict cookie, which ``hotline.auth`` already accepts. Because a cookie
+HttpOnly, SameSite=Strict cookie, which ``hotline.web.auth`` already accepts. Because a cookie
 rides along automatically, every state-changing form here also checks that the Origin (or
 Referer) names this host, so another site cannot post on the analyst's behalf even in a
 browser that ignores SameSite.
@@ -20,16 +20,15 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from hotline.auth import Caller, get_store, optional_caller, require_role
-from hotline.bootstrap import System
-from hotline.store import Store
+from hotline.storage.unit_of_work import SqlUnitOfWork
+from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
 from services.assessment.logic import AssessmentRefused, assess
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
-TOKEN_COOKIE = "hotline_token"  # the name hotline.auth reads
+TOKEN_COOKIE = "hotline_token"  # the name hotline.web.auth reads
 FLASH_COOKIE = "hotline_flash"
 PAGE_ROLES = ("analyst", "admin")
 VERDICTS = ("illegal", "not_illegal")
@@ -60,7 +59,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[SqlUnitOfWork, Depends(get_store)]
 AnalystDep = Annotated[Caller, Depends(require_role("analyst"))]
 
 
@@ -101,7 +100,7 @@ def _error(request: Request, status_code: int, message: str, caller: Caller | No
                    status_code)
 
 
-def _page_caller(request: Request, store: Store) -> Caller | None:
+def _page_caller(request: Request, store: SqlUnitOfWork) -> Caller | None:
     """The signed-in account, or None; a stale or revoked cookie counts as signed out."""
     try:
         return optional_caller(request, store)
@@ -109,7 +108,7 @@ def _page_caller(request: Request, store: Store) -> Caller | None:
         return None
 
 
-def _gate(request: Request, store: Store, back_to: str | None = None) -> Caller | Response:
+def _gate(request: Request, store: SqlUnitOfWork, back_to: str | None = None) -> Caller | Response:
     """An analyst or admin, or the page to show instead (login redirect, 403). ``back_to`` is
     where to return after signing in, when that is not this URL (a form handler)."""
     caller = _page_caller(request, store)
@@ -174,7 +173,13 @@ def _images(classified: ItemClassified | None) -> list[ImageFacts]:
     return list(classified.images) if classified else []
 
 
-def fetcher_for(system: System) -> Fetcher:
+class FetcherSource(Protocol):
+    """What the pages need of the composition root (``entrypoints.bootstrap.System``)."""
+
+    def build_fetcher(self) -> Fetcher: ...
+
+
+def fetcher_for(system: FetcherSource) -> Fetcher:
     """Classify's fetcher: the analyst's live view must refuse exactly what classify refuses."""
     return system.build_fetcher()
 
@@ -200,7 +205,7 @@ def login(
         return _render(request, "login.html", {"next": target, "error": "Sign-in refused: the form was not "
                        "sent from this site."}, 403)
     token = token.strip()
-    user = store.user_by_token(token) if token else None
+    user = store.users.by_token(token) if token else None
     if user is None:
         # The token is not echoed back: it is a secret, and a wrong one is useless to show.
         return _render(request, "login.html", {"next": target, "error": "Unknown or revoked token."}, 401)
@@ -227,7 +232,7 @@ def queue(request: Request, store: StoreDep) -> Response:
     if isinstance(caller, Response):
         return caller
     entries = []
-    for item in store.items_in_state("awaiting_assessment"):
+    for item in store.items.in_state("awaiting_assessment"):
         classified = _classified(item.classification)
         entries.append({"item": item, "images": _images(classified),
                         "hosting": classified.hosting if classified else None})
@@ -243,10 +248,10 @@ def queue(request: Request, store: StoreDep) -> Response:
 
 
 def _item_page(
-    request: Request, store: Store, caller: Caller, item_id: str, error: str | None = None,
+    request: Request, store: SqlUnitOfWork, caller: Caller, item_id: str, error: str | None = None,
     status_code: int = 200, form: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    item = store.get_item(item_id)
+    item = store.items.get(item_id)
     if item is None:
         return _error(request, 404, f"There is no item {item_id}.", caller)
     classified = _classified(item.classification)
@@ -257,8 +262,8 @@ def _item_page(
         "classified": classified,
         "hosting": hosting,
         "images": _images(classified),
-        "events": store.events(item_id),
-        "report_ids": store.report_ids_for_item(item_id),
+        "events": store.items.events(item_id),
+        "report_ids": store.items.report_ids(item_id),
         "error": error,
         "form": form or {"verdict": "", "category": "national", "notes": ""},
         "categories": CATEGORIES,
@@ -285,7 +290,7 @@ def item_image(
 
     Only URLs that classify recorded for the item can be fetched, so this is no open proxy.
     """
-    item = store.get_item(item_id)
+    item = store.items.get(item_id)
     images = _images(_classified(item.classification)) if item is not None else []
     if item is None or not 0 <= n < len(images):
         return PlainTextResponse(f"item {item_id} has no image {n}", 404, headers=_NO_STORE)
@@ -347,7 +352,7 @@ def decide(
         return _with_flash(RedirectResponse("/analyst", status_code=303), "error", exc.reason)
     store.enqueue(outgoing)
     store.commit()
-    item = store.get_item(item_id)
+    item = store.items.get(item_id)
     assert item is not None
     return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
                        f"{item.url} is now {item.state}: {item.reason}")

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from hotline.auth import Caller, get_store, require_role
-from hotline.store import Store
+from hotline.storage.unit_of_work import SqlUnitOfWork
+from hotline.web.auth import Caller, get_store, require_role
 from services.assessment.logic import AssessmentRefused, assess
 
 router = APIRouter(tags=["assessment"])
@@ -25,7 +25,7 @@ class AssessmentRequest(BaseModel):
 @router.get("/api/v1/items")
 def list_items(
     state: str = "awaiting_assessment",
-    store: Store = Depends(get_store),
+    store: SqlUnitOfWork = Depends(get_store),
     caller: Caller = Depends(require_role("analyst")),
 ) -> dict[str, Any]:
     """Items in a state (default: the analyst queue), oldest first. Hashes and metadata only."""
@@ -33,7 +33,7 @@ def list_items(
         "items": [
             {"item_id": i.id, "url": i.url, "state": i.state, "reason": i.reason, "country": i.country,
              "hoster": i.hoster, "first_seen": i.first_seen.isoformat()}
-            for i in store.items_in_state(state)
+            for i in store.items.in_state(state)
         ]
     }
 
@@ -42,7 +42,7 @@ def list_items(
 def post_assessment(
     item_id: str,
     body: AssessmentRequest,
-    store: Store = Depends(get_store),
+    store: SqlUnitOfWork = Depends(get_store),
     caller: Caller = Depends(require_role("analyst")),
 ) -> dict[str, Any]:
     """Record an analyst's decision. ``illegal`` escalates to the police at once and adds the
@@ -55,6 +55,6 @@ def post_assessment(
         raise HTTPException(exc.status, exc.reason) from exc
     store.enqueue(outgoing)
     store.commit()
-    item = store.get_item(item_id)
+    item = store.items.get(item_id)
     assert item is not None
     return {"item_id": item_id, "state": item.state, "reason": item.reason}

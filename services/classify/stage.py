@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 
 from hashing.image import ImageHashes
 from hashing.matcher import Hit
-from hotline.stage import InvalidMessage, Outgoing
-from hotline.store import Store
+from hotline.kernel.messages import InvalidMessage, Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.stage import Result, SideEffect
+from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
@@ -25,11 +27,17 @@ from services.classify.page import image_urls
 from services.classify.routing import decide_route
 
 ROUTE_STATE = {
-    "ntd": "notice_queued",
-    "forward": "forward_queued",
-    "assessment": "awaiting_assessment",
-    "closed_offline": "closed_offline",
+    "ntd": ItemState.NOTICE_QUEUED,
+    "forward": ItemState.FORWARD_QUEUED,
+    "assessment": ItemState.AWAITING_ASSESSMENT,
+    "closed_offline": ItemState.CLOSED_OFFLINE,
 }
+
+
+def _reraise(uow: UnitOfWork, exc: Exception) -> list[Outgoing]:
+    """Classifying failed unexpectedly (fetch errors are facts, not failures): nothing was
+    recorded, the failure policy decides."""
+    raise exc
 
 HashFn = Callable[[bytes], ImageHashes]
 MatchFn = Callable[..., Hit | None]
@@ -56,25 +64,33 @@ class ClassifyStage:
     name: ClassVar[str] = "classify"
     inputs: ClassVar[tuple[str, ...]] = ("items.accepted",)
 
-    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+    def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, ItemAccepted)
-        item = store.get_item(message.item_id)
+        item = uow.items.get(message.item_id)
         if item is None:
             raise InvalidMessage("unknown_item", f"item {message.item_id} was never accepted by ingest")
         if item.classification is not None:
             # Redelivery after a crash: publish the same results again (notify and escalate
             # deduplicate by notice/forward id), do no new work.
             return self._outputs(ItemClassified.model_validate(item.classification))
+        # Fetching and hashing is the slow part: it runs outside any transaction.
+        item_id, url = item.id, item.url
+        return SideEffect(
+            act=lambda: self.classify(item_id, url),
+            done=lambda u, classified: self._record(u, item_id, classified),
+            failed=_reraise,
+        )
 
-        classified = self.classify(item.id, item.url)
-        store.session.refresh(item)
-        if item.classification is not None:
+    def _record(self, uow: UnitOfWork, item_id: str, classified: ItemClassified) -> list[Outgoing]:
+        item = uow.items.get(item_id)
+        assert item is not None
+        if item.classification is not None:  # another worker classified it meanwhile
             return self._outputs(ItemClassified.model_validate(item.classification))
         item.classification = classified.model_dump(mode="json")
         if classified.hosting:
             item.country = classified.hosting.country
             item.hoster = classified.hosting.hoster
-        store.set_state(item, ROUTE_STATE[classified.route], classified.reason, self.name)
+        uow.items.set_state(item, ROUTE_STATE[classified.route], classified.reason, self.name)
         return self._outputs(classified)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:

@@ -12,6 +12,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from hotline.kernel.failures import ExternalFailure
 from schemas.notices import PartnerForward
 
 
@@ -45,13 +46,8 @@ class PartnerDirectory:
         return {c: p.name for c, p in self.by_country.items()}
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(ExternalFailure):
     """The partner did not accept the forward; ``permanent`` says whether retrying can help."""
-
-    def __init__(self, reason: str, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.permanent = permanent
 
 
 class PartnerGateway(Protocol):

@@ -1,24 +1,35 @@
 """Escalate: deliver forwards to partner hotlines abroad.
 
 Police escalations need no delivery step: the police liaison consumes
-``escalations.police`` directly (``hotline police feed``). Forwards are
-retried a bounded number of times; one that still fails ends with the item
-back in the analyst queue and the reason recorded, never silently dropped.
-Partners receive an ``Idempotency-Key`` so a retried POST is not a second case.
+``escalations.police`` directly (``hotline police feed``). Each delivery attempt is a
+side effect (``hotline.kernel.stage.SideEffect``): the attempt is counted and committed
+before the POST, so no database lock is held while a slow partner answers and a crash
+cannot hide an attempt. A failed attempt asks the runtime to retry the message after
+``retry_seconds`` (doubling); after ``max_attempts``, or at once when the partner refuses
+for good, the item goes back to the analyst queue with the reason, never silently
+dropped. Every attempt carries the same ``Idempotency-Key`` (the forward id), so a
+partner never handles a retried forward twice.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hotline.db.models import Forward
-from hotline.stage import Outgoing
-from hotline.store import Store, now
+from hotline.kernel.clock import now
+from hotline.kernel.messages import Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.stage import Result, RetryLater, SideEffect
+from hotline.kernel.states import ItemState
+from hotline.storage.models import Forward
 from schemas import Message
 from schemas.notices import NoticeEvent, PartnerForward
-from services.escalate.partners import DeliveryFailed, PartnerDirectory, PartnerGateway
+from services.escalate.partners import (
+    DeliveryFailed,
+    PartnerDirectory,
+    PartnerEntry,
+    PartnerGateway,
+)
 
 
 @dataclass
@@ -31,56 +42,59 @@ class EscalateStage:
     name: ClassVar[str] = "escalate"
     inputs: ClassVar[tuple[str, ...]] = ("forwards.partner",)
 
-    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+    def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, PartnerForward)
-        fwd = store.get_forward(message.forward_id)
+        fwd = uow.forwards.get(message.forward_id)
         if fwd is not None and fwd.status in ("sent", "failed"):
             return [self._event(message, "forwarded" if fwd.status == "sent" else "forward_failed", fwd.last_error or "")]
         partner = self.partners.by_country.get(message.country.upper())
         if fwd is None:
-            fwd = Forward(
-                id=message.forward_id,
-                item_id=message.item_id,
-                country=message.country.upper(),
-                partner=partner.name if partner else "",
-                status="pending",
-            )
-            store.add_forward(fwd)
-        item = store.get_item(message.item_id)
+            fwd = uow.forwards.open(message.forward_id, message.item_id, message.country.upper(), partner.name if partner else "")
         if partner is None:
-            return self._give_up(store, fwd, message, item, f"no partner hotline is registered for {message.country}")
+            return self._give_up(uow, fwd, message, f"no partner hotline is registered for {message.country}")
+        if fwd.attempts >= self.max_attempts:
+            # Redelivered after the last attempt failed and before its outcome was recorded.
+            return self._give_up(uow, fwd, message, f"forward to {partner.name} failed after {fwd.attempts} attempt(s): {fwd.last_error or 'unknown error'}")
+        fwd.attempts += 1
+        return SideEffect(
+            act=lambda: self.gateway.deliver(partner, message),
+            done=lambda u, _: self._delivered(u, message, partner),
+            failed=lambda u, exc: self._failed(u, message, partner, exc),
+        )
 
-        error = ""
-        while fwd.attempts < self.max_attempts:
-            fwd.attempts += 1
-            # Commit before the HTTP call: no database lock (SQLite's is per database) is held
-            # while a slow partner answers, and the attempt is on record if the process dies.
-            store.commit()
-            try:
-                self.gateway.deliver(partner, message)
-            except DeliveryFailed as exc:
-                error = exc.reason
-                fwd.last_error = error
-                store.commit()
-                if exc.permanent:
-                    break
-                time.sleep(min(self.retry_seconds * 2 ** (fwd.attempts - 1), 60))
-                continue
-            fwd.status = "sent"
-            fwd.sent_at = now()
-            reason = f"forwarded to {partner.name} ({partner.country}), which handles takedown there"
-            if item is not None:
-                store.set_state(item, "forwarded", reason, self.name)
-            store.audit(self.name, "forwarded", message.forward_id, partner.name)
-            return [self._event(message, "forwarded", reason)]
-        return self._give_up(store, fwd, message, item, f"forward to {partner.name} failed after {fwd.attempts} attempt(s): {error}")
+    def _delivered(self, uow: UnitOfWork, message: PartnerForward, partner: PartnerEntry) -> list[Outgoing]:
+        fwd = uow.forwards.get(message.forward_id)
+        assert fwd is not None
+        fwd.status = "sent"
+        fwd.sent_at = now()
+        reason = f"forwarded to {partner.name} ({partner.country}), which handles takedown there"
+        item = uow.items.get(message.item_id)
+        if item is not None:
+            uow.items.set_state(item, ItemState.FORWARDED, reason, self.name)
+        uow.audit.append(self.name, "forwarded", message.forward_id, partner.name)
+        return [self._event(message, "forwarded", reason)]
 
-    def _give_up(self, store: Store, fwd: Forward, message: PartnerForward, item: object, reason: str) -> list[Outgoing]:
+    def _failed(
+        self, uow: UnitOfWork, message: PartnerForward, partner: PartnerEntry, exc: Exception
+    ) -> list[Outgoing] | RetryLater:
+        if not isinstance(exc, DeliveryFailed):
+            raise exc  # a bug in the gateway: the failure policy decides
+        fwd = uow.forwards.get(message.forward_id)
+        assert fwd is not None
+        fwd.last_error = exc.reason
+        if exc.permanent or fwd.attempts >= self.max_attempts:
+            return self._give_up(
+                uow, fwd, message, f"forward to {partner.name} failed after {fwd.attempts} attempt(s): {exc.reason}"
+            )
+        return RetryLater(exc, after_seconds=min(self.retry_seconds * 2 ** (fwd.attempts - 1), 60))
+
+    def _give_up(self, uow: UnitOfWork, fwd: Forward, message: PartnerForward, reason: str) -> list[Outgoing]:
         fwd.status = "failed"
         fwd.last_error = reason
+        item = uow.items.get(message.item_id)
         if item is not None:
-            store.set_state(item, "awaiting_assessment", reason + "; an analyst decides what to do", self.name)  # type: ignore[arg-type]
-        store.audit(self.name, "forward_failed", message.forward_id, reason)
+            uow.items.set_state(item, ItemState.AWAITING_ASSESSMENT, reason + "; an analyst decides what to do", self.name)
+        uow.audit.append(self.name, "forward_failed", message.forward_id, reason)
         return [self._event(message, "forward_failed", reason)]
 
     def _event(self, fwd: PartnerForward, kind: str, detail: str) -> Outgoing:

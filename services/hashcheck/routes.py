@@ -20,8 +20,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from hotline.auth import Caller, get_store, require_role
-from hotline.store import Store, now
+from hotline.kernel.clock import now
+from hotline.storage.unit_of_work import SqlUnitOfWork
+from hotline.web.auth import Caller, get_store, require_role
 from services.hashcheck.logic import (
     MAX_BATCH,
     BatchRejected,
@@ -179,7 +180,7 @@ async def _read_body(request: Request) -> bytes:
 RawBody = Annotated[bytes, Depends(_read_body)]
 HosterOrAdmin = Annotated[Caller, Depends(require_role("hoster"))]
 Admin = Annotated[Caller, Depends(require_role("admin"))]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[SqlUnitOfWork, Depends(get_store)]
 
 
 @router.post(
@@ -219,7 +220,7 @@ def post_hashcheck(
     bank.refresh()  # a cheap version check at most once a second, not a query per hash
     answer = check(bank.matcher, batch)
 
-    store.record_hashcheck(caller.user_id, iso_week(now()), batch.size, answer.known)
+    store.hashcheck.record(caller.user_id, iso_week(now()), batch.size, answer.known)
     reports: list[dict[str, Any]] = []
     for lo in range(0, len(answer.hit_urls), MAX_URLS_PER_REPORT):
         urls = answer.hit_urls[lo: lo + MAX_URLS_PER_REPORT]
@@ -241,14 +242,14 @@ def post_hashcheck(
 @router.get("/api/v1/hashcheck/stats", tags=["hashcheck"], response_model=StatsResponse)
 def get_stats(caller: HosterOrAdmin, store: StoreDep) -> dict[str, Any]:
     """Hashes checked and hits per ISO week: every hoster's for an admin, a hoster only its own."""
-    rows = store.hashcheck_stats(None if caller.role == "admin" else caller.user_id)
+    rows = store.hashcheck.per_week(None if caller.role == "admin" else caller.user_id)
     return {"stats": [{"week": w, "hoster": n, "checks": c, "hits": h} for w, n, c, h in rows]}
 
 
 @router.get("/monitor/hashcheck", response_class=HTMLResponse, include_in_schema=False)
 def monitor(request: Request, caller: Admin, store: StoreDep) -> HTMLResponse:
     """Checks and hits per week per hoster, with bar charts drawn server-side (no JS, no CDN)."""
-    rows = store.hashcheck_stats()
+    rows = store.hashcheck.per_week()
     checks: dict[str, int] = defaultdict(int)
     hits: dict[str, int] = defaultdict(int)
     for week, _, c, h in rows:

@@ -14,9 +14,9 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
-from hotline.auth import Caller, get_store, optional_caller, require_role
-from hotline.stage import Outgoing
-from hotline.store import Store
+from hotline.kernel.messages import Outgoing
+from hotline.storage.unit_of_work import SqlUnitOfWork
+from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.reports import ReportSubmitted
 from services.ingest.stage import MAX_URLS_PER_REPORT
 from services.ingest.urls import UrlRejected, normalize_url
@@ -95,13 +95,13 @@ class PartnerReportRequest(BaseModel):
 
 
 def submit(
-    store: Store,
+    store: SqlUnitOfWork,
     body: ReportRequest | PartnerReportRequest,
     channel: str,
     idempotency_key: str | None,
 ) -> str:
     if idempotency_key:
-        existing = store.report_by_idempotency_key(idempotency_key)
+        existing = store.reports.by_idempotency_key(idempotency_key)
         if existing is not None:
             return existing.id
     msg = ReportSubmitted(
@@ -113,13 +113,13 @@ def submit(
         partner_country=getattr(body, "partner_country", None),
     )
     try:
-        store.create_report(msg, idempotency_key=idempotency_key)
+        store.reports.create(msg, idempotency_key=idempotency_key)
         store.enqueue([Outgoing("reports.submitted", msg)])
         store.commit()
     except IntegrityError:
         # A retry that raced the first request with the same key: answer with the first report.
         store.rollback()
-        existing = store.report_by_idempotency_key(idempotency_key) if idempotency_key else None
+        existing = store.reports.by_idempotency_key(idempotency_key) if idempotency_key else None
         if existing is None:
             raise
         return existing.id
@@ -129,7 +129,7 @@ def submit(
 @router.post("/api/v1/reports", status_code=202, tags=["reports"])
 def post_report(
     body: ReportRequest,
-    store: Store = Depends(get_store),
+    store: SqlUnitOfWork = Depends(get_store),
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> JSONResponse:
     """Submit a report. A retried request with the same ``Idempotency-Key`` returns the first report."""
@@ -140,7 +140,7 @@ def post_report(
 @router.post("/api/v1/partner/reports", status_code=202, tags=["reports"])
 def post_partner_report(
     body: PartnerReportRequest,
-    store: Store = Depends(get_store),
+    store: SqlUnitOfWork = Depends(get_store),
     caller: Caller = Depends(require_role("partner")),
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> JSONResponse:
@@ -153,16 +153,16 @@ def post_partner_report(
 
 @router.get("/api/v1/reports/{report_id}", tags=["reports"])
 def get_report(
-    report_id: str, store: Store = Depends(get_store), caller: Caller | None = Depends(optional_caller)
+    report_id: str, store: SqlUnitOfWork = Depends(get_store), caller: Caller | None = Depends(optional_caller)
 ) -> dict[str, Any]:
     """Each item's state and the reason in words. Anonymous callers see a coarse state only;
     admins and analysts see the full state and timeline."""
-    report = store.get_report(report_id)
+    report = store.reports.get(report_id)
     if report is None:
         raise HTTPException(404, f"no report {report_id}")
     full = caller is not None and caller.role in ("admin", "analyst")
     items = []
-    for link in store.report_urls(report_id):
+    for link in store.reports.urls(report_id):
         if link.item_id is None:
             entry: dict[str, Any] = {"item_id": None, "url": link.url_as_reported, "state": "rejected",
                                      "reason": link.rejected_reason or "rejected"}
@@ -170,14 +170,14 @@ def get_report(
                 entry["events"] = []
             items.append(entry)
             continue
-        item = store.get_item(link.item_id)
+        item = store.items.get(link.item_id)
         assert item is not None
         if full:
             items.append({
                 "item_id": item.id, "url": item.url, "state": item.state, "reason": item.reason,
                 "country": item.country, "hoster": item.hoster,
                 "events": [{"at": e.at.isoformat(), "stage": e.stage, "kind": e.kind, "detail": e.detail}
-                           for e in store.events(item.id)],
+                           for e in store.items.events(item.id)],
             })
         else:
             coarse = COARSE.get(item.state, "in_progress")
@@ -205,7 +205,7 @@ def report_form_post(
     urls: str = Form(""),
     description: str = Form(""),
     reporter_email: str = Form(""),
-    store: Store = Depends(get_store),
+    store: SqlUnitOfWork = Depends(get_store),
 ) -> HTMLResponse:
     lines = [u.strip() for u in urls.splitlines() if u.strip()]
     try:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from hotline.stage import REJECTED, InvalidMessage, Outgoing
-from hotline.store import Store, now
+from hotline.kernel.clock import now
+from hotline.kernel.messages import REJECTED, InvalidMessage, Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.items import ItemAccepted
 from schemas.reports import ReportRejected, ReportSubmitted
@@ -24,11 +26,11 @@ class IngestStage:
     name: ClassVar[str] = "ingest"
     inputs: ClassVar[tuple[str, ...]] = ("reports.submitted",)
 
-    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+    def handle(self, topic: str, message: Message, uow: UnitOfWork) -> list[Outgoing]:
         assert isinstance(message, ReportSubmitted)
-        report = store.get_report(message.report_id)
+        report = uow.reports.get(message.report_id)
         if report is not None and report.status != "received":
-            return self._replay(message, store)
+            return self._replay(message, uow)
         if not message.urls:
             raise InvalidMessage("no_urls", "the report contains no URL", message.report_id)
         if len(message.urls) > MAX_URLS_PER_REPORT:
@@ -38,7 +40,7 @@ class IngestStage:
                 message.report_id,
             )
         if report is None:
-            report = store.create_report(message)
+            report = uow.reports.create(message)
 
         out: list[Outgoing] = []
         seen: dict[str, str] = {}
@@ -46,7 +48,7 @@ class IngestStage:
             try:
                 norm = normalize_url(raw)
             except UrlRejected as err:
-                store.link_report_url(report.id, position, str(raw), None, err.reason)
+                uow.reports.link_url(report.id, position, str(raw), None, err.reason)
                 out.append(
                     Outgoing(
                         REJECTED,
@@ -62,18 +64,18 @@ class IngestStage:
                 )
                 continue
             if norm.url in seen:  # same URL twice in one report
-                store.link_report_url(report.id, position, raw, seen[norm.url])
+                uow.reports.link_url(report.id, position, raw, seen[norm.url])
                 continue
-            item = store.open_item_for_url(norm.url)
+            item = uow.items.open_for_url(norm.url)
             if item is None:
-                item = store.create_item(norm.url)
-                store.add_event(item.id, self.name, "received", f"reported in {report.id} via {message.channel}")
-                store.link_report_url(report.id, position, raw, item.id)
+                item = uow.items.create(norm.url)
+                uow.items.add_event(item.id, self.name, "received", f"reported in {report.id} via {message.channel}")
+                uow.reports.link_url(report.id, position, raw, item.id)
                 out.append(Outgoing("items.accepted", ItemAccepted(item_id=item.id, url=norm.url, report_ids=[report.id])))
             else:
                 item.last_seen = now()
-                store.link_report_url(report.id, position, raw, item.id)
-                store.add_event(
+                uow.reports.link_url(report.id, position, raw, item.id)
+                uow.items.add_event(
                     item.id, self.name, "reported_again", f"also reported in {report.id}; linked to the open item"
                 )
             seen[norm.url] = item.id
@@ -85,18 +87,18 @@ class IngestStage:
             report.status = "accepted"
         return out
 
-    def _replay(self, message: ReportSubmitted, store: Store) -> list[Outgoing]:
+    def _replay(self, message: ReportSubmitted, uow: UnitOfWork) -> list[Outgoing]:
         """A redelivered report: publish again what it led to (downstream stages are idempotent)."""
         out: list[Outgoing] = []
-        for link in store.report_urls(message.report_id):
+        for link in uow.reports.urls(message.report_id):
             if link.item_id is None:
                 continue
-            item = store.get_item(link.item_id)
-            if item is not None and item.state == "received":
+            item = uow.items.get(link.item_id)
+            if item is not None and item.state == ItemState.RECEIVED:
                 out.append(
                     Outgoing(
                         "items.accepted",
-                        ItemAccepted(item_id=item.id, url=item.url, report_ids=store.report_ids_for_item(item.id)),
+                        ItemAccepted(item_id=item.id, url=item.url, report_ids=uow.items.report_ids(item.id)),
                     )
                 )
         return out

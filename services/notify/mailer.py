@@ -8,6 +8,14 @@ from email.message import EmailMessage
 from typing import Protocol
 
 
+class NotDelivered(Exception):
+    """Placeholder (replaced by the mailer branch)."""
+
+
+class DeliveryUnknown(Exception):
+    """Placeholder (replaced by the mailer branch)."""
+
+
 class Mailer(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 

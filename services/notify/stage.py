@@ -1,10 +1,16 @@
 """Notify: send Notice-and-Takedown e-mails, at most once each.
 
-The notice row is committed as ``sending`` *before* the SMTP conversation and
-marked ``sent`` after. A redelivered notice that is already ``sent`` only
-re-publishes its event; one found still ``sending`` (the process died mid-send)
-is not sent again, because the hoster may already have it: it is marked
-``delivery_unknown`` and raised to operators with its Message-ID.
+Reserve → act → record (``hotline.kernel.stage.SideEffect``): the notice is recorded as
+``sending`` and committed *before* the SMTP conversation, and marked after it:
+
+- ``sent`` when the server accepted the message;
+- ``failed`` when the server did not take it (``NotDelivered``: refused, unreachable,
+  cut off before the end of the data): nothing was delivered, so it is retried;
+- ``delivery_unknown`` when the whole message was handed over but the server's final
+  answer never came (``DeliveryUnknown``), or when a redelivered notice is found still
+  ``sending`` (the process died mid-send): the hoster may already have it, so it is never
+  sent again; the item goes to ``notice_unconfirmed`` for an operator to check the SMTP
+  log by the notice's Message-ID.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hotline.db.models import Notice
-from hotline.stage import Outgoing
-from hotline.store import Store, now
+from hotline.kernel.clock import now
+from hotline.kernel.messages import Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.stage import Result, RetryLater, SideEffect
+from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.notices import NoticeEvent, TakedownNotice
-from services.notify.mailer import Mailer
+from services.notify.mailer import DeliveryUnknown, Mailer
 from services.notify.notice import message_id, render_notice
+
+UNKNOWN_AFTER_RESTART = "delivery outcome unknown after a restart"
 
 
 @dataclass
@@ -30,60 +40,67 @@ class NotifyStage:
     name: ClassVar[str] = "notify"
     inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)
 
-    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+    def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, TakedownNotice)
-        notice = store.get_notice(message.notice_id)
+        notice = uow.notices.get(message.notice_id)
         if notice is not None:
             if notice.status == "sent":
                 return [self._event(message, "sent", f"notice sent to {notice.abuse_email}")]
             if notice.status == "sending":
-                notice.status = "delivery_unknown"
-                item = store.get_item(message.item_id)
-                if item is not None:
-                    store.set_state(
-                        item,
-                        "notice_unconfirmed",
-                        f"the process stopped while sending {notice.message_id}; not re-sent to avoid a "
-                        "duplicate: an operator checks the SMTP log",
-                        self.name,
-                    )
-                store.audit(self.name, "notice_delivery_unknown", notice.id, notice.message_id)
-                return [self._event(message, "delivery_unknown", "delivery outcome unknown after a restart")]
+                return self._unknown(uow, message, UNKNOWN_AFTER_RESTART,
+                                     f"the process stopped while sending {notice.message_id}")
             if notice.status == "delivery_unknown":
-                return [self._event(message, "delivery_unknown", "delivery outcome unknown after a restart")]
-            # status "failed": the last attempt was refused by the SMTP server; try again.
-
-        email = render_notice(message, self.sender, self.hotline_name)
-        if notice is None:
-            notice = Notice(
-                id=message.notice_id,
-                item_id=message.item_id,
-                hoster=message.hoster,
-                abuse_email=message.abuse_email,
-                message_id=message_id(message.notice_id, self.sender.rsplit("@", 1)[-1]),
-                status="sending",
-                created_at=now(),
+                return [self._event(message, "delivery_unknown", UNKNOWN_AFTER_RESTART)]
+            # status "failed": the last attempt did not reach the server; try again.
+            notice.status = "sending"
+        else:
+            uow.notices.reserve(
+                message.notice_id, message.item_id, message.hoster, message.abuse_email,
+                message_id(message.notice_id, self.sender.rsplit("@", 1)[-1]),
             )
-            store.add_notice(notice)
-        notice.status = "sending"
-        store.commit()  # the intent is durable before the side effect
-        try:
-            self.mailer.send(email)
-        except Exception:
-            # The SMTP server refused or was unreachable: nothing was delivered, so a retry is safe.
-            notice.status = "failed"
-            store.commit()
-            raise
-        notice = store.get_notice(message.notice_id)
+        email = render_notice(message, self.sender, self.hotline_name)
+        return SideEffect(
+            act=lambda: self.mailer.send(email),
+            done=lambda u, _: self._sent(u, message),
+            failed=lambda u, exc: self._failed(u, message, exc),
+        )
+
+    def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
+        notice = uow.notices.get(message.notice_id)
         assert notice is not None
         notice.status = "sent"
         notice.sent_at = now()
-        item = store.get_item(message.item_id)
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
+        item = uow.items.get(message.item_id)
         if item is not None:
-            store.set_state(item, "notice_sent", reason, self.name)
-        store.audit(self.name, "notice_sent", message.notice_id, message.abuse_email)
+            uow.items.set_state(item, ItemState.NOTICE_SENT, reason, self.name)
+        uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)
         return [self._event(message, "sent", reason)]
+
+    def _failed(self, uow: UnitOfWork, message: TakedownNotice, exc: Exception) -> list[Outgoing] | RetryLater:
+        if isinstance(exc, DeliveryUnknown):
+            return self._unknown(uow, message, f"no final answer from the mail server: {exc}",
+                                 f"the mail server took the message but never confirmed it ({exc})")
+        # Not delivered (refused, unreachable): nothing reached the hoster, a retry is safe.
+        notice = uow.notices.get(message.notice_id)
+        assert notice is not None
+        notice.status = "failed"
+        return RetryLater(exc)
+
+    def _unknown(self, uow: UnitOfWork, message: TakedownNotice, event_detail: str, why: str) -> list[Outgoing]:
+        notice = uow.notices.get(message.notice_id)
+        assert notice is not None
+        notice.status = "delivery_unknown"
+        item = uow.items.get(message.item_id)
+        if item is not None:
+            uow.items.set_state(
+                item,
+                ItemState.NOTICE_UNCONFIRMED,
+                f"{why}; not re-sent to avoid a duplicate: an operator checks the SMTP log for {notice.message_id}",
+                self.name,
+            )
+        uow.audit.append(self.name, "notice_delivery_unknown", notice.id, notice.message_id)
+        return [self._event(message, "delivery_unknown", event_detail)]
 
     def _event(self, notice: TakedownNotice, kind: str, detail: str) -> Outgoing:
         return Outgoing(

@@ -21,14 +21,14 @@ import yaml
 
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
-from hotline.auth import new_token
-from hotline.bootstrap import System, bootstrap
+from hotline.web.auth import new_token
+from entrypoints.bootstrap import System, bootstrap
 from hotline.config import Settings
-from hotline.demo import NoDns
-from hotline.loopback import LoopbackSite, SmtpSink, free_port, serve_app
+from entrypoints.demo import NoDns
+from doubles.loopback import LoopbackSite, SmtpSink, free_port, serve_app
 from hotline.runtime.embedded import EmbeddedRuntime
-from hotline.store import Store
-from hotline.web import create_app
+from hotline.storage.unit_of_work import SqlUnitOfWork
+from entrypoints.web import create_app
 
 HOSTER_HOST = "images.hoster-a.test"
 
@@ -130,12 +130,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     system = bootstrap(settings, dns=NoDns())
     tokens = {role: new_token() for role in ("admin", "analyst", "hoster")}
     with system.sessions() as session:
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         h = hash_image(photo_like_jpeg(640, 480, seed=known_seed))
-        store.add_bank_entry(category="baseline", source="e2e bank", md5=h.md5, sha1=h.sha1,
+        store.bank.add(category="baseline", source="e2e bank", md5=h.md5, sha1=h.sha1,
                              sha256=h.sha256, pdq=h.pdq, phash=h.phash)
         for role, token in tokens.items():
-            store.add_user(f"e2e-{role}", role, token)
+            store.users.add(f"e2e-{role}", role, token)
         store.commit()
     runtime = EmbeddedRuntime(system.sessions, system.build_stages())
     runtime.start()

@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hashing.synthetic import photo_like_jpeg
-from hotline.store import Store
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from tests.e2e.conftest import Stack, click_and_wait
 
 pytestmark = pytest.mark.e2e
@@ -107,8 +107,8 @@ def test_analyst_signs_in_views_blurred_image_and_escalates(stack: Stack, browse
     assert item["state"] == "escalated"
     assert "police" in item["reason"]
     with stack.system.sessions() as session:
-        store = Store(session)
-        escalations = [e for e in store.escalations() if e.item_id == item_id]
+        store = SqlUnitOfWork(session)
+        escalations = [e for e in store.escalations.since() if e.item_id == item_id]
         assert len(escalations) == 1
         payload = escalations[0].payload
         assert payload["url"] == url
@@ -148,7 +148,7 @@ def test_decision_form_works_without_javascript(stack: Stack, browser_without_js
     (item,) = stack.report_items(report_id, 1)
     assert item["state"] == "closed_not_illegal"
     with stack.system.sessions() as session:
-        assert not [e for e in Store(session).escalations() if e.item_id == item_id]
+        assert not [e for e in SqlUnitOfWork(session).escalations.since() if e.item_id == item_id]
 
     # The decided item has nothing left to decide.
     browser.get(item_page)

@@ -46,9 +46,9 @@ def test_report_two_urls_without_javascript(stack: Stack, browser_without_js: An
     assert by_url[urls[0]]["state"] == "awaiting_assessment"
     assert by_url[urls[1]]["state"] == "closed_offline"
     with stack.system.sessions() as session:
-        from hotline.store import Store
+        from hotline.storage.unit_of_work import SqlUnitOfWork
 
-        report = Store(session).get_report(report_id)
+        report = SqlUnitOfWork(session).reports.get(report_id)
         assert report is not None and report.channel == "web"
         assert report.description == "e2e: two addresses from the public form"
 

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
-from hotline.db.models import Item, Notice, Report, ReportUrl
-from hotline.loopback import LoopbackSite, PartnerEndpoint, SmtpSink
-from hotline.store import Store
+from hotline.storage.models import Item, Notice, Report, ReportUrl
+from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.reports import ReportSubmitted
 from services.assessment.logic import assess
 
@@ -173,11 +173,11 @@ def _make_world(
     return World(tmp, sites, partner, mail, hosting_file, partners_file, known, unknown, token)
 
 
-def load_bank(store: Store, images: list[bytes]) -> None:
+def load_bank(store: SqlUnitOfWork, images: list[bytes]) -> None:
     """Put the hashes (never the bytes) of ``images`` into the bank as known material."""
     for data in images:
         h = hash_image(data)
-        store.add_bank_entry(
+        store.bank.add(
             category="baseline",
             source="test",
             md5=h.md5,
@@ -336,7 +336,7 @@ def run_acceptance(p: Pipeline, w: World, timeout: float = 90.0) -> dict[str, fl
     unknown = item_for_url(p.sessions, cases["unknown_nl"].url)
     assert unknown is not None
     with p.sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         store.enqueue(assess(store, unknown.id, verdict="illegal", category="national", analyst="analyst-1"))
         store.commit()
     p.publish_outbox()
@@ -354,7 +354,7 @@ def run_acceptance(p: Pipeline, w: World, timeout: float = 90.0) -> dict[str, fl
     timings["escalated"] = time.monotonic() - t0
 
     # A new copy of the now-known image, elsewhere in NL: recognised, NTD to Hoster A.
-    # Classify re-reads the bank at most once a second (hotline.bank.Bank.refresh_seconds):
+    # Classify re-reads the bank at most once a second (services.bank.bank.Bank.refresh_seconds):
     # a copy reported within that second of the decision may still count as unknown.
     time.sleep(BANK_REFRESH_SECONDS + 0.5)
     w.sites[NL_A].add("/copy/photo.jpg", "image/jpeg", w.unknown_image)
@@ -366,7 +366,7 @@ def run_acceptance(p: Pipeline, w: World, timeout: float = 90.0) -> dict[str, fl
     final = states_by_url(p.sessions, urls)
     assert final == {c.url: c.state for c in cases.values()}, final
     with p.sessions() as s:
-        assert Store(s).verify_audit_chain() == []
+        assert SqlUnitOfWork(s).audit.verify() == []
     by_notice = w.mail.count_by_notice()
     assert all(n == 1 for n in by_notice.values()), by_notice
     assert len(by_notice) == 2
@@ -484,7 +484,7 @@ class KafkaPipeline:
 
     def publish_outbox(self) -> None:
         """Wait for the relay to empty ``bus_messages`` (it deletes what the broker acknowledged)."""
-        from hotline.db.models import BusMessage
+        from hotline.storage.models import BusMessage
 
         def empty() -> bool:
             with self.sessions() as s:
@@ -550,7 +550,7 @@ class StageProcesses:
         self.commands[name] = (stage, args)
         log = open(self.log_dir / f"{name}.{self.starts[name]}.log", "wb")  # noqa: SIM115 - the child owns it
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "hotline.cli", "serve", *(["--stage", stage] if stage != "all" else []), *args],
+            [sys.executable, "-m", "entrypoints.cli", "serve", *(["--stage", stage] if stage != "all" else []), *args],
             env={**os.environ, **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.db.models import BankEntry
-from hotline.store import Store
+from services.bank.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.models import BankEntry
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_import_and_match_on_postgres(pg_sessions: sessionmaker[Session], tmp_pa
     text += f"{hx(15)},,,,,baseline,x\n"  # md5 one byte short
     text += ",,,,,baseline,x\n"  # no hash
     with pg_sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         added, errors = import_csv(io.StringIO(text), store, batch_size=1_000)
         store.commit()
     assert added == 2_500
@@ -112,8 +112,8 @@ def test_import_and_match_on_postgres(pg_sessions: sessionmaker[Session], tmp_pa
     # Retire, add, and start again from the snapshot.
     with pg_sessions() as s:
         ids = s.scalars(sa.select(BankEntry.id).order_by(BankEntry.id).limit(3)).all()
-        assert retire(Store(s), ids[1], "withdrawn", "test")
-        late = Store(s).add_bank_entry(category="baseline", source="late", sha256=hx(32))
+        assert retire(SqlUnitOfWork(s), ids[1], "withdrawn", "test")
+        late = SqlUnitOfWork(s).bank.add(category="baseline", source="late", sha256=hx(32))
         s.commit()
     again = Bank(pg_sessions, index_dir=tmp_path / "idx", refresh_seconds=0, verify_seconds=None)
     assert again.load() == "snapshot"
@@ -124,14 +124,14 @@ def test_import_and_match_on_postgres(pg_sessions: sessionmaker[Session], tmp_pa
 
     out = io.StringIO()
     with pg_sessions() as s:
-        assert export_csv(Store(s), out) == 2_500
+        assert export_csv(SqlUnitOfWork(s), out) == 2_500
     assert out.getvalue().count("\n") >= 2_501
 
 
 def test_copy_import_is_one_transaction(pg_sessions: sessionmaker[Session]) -> None:
     rows = [{"sha256": hx(32)} for _ in range(30)]
     with pg_sessions() as s:
-        added, errors = import_csv(io.StringIO(csv_text(["sha256"], rows)), Store(s), batch_size=7)
+        added, errors = import_csv(io.StringIO(csv_text(["sha256"], rows)), SqlUnitOfWork(s), batch_size=7)
         assert (added, errors) == (30, [])
         s.rollback()
     with pg_sessions() as s:

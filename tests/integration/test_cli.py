@@ -16,14 +16,14 @@ import pytest
 
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
-from hotline.loopback import LoopbackSite, free_port
+from doubles.loopback import LoopbackSite, free_port
 
 pytestmark = pytest.mark.integration
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hotline.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "entrypoints.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -43,10 +43,10 @@ def test_users_add_prints_a_token_that_authenticates(env: dict[str, str]) -> Non
     again = run(env, "users", "add", "ann", "--role", "analyst")
     assert again.returncode != 0 and "already exists" in again.stderr
 
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
     from hotline.config import Settings
-    from hotline.loopback import serve_app
-    from hotline.web import create_app
+    from doubles.loopback import serve_app
+    from entrypoints.web import create_app
 
     system = bootstrap(Settings(database_url=env["HOTLINE_DATABASE_URL"], index_dir="none"))
     port = free_port()
@@ -110,7 +110,7 @@ def test_serve_embedded_processes_api_and_csv_reports(env: dict[str, str], site:
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hotline.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "entrypoints.cli", "serve", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -142,20 +142,20 @@ def test_serve_embedded_processes_api_and_csv_reports(env: dict[str, str], site:
 
 
 def test_police_feed_embedded_prints_each_escalation(env: dict[str, str]) -> None:
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
     from hotline.config import Settings
-    from hotline.store import Store
+    from hotline.storage.unit_of_work import SqlUnitOfWork
     from schemas.items import ItemClassified
     from services.assessment.logic import assess
 
     system = bootstrap(Settings(database_url=env["HOTLINE_DATABASE_URL"], index_dir="none"))
     with system.sessions() as session:
-        store = Store(session)
-        item = store.create_item("http://img.hoster-a.test/new.jpg")
+        store = SqlUnitOfWork(session)
+        item = store.items.create("http://img.hoster-a.test/new.jpg")
         item.classification = ItemClassified(
             item_id=item.id, url=item.url, online=True, route="assessment", reason="test"
         ).model_dump(mode="json")
-        store.set_state(item, "awaiting_assessment", "test", "test")
+        store.items.set_state(item, "awaiting_assessment", "test", "test")
         store.enqueue(assess(store, item.id, verdict="illegal", category="national", analyst="ann"))
         store.commit()
         item_id = item.id

@@ -19,7 +19,7 @@ def test_hotline_demo_quiet_succeeds(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOTLINE_")}
     env["TMPDIR"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "hotline.cli", "demo", "--quiet"],
+        [sys.executable, "-m", "entrypoints.cli", "demo", "--quiet"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=110,
     )
     out = proc.stdout

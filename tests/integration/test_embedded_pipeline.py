@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.bootstrap import bootstrap
+from entrypoints.bootstrap import bootstrap
 from hotline.config import Settings
-from hotline.db.models import BusMessage
+from hotline.storage.models import BusMessage
 from hotline.runtime.embedded import EmbeddedRuntime
-from hotline.stage import Outgoing
-from hotline.store import Store
+from hotline.kernel.messages import Outgoing
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.reports import ReportSubmitted
 from tests.integration import scenario
 from tests.integration.scenario import PARTNER_TOKEN_ENV, World
@@ -33,7 +33,7 @@ class EmbeddedPipeline:
 
     def submit(self, report: ReportSubmitted) -> None:
         with self.sessions() as s:
-            store = Store(s)
+            store = SqlUnitOfWork(s)
             store.enqueue([Outgoing("reports.submitted", report)])
             store.commit()
 
@@ -77,7 +77,7 @@ def embedded(the_world: World, database_url: str) -> Iterator[tuple[EmbeddedPipe
     settings = Settings(database_url=database_url, **the_world.settings_kwargs())
     system = bootstrap(settings)
     with system.sessions() as s:
-        scenario.load_bank(Store(s), the_world.known_images)
+        scenario.load_bank(SqlUnitOfWork(s), the_world.known_images)
     runtime = EmbeddedRuntime(system.sessions, system.build_stages())
     runtime.start()
     try:

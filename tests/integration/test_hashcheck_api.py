@@ -19,11 +19,11 @@ import sqlalchemy as sa
 
 from hashing.image import ImageHashes, hash_image
 from hashing.synthetic import generate_photo_like
-from hotline.bootstrap import System, bootstrap
+from entrypoints.bootstrap import System, bootstrap
 from hotline.config import Settings
-from hotline.db.models import BusMessage
-from hotline.loopback import free_port
-from hotline.store import Store
+from hotline.storage.models import BusMessage
+from doubles.loopback import free_port
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from services.hashcheck.logic import iso_week
 
 SOURCE = "secret-source-7f3a"
@@ -74,24 +74,24 @@ class App:
 def start_app(database_url: str, seeds: range = range(1, 7), random_entries: int = 2000) -> App:
     import uvicorn
 
-    from hotline.web import create_app
+    from entrypoints.web import create_app
 
     system = bootstrap(Settings(database_url=database_url, index_dir="none"))
     tokens = {}
     known = [png_hashes(s) for s in seeds]
     entry_ids = []
     with system.sessions() as session:
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         for name, role in [("hoster-a", "hoster"), ("hoster-b", "hoster"), ("hoster-c", "hoster"),
                            ("analyst", "analyst"), ("admin", "admin")]:
             tokens[name] = f"tok-{name}-{uuid.uuid4().hex}"
-            store.add_user(name, role, tokens[name])
+            store.users.add(name, role, tokens[name])
         for h in known:
-            e = store.add_bank_entry(category=CATEGORY, source=SOURCE, md5=h.md5, sha1=h.sha1,
+            e = store.bank.add(category=CATEGORY, source=SOURCE, md5=h.md5, sha1=h.sha1,
                                      sha256=h.sha256, pdq=h.pdq, phash=h.phash)
             entry_ids.append(e.id)
         for _ in range(random_entries):
-            store.add_bank_entry(category="baseline", source=SOURCE, md5=os.urandom(16).hex(),
+            store.bank.add(category="baseline", source=SOURCE, md5=os.urandom(16).hex(),
                                  sha256=os.urandom(32).hex(), pdq=os.urandom(32).hex())
         store.commit()
     system.bank.refresh(force=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.loopback import free_port
-from hotline.store import Store
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from doubles.loopback import free_port
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from tests.integration import scenario
 from tests.integration.scenario import KafkaPipeline, StageProcesses, World
 
@@ -68,7 +68,7 @@ def distributed(
     """Bank loaded, topics created, four stage processes and the outbox relay running.
     Processes are always stopped on exit, and their logs shown when the body failed."""
     with sessions() as s:
-        scenario.load_bank(Store(s), w.known_images)
+        scenario.load_bank(SqlUnitOfWork(s), w.known_images)
     log_dir.mkdir(exist_ok=True)
     pipeline = KafkaPipeline(brokers, prefix, sessions, relay=relay)
     procs = StageProcesses(worker_env(w, database_url, brokers, prefix), log_dir)
@@ -120,13 +120,13 @@ def test_through_the_web_process(
     and the police escalation comes out on Kafka."""
     import httpx
 
-    from hotline.auth import new_token
+    from hotline.web.auth import new_token
 
     prefix = unique_topic_prefix + "."
     token = new_token()
     with db_sessions() as s:
-        store = Store(s)
-        store.add_user(f"analyst-{prefix}", "analyst", token)
+        store = SqlUnitOfWork(s)
+        store.users.add(f"analyst-{prefix}", "analyst", token)
         store.commit()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -211,9 +211,9 @@ def test_outbox_relay_keeps_rows_until_the_broker_has_them(
     from kafka.errors import KafkaError
     from sqlalchemy import func, select
 
-    from hotline.db.models import BusMessage
+    from hotline.storage.models import BusMessage
     from hotline.runtime.relay import OutboxRelay
-    from hotline.stage import Outgoing
+    from hotline.kernel.messages import Outgoing
     from schemas.reports import ReportSubmitted
 
     db_url = f"sqlite:///{tmp_path / 'relay.db'}"
@@ -223,7 +223,7 @@ def test_outbox_relay_keeps_rows_until_the_broker_has_them(
     prefix = unique_topic_prefix + "."
     reports = [ReportSubmitted(urls=[f"http://example.test/{i}"]) for i in range(5)]
     with sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         store.enqueue(Outgoing("reports.submitted", r) for r in reports)
         store.commit()
 

@@ -22,10 +22,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.db.models import Item, Notice
-from hotline.loopback import free_port
-from hotline.store import Store
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.models import Item, Notice
+from doubles.loopback import free_port
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from tests.integration import scenario
 from tests.integration.scenario import Pipeline, StageProcesses, World, wait_for
 from tests.integration.test_kafka_pipeline import Deploy, deployer
@@ -239,7 +239,7 @@ def test_kill_embedded_process_mid_batch(tmp_path: Path, slow_world: World) -> N
     @contextlib.contextmanager
     def embedded_process() -> Iterator[tuple[Pipeline, StageProcesses]]:
         with sessions() as s:
-            scenario.load_bank(Store(s), slow_world.known_images)
+            scenario.load_bank(SqlUnitOfWork(s), slow_world.known_images)
         (tmp_path / "logs").mkdir()
         procs = StageProcesses({**slow_world.env(), "HOTLINE_DATABASE_URL": db_url}, tmp_path / "logs")
         try:

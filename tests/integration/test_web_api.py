@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from hashing.synthetic import photo_like_jpeg
-from hotline.auth import new_token
-from hotline.bootstrap import System, bootstrap
+from hotline.web.auth import new_token
+from entrypoints.bootstrap import System, bootstrap
 from hotline.config import Settings
-from hotline.loopback import LoopbackSite, free_port
+from doubles.loopback import LoopbackSite, free_port
 from hotline.runtime.embedded import EmbeddedRuntime
-from hotline.store import Store
-from hotline.web import create_app
+from hotline.storage.unit_of_work import SqlUnitOfWork
+from entrypoints.web import create_app
 from services.notify.mailer import RecordingMailer
 
 COARSE_STATES = {"received", "in_progress", "action_taken", "closed", "rejected"}
@@ -102,9 +102,9 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     system = bootstrap(settings, dns=NoDns(), mailer=RecordingMailer())
     tokens = {role: new_token() for role in ("admin", "analyst", "police", "hoster", "partner")}
     with system.sessions() as session:
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         for role, token in tokens.items():
-            store.add_user(f"test-{role}", role, token)
+            store.users.add(f"test-{role}", role, token)
         store.commit()
     runtime = EmbeddedRuntime(system.sessions, system.build_stages(), poll_seconds=0.02)
     runtime.start()

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hashing.matcher import BankMatcher, BankRecord
 from hashing.snapshot import CompactBankMatcher, current_snapshot, load_snapshot, read_manifest
-from hotline.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
+from services.bank.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
 from hotline.config import Settings
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.db.models import BankEntry
-from hotline.store import Store, now
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.models import BankEntry
+from hotline.kernel.clock import now
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
 RNG = random.Random(7)
 
@@ -65,7 +66,7 @@ def sessions(tmp_path: Path) -> sessionmaker[Session]:
 def do_import(sessions: sessionmaker[Session]) -> Callable[..., tuple[int, list[str]]]:
     def run(text_: str, **kw: object) -> tuple[int, list[str]]:
         with sessions() as s:
-            store = Store(s)
+            store = SqlUnitOfWork(s)
             result = import_csv(io.StringIO(text_), store, **kw)  # type: ignore[arg-type]
             store.commit()
         return result
@@ -83,8 +84,8 @@ def add_entries(
     sessions: sessionmaker[Session], rows: list[dict[str, str]], category: str = "national"
 ) -> list[int]:
     with sessions() as s:
-        store = Store(s)
-        ids = [store.add_bank_entry(category=category, source="analyst", **r).id for r in rows]
+        store = SqlUnitOfWork(s)
+        ids = [store.bank.add(category=category, source="analyst", **r).id for r in rows]
         store.commit()
     return ids
 
@@ -202,7 +203,7 @@ def test_import_is_one_transaction(sessions: sessionmaker[Session]) -> None:
     """Bulk inserts go through the session's connection: no commit, no rows."""
     with sessions() as s:
         added, _ = import_csv(
-            io.StringIO(csv_text(["md5"], [entry() for _ in range(50)])), Store(s), batch_size=10
+            io.StringIO(csv_text(["md5"], [entry() for _ in range(50)])), SqlUnitOfWork(s), batch_size=10
         )
         assert added == 50
         assert s.scalar(text("select count(*) from bank_entries")) == 50
@@ -226,19 +227,19 @@ def test_export_round_trip(
     do_import(csv_text(list(CSV_COLUMNS), rows))
     out = io.StringIO()
     with sessions() as s:
-        assert export_csv(Store(s), out) == 50
+        assert export_csv(SqlUnitOfWork(s), out) == 50
     first = out.getvalue()
 
     url2 = f"sqlite:///{tmp_path / 'other.db'}"
     migrate(url2)
     sessions2 = make_sessionmaker(make_engine(url2))
     with sessions2() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         assert import_csv(io.StringIO(first), store) == (50, [])
         store.commit()
     out2 = io.StringIO()
     with sessions2() as s:
-        export_csv(Store(s), out2)
+        export_csv(SqlUnitOfWork(s), out2)
     assert out2.getvalue() == first
 
 
@@ -253,7 +254,7 @@ def test_retire_stops_matching_and_keeps_the_reason(
     bank = make_bank(sessions)
     assert bank.match(pdq=flip(rows[3]["pdq"], 20)) is not None
     with sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         assert retire(store, 4, "false positive: stock photo", "analyst-1")
         assert not retire(store, 4, "again", "analyst-1")  # already retired
         assert not retire(store, 999, "no such entry", "analyst-1")
@@ -267,8 +268,8 @@ def test_retire_stops_matching_and_keeps_the_reason(
         assert row is not None and row.retired_at is not None
         assert row.retired_reason == "false positive: stock photo"
         out, all_ = io.StringIO(), io.StringIO()
-        assert export_csv(Store(s), out) == 9
-        assert export_csv(Store(s), all_, include_retired=True) == 10
+        assert export_csv(SqlUnitOfWork(s), out) == 9
+        assert export_csv(SqlUnitOfWork(s), all_, include_retired=True) == 10
 
 
 def test_bank_retire_is_immediate_in_this_process(
@@ -296,7 +297,7 @@ def test_snapshot_gives_identical_answers(
         r["md5"] = r["pdq"] = ""
     do_import(csv_text(list(CSV_COLUMNS), rows))
     with sessions() as s:
-        retire(Store(s), 10, "test", "t")
+        retire(SqlUnitOfWork(s), 10, "test", "t")
         s.commit()
     built = make_bank(sessions, tmp_path / "idx")
     assert built.load() == "database"
@@ -330,7 +331,7 @@ def test_incremental_update_after_snapshot(
     late = [entry() for _ in range(5)]
     late_ids = add_entries(sessions, late)
     with sessions() as s:
-        retire(Store(s), 7, "withdrawn", "t")
+        retire(SqlUnitOfWork(s), 7, "withdrawn", "t")
         s.commit()
 
     bank = make_bank(sessions, tmp_path / "idx")
@@ -346,7 +347,7 @@ def test_incremental_update_after_snapshot(
     later = entry()
     (later_id,) = add_entries(sessions, [later])
     with sessions() as s:
-        retire(Store(s), late_ids[0], "duplicate", "t")
+        retire(SqlUnitOfWork(s), late_ids[0], "duplicate", "t")
         s.commit()
     bank.refresh()
     assert bank.match(phash=later["phash"]).entry_id == later_id  # type: ignore[union-attr]
@@ -436,7 +437,7 @@ def test_rebuild_replaces_matcher_and_snapshot(
     bank.load()
     with sessions() as s:
         for i in range(1, 21):
-            retire(Store(s), i, "bulk withdrawal", "t")
+            retire(SqlUnitOfWork(s), i, "bulk withdrawal", "t")
         s.commit()
     bank.rebuild()
     assert len(bank.matcher) == 30
@@ -637,7 +638,7 @@ def test_index_dir_setting(tmp_path: Path) -> None:
 def test_cli_import_rebuild_retire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from hotline.cli import main
+    from entrypoints.cli import main
     from hotline.config import get_settings
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"

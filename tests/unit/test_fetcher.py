@@ -33,9 +33,10 @@ from PIL import Image
 
 import services.classify.fetcher as fetcher_module
 from hashing.image import ImageError, hash_image
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.loopback import LoopbackSite
-from hotline.store import Store
+from hotline.kernel.stage import complete
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from doubles.loopback import LoopbackSite
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.items import ItemAccepted, ItemClassified
 from services.classify.fetcher import Fetcher, FetchError, FetchPolicy, address_allowed
 from services.classify.hosting import HostingDirectory, HostingResolver, NetworkEntry
@@ -645,16 +646,16 @@ def test_hash_image_under_cap_still_works() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path) -> Iterator[SqlUnitOfWork]:
     url = f"sqlite:///{tmp_path / 'fetch.db'}"
     migrate(url)
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
-        yield Store(session)
+        yield SqlUnitOfWork(session)
     engine.dispose()
 
 
-def test_classify_records_pixel_bomb_as_image_error(store: Store, transport: LoopbackOnlyTransport) -> None:
+def test_classify_records_pixel_bomb_as_image_error(store: SqlUnitOfWork, transport: LoopbackOnlyTransport) -> None:
     site = LoopbackSite("127.0.0.2").start()
     try:
         site.add("/bomb.png", "image/png", _png_header_claiming(5000, 5000))
@@ -672,11 +673,11 @@ def test_classify_records_pixel_bomb_as_image_error(store: Store, transport: Loo
         )
         results = {}
         for path in ("/page.html", "/bomb.png"):
-            item = store.create_item(f"http://img.hoster.test:{site.port}{path}")
-            out = stage.handle("items.accepted", ItemAccepted(item_id=item.id, url=item.url, report_ids=[uuid.uuid4().hex]), store)
+            item = store.items.create(f"http://img.hoster.test:{site.port}{path}")
+            out = complete(stage.handle("items.accepted", ItemAccepted(item_id=item.id, url=item.url, report_ids=[uuid.uuid4().hex]), store), store)
             classified = out[0].message
             assert isinstance(classified, ItemClassified)
-            results[path] = (classified, store.get_item(item.id))
+            results[path] = (classified, store.items.get(item.id))
     finally:
         site.stop()
 

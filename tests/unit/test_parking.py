@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.db.models import BusMessage
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.models import BusMessage
 from hotline.runtime.embedded import EmbeddedRuntime
-from hotline.stage import MAX_UNEXPECTED_FAILURES, Outgoing, is_infrastructure_error, park
-from hotline.store import Store
+from hotline.kernel.stage import MAX_UNEXPECTED_FAILURES, Outgoing, is_infrastructure_error, park
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas import Message
 from schemas.items import ItemAccepted
 from schemas.reports import ReportSubmitted
@@ -39,7 +39,7 @@ class FlakyIngest(IngestStage):
     def __init__(self) -> None:
         self.attempts = 0
 
-    def handle(self, topic: str, message: Message, store: Store) -> list[Outgoing]:
+    def handle(self, topic: str, message: Message, store: SqlUnitOfWork) -> list[Outgoing]:
         assert isinstance(message, ReportSubmitted)
         if message.description == "trip":
             self.attempts += 1
@@ -49,7 +49,7 @@ class FlakyIngest(IngestStage):
 
 def submit(sessions: sessionmaker[Session], report: ReportSubmitted) -> None:
     with sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         store.enqueue([Outgoing("reports.submitted", report)])
         store.commit()
 
@@ -83,7 +83,7 @@ def test_a_message_that_keeps_failing_is_parked_and_the_stage_moves_on(sessions:
     assert '"reason_code":"processing_failed"' in rejected[0]
     assert "KeyError" in rejected[0] and bad.report_id in rejected[0]
     with sessions() as s:
-        report = Store(s).get_report(bad.report_id)
+        report = SqlUnitOfWork(s).reports.get(bad.report_id)
         assert report is not None and report.status == "rejected"
         assert "failed 5 times" in (report.reason or "")
 
@@ -101,14 +101,14 @@ def test_an_outage_is_retried_not_parked(sessions: sessionmaker[Session]) -> Non
 
 def test_parking_puts_the_item_before_an_analyst(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
-        store = Store(s)
-        item = store.create_item("http://a.test/x.jpg")
+        store = SqlUnitOfWork(s)
+        item = store.items.create("http://a.test/x.jpg")
         store.commit()
         raw = ItemAccepted(item_id=item.id, url=item.url, report_ids=["r1"]).model_dump_json()
         out = park(FlakyIngest(), "items.accepted", raw, store, ValueError("odd page"), 5)
         store.commit()
         assert [o.topic for o in out] == ["reports.rejected"]
-        again = store.get_item(item.id)
+        again = store.items.get(item.id)
         assert again is not None and again.state == "awaiting_assessment"
         assert "ValueError: odd page" in again.reason
 
@@ -122,7 +122,7 @@ def test_what_counts_as_an_outage(exc: BaseException, infra: bool) -> None:
 
 
 def test_the_kafka_worker_parks_through_the_same_code(tmp_path: Path) -> None:
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
     from hotline.config import Settings
     from hotline.runtime.kafka import StageProcessor
 
@@ -132,7 +132,7 @@ def test_the_kafka_worker_parks_through_the_same_code(tmp_path: Path) -> None:
         out = StageProcessor(system, FlakyIngest()).park("reports.submitted", report.to_bytes(), KeyError("x"), 5)
         assert [o.topic for o in out] == ["reports.rejected"]
         with system.sessions() as s:
-            stored = Store(s).get_report(report.report_id)
+            stored = SqlUnitOfWork(s).reports.get(report.report_id)
             assert stored is not None and stored.status == "rejected"
     finally:
         system.close()

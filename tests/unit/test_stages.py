@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.db.models import (
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.models import (
     AuditLog,
     BankEntry,
     Escalation,
@@ -28,8 +28,9 @@ from hotline.db.models import (
     Report,
     ReportUrl,
 )
-from hotline.stage import Outgoing, run_stage
-from hotline.store import Store
+from hotline.kernel.messages import Outgoing
+from hotline.kernel.stage import run_stage
+from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
 from schemas.notices import NoticeEvent, PartnerForward, PoliceEscalation, TakedownNotice
@@ -64,16 +65,16 @@ def sessions(migrated_template: Path, tmp_path: Path) -> Iterator[sessionmaker[S
 def deliver(sessions: sessionmaker[Session], stage: Any, topic: str, raw: bytes | str) -> list[Outgoing]:
     """One delivery as the embedded runtime does it: decode+handle, publish with the unit of work."""
     with sessions() as session:
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         out = run_stage(stage, topic, raw, store)
         store.enqueue(out)
         store.commit()
         return out
 
 
-def read(sessions: sessionmaker[Session], fn: Callable[[Store], object]) -> object:
+def read(sessions: sessionmaker[Session], fn: Callable[[SqlUnitOfWork], object]) -> object:
     with sessions() as session:
-        return fn(Store(session))
+        return fn(SqlUnitOfWork(session))
 
 
 def of_topic(out: list[Outgoing], topic: str) -> list[Any]:
@@ -99,7 +100,7 @@ def test_new_url_becomes_an_item(sessions: sessionmaker[Session]) -> None:
         assert item is not None and item.state == "received"
         report = s.get(Report, rid)
         assert report is not None and report.status == "accepted"
-        assert [e.kind for e in Store(s).events(item.id)] == ["received"]
+        assert [e.kind for e in SqlUnitOfWork(s).items.events(item.id)] == ["received"]
 
 
 def test_same_url_twice_is_one_item_with_reported_again(sessions: sessionmaker[Session]) -> None:
@@ -110,18 +111,18 @@ def test_same_url_twice_is_one_item_with_reported_again(sessions: sessionmaker[S
     with sessions() as s:
         assert s.scalar(select(Item.id).where(Item.url == "http://site.test/a.jpg")) == first.item_id
         assert len(s.scalars(select(Item)).all()) == 1
-        store = Store(s)
-        assert store.report_ids_for_item(first.item_id) == sorted([r1, r2])
-        kinds = [e.kind for e in store.events(first.item_id)]
+        store = SqlUnitOfWork(s)
+        assert store.items.report_ids(first.item_id) == sorted([r1, r2])
+        kinds = [e.kind for e in store.items.events(first.item_id)]
         assert kinds == ["received", "reported_again"]
-        assert r2 in store.events(first.item_id)[1].detail
+        assert r2 in store.items.events(first.item_id)[1].detail
 
 
 def test_same_url_twice_in_one_report(sessions: sessionmaker[Session]) -> None:
     rid, out = submit(sessions, "http://site.test/a.jpg", "http://SITE.test:80/a.jpg")
     assert len(of_topic(out, "items.accepted")) == 1
     with sessions() as s:
-        links = Store(s).report_urls(rid)
+        links = SqlUnitOfWork(s).reports.urls(rid)
         assert len(links) == 2 and links[0].item_id == links[1].item_id is not None
 
 
@@ -129,10 +130,10 @@ def test_url_of_a_closed_item_opens_a_new_item(sessions: sessionmaker[Session]) 
     _, out1 = submit(sessions, "http://site.test/a.jpg")
     (first,) = of_topic(out1, "items.accepted")
     with sessions() as s:
-        store = Store(s)
-        item = store.get_item(first.item_id)
+        store = SqlUnitOfWork(s)
+        item = store.items.get(first.item_id)
         assert item is not None
-        store.set_state(item, "closed_offline", "gone", "classify")
+        store.items.set_state(item, "closed_offline", "gone", "classify")
         store.commit()
     _, out2 = submit(sessions, "http://site.test/a.jpg")
     (second,) = of_topic(out2, "items.accepted")
@@ -152,7 +153,7 @@ def test_invalid_urls_are_rejected_with_codes_and_the_rest_accepted(sessions: se
     with sessions() as s:
         report = s.get(Report, rid)
         assert report is not None and report.status == "accepted"
-        links = Store(s).report_urls(rid)
+        links = SqlUnitOfWork(s).reports.urls(rid)
         assert [link.item_id is None for link in links] == [True, False, True]
         assert "http and https" in (links[0].rejected_reason or "")
 
@@ -223,10 +224,10 @@ def test_redelivered_report_creates_nothing_new(sessions: sessionmaker[Session])
 
 def make_item(sessions: sessionmaker[Session], state: str, classification: ItemClassified | None = None) -> str:
     with sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         # A distinct URL per item: only one open item may exist per URL.
-        item = store.create_item(f"http://img.hoster-a.test/known.jpg?case={uuid.uuid4().hex}")
-        store.set_state(item, state, "set up by the test", "test")
+        item = store.items.create(f"http://img.hoster-a.test/known.jpg?case={uuid.uuid4().hex}")
+        store.items.set_state(item, state, "set up by the test", "test")
         if classification is not None:
             item.classification = classification.model_copy(update={"item_id": item.id}).model_dump(mode="json")
         store.commit()
@@ -279,7 +280,7 @@ def test_notice_is_sent_once(sessions: sessionmaker[Session]) -> None:
         assert notice is not None and notice.status == "sent" and notice.sent_at is not None
         item = s.get(Item, item_id)
         assert item is not None and item.state == "notice_sent" and "abuse@hoster-a.test" in item.reason
-        assert Store(s).verify_audit_chain() == []
+        assert SqlUnitOfWork(s).audit.verify() == []
 
 
 def test_redelivered_notice_is_not_sent_again(sessions: sessionmaker[Session]) -> None:
@@ -432,7 +433,7 @@ CLASSIFIED = ItemClassified(
 
 def do_assess(sessions: sessionmaker[Session], item_id: str, verdict: str, category: str | None = "national") -> list[Outgoing]:
     with sessions() as s:
-        store = Store(s)
+        store = SqlUnitOfWork(s)
         out = assess(store, item_id, verdict=verdict, category=category, analyst="ann", notes="seen")  # type: ignore[arg-type]
         store.enqueue(out)
         store.commit()
@@ -572,7 +573,7 @@ def test_audit_timestamps_read_back_in_utc_whatever_the_session_zone(sessions: s
     # hashes at.isoformat(), so a "+01:00" spelling of the same instant broke every row.
     from datetime import UTC, datetime, timedelta, timezone
 
-    from hotline.db.models import UTCDateTime
+    from hotline.storage.models import UTCDateTime
 
     amsterdam = datetime(2026, 1, 5, 13, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
     read_back = UTCDateTime().process_result_value(amsterdam, None)

@@ -17,15 +17,15 @@ def feed(settings: Settings, follow: bool = False, poll_seconds: float = 1.0) ->
     if settings.kafka_brokers:
         yield from _kafka_feed(settings, follow)
         return
-    from hotline.bootstrap import bootstrap
-    from hotline.store import Store
+    from entrypoints.bootstrap import bootstrap
+    from hotline.storage.unit_of_work import SqlUnitOfWork
 
     system = bootstrap(settings)
     last = None
     seen: set[str] = set()
     while True:
         with system.sessions() as session:
-            for row in Store(session).escalations(after=None if last is None else last):
+            for row in SqlUnitOfWork(session).escalations.since(after=None if last is None else last):
                 if row.id in seen:
                     continue
                 seen.add(row.id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
 
-from hotline.store import Store
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
 ROLES = ("admin", "analyst", "police", "hoster", "partner")
 
@@ -28,9 +28,9 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def get_store(request: Request) -> Iterator[Store]:
+def get_store(request: Request) -> Iterator[SqlUnitOfWork]:
     with request.app.state.system.request_sessions()() as session:
-        yield Store(session)
+        yield SqlUnitOfWork(session)
 
 
 def _token(request: Request) -> str | None:
@@ -40,11 +40,11 @@ def _token(request: Request) -> str | None:
     return request.cookies.get("hotline_token")
 
 
-def optional_caller(request: Request, store: Store = Depends(get_store)) -> Caller | None:
+def optional_caller(request: Request, store: SqlUnitOfWork = Depends(get_store)) -> Caller | None:
     token = _token(request)
     if token is None:
         return None
-    user = store.user_by_token(token)
+    user = store.users.by_token(token)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return Caller(user.id, user.name, user.role)

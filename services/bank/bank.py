@@ -53,8 +53,9 @@ from hashing.snapshot import (
     save_snapshot,
     snapshot_lock,
 )
-from hotline.db.models import AuditLog, BankEntry
-from hotline.store import Store, now
+from hotline.kernel.clock import now
+from hotline.storage.models import AuditLog, BankEntry
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
 if TYPE_CHECKING:
     from hotline.config import Settings
@@ -580,7 +581,7 @@ class Bank:
     def retire(self, entry_id: int, reason: str, actor: str) -> bool:
         """Retire in the database (reason kept) and stop matching at once in this process."""
         with self.sessions() as session:
-            store = Store(session)
+            store = SqlUnitOfWork(session)
             ok = retire(store, entry_id, reason, actor)
             store.commit()
         if ok:
@@ -680,7 +681,7 @@ def _copy_text(v: str | None) -> str:
 
 def import_csv(
     stream: TextIO,
-    store: Store,
+    store: SqlUnitOfWork,
     default_category: str = "baseline",
     default_source: str = "import",
     progress: Callable[[int], None] | None = None,
@@ -786,11 +787,11 @@ def import_csv(
             progress(read % batch_size)
     finally:
         writer.close()
-    store.audit("cli", "bank_import", "bank", f"{added} entries added, {len(errors)} rows refused")
+    store.audit.append("cli", "bank_import", "bank", f"{added} entries added, {len(errors)} rows refused")
     return added, errors
 
 
-def export_csv(store: Store, out: TextIO, include_retired: bool = False) -> int:
+def export_csv(store: SqlUnitOfWork, out: TextIO, include_retired: bool = False) -> int:
     """Write the bank as CSV (same columns as the import). Streams: constant memory at 10M rows."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
@@ -805,7 +806,7 @@ def export_csv(store: Store, out: TextIO, include_retired: bool = False) -> int:
     return n
 
 
-def retire(store: Store, entry_id: int, reason: str, actor: str) -> bool:
+def retire(store: SqlUnitOfWork, entry_id: int, reason: str, actor: str) -> bool:
     """Retire an entry: it stops matching, the reason stays on record.
 
     The ``bank_retire`` audit row is also how every running :class:`Bank`
@@ -816,7 +817,7 @@ def retire(store: Store, entry_id: int, reason: str, actor: str) -> bool:
         return False
     entry.retired_at = now()
     entry.retired_reason = reason
-    store.audit(actor, RETIRE_ACTION, str(entry_id), reason)
+    store.audit.append(actor, RETIRE_ACTION, str(entry_id), reason)
     return True
 
 

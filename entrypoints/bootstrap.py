@@ -13,10 +13,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from hashing.image import hash_image
-from hotline.bank import Bank
 from hotline.config import Settings
-from hotline.db.engine import make_engine, make_sessionmaker, migrate
-from hotline.stage import Stage
+from hotline.kernel.stage import Stage
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
 from services.classify.hosting import HostingDirectory, HostingResolver, Resolver
 from services.classify.stage import ClassifyStage

@@ -13,7 +13,7 @@ from hotline.config import Settings, get_settings
 
 
 def _system(settings: Settings | None = None):  # type: ignore[no-untyped-def]
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
 
     return bootstrap(settings or get_settings())
 
@@ -34,7 +34,7 @@ def main(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="Only print the summary.")
 def demo(quiet: bool) -> None:
     """Run the whole pipeline embedded on synthetic data and report what happened."""
-    from hotline.demo import run_demo
+    from entrypoints.demo import run_demo
 
     logging.getLogger().setLevel(logging.WARNING)
 
@@ -49,8 +49,8 @@ def serve(host: str, port: int, stage: str | None) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
     import uvicorn
 
-    from hotline.bootstrap import STAGE_NAMES
-    from hotline.web import create_app
+    from entrypoints.bootstrap import STAGE_NAMES
+    from entrypoints.web import create_app
 
     settings = get_settings()
     system = _system(settings)
@@ -58,7 +58,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
         if stage in STAGE_NAMES:
             from hotline.runtime.kafka import run_stage_worker
 
-            run_stage_worker(system, stage)
+            run_stage_worker(settings, system.sessions, system.build_stage(stage))
             return
         if stage not in (None, "web"):
             raise click.BadParameter(f"unknown stage {stage!r}", param_hint="--stage")
@@ -91,7 +91,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    from hotline.db.engine import migrate as run
+    from hotline.storage.engine import migrate as run
 
     run(get_settings().database_url)
     click.echo("database is at the newest schema")
@@ -137,8 +137,8 @@ def bank_import(
     """
     from tqdm import tqdm
 
-    from hotline.bank import Bank, import_csv
-    from hotline.store import Store
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+    from services.bank.bank import Bank, import_csv
 
     settings = get_settings()
     system = _system(settings)
@@ -149,7 +149,7 @@ def bank_import(
         file.open(newline="", encoding="utf-8-sig") as fh,
         tqdm(total=total, unit="rows", unit_scale=True, disable=total < 10_000 or not sys.stderr.isatty()) as bar,
     ):
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         added, errors = import_csv(fh, store, category, source or file.name, progress=bar.update)
         store.commit()
     elapsed = time.perf_counter() - started
@@ -184,17 +184,17 @@ def bank_import(
 @click.option("--include-retired", is_flag=True)
 def bank_export(output: Path | None, include_retired: bool) -> None:
     """Write the bank as CSV (to stdout by default)."""
-    from hotline.bank import export_csv
-    from hotline.store import Store
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+    from services.bank.bank import export_csv
 
     system = _system()
     with system.sessions() as session:
         if output:
             with output.open("w", newline="") as fh:
-                n = export_csv(Store(session), fh, include_retired)
+                n = export_csv(SqlUnitOfWork(session), fh, include_retired)
             click.echo(f"exported {n} entries to {output}", err=True)
         else:
-            export_csv(Store(session), sys.stdout, include_retired)
+            export_csv(SqlUnitOfWork(session), sys.stdout, include_retired)
 
 
 @bank.command("retire")
@@ -202,12 +202,12 @@ def bank_export(output: Path | None, include_retired: bool) -> None:
 @click.option("--reason", required=True, help="Why the entry leaves the bank (kept on record).")
 def bank_retire(entry_id: int, reason: str) -> None:
     """Retire a bank entry; it stops matching, the reason is kept."""
-    from hotline.bank import retire
-    from hotline.store import Store
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+    from services.bank.bank import retire
 
     system = _system()
     with system.sessions() as session:
-        store = Store(session)
+        store = SqlUnitOfWork(session)
         ok = retire(store, entry_id, reason, "cli")
         store.commit()
     if not ok:
@@ -230,8 +230,8 @@ def reports_import(file: Path) -> None:
     """
     import csv
 
-    from hotline.stage import Outgoing
-    from hotline.store import Store
+    from hotline.kernel.messages import Outgoing
+    from hotline.storage.unit_of_work import SqlUnitOfWork
     from schemas.reports import ReportSubmitted
 
     with file.open(newline="") as fh:
@@ -262,9 +262,9 @@ def reports_import(file: Path) -> None:
     else:
         system = _system(settings)
         with system.sessions() as session:
-            store = Store(session)
+            store = SqlUnitOfWork(session)
             for m in messages:
-                store.create_report(m)
+                store.reports.create(m)
             store.enqueue(Outgoing("reports.submitted", m) for m in messages)
             store.commit()
     for m in messages:
@@ -280,7 +280,7 @@ def bank_index() -> None:
 @bank_index.command("rebuild")
 def bank_index_rebuild() -> None:
     """Build the matcher from the database and save a fresh snapshot."""
-    from hotline.bank import Bank
+    from services.bank.bank import Bank
 
     settings = get_settings()
     if settings.index_path() is None:
@@ -307,7 +307,7 @@ def bank_index_status() -> None:
     from sqlalchemy import func, select
 
     from hashing.snapshot import SnapshotError, current_snapshot, read_manifest
-    from hotline.db.models import BankEntry
+    from hotline.storage.models import BankEntry
 
     settings = get_settings()
     index_dir = settings.index_path()
@@ -345,17 +345,17 @@ def users() -> None:
 @click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner"]))
 def users_add(name: str, role: str) -> None:
     """Create an account and print its API token (shown only once)."""
-    from hotline.auth import new_token
-    from hotline.store import Store
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+    from hotline.web.auth import new_token
 
     system = _system()
     token = new_token()
     with system.sessions() as session:
-        store = Store(session)
-        if store.user_by_name(name) is not None:
+        store = SqlUnitOfWork(session)
+        if store.users.by_name(name) is not None:
             raise click.ClickException(f"a user named {name!r} already exists")
-        store.add_user(name, role, token)
-        store.audit("cli", "user_added", name, role)
+        store.users.add(name, role, token)
+        store.audit.append("cli", "user_added", name, role)
         store.commit()
     click.echo(token)
 
@@ -369,7 +369,7 @@ def police() -> None:
 @click.option("--follow", is_flag=True, help="Keep waiting for new escalations.")
 def police_feed(follow: bool) -> None:
     """Print every escalations.police message so far as JSON lines."""
-    from hotline.police_feed import feed
+    from entrypoints.police_feed import feed
 
     for line in feed(get_settings(), follow=follow):
         click.echo(line)
@@ -420,11 +420,11 @@ def topics_create() -> None:
 @main.command("audit-verify")
 def audit_verify() -> None:
     """Check the hash chain of the audit log."""
-    from hotline.store import Store
+    from hotline.storage.unit_of_work import SqlUnitOfWork
 
     system = _system()
     with system.sessions() as session:
-        bad = Store(session).verify_audit_chain()
+        bad = SqlUnitOfWork(session).audit.verify()
     if bad:
         raise click.ClickException(f"audit log rows fail verification: {bad[:20]}")
     click.echo("audit log chain intact")

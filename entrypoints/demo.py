@@ -23,11 +23,11 @@ import httpx
 import yaml
 from PIL import Image
 
+from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink, free_port, serve_app
 from hashing.image import hash_image
 from hashing.synthetic import generate_photo_like, jpeg_bytes, photo_like_jpeg
 from hotline.config import Settings
-from hotline.loopback import LoopbackSite, PartnerEndpoint, SmtpSink, free_port, serve_app
-from hotline.store import Store
+from hotline.storage.unit_of_work import SqlUnitOfWork
 
 FINAL = {"notice_sent", "forwarded", "escalated", "closed_offline", "closed_not_illegal", "rejected"}
 
@@ -67,9 +67,9 @@ def _page(title: str, images: list[str]) -> bytes:
 
 
 def run_demo(quiet: bool = False) -> int:
-    from hotline.bootstrap import bootstrap
+    from entrypoints.bootstrap import bootstrap
+    from entrypoints.web import create_app
     from hotline.runtime.embedded import EmbeddedRuntime
-    from hotline.web import create_app
 
     def say(text: str = "") -> None:
         if not quiet:
@@ -133,16 +133,16 @@ def run_demo(quiet: bool = False) -> int:
 
         # --- bank and accounts ---------------------------------------------
         with system.sessions() as session:
-            store = Store(session)
+            store = SqlUnitOfWork(session)
             for data in known.values():
                 h = hash_image(data)
-                store.add_bank_entry(category="baseline", source="demo bank", md5=h.md5, sha1=h.sha1,
+                store.bank.add(category="baseline", source="demo bank", md5=h.md5, sha1=h.sha1,
                                      sha256=h.sha256, pdq=h.pdq, phash=h.phash)
-            from hotline.auth import new_token
+            from hotline.web.auth import new_token
 
             analyst_token, admin_token = new_token(), new_token()
-            store.add_user("demo-analyst", "analyst", analyst_token)
-            store.add_user("demo-admin", "admin", admin_token)
+            store.users.add("demo-analyst", "analyst", analyst_token)
+            store.users.add("demo-admin", "admin", admin_token)
             store.commit()
         say(f"bank: {len(known)} known images (hashes only); 3 hosting providers on loopback; SMTP on {smtp.host}:{smtp.port}")
 
@@ -215,7 +215,7 @@ def run_demo(quiet: bool = False) -> int:
         thread.join(5)
         runtime.stop()
         with system.sessions() as session:
-            escalations = Store(session).escalations()
+            escalations = SqlUnitOfWork(session).escalations.since()
         smtp.stop()
         partner.stop()
         for s in (site_a, site_b, site_de):

@@ -1,32 +1,33 @@
-"""The FastAPI application: routes of every service behind one app, plus health and metrics."""
+"""The app shell every service's routes are mounted on: 422s that name the field, health,
+Prometheus metrics. It knows the tables it reports on, never the features' routes; the
+composition root (``entrypoints.web``) includes those."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.bootstrap import System
-from hotline.db.models import BusMessage, Item
-from services.assessment.pages import router as analyst_pages_router
-from services.assessment.routes import router as assessment_router
-from services.hashcheck.routes import router as hashcheck_router
-from services.ingest.routes import router as ingest_router
+from hotline.storage.models import BusMessage, Item
 
 
-def create_app(system: System) -> FastAPI:
+def create_shell(system: Any, sessions: sessionmaker[Session], routers: Iterable[APIRouter]) -> FastAPI:
+    """``system`` goes to ``app.state.system`` (routes read their adapters from it);
+    ``sessions`` serve health and metrics."""
     app = FastAPI(
         title="hotline",
         description="Report intake, status, analyst assessment and HashCheck for a CSAM reporting hotline.",
         version="0.1.0",
     )
     app.state.system = system
-    app.include_router(ingest_router)
-    app.include_router(assessment_router)
-    app.include_router(analyst_pages_router)
-    app.include_router(hashcheck_router)
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -43,7 +44,7 @@ def create_app(system: System) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict[str, str]:
-        with system.sessions() as s:
+        with sessions() as s:
             s.execute(select(1))
         return {"status": "ok"}
 
@@ -52,7 +53,7 @@ def create_app(system: System) -> FastAPI:
         registry = CollectorRegistry()
         items = Gauge("hotline_items", "Items by state", ["state"], registry=registry)
         backlog = Gauge("hotline_outbox_messages", "Messages in the bus/outbox table", registry=registry)
-        with system.sessions() as s:
+        with sessions() as s:
             for state, count in s.execute(select(Item.state, func.count()).group_by(Item.state)):
                 items.labels(state).set(count)
             backlog.set(s.scalar(select(func.count()).select_from(BusMessage)) or 0)

@@ -1,7 +1,7 @@
 """The tables. Image bytes never appear here: only hashes and metadata.
 
 Both SQLite (embedded) and PostgreSQL (distributed) run these models; the
-Alembic migrations in ``hotline/db/migrations`` create them.
+Alembic migrations in ``hotline/storage/migrations`` create them.
 """
 
 from __future__ import annotations
@@ -39,22 +39,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
-
-
-# Item states (contract). "Open" states are those in which new reports of the
-# same URL link to the existing item instead of creating new work.
-FINAL_STATES = frozenset({"removed", "closed_offline", "closed_not_illegal"})
-ITEM_STATES = (
-    "received",
-    "classifying",
-    "awaiting_assessment",
-    "escalated",
-    "notice_sent",
-    "forwarded",
-    "removed",
-    "closed_offline",
-    "closed_not_illegal",
-)
 
 
 class Report(Base):

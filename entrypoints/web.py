@@ -1,0 +1,20 @@
+"""The assembled web app: the platform's shell with every service's routes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from entrypoints.bootstrap import System
+from hotline.web.app import create_shell
+from services.assessment.pages import router as analyst_pages_router
+from services.assessment.routes import router as assessment_router
+from services.hashcheck.routes import router as hashcheck_router
+from services.ingest.routes import router as ingest_router
+
+
+def create_app(system: System) -> FastAPI:
+    return create_shell(
+        system,
+        system.sessions,
+        [ingest_router, assessment_router, analyst_pages_router, hashcheck_router],
+    )

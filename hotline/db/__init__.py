@@ -1,1 +1,0 @@
-"""State: SQLAlchemy 2 models, engine/session setup and Alembic migrations."""

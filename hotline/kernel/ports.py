@@ -1,0 +1,118 @@
+"""The ports stages and the kernel work through: one repository per aggregate, gathered in
+a unit of work whose transaction the runtime owns.
+
+``hotline.storage.unit_of_work.SqlUnitOfWork`` is the real adapter (SQLAlchemy);
+``hotline.storage.memory.MemoryUnitOfWork`` keeps the same state in dictionaries so stage
+unit tests run without a database. The entities are the table classes of
+``hotline.storage.models``, used as plain objects: a stage changes their fields and the
+unit of work persists the change when the runtime commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from hotline.kernel.messages import InvalidMessage, Outgoing
+    from hotline.storage.models import (
+        BankEntry,
+        Forward,
+        Item,
+        ItemEvent,
+        Notice,
+        Report,
+        ReportUrl,
+    )
+    from schemas.reports import ReportSubmitted
+
+
+class AuditTrail(Protocol):
+    def append(self, actor: str, action: str, subject: str, detail: str = "") -> None: ...
+
+
+class ReportRepository(Protocol):
+    def get(self, report_id: str) -> Report | None: ...
+    def by_idempotency_key(self, key: str) -> Report | None: ...
+    def create(self, msg: ReportSubmitted, idempotency_key: str | None = None) -> Report: ...
+    def urls(self, report_id: str) -> Sequence[ReportUrl]: ...
+    def link_url(
+        self, report_id: str, position: int, url_as_reported: str, item_id: str | None,
+        rejected_reason: str | None = None,
+    ) -> None: ...
+    def record_rejection(self, stage: str, err: InvalidMessage) -> None:
+        """Make sure a rejected report is visible as rejected, whatever stage threw it out."""
+        ...
+
+
+class ItemRepository(Protocol):
+    def get(self, item_id: str) -> Item | None: ...
+    def reload(self, item: Item) -> Item:
+        """The item as committed now (another worker may have classified it meanwhile)."""
+        ...
+    def open_for_url(self, url: str) -> Item | None: ...
+    def create(self, url: str) -> Item:
+        """A new open item for ``url``; raises IntegrityError when another worker just opened
+        one for the same URL (the retry then links to that item)."""
+        ...
+    def set_state(self, item: Item, state: str, reason: str, stage: str) -> None:
+        """Change state (checked against ``hotline.kernel.states.TRANSITIONS``), with a
+        timeline event; a final state frees the URL for new work."""
+        ...
+    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None: ...
+    def events(self, item_id: str) -> Sequence[ItemEvent]: ...
+    def report_ids(self, item_id: str) -> list[str]: ...
+    def in_state(self, state: str) -> Sequence[Item]: ...
+
+
+class NoticeRepository(Protocol):
+    def get(self, notice_id: str) -> Notice | None: ...
+    def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
+        """A new notice in status ``sending``."""
+        ...
+
+
+class ForwardRepository(Protocol):
+    def get(self, forward_id: str) -> Forward | None: ...
+    def open(self, forward_id: str, item_id: str, country: str, partner: str) -> Forward:
+        """A new forward in status ``pending`` with no attempts."""
+        ...
+
+
+class EscalationRepository(Protocol):
+    def add(self, escalation_id: str, item_id: str, payload: dict[str, Any]) -> None: ...
+
+
+class AssessmentRepository(Protocol):
+    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None: ...
+
+
+class BankRepository(Protocol):
+    def add(self, *, category: str, source: str, **hashes: str | None) -> BankEntry: ...
+
+
+class UnitOfWork(Protocol):
+    # Read-only properties, so any adapter's own repository classes satisfy the protocol.
+    @property
+    def reports(self) -> ReportRepository: ...
+    @property
+    def items(self) -> ItemRepository: ...
+    @property
+    def notices(self) -> NoticeRepository: ...
+    @property
+    def forwards(self) -> ForwardRepository: ...
+    @property
+    def escalations(self) -> EscalationRepository: ...
+    @property
+    def assessments(self) -> AssessmentRepository: ...
+    @property
+    def bank(self) -> BankRepository: ...
+    @property
+    def audit(self) -> AuditTrail: ...
+
+    def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
+        """Publish messages *with* this unit of work (transactional outbox)."""
+        ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+

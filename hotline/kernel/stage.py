@@ -1,0 +1,96 @@
+"""What a stage is, independent of transport and storage.
+
+A stage takes one message and decides; the runtime owns the transaction. ``handle``
+reads and changes state through the unit of work it is handed (``hotline.kernel.ports``)
+and returns either the messages it produces, or a ``SideEffect`` when something outside
+the database must happen (an e-mail, a partner's HTTP endpoint). A side effect is three
+steps the runtime runs with a commit between each (reserve → act → record):
+
+1. ``handle`` *reserves*: records the intent (a notice ``sending``) and returns the effect;
+   the runtime commits that, so the intent is durable before anything leaves the machine;
+2. the runtime calls ``act()`` outside any transaction (no lock is held while a slow
+   server answers);
+3. the runtime calls ``done(uow, value)`` or ``failed(uow, error)`` in a new transaction
+   and commits what it records together with the messages it returns (and, embedded,
+   the consumer position). ``failed`` may return ``RetryLater``: what it recorded is
+   committed, and the message is retried after back-off as if ``error`` had been raised.
+
+No stage commits, rolls back or sleeps; a crash between any two steps redelivers the
+message to ``handle``, which sees the reservation and decides what is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from hotline.kernel.messages import InvalidMessage, Outgoing, decode, field_of, rejection
+from hotline.kernel.ports import UnitOfWork
+from schemas import Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Returned by ``SideEffect.failed``: keep what was recorded, retry the message later."""
+
+    error: BaseException
+    after_seconds: float | None = None  # the stage's own pace, e.g. a partner's retry interval
+
+
+@dataclass(frozen=True)
+class SideEffect:
+    """An action outside the database, run by the runtime between two commits."""
+
+    act: Callable[[], Any]
+    done: Callable[[UnitOfWork, Any], list[Outgoing]]
+    failed: Callable[[UnitOfWork, Exception], list[Outgoing] | RetryLater]
+
+
+Result = list[Outgoing] | SideEffect
+
+
+class Stage(Protocol):
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
+
+    def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result: ...
+
+
+def run_stage(stage: Stage, topic: str, raw: bytes | str, uow: UnitOfWork) -> Result:
+    """Decode and handle; invalid input becomes a rejection (the report recorded as rejected
+    too, whatever the stage had changed is rolled back). Other exceptions propagate."""
+    try:
+        return stage.handle(topic, decode(topic, raw), uow)
+    except InvalidMessage as err:
+        log.warning("stage %s rejected a message from %s: %s", stage.name, topic, err)
+        if err.report_id is None:
+            rid = field_of(raw, "report_id")
+            if rid and len(rid) <= 64:
+                # A malformed message whose report id is still readable: record that report as
+                # rejected too, or it would be a silent drop (404 on its status page).
+                err.report_id = rid
+        uow.rollback()
+        uow.reports.record_rejection(stage.name, err)
+        return [rejection(stage.name, topic, raw, err)]
+
+
+def complete(result: Result, uow: UnitOfWork) -> list[Outgoing]:
+    """Run a stage's result to its end on one unit of work, committing between the steps as
+    a runtime does; a ``RetryLater`` re-raises its error. For tests and tools that drive a
+    stage by hand (the runtimes use ``hotline.runtime.steps``)."""
+    if not isinstance(result, SideEffect):
+        return result
+    uow.commit()
+    try:
+        value = result.act()
+    except Exception as exc:  # noqa: BLE001 - the stage's ``failed`` step judges it
+        recorded = result.failed(uow, exc)
+        if isinstance(recorded, RetryLater):
+            uow.commit()
+            raise recorded.error from exc
+        return recorded
+    return result.done(uow, value)

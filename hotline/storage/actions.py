@@ -1,0 +1,75 @@
+"""What the hotline did about an item: takedown notices, partner forwards, police
+escalations and analysts' assessments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hotline.kernel.clock import now
+from hotline.storage.models import Assessment, Escalation, Forward, Notice
+
+
+def new_notice(notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
+    return Notice(
+        id=notice_id, item_id=item_id, hoster=hoster, abuse_email=abuse_email, message_id=message_id,
+        status="sending", created_at=now(),
+    )
+
+
+def new_forward(forward_id: str, item_id: str, country: str, partner: str) -> Forward:
+    return Forward(id=forward_id, item_id=item_id, country=country, partner=partner, status="pending", attempts=0)
+
+
+class SqlNotices:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, notice_id: str) -> Notice | None:
+        return self.session.get(Notice, notice_id)
+
+    def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
+        notice = new_notice(notice_id, item_id, hoster, abuse_email, message_id)
+        self.session.add(notice)
+        return notice
+
+
+class SqlForwards:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, forward_id: str) -> Forward | None:
+        return self.session.get(Forward, forward_id)
+
+    def open(self, forward_id: str, item_id: str, country: str, partner: str) -> Forward:
+        forward = new_forward(forward_id, item_id, country, partner)
+        self.session.add(forward)
+        return forward
+
+
+class SqlEscalations:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, escalation_id: str, item_id: str, payload: dict[str, Any]) -> None:
+        self.session.add(Escalation(id=escalation_id, item_id=item_id, payload=payload, created_at=now()))
+
+    def since(self, after: datetime | None = None) -> Sequence[Escalation]:
+        q = select(Escalation).order_by(Escalation.created_at, Escalation.id)
+        if after is not None:
+            q = q.where(Escalation.created_at >= after)
+        return self.session.scalars(q).all()
+
+
+class SqlAssessments:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None:
+        self.session.add(
+            Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
+        )

@@ -1,0 +1,81 @@
+"""Items: one per unique open URL, with its state, reason and timeline."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from hotline.kernel.clock import now
+from hotline.kernel.states import FINAL, ItemState, check_transition
+from hotline.storage.models import Item, ItemEvent, OpenUrl, ReportUrl
+
+
+def url_digest(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def new_item(url: str) -> Item:
+    t = now()
+    return Item(
+        id=uuid.uuid4().hex, url=url, state=ItemState.RECEIVED, reason="waiting to be classified",
+        first_seen=t, last_seen=t, updated_at=t,
+    )
+
+
+def apply_state(item: Item, state: str, reason: str) -> ItemState:
+    """Check and apply a state change to the entity; the repositories add the event."""
+    new = check_transition(item.state, state)
+    item.state = new
+    item.reason = reason
+    item.updated_at = now()
+    return new
+
+
+class SqlItems:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, item_id: str) -> Item | None:
+        return self.session.get(Item, item_id)
+
+    def reload(self, item: Item) -> Item:
+        self.session.refresh(item)
+        return item
+
+    def open_for_url(self, url: str) -> Item | None:
+        item_id = self.session.scalar(select(OpenUrl.item_id).where(OpenUrl.url_sha256 == url_digest(url)))
+        return None if item_id is None else self.session.get(Item, item_id)
+
+    def create(self, url: str) -> Item:
+        item = new_item(url)
+        self.session.add(item)
+        self.session.flush()
+        self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item.id))
+        self.session.flush()
+        return item
+
+    def set_state(self, item: Item, state: str, reason: str, stage: str) -> None:
+        new = apply_state(item, state, reason)
+        self.add_event(item.id, stage, new, reason)
+        if new in FINAL:
+            # A closed URL reported again is new work: free the slot.
+            self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
+
+    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None:
+        self.session.add(ItemEvent(item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=now()))
+
+    def events(self, item_id: str) -> Sequence[ItemEvent]:
+        return self.session.scalars(
+            select(ItemEvent).where(ItemEvent.item_id == item_id).order_by(ItemEvent.id)
+        ).all()
+
+    def report_ids(self, item_id: str) -> list[str]:
+        rows = self.session.scalars(select(ReportUrl.report_id).where(ReportUrl.item_id == item_id).distinct()).all()
+        return sorted(rows)
+
+    def in_state(self, state: str) -> Sequence[Item]:
+        return self.session.scalars(select(Item).where(Item.state == state).order_by(Item.first_seen)).all()

@@ -1,0 +1,242 @@
+"""The unit of work in dictionaries: the same repositories as ``SqlUnitOfWork`` without a
+database, for stage unit tests (cosmicpython's fake repositories).
+
+``commit`` keeps everything and moves the enqueued messages to ``published``;
+``rollback`` restores the state of the last commit, so a stage test sees exactly
+what a runtime would have persisted.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hotline.kernel.clock import now
+from hotline.kernel.states import FINAL
+from hotline.storage.actions import new_forward, new_notice
+from hotline.storage.items import apply_state, new_item
+from hotline.storage.models import (
+    Assessment,
+    BankEntry,
+    Escalation,
+    Forward,
+    Item,
+    ItemEvent,
+    Notice,
+    Report,
+    ReportUrl,
+)
+from hotline.storage.reports import mark_rejected, new_report
+
+if TYPE_CHECKING:
+    from hotline.kernel.messages import InvalidMessage, Outgoing
+    from schemas.reports import ReportSubmitted
+
+
+class MemoryState:
+    """Everything a ``MemoryUnitOfWork`` keeps; survives between units of work like a database."""
+
+    def __init__(self) -> None:
+        self.reports: dict[str, Report] = {}
+        self.report_urls: list[ReportUrl] = []
+        self.items: dict[str, Item] = {}
+        self.open_urls: dict[str, str] = {}
+        self.events: list[ItemEvent] = []
+        self.notices: dict[str, Notice] = {}
+        self.forwards: dict[str, Forward] = {}
+        self.escalations: dict[str, Escalation] = {}
+        self.assessments: list[Assessment] = []
+        self.bank: list[BankEntry] = []
+        self.audit: list[tuple[str, str, str, str]] = []
+        self.published: list[Outgoing] = []
+
+
+_ids = itertools.count(1)
+
+
+class MemoryAudit:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def append(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+        self.state.audit.append((actor, action, subject, detail))
+
+
+class MemoryReports:
+    def __init__(self, state: MemoryState, audit: MemoryAudit) -> None:
+        self.state, self.audit = state, audit
+
+    def get(self, report_id: str) -> Report | None:
+        return self.state.reports.get(report_id)
+
+    def by_idempotency_key(self, key: str) -> Report | None:
+        return next((r for r in self.state.reports.values() if r.idempotency_key == key), None)
+
+    def create(self, msg: ReportSubmitted, idempotency_key: str | None = None) -> Report:
+        if msg.report_id in self.state.reports:
+            raise KeyError(f"report {msg.report_id} exists")
+        report = self.state.reports[msg.report_id] = new_report(msg, idempotency_key)
+        return report
+
+    def urls(self, report_id: str) -> Sequence[ReportUrl]:
+        return sorted((u for u in self.state.report_urls if u.report_id == report_id), key=lambda u: u.position)
+
+    def link_url(
+        self, report_id: str, position: int, url_as_reported: str, item_id: str | None,
+        rejected_reason: str | None = None,
+    ) -> None:
+        self.state.report_urls.append(
+            ReportUrl(
+                id=next(_ids), report_id=report_id, position=position, url_as_reported=url_as_reported,
+                item_id=item_id, rejected_reason=rejected_reason,
+            )
+        )
+
+    def record_rejection(self, stage: str, err: InvalidMessage) -> None:
+        if err.report_id is None:
+            self.audit.append(stage, "message_rejected", "-", f"{err.code}: {err.reason}")
+            return
+        report = self.get(err.report_id)
+        if report is None:
+            self.state.reports[err.report_id] = Report(id=err.report_id, channel="api", status="rejected", reason=err.reason)
+        else:
+            mark_rejected(report, err.reason)
+        self.audit.append(stage, "report_rejected", err.report_id, f"{err.code}: {err.reason}")
+
+
+class MemoryItems:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def get(self, item_id: str) -> Item | None:
+        return self.state.items.get(item_id)
+
+    def reload(self, item: Item) -> Item:
+        return self.state.items[item.id]
+
+    def open_for_url(self, url: str) -> Item | None:
+        item_id = self.state.open_urls.get(url)
+        return None if item_id is None else self.state.items[item_id]
+
+    def create(self, url: str) -> Item:
+        from sqlalchemy.exc import IntegrityError
+
+        if url in self.state.open_urls:
+            raise IntegrityError("INSERT INTO open_urls", {}, Exception("an open item exists for this URL"))
+        item = new_item(url)
+        self.state.items[item.id] = item
+        self.state.open_urls[url] = item.id
+        return item
+
+    def set_state(self, item: Item, state: str, reason: str, stage: str) -> None:
+        new = apply_state(item, state, reason)
+        self.add_event(item.id, stage, new, reason)
+        if new in FINAL:
+            self.state.open_urls = {u: i for u, i in self.state.open_urls.items() if i != item.id}
+
+    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None:
+        self.state.events.append(
+            ItemEvent(id=next(_ids), item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=now())
+        )
+
+    def events(self, item_id: str) -> Sequence[ItemEvent]:
+        return [e for e in self.state.events if e.item_id == item_id]
+
+    def report_ids(self, item_id: str) -> list[str]:
+        return sorted({u.report_id for u in self.state.report_urls if u.item_id == item_id})
+
+    def in_state(self, state: str) -> Sequence[Item]:
+        return sorted((i for i in self.state.items.values() if i.state == state), key=lambda i: i.first_seen)
+
+
+class MemoryNotices:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def get(self, notice_id: str) -> Notice | None:
+        return self.state.notices.get(notice_id)
+
+    def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
+        notice = self.state.notices[notice_id] = new_notice(notice_id, item_id, hoster, abuse_email, message_id)
+        return notice
+
+
+class MemoryForwards:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def get(self, forward_id: str) -> Forward | None:
+        return self.state.forwards.get(forward_id)
+
+    def open(self, forward_id: str, item_id: str, country: str, partner: str) -> Forward:
+        forward = self.state.forwards[forward_id] = new_forward(forward_id, item_id, country, partner)
+        return forward
+
+
+class MemoryEscalations:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def add(self, escalation_id: str, item_id: str, payload: dict[str, Any]) -> None:
+        self.state.escalations[escalation_id] = Escalation(
+            id=escalation_id, item_id=item_id, payload=payload, created_at=now()
+        )
+
+
+class MemoryAssessments:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None:
+        self.state.assessments.append(
+            Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
+        )
+
+
+class MemoryBank:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def add(self, *, category: str, source: str, **hashes: str | None) -> BankEntry:
+        entry = BankEntry(id=next(_ids), category=category, source=source, added_at=now(), **hashes)
+        self.state.bank.append(entry)
+        return entry
+
+
+class MemoryUnitOfWork:
+    def __init__(self, state: MemoryState | None = None) -> None:
+        self.state = state or MemoryState()
+        self.pending: list[Outgoing] = []
+        self.commits = 0
+        self._bind(self.state)
+        self._saved = copy.deepcopy(self.state)
+
+    def _bind(self, state: MemoryState) -> None:
+        self.state = state
+        self.audit = MemoryAudit(state)
+        self.reports = MemoryReports(state, self.audit)
+        self.items = MemoryItems(state)
+        self.notices = MemoryNotices(state)
+        self.forwards = MemoryForwards(state)
+        self.escalations = MemoryEscalations(state)
+        self.assessments = MemoryAssessments(state)
+        self.bank = MemoryBank(state)
+
+    def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
+        self.pending.extend(outgoing)
+
+    def commit(self) -> None:
+        self.state.published.extend(self.pending)
+        self.pending.clear()
+        self.commits += 1
+        self._saved = copy.deepcopy(self.state)
+
+    def rollback(self) -> None:
+        """Back to the last commit. Entities handed out before are stale afterwards, as
+        SQLAlchemy's are after a rollback: read them again."""
+        self.pending.clear()
+        restored = copy.deepcopy(self._saved)
+        # Keep the caller's MemoryState object identity (tests hold it).
+        self.state.__dict__.update(restored.__dict__)

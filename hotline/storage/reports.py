@@ -1,0 +1,81 @@
+"""Reports: what reached the hotline, and which item each of its URLs became."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hotline.kernel.ports import AuditTrail
+from hotline.storage.models import Report, ReportUrl
+
+if TYPE_CHECKING:
+    from hotline.kernel.messages import InvalidMessage
+    from schemas.reports import ReportSubmitted
+
+
+class SqlReports:
+    def __init__(self, session: Session, audit: AuditTrail) -> None:
+        self.session = session
+        self.audit = audit
+
+    def get(self, report_id: str) -> Report | None:
+        return self.session.get(Report, report_id)
+
+    def by_idempotency_key(self, key: str) -> Report | None:
+        return self.session.scalar(select(Report).where(Report.idempotency_key == key))
+
+    def create(self, msg: ReportSubmitted, idempotency_key: str | None = None) -> Report:
+        report = new_report(msg, idempotency_key)
+        self.session.add(report)
+        self.session.flush()
+        return report
+
+    def urls(self, report_id: str) -> Sequence[ReportUrl]:
+        return self.session.scalars(
+            select(ReportUrl).where(ReportUrl.report_id == report_id).order_by(ReportUrl.position)
+        ).all()
+
+    def link_url(
+        self, report_id: str, position: int, url_as_reported: str, item_id: str | None,
+        rejected_reason: str | None = None,
+    ) -> None:
+        self.session.add(
+            ReportUrl(
+                report_id=report_id, position=position, url_as_reported=url_as_reported,
+                item_id=item_id, rejected_reason=rejected_reason,
+            )
+        )
+
+    def record_rejection(self, stage: str, err: InvalidMessage) -> None:
+        if err.report_id is None:
+            self.audit.append(stage, "message_rejected", "-", f"{err.code}: {err.reason}")
+            return
+        report = self.get(err.report_id)
+        if report is None:
+            self.session.add(Report(id=err.report_id, channel="api", status="rejected", reason=err.reason))
+        else:
+            mark_rejected(report, err.reason)
+        self.audit.append(stage, "report_rejected", err.report_id, f"{err.code}: {err.reason}")
+
+
+def new_report(msg: ReportSubmitted, idempotency_key: str | None) -> Report:
+    return Report(
+        id=msg.report_id,
+        channel=msg.channel,
+        description=msg.description,
+        reporter_email=msg.reporter_email,
+        partner_reference=msg.partner_reference,
+        status="received",
+        idempotency_key=idempotency_key,
+        submitted_at=msg.submitted_at,
+    )
+
+
+def mark_rejected(report: Report, reason: str) -> None:
+    """A report still waiting for ingest becomes rejected; one already accepted stays so."""
+    if report.status == "received":
+        report.status = "rejected"
+        report.reason = reason
