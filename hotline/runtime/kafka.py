@@ -197,6 +197,7 @@ async def _process_until_done(
     output_topic: Callable[[str], Any],
     raw: bytes,
     tp: Any,
+    policy: FailurePolicy = POLICY,
 ) -> bool:
     """Process one event; on failure the failure policy (``hotline.kernel.failures``)
     decides: retry after back-off, or park (reject with the reason and move on).
@@ -212,7 +213,7 @@ async def _process_until_done(
     from hotline.runtime.steps import failure_of
 
     loop = asyncio.get_running_loop()
-    history = FailureHistory(POLICY)
+    history = FailureHistory(policy)
     while True:
         started = time.monotonic()
         try:
@@ -232,7 +233,7 @@ async def _process_until_done(
         except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
             if isinstance(history.decision, Park):
                 # Parking (or producing its rejection) failed: an outage; park again after a pause.
-                delay = POLICY.max_delay_seconds / 10
+                delay = policy.max_delay_seconds / 10
             else:
                 decision = history.record(failure_of(exc))
                 hint = getattr(exc, "after_seconds", None)
