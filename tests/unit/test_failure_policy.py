@@ -20,7 +20,7 @@ from hotline.kernel.failures import (
 )
 from services.escalate.partners import DeliveryFailed
 
-O, I, B = Failure.OUTAGE, Failure.INTEGRITY, Failure.BUG
+O, I, B = Failure.OUTAGE, Failure.INTEGRITY, Failure.BUG  # noqa: E741 - a table reads best in letters
 POLICY = FailurePolicy(max_failures=5, max_integrity_failures=3, first_delay_seconds=0.5, max_delay_seconds=30)
 
 
