@@ -179,7 +179,6 @@ class SmtpMailer:
         except Exception as exc:  # noqa: BLE001 - refused, unreachable, timed out: nothing was sent
             raise NotDelivered(f"connecting to {self.host}:{self.port}: {exc!r}", permanent=False) from exc
 
-        delivered = False
         polite = True  # the server is still answering: say QUIT rather than just hang up
         try:
             self._converse(smtp, from_addr, to_addrs, international)
@@ -199,7 +198,6 @@ class SmtpMailer:
                     f"the message was sent but the final reply did not come: {exc!r}"
                 ) from exc
             if 200 <= code <= 299:
-                delivered = True
                 return
             if 400 <= code <= 599:
                 raise _refusal("end of data", code, text)
@@ -209,14 +207,16 @@ class SmtpMailer:
             raise
         except smtplib.SMTPResponseException as exc:  # a refusal before the data
             code = _reply_code(exc)
-            raise NotDelivered(str(exc), permanent=code is not None and code >= 500, code=code) from exc
+            raise NotDelivered(
+                f"{type(exc).__name__}: {exc.smtp_code} {exc.smtp_error!r}", permanent=code is not None and code >= 500, code=code
+            ) from exc
         except smtplib.SMTPNotSupportedError as exc:  # the server lacks STARTTLS, AUTH or SMTPUTF8
             raise NotDelivered(f"the server cannot take this message: {exc}", permanent=True) from exc
         except Exception as exc:  # noqa: BLE001 - before the terminator: nothing was delivered
             polite = False
             raise NotDelivered(f"the SMTP conversation failed before the message was sent: {exc!r}", permanent=False) from exc
         finally:
-            self._hang_up(smtp, polite or delivered)
+            self._hang_up(smtp, polite)
 
     def _converse(self, smtp: smtplib.SMTP, from_addr: str, to_addrs: list[str], international: bool) -> None:
         """Everything up to the server's 354 to DATA; raises for any refusal."""
