@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 
 def _require_loopback(host: str) -> None:
@@ -186,22 +186,40 @@ class PartnerEndpoint(_HttpStandIn):
 class ReceivedMail:
     rcpt_tos: list[str]
     message: Message
+    answered: bool = True  # False: the server kept it but never sent the final reply
 
     @property
     def notice_id(self) -> str | None:
         return self.message["X-Hotline-Notice-Id"]
 
 
+SmtpMode = Literal["accept", "no_reply", "drop", "tempfail", "refuse_rcpt"]
+
+
 @dataclass
 class SmtpSink:
     """A real SMTP server (aiosmtpd) on loopback that keeps every message it accepts:
     ``messages`` (with the envelope recipients in ``X-Envelope-To``) and, with the envelope
-    beside each, ``mails``.
+    beside each, ``mails``; ``received`` counts them.
 
     ``delay`` is spent before accepting DATA, like a slow mail server; while ``hold`` is set
     DATA is not answered at all (``held`` counts the senders that waited), so a sender can be
     killed inside the conversation. ``stop`` takes the server away ("connection refused")
     until ``start`` brings it back on the same port.
+
+    ``mode`` (read at each step, so it can be changed between sends) makes it misbehave:
+
+    - ``"accept"``: a normal server (the default).
+    - ``"no_reply"``: answers DATA with 354 and reads the whole message, keeps it (as if it
+      had stored the mail and then hung), and never sends the final reply: the connection
+      stays silent until the client closes it or the sink stops.
+    - ``"drop"``: reads and keeps the whole message, then closes the connection without a
+      final reply (a server that crashed after storing the mail).
+    - ``"tempfail"``: reads the message and answers ``451`` to the end of data; keeps nothing.
+    - ``"refuse_rcpt"``: answers ``550`` to every RCPT TO.
+
+    The kept messages of ``no_reply`` and ``drop`` have ``answered=False``; ``refused`` counts
+    the refusals of ``tempfail`` and ``refuse_rcpt``.
     """
 
     host: str = "127.0.0.1"
@@ -211,6 +229,8 @@ class SmtpSink:
     mails: list[ReceivedMail] = field(default_factory=list)
     hold: threading.Event = field(default_factory=threading.Event, compare=False)
     held: int = 0
+    mode: SmtpMode = "accept"
+    refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _controller: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -222,7 +242,25 @@ class SmtpSink:
         _require_loopback(self.host)
         sink = self
 
+        def keep(envelope: Any, answered: bool) -> None:
+            msg = message_from_bytes(envelope.original_content or envelope.content)
+            msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+            with sink._lock:
+                sink.messages.append(msg)
+                sink.mails.append(ReceivedMail(list(envelope.rcpt_tos), msg, answered))
+
         class Handler:
+            async def handle_RCPT(  # noqa: N802
+                self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+            ) -> str:
+                if sink.mode == "refuse_rcpt":
+                    with sink._lock:
+                        sink.refused += 1
+                    return "550 5.1.1 Mailbox unavailable (SmtpSink refuse_rcpt mode)"
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+                return "250 OK"
+
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
                 if sink.hold.is_set():
                     with sink._lock:
@@ -231,11 +269,18 @@ class SmtpSink:
                         await asyncio.sleep(0.02)
                 if sink.delay:
                     await asyncio.sleep(sink.delay)
-                msg = message_from_bytes(envelope.original_content or envelope.content)
-                msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
-                with sink._lock:
-                    sink.messages.append(msg)
-                    sink.mails.append(ReceivedMail(list(envelope.rcpt_tos), msg))
+                mode = sink.mode
+                if mode == "tempfail":
+                    with sink._lock:
+                        sink.refused += 1
+                    return "451 4.3.0 Try again later (SmtpSink tempfail mode)"
+                if mode in ("no_reply", "drop"):
+                    keep(envelope, answered=False)
+                    if mode == "drop":
+                        server.transport.close()
+                    # Never answer: the client's close (or ``stop``) cancels this wait.
+                    await asyncio.Event().wait()
+                keep(envelope, answered=True)
                 return "250 Message accepted for delivery"
 
         self.port = self.port or free_port(self.host)
@@ -243,6 +288,12 @@ class SmtpSink:
         self._controller = Controller(Handler(), hostname=self.host, port=self.port)
         self._controller.start()
         return self
+
+    @property
+    def received(self) -> int:
+        """How many messages the server took in full and kept (answered or not)."""
+        with self._lock:
+            return len(self.mails)
 
     def stop(self) -> None:
         if self._controller is not None:
