@@ -18,7 +18,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from hotline.loopback import SmtpSink, free_port
+from doubles.loopback import SmtpSink, free_port
 from services.notify.mailer import (
     DeliveryUnknown,
     NotDelivered,
