@@ -15,6 +15,7 @@ from hashing.signals import (
     SignalType,
     UnknownSignalType,
     get_signal_type,
+    radii,
 )
 from hashing.synthetic import encode, generate_photo_like
 
@@ -157,11 +158,23 @@ def test_pdq_quality_gate() -> None:
     assert PDQ_MIN_QUALITY == 50
     assert pdq.usable(50) and pdq.usable(100)
     assert not pdq.usable(49)
-    assert not pdq.usable(None)
+    assert pdq.usable(None)  # unknown quality (a HashCheck query, a bank CSV row) is matched
     assert SIGNAL_TYPES["phash"].usable(None)
 
 
 def test_default_radii() -> None:
     radii = {name: signal.default_radius for name, signal in SIGNAL_TYPES.items()}
-    assert radii == {"md5": 0, "sha1": 0, "sha256": 0, "pdq": 31, "phash": 10}
+    assert radii == {"md5": 0, "sha1": 0, "sha256": 0, "pdq": 31, "phash": 8}
     assert all(signal.exact == (signal.default_radius == 0) for signal in ALL)
+
+
+def test_radii_are_the_registry_defaults_unless_overridden() -> None:
+    assert radii() == {name: s.default_radius for name, s in SIGNAL_TYPES.items()}
+    assert radii({"phash": 12, "pdq": None})["phash"] == 12
+    assert radii({"phash": 12})["pdq"] == SIGNAL_TYPES["pdq"].default_radius
+    with pytest.raises(UnknownSignalType):
+        radii({"crc32": 3})
+    with pytest.raises(ValueError, match="only radius is 0"):
+        radii({"md5": 1})
+    with pytest.raises(ValueError, match="within 0..64"):
+        radii({"phash": 65})
