@@ -455,33 +455,6 @@ class EntryTable:
 # --------------------------------------------------------------------------- matcher
 
 
-class _EntryView:
-    """Read-only ``Mapping``-like view of an :class:`EntryTable` (live entries only).
-
-    ``BankMatcher`` code reads ``self._meta.get(entry_id)``; this keeps such
-    code working on a compact matcher without building the dict.
-    """
-
-    def __init__(self, owner: CompactBankMatcher) -> None:
-        self._owner = owner
-
-    def get(self, entry_id: int, default: Any = None) -> tuple[str, str] | Any:
-        meta = self._owner.entries.get(int(entry_id))
-        return default if meta is None else meta
-
-    def __getitem__(self, entry_id: int) -> tuple[str, str]:
-        meta = self._owner.entries.get(int(entry_id))
-        if meta is None:
-            raise KeyError(entry_id)
-        return meta
-
-    def __contains__(self, entry_id: object) -> bool:
-        return isinstance(entry_id, int) and self._owner.entries.get(entry_id) is not None
-
-    def __len__(self) -> int:
-        return len(self._owner.entries)
-
-
 class CompactBankMatcher(BankMatcher):
     """``BankMatcher`` with numpy metadata and columnar bulk adds (see module docstring).
 
@@ -492,7 +465,6 @@ class CompactBankMatcher(BankMatcher):
     def __init__(self, radius: Mapping[str, int | None] | None = None) -> None:
         super().__init__(radius)
         self.entries = EntryTable()
-        self._meta = _EntryView(self)  # type: ignore[assignment]
 
     def __len__(self) -> int:
         """Live (not retired) entries."""

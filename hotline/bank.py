@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -40,8 +39,8 @@ import numpy as np
 from sqlalchemy import Connection, Table, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hashing.matcher import BankRecord, Hit
-from hashing.signals import SIGNAL_TYPES, InvalidHash, get_signal_type, radii
+from hashing.matcher import Hit
+from hashing.signals import SIGNAL_TYPES, InvalidHash, radii
 from hashing.snapshot import (
     CompactBankMatcher,
     EntryBatch,
@@ -79,19 +78,6 @@ _FAST_HEX = {
 """Per hash column: does a value need no normalising beyond lowercase (fast path of the import)."""
 _CATEGORY_MAX: int = getattr(_T.c.category.type, "length", None) or 32
 _SOURCE_MAX: int = getattr(_T.c.source.type, "length", None) or 200
-
-
-def record_of(entry: BankEntry) -> BankRecord:
-    return BankRecord(
-        id=entry.id,
-        category=entry.category,
-        source=entry.source,
-        md5=entry.md5,
-        sha1=entry.sha1,
-        sha256=entry.sha256,
-        pdq=entry.pdq,
-        phash=entry.phash,
-    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -592,21 +578,6 @@ class Bank:
 # --------------------------------------------------------------------------- CSV
 
 
-def validate_row(row: dict[str, str]) -> dict[str, str | None]:
-    """Normalize one CSV row; raise ``ValueError`` naming the column and the problem."""
-    hashes: dict[str, str | None] = {}
-    for col in HASH_COLUMNS:
-        value = (row.get(col) or "").strip()
-        if value:
-            try:
-                hashes[col] = get_signal_type(col).validate(value)
-            except InvalidHash as exc:
-                raise ValueError(f"column {col}: {exc}") from exc
-    if not hashes:
-        raise ValueError("row has no hash in any of the columns " + ", ".join(HASH_COLUMNS))
-    return hashes
-
-
 class _Writer:
     """Bulk insert of validated rows, in the caller's transaction.
 
@@ -820,15 +791,3 @@ def retire(store: Store, entry_id: int, reason: str, actor: str) -> bool:
     entry.retired_reason = reason
     store.audit(actor, RETIRE_ACTION, str(entry_id), reason)
     return True
-
-
-def rows_from_text(text: str) -> Iterator[dict[str, str]]:
-    yield from csv.DictReader(io.StringIO(text))
-
-
-def write_csv(rows: Sequence[dict[str, str | None]], out: TextIO) -> None:
-    """Rows as bank CSV (for tests and benchmarks that generate banks)."""
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow([r.get(c) or "" for c in CSV_COLUMNS])
