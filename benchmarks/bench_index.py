@@ -8,9 +8,11 @@ uniform, which makes buckets less even but changes no exactness argument):
 * bank: ``n`` uniformly random 256-bit PDQ codes (and, separately, ``n``
   random 64-bit pHash codes), ids ``0..n-1``;
 * near queries: bank entries with ``k`` random bits flipped, ``k`` uniform in
-  ``0..31`` (PDQ) or ``0..10`` (pHash): every one must be found;
+  ``0..radius``: every one must be found;
 * random queries: uniform random codes (almost never match);
-* radius: 31 inclusive for PDQ, 10 for pHash.
+* radius: each type's ``default_radius`` from ``hashing.signals`` (inclusive;
+  PDQ 31, pHash 8), the radius the running system matches with; the index is
+  built as ``BankMatcher`` builds it (``HammingIndex(bits)``).
 
 Recall is measured against exact brute force for every query: faiss
 ``IndexBinaryFlat.range_search(radius + 1)`` (faiss counts ``d < radius``),
@@ -45,6 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from hashing.index import ExactIndex, HammingIndex, brute_force  # noqa: E402
+from hashing.signals import SIGNAL_TYPES  # noqa: E402
+
+PDQ, PHASH = SIGNAL_TYPES["pdq"], SIGNAL_TYPES["phash"]
 
 Row = dict[str, str]
 T = TypeVar("T")
@@ -143,10 +148,11 @@ def _recall(got: list[list[tuple[int, int]]], truth: list[set]) -> tuple[float, 
 
 
 def _build_and_save(
-    bits: int, radius: int, ids: np.ndarray, codes: np.ndarray, path: Path
+    bits: int, ids: np.ndarray, codes: np.ndarray, path: Path
 ) -> tuple[float, float]:
-    """Build from scratch and save; the built index is freed on return (only the loaded one is queried)."""
-    index = HammingIndex(bits, design_radius=radius)
+    """Build from scratch (tuned as ``BankMatcher`` tunes it) and save; the built index is freed
+    on return (only the loaded one is queried)."""
+    index = HammingIndex(bits)
     t_build, _ = _timed(lambda: index.add(ids, codes))
     t_save, _ = _timed(lambda: index.save(path))
     return t_build, t_save
@@ -210,7 +216,7 @@ def bench_hamming(
 
     print(f"[{name}] HammingIndex build", file=sys.stderr)
     path = workdir / f"{name}.idx"
-    t_build, t_save = _build_and_save(bits, radius, ids, codes, path)
+    t_build, t_save = _build_and_save(bits, ids, codes, path)
     size_mb = sum(f.stat().st_size for f in path.iterdir()) / 2**20
     t_mmap, _ = _timed(lambda: HammingIndex.load(path, mmap=True))
     t_load, loaded = _timed(lambda: HammingIndex.load(path))
@@ -358,12 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench_index_") as tmp:
         work = Path(tmp)
+        r = PDQ.default_radius
         rows += bench_hamming(
-            "PDQ r≤31", 256, 31, args.n, args.queries, args.brute, args.faiss_n, rng, work
+            f"PDQ r≤{r}", PDQ.bits, r, args.n, args.queries, args.brute, args.faiss_n, rng, work
         )
         if not args.skip_phash:
+            r = PHASH.default_radius
             rows += bench_hamming(
-                "pHash r≤10", 64, 10, args.n, args.queries, args.brute, 0, rng, work
+                f"pHash r≤{r}", PHASH.bits, r, args.n, args.queries, args.brute, 0, rng, work
             )
         rows += bench_exact(args.n, 1_000_000 if not args.quick else 100_000, rng, work)
 

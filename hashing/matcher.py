@@ -1,28 +1,36 @@
 """Match image hashes against the bank of known material.
 
-Holds one index per hash type: exact look-ups for MD5/SHA-1/SHA-256 and
-near-match (Hamming radius) indexes for PDQ and pHash. It is pure and in
-memory; callers load it from the database and tell it about added or retired
-entries, so it can be shared by classify and the HashCheck API.
+Holds one index per hash type of ``hashing.signals.SIGNAL_TYPES``: exact
+look-ups for the exact types (MD5/SHA-1/SHA-256) and near-match (Hamming
+radius) indexes for the perceptual ones (PDQ, pHash), each type at its one
+radius (``hashing.signals.radii``). It is pure and in memory; callers load it
+from the database and tell it about added or retired entries, so it can be
+shared by classify and the HashCheck API.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hashing.index import ExactIndex, HammingIndex
+from hashing.signals import EXACT_SIGNALS, NEAR_SIGNALS, SIGNAL_TYPES, radii
 
-EXACT_TYPES = {"md5": 16, "sha1": 20, "sha256": 32}
-NEAR_TYPES = {"pdq": 256, "phash": 64}
-PDQ_MIN_QUALITY = 50
+MATCH_ORDER: tuple[str, ...] = (
+    *sorted(EXACT_SIGNALS, key=lambda n: -SIGNAL_TYPES[n].bits),
+    *sorted(NEAR_SIGNALS, key=lambda n: -SIGNAL_TYPES[n].bits),
+)
+"""The order :meth:`BankMatcher.match` tries an image's hashes in: exact types before
+perceptual ones, longer hashes first (sha256, sha1, md5, pdq, phash)."""
 
 
 @dataclass(frozen=True)
 class BankRecord:
+    """One bank entry; one optional field per hash type of the registry (a test checks)."""
+
     id: int
     category: str
     source: str
@@ -43,11 +51,16 @@ class Hit:
 
 
 class BankMatcher:
-    def __init__(self, pdq_radius: int = 31, phash_radius: int = 8) -> None:
-        self.radius = {"pdq": pdq_radius, "phash": phash_radius}
+    """Args:
+        radius: match radius per hash type name; types not named (or ``None``) use the
+            registry's ``default_radius`` (see ``hashing.signals.radii``).
+    """
+
+    def __init__(self, radius: Mapping[str, int | None] | None = None) -> None:
+        self.radius = radii(radius)
         self._lock = threading.RLock()
-        self._exact = {t: ExactIndex(n) for t, n in EXACT_TYPES.items()}
-        self._near = {t: HammingIndex(bits) for t, bits in NEAR_TYPES.items()}
+        self._exact = {t: ExactIndex(SIGNAL_TYPES[t].byte_length) for t in EXACT_SIGNALS}
+        self._near = {t: HammingIndex(SIGNAL_TYPES[t].bits) for t in NEAR_SIGNALS}
         self._meta: dict[int, tuple[str, str]] = {}
 
     def __len__(self) -> int:
@@ -56,14 +69,14 @@ class BankMatcher:
     def add(self, records: Iterable[BankRecord]) -> int:
         records = list(records)
         with self._lock:
-            for kind in EXACT_TYPES:
+            for kind in EXACT_SIGNALS:
                 rows = [(r.id, getattr(r, kind)) for r in records if getattr(r, kind)]
                 if rows:
                     self._exact[kind].add(
                         np.array([i for i, _ in rows], dtype=np.int64),
                         [bytes.fromhex(h) for _, h in rows],
                     )
-            for kind, bits in NEAR_TYPES.items():
+            for kind in NEAR_SIGNALS:
                 rows = [(r.id, getattr(r, kind)) for r in records if getattr(r, kind)]
                 if rows:
                     codes = np.frombuffer(
@@ -71,7 +84,7 @@ class BankMatcher:
                     )
                     self._near[kind].add(
                         np.array([i for i, _ in rows], dtype=np.int64),
-                        codes.reshape(len(rows), bits // 8),
+                        codes.reshape(len(rows), SIGNAL_TYPES[kind].byte_length),
                     )
             for r in records:
                 self._meta[r.id] = (r.category, r.source)
@@ -96,7 +109,7 @@ class BankMatcher:
     def lookup(self, signal: str, value: str, radius: int | None = None) -> list[Hit]:
         """All bank entries matching one hash of one type (exact, or within the radius)."""
         with self._lock:
-            if signal in EXACT_TYPES:
+            if signal in self._exact:
                 ids = self._exact[signal].lookup_batch([bytes.fromhex(value)])[0]
                 return [h for i in ids if (h := self._hit(int(i), signal, 0))]
             r = self.radius[signal] if radius is None else radius
@@ -117,7 +130,7 @@ class BankMatcher:
         if len(codes) == 0:
             return []
         with self._lock:
-            if signal in EXACT_TYPES:
+            if signal in self._exact:
                 return [
                     [h for i in ids if (h := self._hit(i, signal, 0))] if ids else []
                     for ids in self._exact[signal].lookup_batch(codes)
@@ -144,7 +157,7 @@ class BankMatcher:
         # together under the lock (here and in subclasses), and asking the metadata per hit
         # costs more than the whole index probe on a compact matcher.
         with self._lock:
-            if signal in EXACT_TYPES:
+            if signal in self._exact:
                 return [0 if ids else None for ids in self._exact[signal].lookup_batch(codes)]
             r = self.radius[signal] if radius is None else radius
             # Matches come sorted by distance: the first is the nearest.
@@ -158,35 +171,31 @@ class BankMatcher:
         """Validated hex strings (or their bytes as a uint8 array) -> an (n, bytes) array."""
         if isinstance(values, np.ndarray):
             return values
-        nbytes = EXACT_TYPES[signal] if signal in EXACT_TYPES else NEAR_TYPES[signal] // 8
         codes = np.frombuffer(bytes.fromhex("".join(values)), dtype=np.uint8)
-        return codes.reshape(len(values), nbytes)
+        return codes.reshape(len(values), SIGNAL_TYPES[signal].byte_length)
 
-    def match(
-        self,
-        *,
-        md5: str | None = None,
-        sha1: str | None = None,
-        sha256: str | None = None,
-        pdq: str | None = None,
-        pdq_quality: int | None = None,
-        phash: str | None = None,
-    ) -> Hit | None:
-        """The best hit for one image: an exact hash first, then the closest PDQ, then pHash.
+    def match(self, **hashes: str | int | None) -> Hit | None:
+        """The best hit for one image, given its hashes by type name (``md5=...``,
+        ``pdq=...``) and qualities by each type's ``quality_key`` (``pdq_quality=...``);
+        any may be missing or None.
 
-        PDQ hashes of quality below 50 are not matched (too flat to be meaningful).
+        Types are tried in :data:`MATCH_ORDER`; an exact hit wins at once, a perceptual
+        one is the closest entry. A hash the registry calls not ``usable`` at its quality
+        (PDQ of known quality below 50) is not matched; unknown quality is matched.
         """
-        for signal, value in (("sha256", sha256), ("sha1", sha1), ("md5", md5)):
-            if value:
-                hits = self.lookup(signal, value)
-                if hits:
-                    return hits[0]
-        if pdq and (pdq_quality is None or pdq_quality >= PDQ_MIN_QUALITY):
-            hits = self.lookup("pdq", pdq)
-            if hits:
-                return min(hits, key=lambda h: h.distance)
-        if phash:
-            hits = self.lookup("phash", phash)
-            if hits:
+        known = {*SIGNAL_TYPES, *(s.quality_key for s in SIGNAL_TYPES.values() if s.quality_key)}
+        unknown = sorted(set(hashes) - known)
+        if unknown:
+            raise TypeError(f"match() got unknown hash keyword(s) {', '.join(unknown)}")
+        for name in MATCH_ORDER:
+            signal = SIGNAL_TYPES[name]
+            value = hashes.get(name)
+            if not value:
+                continue
+            quality = hashes.get(signal.quality_key) if signal.quality_key else None
+            if not signal.usable(None if quality is None else int(quality)):
+                continue
+            hits = self.lookup(name, str(value))
+            if hits:  # exact hits all have distance 0: the first is the first entry
                 return min(hits, key=lambda h: h.distance)
         return None

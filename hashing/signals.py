@@ -16,29 +16,44 @@ Distances are defined for every type so callers need one rule,
   similar the files are, so no in-between value is ever produced and the
   only sensible radius is 0.
 
-Default radii: PDQ 31 of 256 bits is the threshold of the PDQ paper and of
-ThreatExchange. pHash 10 of 64 bits, because of the bank size, not the
-edits: with 64 bits a random unrelated hash lands within 10 bits with
-probability ~1e-8, i.e. ~0.1 false candidates per query against a bank of
-10 million (12 bits: ~2; 14 bits: ~35). ``benchmarks/bench_robustness.py``
-shows radius 10 still catches every resized, re-encoded, watermarked and
-greyscale copy and most small crops and rotations, with no false match
-among thousands of pairs of unrelated synthetic photos (smallest unrelated
-distance seen: 18); results in docs/benchmarks-hashing.md. A pHash hit
-should still be confirmed (by PDQ or an analyst) before automatic action.
+This module is the one registry of hash types: the matcher, the snapshot, the
+bank's CSV columns, classify and the HashCheck API all take the names, widths,
+exact/near split and radii from ``SIGNAL_TYPES`` (``tests/unit/test_signals.py``
+checks that each of them lists exactly these names). Adding a type means one
+class here, plus its database column.
 
-PDQ hashes of quality below ``PDQ_MIN_QUALITY`` (50) are too featureless to
-match on and must be discarded (ThreatExchange does the same).
+Radii: one per type, ``default_radius``; the settings ``HOTLINE_PDQ_RADIUS``
+and ``HOTLINE_PHASH_RADIUS`` default to it. PDQ 31 of 256 bits is the
+threshold of the PDQ paper and of ThreatExchange. pHash 8 of 64 bits, because
+of the bank size, not the edits: with 64 bits a random unrelated hash lands
+within 8 bits with probability ~3e-10, i.e. ~0.003 false candidates per query
+against a bank of 10 million (10 bits: ~0.1; 12 bits: ~2; 14 bits: ~35).
+``benchmarks/bench_robustness.py`` shows radius 8 still catches every resized,
+re-encoded, watermarked and greyscale copy, most small crops and about half
+of the 3° rotations (radius 10: three quarters), with no false match among
+thousands of pairs of unrelated synthetic photos (smallest unrelated distance seen: 18);
+results in docs/benchmarks-hashing.md. A pHash hit is ``weak``: it should be
+confirmed (by PDQ or an analyst) before automatic action.
+
+Quality (PDQ only): a PDQ hash whose quality is *known* and below
+``PDQ_MIN_QUALITY`` (50) is too featureless to match on and is never matched
+(ThreatExchange does the same). A PDQ hash whose quality is *unknown*
+(``None``) is matched: a hoster's HashCheck query and a bank CSV carry no
+quality. ``SignalType.usable`` is that rule and ``BankMatcher.match`` applies
+it; callers pass the quality as the keyword ``quality_key`` (``pdq_quality``).
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "EXACT_SIGNALS",
+    "NEAR_SIGNALS",
     "PDQ_MIN_QUALITY",
     "SIGNAL_TYPES",
     "Comparison",
@@ -51,6 +66,7 @@ __all__ = [
     "SignalType",
     "UnknownSignalType",
     "get_signal_type",
+    "radii",
 ]
 
 PDQ_MIN_QUALITY = 50
@@ -83,9 +99,16 @@ class SignalType(ABC):
     """One hash type. Instances are stateless and safe to share between threads."""
 
     name: ClassVar[str]
+    label: ClassVar[str]
+    """How people write the name (``SHA-256``, ``pHash``), for messages and docs."""
     bits: ClassVar[int]
     exact: ClassVar[bool]
     default_radius: ClassVar[int]
+    """The match radius (inclusive); 0 for exact types. The only literal radius in the code."""
+    weak: ClassVar[bool] = False
+    """A hit on this type alone is a hint, not proof: classify routes it to an analyst."""
+    quality_key: ClassVar[str | None] = None
+    """The keyword under which callers pass this type's quality (``pdq_quality``), if any."""
     examples: ClassVar[tuple[str, ...]]
     """Valid hashes of synthetic pictures, for generic tests and docs: the hashes of
     ``hashing.synthetic.generate_photo_like(256, 192, seed)`` for seeds 1 and 2, saved
@@ -141,15 +164,20 @@ class SignalType(ABC):
 
     def compare(self, a: str, b: str, radius: int | None = None) -> Comparison:
         """Distance of ``a`` and ``b`` and whether it is within ``radius`` (default: the type's)."""
-        limit = self.default_radius if radius is None else radius
-        if not 0 <= limit <= self.bits:
-            raise ValueError(f"{self.name} radius must be within 0..{self.bits}, got {limit}")
-        if self.exact and limit != 0:
-            raise ValueError(f"{self.name} is an exact hash: the only radius is 0, got {limit}")
+        limit = self.default_radius if radius is None else self.check_radius(radius)
         return Comparison(distance=self.distance(a, b), radius=limit)
 
+    def check_radius(self, radius: int) -> int:
+        """``radius`` if it is one this type can match within, else ``ValueError``."""
+        if not 0 <= radius <= self.bits:
+            raise ValueError(f"{self.name} radius must be within 0..{self.bits}, got {radius}")
+        if self.exact and radius != 0:
+            raise ValueError(f"{self.name} is an exact hash: the only radius is 0, got {radius}")
+        return radius
+
     def usable(self, quality: int | None) -> bool:
-        """Whether a hash of this quality may be matched on (only PDQ has a quality)."""
+        """Whether a hash of this quality may be matched on (only PDQ has a quality;
+        ``None`` = unknown, which is matched: see the module docstring)."""
         return True
 
     def __repr__(self) -> str:
@@ -158,6 +186,7 @@ class SignalType(ABC):
 
 class Md5Signal(SignalType):
     name = "md5"
+    label = "MD5"
     bits = 128
     exact = True
     default_radius = 0
@@ -166,6 +195,7 @@ class Md5Signal(SignalType):
 
 class Sha1Signal(SignalType):
     name = "sha1"
+    label = "SHA-1"
     bits = 160
     exact = True
     default_radius = 0
@@ -177,6 +207,7 @@ class Sha1Signal(SignalType):
 
 class Sha256Signal(SignalType):
     name = "sha256"
+    label = "SHA-256"
     bits = 256
     exact = True
     default_radius = 0
@@ -188,24 +219,28 @@ class Sha256Signal(SignalType):
 
 class PdqSignal(SignalType):
     name = "pdq"
+    label = "PDQ"
     bits = 256
     exact = False
     default_radius = 31
     min_quality: ClassVar[int] = PDQ_MIN_QUALITY
+    quality_key = "pdq_quality"
     examples = (
         "3d0593eaecb905c23a1468b66b957d760ad4ec2045b1ef8788c5d52b8c5b3e6d",
         "4e56ad755a5290a9542c2f56a9529990afcb4e0aa3913916afd9c55666ef5539",
     )
 
     def usable(self, quality: int | None) -> bool:
-        return quality is not None and quality >= self.min_quality
+        return quality is None or quality >= self.min_quality
 
 
 class PhashSignal(SignalType):
     name = "phash"
+    label = "pHash"
     bits = 64
     exact = False
-    default_radius = 10
+    default_radius = 8
+    weak = True
     examples = ("b7db6d6a11f04682", "ea4e7bb5cda44428")
 
 
@@ -214,6 +249,11 @@ SIGNAL_TYPES: dict[str, SignalType] = {
     for signal in (Md5Signal(), Sha1Signal(), Sha256Signal(), PdqSignal(), PhashSignal())
 }
 """Every hash type by name, in the order of the bank CSV columns."""
+
+EXACT_SIGNALS: tuple[str, ...] = tuple(n for n, s in SIGNAL_TYPES.items() if s.exact)
+"""Names of the exact (cryptographic) types, in registry order."""
+NEAR_SIGNALS: tuple[str, ...] = tuple(n for n, s in SIGNAL_TYPES.items() if not s.exact)
+"""Names of the perceptual types (matched within a Hamming radius), in registry order."""
 
 
 def get_signal_type(name: str) -> SignalType:
@@ -224,3 +264,17 @@ def get_signal_type(name: str) -> SignalType:
         raise UnknownSignalType(
             f"unknown hash type {name!r}; known: {', '.join(SIGNAL_TYPES)}"
         ) from None
+
+
+def radii(overrides: Mapping[str, int | None] | None = None) -> dict[str, int]:
+    """The match radius of every type: ``default_radius``, unless ``overrides`` names another
+    (``None`` values mean "the default"). Raises ``UnknownSignalType`` for a name not in the
+    registry and ``ValueError`` for a radius outside ``0..bits`` or non-zero for an exact type.
+    """
+    out = {name: signal.default_radius for name, signal in SIGNAL_TYPES.items()}
+    for name, radius in (overrides or {}).items():
+        if radius is None:
+            continue
+        signal = get_signal_type(name)
+        out[signal.name] = signal.check_radius(radius)
+    return out

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ import numpy as np
 
 from hashing.index import ExactIndex, HammingIndex
 from hashing.matcher import BankMatcher, BankRecord, Hit
+from hashing.signals import EXACT_SIGNALS, NEAR_SIGNALS, SIGNAL_TYPES
 
 __all__ = [
     "HASH_BYTES",
@@ -53,10 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HASH_BYTES = {"md5": 16, "sha1": 20, "sha256": 32, "pdq": 32, "phash": 8}
-"""Bytes per hash type, in the bank CSV's column order."""
-EXACT_KINDS = ("md5", "sha1", "sha256")
-NEAR_KINDS = ("pdq", "phash")
+HASH_BYTES = {name: signal.byte_length for name, signal in SIGNAL_TYPES.items()}
+"""Bytes per hash type, in the bank CSV's column order (from ``hashing.signals``)."""
 
 FORMAT = "hotline-bank-snapshot"
 VERSION = 1
@@ -456,33 +455,6 @@ class EntryTable:
 # --------------------------------------------------------------------------- matcher
 
 
-class _EntryView:
-    """Read-only ``Mapping``-like view of an :class:`EntryTable` (live entries only).
-
-    ``BankMatcher`` code reads ``self._meta.get(entry_id)``; this keeps such
-    code working on a compact matcher without building the dict.
-    """
-
-    def __init__(self, owner: CompactBankMatcher) -> None:
-        self._owner = owner
-
-    def get(self, entry_id: int, default: Any = None) -> tuple[str, str] | Any:
-        meta = self._owner.entries.get(int(entry_id))
-        return default if meta is None else meta
-
-    def __getitem__(self, entry_id: int) -> tuple[str, str]:
-        meta = self._owner.entries.get(int(entry_id))
-        if meta is None:
-            raise KeyError(entry_id)
-        return meta
-
-    def __contains__(self, entry_id: object) -> bool:
-        return isinstance(entry_id, int) and self._owner.entries.get(entry_id) is not None
-
-    def __len__(self) -> int:
-        return len(self._owner.entries)
-
-
 class CompactBankMatcher(BankMatcher):
     """``BankMatcher`` with numpy metadata and columnar bulk adds (see module docstring).
 
@@ -490,12 +462,9 @@ class CompactBankMatcher(BankMatcher):
     loading differ.
     """
 
-    def __init__(self, pdq_radius: int = 31, phash_radius: int = 8) -> None:
-        super().__init__(pdq_radius=pdq_radius, phash_radius=phash_radius)
-        self._exact = {k: ExactIndex(HASH_BYTES[k]) for k in EXACT_KINDS}
-        self._near = {k: HammingIndex(HASH_BYTES[k] * 8) for k in NEAR_KINDS}
+    def __init__(self, radius: Mapping[str, int | None] | None = None) -> None:
+        super().__init__(radius)
         self.entries = EntryTable()
-        self._meta = _EntryView(self)  # type: ignore[assignment]
 
     def __len__(self) -> int:
         """Live (not retired) entries."""
@@ -643,25 +612,25 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def load_snapshot(
     directory: Path,
     *,
-    pdq_radius: int = 31,
-    phash_radius: int = 8,
+    radius: Mapping[str, int | None] | None = None,
     mmap: bool = True,
 ) -> tuple[CompactBankMatcher, dict[str, Any]]:
     """The published snapshot as a matcher, and the ``info`` it was saved with.
 
     ``mmap=True`` maps the big arrays read-only: start-up takes about as long
     as reading the small files, and worker processes share the page cache.
+    ``radius`` as for :class:`BankMatcher` (default: the registry's radii).
     Raises :class:`SnapshotError` when there is no usable snapshot.
     """
     path = current_snapshot(Path(directory))
     if path is None:
         raise SnapshotError(f"no snapshot in {directory}")
     manifest = read_manifest(path)
-    m = CompactBankMatcher(pdq_radius=pdq_radius, phash_radius=phash_radius)
+    m = CompactBankMatcher(radius)
     try:
-        for kind in EXACT_KINDS:
+        for kind in EXACT_SIGNALS:
             m._exact[kind] = ExactIndex.load(path / kind, mmap=mmap)
-        for kind in NEAR_KINDS:
+        for kind in NEAR_SIGNALS:
             m._near[kind] = HammingIndex.load(path / kind, mmap=mmap)
         m.entries = EntryTable.load(path / "entries", mmap=mmap)
     except (OSError, ValueError, KeyError) as exc:

@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hashing.signals import SIGNAL_TYPES, radii
+
+_PDQ, _PHASH = SIGNAL_TYPES["pdq"], SIGNAL_TYPES["phash"]
+
 
 class Settings(BaseSettings):
     """Every knob an operator can turn. Read once per process via :func:`get_settings`."""
@@ -43,8 +47,9 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = 5
     user_agent: str = "hotline-classifier/0.1 (+abuse report processing)"
 
-    pdq_radius: int = Field(default=31, ge=0, le=128)
-    phash_radius: int = Field(default=8, ge=0, le=32)
+    # Match radii; the defaults are the registry's (hashing.signals), not repeated here.
+    pdq_radius: int = Field(default=_PDQ.default_radius, ge=0, le=_PDQ.bits // 2)
+    phash_radius: int = Field(default=_PHASH.default_radius, ge=0, le=_PHASH.bits // 2)
 
     forward_max_attempts: int = 5
     forward_retry_seconds: float = 2.0
@@ -53,6 +58,10 @@ class Settings(BaseSettings):
     # next to the SQLite file (or the working directory for other databases);
     # "" or "none" = no snapshot, the matcher is built from the database at start.
     index_dir: str = "auto"
+
+    def radii(self) -> dict[str, int]:
+        """The match radius of every hash type: the registry's, with these settings applied."""
+        return radii({"pdq": self.pdq_radius, "phash": self.phash_radius})
 
     def index_path(self) -> Path | None:
         """``index_dir`` resolved: a directory, or None for no snapshot."""

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -40,8 +39,8 @@ import numpy as np
 from sqlalchemy import Connection, Table, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hashing.matcher import BankRecord, Hit
-from hashing.signals import InvalidHash, get_signal_type
+from hashing.matcher import Hit
+from hashing.signals import SIGNAL_TYPES, InvalidHash, radii
 from hashing.snapshot import (
     CompactBankMatcher,
     EntryBatch,
@@ -62,8 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HASH_COLUMNS = ("md5", "sha1", "sha256", "pdq", "phash")
+HASH_COLUMNS: tuple[str, ...] = tuple(SIGNAL_TYPES)
+"""One column per hash type of the registry (``hashing.signals``), in its order."""
 CSV_COLUMNS = (*HASH_COLUMNS, "category", "source")
+_N_HASHES = len(HASH_COLUMNS)
 SQLITE_IMPORT_CACHE_KIB = 1 << 20
 """SQLite page cache of the importing connection (KiB): the hash indexes of a 10M bank are
 ~1.5 GB and inserts of random keys into them are only fast while they fit."""
@@ -73,24 +74,11 @@ processes learn about retirements from these rows (see module docstring)."""
 
 _T = cast(Table, BankEntry.__table__)
 _FAST_HEX = {
-    c: re.compile(f"[0-9a-fA-F]{{{get_signal_type(c).bits // 4}}}").fullmatch for c in HASH_COLUMNS
+    c: re.compile(f"[0-9a-fA-F]{{{SIGNAL_TYPES[c].hex_length}}}").fullmatch for c in HASH_COLUMNS
 }
 """Per hash column: does a value need no normalising beyond lowercase (fast path of the import)."""
 _CATEGORY_MAX: int = getattr(_T.c.category.type, "length", None) or 32
 _SOURCE_MAX: int = getattr(_T.c.source.type, "length", None) or 200
-
-
-def record_of(entry: BankEntry) -> BankRecord:
-    return BankRecord(
-        id=entry.id,
-        category=entry.category,
-        source=entry.source,
-        md5=entry.md5,
-        sha1=entry.sha1,
-        sha256=entry.sha256,
-        pdq=entry.pdq,
-        phash=entry.phash,
-    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -116,14 +104,15 @@ def stream_batches(
         .order_by(_T.c.id)
     )
     result = conn.execution_options(yield_per=chunk).execute(stmt)
+    n = _N_HASHES
     for part in result.partitions(chunk):
         cols = list(zip(*part, strict=True))
         yield EntryBatch.from_columns(
             table,
             cols[0],
-            cols[6],
-            cols[7],
-            cols[8],
+            cols[1 + n],
+            cols[2 + n],
+            cols[3 + n],
             {k: cols[1 + i] for i, k in enumerate(HASH_COLUMNS)},
         )
 
@@ -170,7 +159,8 @@ def fingerprint(session: Session, max_id: int) -> str:
         .where(_T.c.id.in_([select(func.min(_T.c.id)).scalar_subquery(), max_id]))
         .order_by(_T.c.id)
     ).all()
-    body = repr([(r[0], *r[1:6], r[6].isoformat() if r[6] else None) for r in rows])
+    n = _N_HASHES
+    body = repr([(r[0], *r[1 : 1 + n], r[1 + n].isoformat() if r[1 + n] else None) for r in rows])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -179,7 +169,8 @@ class Bank:
 
     Args:
         sessions: the session factory of the bank's database.
-        pdq_radius, phash_radius: match radii (settings).
+        radius: match radius per hash type name (settings); types not named use the
+            registry's default (``hashing.signals.radii``).
         refresh_seconds: how often :meth:`match` looks for changes.
         index_dir: where the snapshot lives (``HOTLINE_INDEX_DIR``); None: no snapshot,
             the matcher is built from the database at start.
@@ -195,8 +186,7 @@ class Bank:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        pdq_radius: int = 31,
-        phash_radius: int = 8,
+        radius: Mapping[str, int | None] | None = None,
         refresh_seconds: float = 1.0,
         index_dir: Path | None = None,
         *,
@@ -207,8 +197,7 @@ class Bank:
         chunk_rows: int = 100_000,
     ) -> None:
         self.sessions = sessions
-        self.pdq_radius = pdq_radius
-        self.phash_radius = phash_radius
+        self.radius = radii(radius)
         self.refresh_seconds = refresh_seconds
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self.mmap = mmap
@@ -216,7 +205,7 @@ class Bank:
         self.resave_min = resave_min
         self.resave_fraction = resave_fraction
         self.chunk_rows = chunk_rows
-        self.matcher = CompactBankMatcher(pdq_radius=pdq_radius, phash_radius=phash_radius)
+        self.matcher = CompactBankMatcher(self.radius)
         self.state: SyncState | None = None
         self.loaded_from: str | None = None
         self._checked = 0.0
@@ -231,8 +220,7 @@ class Bank:
         """The bank as configured (radii, ``HOTLINE_INDEX_DIR``)."""
         return cls(
             sessions,
-            pdq_radius=settings.pdq_radius,
-            phash_radius=settings.phash_radius,
+            radius=settings.radii(),
             index_dir=settings.index_path(),
             **kwargs,
         )
@@ -267,8 +255,7 @@ class Bank:
         try:
             matcher, info = load_snapshot(
                 self.index_dir,
-                pdq_radius=self.pdq_radius,
-                phash_radius=self.phash_radius,
+                radius=self.radius,
                 mmap=self.mmap,
             )
         except SnapshotError as exc:
@@ -315,7 +302,7 @@ class Bank:
         ``save`` also writes a fresh snapshot."""
         with self._lock:
             t0 = time.perf_counter()
-            fresh = CompactBankMatcher(pdq_radius=self.pdq_radius, phash_radius=self.phash_radius)
+            fresh = CompactBankMatcher(self.radius)
             with self.sessions() as session:
                 conn = session.connection()
                 # Audit position first: a retirement racing with the read is re-applied later.
@@ -592,21 +579,6 @@ class Bank:
 # --------------------------------------------------------------------------- CSV
 
 
-def validate_row(row: dict[str, str]) -> dict[str, str | None]:
-    """Normalize one CSV row; raise ``ValueError`` naming the column and the problem."""
-    hashes: dict[str, str | None] = {}
-    for col in HASH_COLUMNS:
-        value = (row.get(col) or "").strip()
-        if value:
-            try:
-                hashes[col] = get_signal_type(col).validate(value)
-            except InvalidHash as exc:
-                raise ValueError(f"column {col}: {exc}") from exc
-    if not hashes:
-        raise ValueError("row has no hash in any of the columns " + ", ".join(HASH_COLUMNS))
-    return hashes
-
-
 class _Writer:
     """Bulk insert of validated rows, in the caller's transaction.
 
@@ -687,8 +659,9 @@ def import_csv(
     progress: Callable[[int], None] | None = None,
     batch_size: int = 10_000,
 ) -> tuple[int, list[str]]:
-    """Load bank rows from CSV (columns md5,sha1,sha256,pdq,phash,category,source; any subset
-    of hash columns, in any order). Returns (rows added, errors).
+    """Load bank rows from CSV (columns :data:`CSV_COLUMNS`: one per hash type of the registry,
+    then category, source; any subset of hash columns, in any order). Returns (rows added,
+    errors).
 
     Every refused row is reported as ``line N: column C: reason``, never
     silently skipped; blank lines are not rows. Good rows go to the database
@@ -713,7 +686,7 @@ def import_csv(
     if dupes:
         return 0, [f"line 1: column(s) {', '.join(dupes)} appear more than once"]
     hash_pos = [
-        (names.index(c), c, get_signal_type(c), _FAST_HEX[c]) for c in HASH_COLUMNS if c in names
+        (names.index(c), c, SIGNAL_TYPES[c], _FAST_HEX[c]) for c in HASH_COLUMNS if c in names
     ]
     if not hash_pos:
         return 0, ["line 1: no hash column; expected at least one of " + ", ".join(HASH_COLUMNS)]
@@ -747,7 +720,7 @@ def import_csv(
                     f"line {lineno}: expected {width} fields ({', '.join(names)}), got {len(row)}"
                 )
                 continue
-            out: list[str | None] = [None] * 7
+            out: list[str | None] = [None] * len(CSV_COLUMNS)
             bad = None
             for pos, col, sig, fast in hash_pos:
                 value = row[pos]
@@ -761,7 +734,7 @@ def import_csv(
                     except InvalidHash as exc:
                         bad = f"line {lineno}: column {col}: {exc}"
                         break
-            if bad is None and all(v is None for v in out[:5]):
+            if bad is None and all(v is None for v in out[:_N_HASHES]):
                 bad = f"line {lineno}: no hash in any of the columns {', '.join(h[1] for h in hash_pos)}"
             if bad is None:
                 category = (row[cat_pos].strip() if cat_pos is not None else "") or default_category
@@ -771,7 +744,7 @@ def import_csv(
                 elif len(source) > _SOURCE_MAX:
                     bad = f"line {lineno}: column source: longer than {_SOURCE_MAX} characters"
                 else:
-                    out[5], out[6] = category, source
+                    out[_N_HASHES], out[_N_HASHES + 1] = category, source
             if bad is not None:
                 errors.append(bad)
                 continue
@@ -819,15 +792,3 @@ def retire(store: SqlUnitOfWork, entry_id: int, reason: str, actor: str) -> bool
     entry.retired_reason = reason
     store.audit.append(actor, RETIRE_ACTION, str(entry_id), reason)
     return True
-
-
-def rows_from_text(text: str) -> Iterator[dict[str, str]]:
-    yield from csv.DictReader(io.StringIO(text))
-
-
-def write_csv(rows: Sequence[dict[str, str | None]], out: TextIO) -> None:
-    """Rows as bank CSV (for tests and benchmarks that generate banks)."""
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow([r.get(c) or "" for c in CSV_COLUMNS])

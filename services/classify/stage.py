@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from hashing.image import ImageHashes
+from hashing.image import FrameHashes, ImageHashes
 from hashing.matcher import Hit
+from hashing.signals import SIGNAL_TYPES
 from hotline.kernel.messages import InvalidMessage, Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Result, SideEffect
@@ -41,6 +42,24 @@ def _reraise(uow: UnitOfWork, exc: Exception) -> list[Outgoing]:
 
 HashFn = Callable[[bytes], ImageHashes]
 MatchFn = Callable[..., Hit | None]
+
+HASH_FIELDS: tuple[str, ...] = (
+    *SIGNAL_TYPES,
+    *(s.quality_key for s in SIGNAL_TYPES.values() if s.quality_key),
+)
+"""What classify hands the matcher and keeps in ``ImageFacts``: one field per hash type of
+the registry (``hashing.signals``) plus each type's quality (``pdq_quality``)."""
+
+
+def hash_fields(hashes: ImageHashes | FrameHashes) -> dict[str, Any]:
+    """The :data:`HASH_FIELDS` of an image or of one frame (a frame has no crypto hashes);
+    values keep the types of the model's fields (``str | None``, qualities ``int | None``)."""
+    return {k: getattr(hashes, k, None) for k in HASH_FIELDS}
+
+
+def is_weak(hit: BankMatch) -> bool:
+    """A hit on a weak type (pHash) alone is a hint for an analyst, not proof."""
+    return SIGNAL_TYPES[hit.signal].weak
 
 
 def looks_like_image(fetched: Fetched) -> bool:
@@ -114,8 +133,8 @@ class ClassifyStage:
                     images.append(self._fetch_image(img_url))
         except FetchError as err:
             online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"
-        known = any(i.match is not None and i.match.signal != "phash" for i in images)
-        weak = any(i.match is not None and i.match.signal == "phash" for i in images)
+        known = any(i.match is not None and not is_weak(i.match) for i in images)
+        weak = any(i.match is not None and is_weak(i.match) for i in images)
         decision = decide_route(
             online=online,
             offline_reason=offline_reason,
@@ -153,13 +172,13 @@ class ClassifyStage:
             h = self.hash_image(data)
         except ValueError as err:  # ImageError: broken file, bomb, not an image
             return ImageFacts(url=url, byte_size=len(data), error=str(err))
-        hashes = {k: getattr(h, k) for k in ("md5", "sha1", "sha256", "pdq", "pdq_quality", "phash")}
+        hashes = hash_fields(h)
         hit = self.match(**hashes)
         # An animation is known if any of its sampled frames is (abusers hide a frame in a GIF).
         for frame in h.frames:
             if hit is not None:
                 break
-            hit = self.match(pdq=frame.pdq, pdq_quality=frame.pdq_quality, phash=frame.phash)
+            hit = self.match(**hash_fields(frame))
         match = None
         if hit is not None:
             match = BankMatch(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from hashing.signals import NEAR_SIGNALS, SIGNAL_TYPES
 from hotline.kernel.clock import now
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, require_role
@@ -58,13 +59,20 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 # -- documentation-only models (the body is parsed by services.hashcheck.logic) ----------------
-HashType = Literal["md5", "sha1", "sha256", "pdq", "phash"]
+# The accepted types are the registry's (hashing.signals); logic.parse_batch validates with it.
+if TYPE_CHECKING:
+    HashType = str
+else:
+    HashType = Literal[tuple(SIGNAL_TYPES)]
+
+_HEX_DIGITS = ", ".join(f"{name} {signal.hex_length}" for name, signal in SIGNAL_TYPES.items())
+_NEAR = "/".join(NEAR_SIGNALS)
 
 
 class HashQuery(BaseModel):
     type: HashType = Field(description="hash type (case-insensitive)")
     value: str = Field(
-        description="hex digits: md5 32, sha1 40, sha256 64, pdq 64, phash 16 (case-insensitive)",
+        description=f"hex digits: {_HEX_DIGITS} (case-insensitive)",
         examples=["11accac1ac1507aefbfdf0948c9fbf39"],
     )
 
@@ -87,7 +95,7 @@ class HashResult(BaseModel):
     value: str = Field(description="the hash as checked (lowercase hex)")
     known: bool
     distance: int | None = Field(
-        description="0 for an exact match; for pdq/phash the Hamming distance to the nearest "
+        description=f"0 for an exact match; for {_NEAR} the Hamming distance to the nearest "
         "known hash (within the hotline's radius); null when not known"
     )
 
@@ -138,16 +146,28 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 _ERROR_EXAMPLE = {"detail": [{"field": "hashes[3].value",
                               "reason": "md5 hash must be 32 hex characters (128 bits), got 31"}]}
 
+def _type_list() -> str:
+    """"md5, sha1, sha256, pdq (256-bit) and phash (64-bit)", from the registry."""
+    names = [n if s.exact else f"{n} ({s.bits}-bit)" for n, s in SIGNAL_TYPES.items()]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _default_radii() -> str:
+    """"PDQ 31 bits, pHash 8 bits", from the registry."""
+    return ", ".join(f"{SIGNAL_TYPES[n].label} {SIGNAL_TYPES[n].default_radius} bits"
+                     for n in NEAR_SIGNALS)
+
+
 DESCRIPTION = f"""
 Which of these hashes are known material? For hosting providers, authenticated by API key
 (`Authorization: Bearer TOKEN` of an account with role `hoster`; admins may call too).
 
 Body: `{{"hashes": [{{"type": "md5", "value": "..."}}, {{"type": "pdq", "value": "..."}}]}}`,
-1 to {MAX_BATCH:,} hashes of types md5, sha1, sha256, pdq (256-bit) and phash (64-bit), mixed
+1 to {MAX_BATCH:,} hashes of types {_type_list()}, mixed
 freely. Answer: one result per hash, in input order:
 `{{"type", "value", "known": bool, "distance": int|null}}`: `distance` is 0 for exact hashes and
-the Hamming distance to the nearest known hash for pdq/phash (near matches are found within
-the hotline's fixed radius, PDQ 31 bits by default; a caller cannot widen it). Nothing else
+the Hamming distance to the nearest known hash for {_NEAR} (near matches are found within
+the hotline's fixed radius, {_default_radii()} by default; a caller cannot widen it). Nothing else
 about the bank is ever returned.
 
 Optional `"report_hits": {{"<hash value>": "<url>"}}`: for each hash that is known, the hotline

@@ -194,7 +194,7 @@ def test_import_in_many_batches(
     assert (added, errors) == (2_345, [])
     assert sum(seen) == 2_345
     bank = make_bank(sessions)
-    assert len(bank.matcher) == 0 or True  # loads lazily on the first match
+    assert bank.state is None and len(bank.matcher) == 0  # loads lazily on the first match
     assert bank.match(sha256=rows[-1]["sha256"]) is not None
     assert len(bank.matcher) == 2_345
 
@@ -596,7 +596,7 @@ def test_compact_matcher_agrees_with_bank_matcher() -> None:
     compact.add(records[:10])
     assert len(compact) == 296
     assert compact.entries.dead == 3
-    assert compact._meta.get(5) is None and compact._meta.get(8) == (records[7].category, "src2")
+    assert compact.entries.get(5) is None and compact.entries.get(8) == (records[7].category, "src2")
 
 
 def test_entry_table_is_compact() -> None:

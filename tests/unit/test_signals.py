@@ -1,13 +1,18 @@
-"""One generic suite that every hash type (signal type) must pass, plus per-type facts."""
+"""One generic suite that every hash type (signal type) must pass, plus per-type facts, and
+proof that the registry is the only list of hash types (every consumer derives from it)."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import fields
 
 import pytest
 
-from hashing.image import hash_image
+from hashing.image import FrameHashes, ImageHashes, hash_image
+from hashing.matcher import MATCH_ORDER, BankMatcher, BankRecord
 from hashing.signals import (
+    EXACT_SIGNALS,
+    NEAR_SIGNALS,
     PDQ_MIN_QUALITY,
     SIGNAL_TYPES,
     Comparison,
@@ -15,8 +20,17 @@ from hashing.signals import (
     SignalType,
     UnknownSignalType,
     get_signal_type,
+    radii,
 )
+from hashing.snapshot import HASH_BYTES, CompactBankMatcher
 from hashing.synthetic import encode, generate_photo_like
+from hotline.bank import CSV_COLUMNS, HASH_COLUMNS
+from hotline.config import Settings
+from hotline.db.models import BankEntry
+from schemas.facts import ImageFacts
+from services.classify.stage import HASH_FIELDS
+from services.hashcheck.logic import BatchRejected, parse_batch
+from services.hashcheck.routes import HashQuery
 
 ALL = list(SIGNAL_TYPES.values())
 IDS = list(SIGNAL_TYPES)
@@ -157,11 +171,93 @@ def test_pdq_quality_gate() -> None:
     assert PDQ_MIN_QUALITY == 50
     assert pdq.usable(50) and pdq.usable(100)
     assert not pdq.usable(49)
-    assert not pdq.usable(None)
+    assert pdq.usable(None)  # unknown quality (a HashCheck query, a bank CSV row) is matched
     assert SIGNAL_TYPES["phash"].usable(None)
 
 
 def test_default_radii() -> None:
     radii = {name: signal.default_radius for name, signal in SIGNAL_TYPES.items()}
-    assert radii == {"md5": 0, "sha1": 0, "sha256": 0, "pdq": 31, "phash": 10}
+    assert radii == {"md5": 0, "sha1": 0, "sha256": 0, "pdq": 31, "phash": 8}
     assert all(signal.exact == (signal.default_radius == 0) for signal in ALL)
+
+
+# --------------------------------------------------------------------------- one registry
+
+
+def test_radii_are_the_registry_defaults_unless_overridden() -> None:
+    assert radii() == {name: s.default_radius for name, s in SIGNAL_TYPES.items()}
+    assert radii({"phash": 12, "pdq": None})["phash"] == 12
+    assert radii({"phash": 12})["pdq"] == SIGNAL_TYPES["pdq"].default_radius
+    with pytest.raises(UnknownSignalType):
+        radii({"crc32": 3})
+    with pytest.raises(ValueError, match="only radius is 0"):
+        radii({"md5": 1})
+    with pytest.raises(ValueError, match="within 0..64"):
+        radii({"phash": 65})
+
+
+@pytest.mark.parametrize("quality", [None, 0, PDQ_MIN_QUALITY - 1, PDQ_MIN_QUALITY, 100])
+@pytest.mark.parametrize(
+    "signal", [s for s in ALL if s.quality_key], ids=[s.name for s in ALL if s.quality_key]
+)
+def test_matcher_matches_exactly_what_the_registry_calls_usable(
+    signal: SignalType, quality: int | None
+) -> None:
+    """One quality rule: ``SignalType.usable`` and ``BankMatcher.match`` never disagree."""
+    matcher = BankMatcher()
+    matcher.add([BankRecord(id=1, category="c", source="s", **{signal.name: signal.examples[0]})])
+    assert signal.quality_key is not None
+    hit = matcher.match(**{signal.name: signal.examples[0], signal.quality_key: quality})
+    assert (hit is not None) == signal.usable(quality)
+
+
+def test_every_consumer_lists_exactly_the_registry() -> None:
+    """Adding a hash type is one class in ``hashing.signals`` (plus its database column):
+    every consumer below derives its list from the registry, and this fails if one does not."""
+    names = list(SIGNAL_TYPES)
+    exact = [n for n, s in SIGNAL_TYPES.items() if s.exact]
+    near = [n for n, s in SIGNAL_TYPES.items() if not s.exact]
+    qualities = [s.quality_key for s in ALL if s.quality_key]
+    assert (list(EXACT_SIGNALS), list(NEAR_SIGNALS)) == (exact, near)
+
+    # matcher: one index per type, of the type's width, at the type's radius
+    matcher = BankMatcher()
+    assert list(matcher._exact) == exact and list(matcher._near) == near
+    assert {n: i.nbytes for n, i in matcher._exact.items()} == {
+        n: SIGNAL_TYPES[n].byte_length for n in exact
+    }
+    assert {n: i.bits for n, i in matcher._near.items()} == {n: SIGNAL_TYPES[n].bits for n in near}
+    assert matcher.radius == {n: s.default_radius for n, s in SIGNAL_TYPES.items()}
+    assert sorted(MATCH_ORDER) == sorted(names)
+    assert [f.name for f in fields(BankRecord)] == ["id", "category", "source", *names]
+
+    # snapshot
+    compact = CompactBankMatcher()
+    assert list(compact._exact) == exact and list(compact._near) == near
+    assert HASH_BYTES == {n: s.byte_length for n, s in SIGNAL_TYPES.items()}
+
+    # bank: CSV columns and database columns
+    assert list(HASH_COLUMNS) == names and list(CSV_COLUMNS) == [*names, "category", "source"]
+    columns = BankEntry.__table__.c
+    assert {n: columns[n].type.length for n in names} == {
+        n: s.hex_length for n, s in SIGNAL_TYPES.items()
+    }
+
+    # classify: what it hashes, matches on and records per image
+    assert list(HASH_FIELDS) == [*names, *qualities]
+    assert set(HASH_FIELDS) <= set(ImageFacts.model_fields)
+    assert set(HASH_FIELDS) <= set(ImageHashes.model_fields)
+    assert set(near) | set(qualities) <= set(FrameHashes.model_fields)
+
+    # HashCheck: the documented types and the accepted ones
+    assert HashQuery.model_json_schema()["properties"]["type"]["enum"] == names
+    batch = parse_batch(
+        {"hashes": [{"type": n, "value": s.examples[0]} for n, s in SIGNAL_TYPES.items()]}
+    )
+    assert sorted(batch.positions) == sorted(names)
+    with pytest.raises(BatchRejected) as refused:
+        parse_batch({"hashes": [{"type": "crc32", "value": "00"}]})
+    assert refused.value.errors[0]["reason"].endswith("known: " + ", ".join(names))
+
+    # settings: radii default to the registry's
+    assert Settings().radii() == {n: s.default_radius for n, s in SIGNAL_TYPES.items()}
