@@ -1,181 +1,171 @@
-"""Stage logic against a real SQLite database and hand-written recording fakes (no broker).
+"""Stage logic without a database: every stage runs on ``MemoryUnitOfWork`` with hand-written
+recording fakes (``tests.unit.stagekit``), driven the way a runtime drives it (``deliver``:
+decode + handle, side effect to its end, publish with the unit of work, commit; roll back
+on an exception). A retry is the runtime delivering the same message again.
 
-Each test drives a stage the way a runtime does (``run_stage`` with the wire bytes, or
-``handle`` then ``commit``) and then reads the state back through a fresh session.
+The last sections (marked "SQL adapter") run the same stages through ``StepRunner`` on a
+migrated SQLite database, so the SQL unit of work and the runtimes' step path are covered
+too, and hold the storage tests that only mean something on SQL (the audit hash chain,
+timestamp and JSON column types).
 """
 
 from __future__ import annotations
 
 import shutil
-import smtplib
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.storage.engine import make_engine, make_sessionmaker, migrate
-from hotline.storage.models import (
-    AuditLog,
-    BankEntry,
-    Escalation,
-    Forward,
-    Item,
-    Notice,
-    Report,
-    ReportUrl,
-)
+from hotline.kernel.failures import Failure, classify
 from hotline.kernel.messages import Outgoing
-from hotline.kernel.stage import run_stage
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.stage import RetryLater, SideEffect, complete, run_stage
+from hotline.runtime.steps import RetryRequested, StepRunner
+from hotline.storage.memory import MemoryState, MemoryUnitOfWork
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
-from schemas.notices import NoticeEvent, PartnerForward, PoliceEscalation, TakedownNotice
+from schemas.notices import NoticeEvent, PoliceEscalation
 from schemas.reports import ReportRejected, ReportSubmitted
 from services.assessment.logic import AssessmentRefused, assess
-from services.escalate.partners import DeliveryFailed, PartnerDirectory, PartnerEntry
-from services.escalate.stage import EscalateStage
+from services.escalate.partners import DeliveryFailed, HttpPartnerGateway
 from services.ingest.stage import IngestStage
-from services.notify.mailer import RecordingMailer
-from services.notify.stage import NotifyStage
-
-# --------------------------------------------------------------------------- database
-
-
-@pytest.fixture(scope="module")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Migrate once per module; each test gets a copy (migrations take most of a second)."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    migrate(f"sqlite:///{path}")
-    return path
+from services.notify.mailer import DeliveryUnknown, NotDelivered, RecordingMailer
+from tests.unit.stagekit import (
+    DE,
+    DyingGateway,
+    DyingMailer,
+    FakeGateway,
+    ProcessKilled,
+    RaisingMailer,
+    deliver,
+    escalate_stage,
+    forward_for,
+    kinds,
+    make_item,
+    notice_for,
+    notify_stage,
+    of_topic,
+    path_to,
+)
 
 
 @pytest.fixture
-def sessions(migrated_template: Path, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    db = tmp_path / "hotline.db"
-    shutil.copy(migrated_template, db)
-    engine = make_engine(f"sqlite:///{db}")
-    yield make_sessionmaker(engine)
-    engine.dispose()
+def state() -> MemoryState:
+    """What a database would keep between units of work."""
+    return MemoryState()
 
 
-def deliver(sessions: sessionmaker[Session], stage: Any, topic: str, raw: bytes | str) -> list[Outgoing]:
-    """One delivery as the embedded runtime does it: decode+handle, publish with the unit of work."""
-    with sessions() as session:
-        store = SqlUnitOfWork(session)
-        out = run_stage(stage, topic, raw, store)
-        store.enqueue(out)
-        store.commit()
-        return out
+@pytest.fixture
+def uow(state: MemoryState) -> MemoryUnitOfWork:
+    return MemoryUnitOfWork(state)
 
 
-def read(sessions: sessionmaker[Session], fn: Callable[[SqlUnitOfWork], object]) -> object:
-    with sessions() as session:
-        return fn(SqlUnitOfWork(session))
-
-
-def of_topic(out: list[Outgoing], topic: str) -> list[Any]:
-    return [o.message for o in out if o.topic == topic]
-
-
-def submit(sessions: sessionmaker[Session], *urls: str, report_id: str | None = None) -> tuple[str, list[Outgoing]]:
+def submit(uow: UnitOfWork, *urls: str, report_id: str | None = None) -> tuple[str, list[Outgoing]]:
     msg = ReportSubmitted(urls=list(urls)) if report_id is None else ReportSubmitted(urls=list(urls), report_id=report_id)
-    return msg.report_id, deliver(sessions, IngestStage(), "reports.submitted", msg.model_dump_json())
+    return msg.report_id, deliver(IngestStage(), "reports.submitted", msg, uow)
+
+
+def published(state: MemoryState, topic: str) -> list[Any]:
+    return [o.message for o in state.published if o.topic == topic]
+
+
+def test_path_to_walks_only_allowed_changes() -> None:
+    assert path_to("received") == []
+    assert path_to("notice_sent") == ["notice_queued", "notice_sent"]
+    assert path_to("forwarded") == ["forward_queued", "forwarded"]
+    assert path_to("escalated") == ["awaiting_assessment", "escalated"]
 
 
 # --------------------------------------------------------------------------- ingest
 
 
-def test_new_url_becomes_an_item(sessions: sessionmaker[Session]) -> None:
-    rid, out = submit(sessions, "HTTP://Site.test/a.jpg#x")
+def test_new_url_becomes_an_item(uow: MemoryUnitOfWork) -> None:
+    rid, out = submit(uow, "HTTP://Site.test/a.jpg#x")
     accepted = of_topic(out, "items.accepted")
     assert len(accepted) == 1 and isinstance(accepted[0], ItemAccepted)
     assert accepted[0].url == "http://site.test/a.jpg"
     assert accepted[0].report_ids == [rid]
-    with sessions() as s:
-        item = s.get(Item, accepted[0].item_id)
-        assert item is not None and item.state == "received"
-        report = s.get(Report, rid)
-        assert report is not None and report.status == "accepted"
-        assert [e.kind for e in SqlUnitOfWork(s).items.events(item.id)] == ["received"]
+    item = uow.items.get(accepted[0].item_id)
+    assert item is not None and item.state == "received"
+    report = uow.reports.get(rid)
+    assert report is not None and report.status == "accepted"
+    assert [e.kind for e in uow.items.events(item.id)] == ["received"]
+    assert uow.state.published == out  # published with the unit of work
 
 
-def test_same_url_twice_is_one_item_with_reported_again(sessions: sessionmaker[Session]) -> None:
-    r1, out1 = submit(sessions, "http://site.test/a.jpg")
-    r2, out2 = submit(sessions, "site.test/./a.jpg")  # another spelling, another report
+def test_same_url_twice_is_one_item_with_reported_again(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    r1, out1 = submit(uow, "http://site.test/a.jpg")
+    r2, out2 = submit(uow, "site.test/./a.jpg")  # another spelling, another report
     (first,) = of_topic(out1, "items.accepted")
     assert of_topic(out2, "items.accepted") == []  # no new work
-    with sessions() as s:
-        assert s.scalar(select(Item.id).where(Item.url == "http://site.test/a.jpg")) == first.item_id
-        assert len(s.scalars(select(Item)).all()) == 1
-        store = SqlUnitOfWork(s)
-        assert store.items.report_ids(first.item_id) == sorted([r1, r2])
-        kinds = [e.kind for e in store.items.events(first.item_id)]
-        assert kinds == ["received", "reported_again"]
-        assert r2 in store.items.events(first.item_id)[1].detail
+    assert [i.id for i in state.items.values() if i.url == "http://site.test/a.jpg"] == [first.item_id]
+    assert len(state.items) == 1
+    assert uow.items.report_ids(first.item_id) == sorted([r1, r2])
+    events = uow.items.events(first.item_id)
+    assert [e.kind for e in events] == ["received", "reported_again"]
+    assert r2 in events[1].detail
 
 
-def test_same_url_twice_in_one_report(sessions: sessionmaker[Session]) -> None:
-    rid, out = submit(sessions, "http://site.test/a.jpg", "http://SITE.test:80/a.jpg")
+def test_same_url_twice_in_one_report(uow: MemoryUnitOfWork) -> None:
+    rid, out = submit(uow, "http://site.test/a.jpg", "http://SITE.test:80/a.jpg")
     assert len(of_topic(out, "items.accepted")) == 1
-    with sessions() as s:
-        links = SqlUnitOfWork(s).reports.urls(rid)
-        assert len(links) == 2 and links[0].item_id == links[1].item_id is not None
+    links = uow.reports.urls(rid)
+    assert len(links) == 2 and links[0].item_id == links[1].item_id is not None
 
 
-def test_url_of_a_closed_item_opens_a_new_item(sessions: sessionmaker[Session]) -> None:
-    _, out1 = submit(sessions, "http://site.test/a.jpg")
+def test_url_of_a_closed_item_opens_a_new_item(uow: MemoryUnitOfWork) -> None:
+    _, out1 = submit(uow, "http://site.test/a.jpg")
     (first,) = of_topic(out1, "items.accepted")
-    with sessions() as s:
-        store = SqlUnitOfWork(s)
-        item = store.items.get(first.item_id)
-        assert item is not None
-        store.items.set_state(item, "closed_offline", "gone", "classify")
-        store.commit()
-    _, out2 = submit(sessions, "http://site.test/a.jpg")
+    item = uow.items.get(first.item_id)
+    assert item is not None
+    uow.items.set_state(item, "closed_offline", "gone", "classify")
+    uow.commit()
+    _, out2 = submit(uow, "http://site.test/a.jpg")
     (second,) = of_topic(out2, "items.accepted")
     assert second.item_id != first.item_id
     assert second.url == first.url
 
 
-def test_invalid_urls_are_rejected_with_codes_and_the_rest_accepted(sessions: sessionmaker[Session]) -> None:
-    rid, out = submit(sessions, "ftp://files.test/x.jpg", "http://ok.test/", "http://bad host.test/")
+def test_invalid_urls_are_rejected_with_codes_and_the_rest_accepted(uow: MemoryUnitOfWork) -> None:
+    rid, out = submit(uow, "ftp://files.test/x.jpg", "http://ok.test/", "http://bad host.test/")
     rejected = of_topic(out, "reports.rejected")
-    assert [(r.reason_code, r.payload["position"]) for r in rejected] == [  # type: ignore[attr-defined]
+    assert [(r.reason_code, r.payload["position"]) for r in rejected] == [
         ("unsupported_scheme", 0),
         ("invalid_host", 2),
     ]
-    assert all(r.report_id == rid and r.stage == "ingest" for r in rejected)  # type: ignore[attr-defined]
+    assert all(r.report_id == rid and r.stage == "ingest" for r in rejected)
     assert len(of_topic(out, "items.accepted")) == 1
-    with sessions() as s:
-        report = s.get(Report, rid)
-        assert report is not None and report.status == "accepted"
-        links = SqlUnitOfWork(s).reports.urls(rid)
-        assert [link.item_id is None for link in links] == [True, False, True]
-        assert "http and https" in (links[0].rejected_reason or "")
+    report = uow.reports.get(rid)
+    assert report is not None and report.status == "accepted"
+    links = uow.reports.urls(rid)
+    assert [link.item_id is None for link in links] == [True, False, True]
+    assert "http and https" in (links[0].rejected_reason or "")
 
 
-def test_report_with_only_invalid_urls_is_rejected(sessions: sessionmaker[Session]) -> None:
-    rid, out = submit(sessions, "mailto:x@y.test", "")
-    assert [r.reason_code for r in of_topic(out, "reports.rejected")] == ["unsupported_scheme", "empty_url"]  # type: ignore[attr-defined]
+def test_report_with_only_invalid_urls_is_rejected(uow: MemoryUnitOfWork) -> None:
+    rid, out = submit(uow, "mailto:x@y.test", "")
+    assert [r.reason_code for r in of_topic(out, "reports.rejected")] == ["unsupported_scheme", "empty_url"]
     assert of_topic(out, "items.accepted") == []
-    with sessions() as s:
-        report = s.get(Report, rid)
-        assert report is not None and report.status == "rejected" and report.reason
+    report = uow.reports.get(rid)
+    assert report is not None and report.status == "rejected" and report.reason
 
 
-def test_report_without_urls_is_rejected_whole(sessions: sessionmaker[Session]) -> None:
-    rid, out = submit(sessions)
+def test_report_without_urls_is_rejected_whole(uow: MemoryUnitOfWork) -> None:
+    rid, out = submit(uow)
     (rej,) = out
     assert rej.topic == "reports.rejected"
     assert isinstance(rej.message, ReportRejected)
     assert (rej.message.reason_code, rej.message.report_id) == ("no_urls", rid)
-    with sessions() as s:
-        report = s.get(Report, rid)
-        assert report is not None and report.status == "rejected"
+    report = uow.reports.get(rid)
+    assert report is not None and report.status == "rejected"
 
 
 @pytest.mark.parametrize(
@@ -187,9 +177,9 @@ def test_report_without_urls_is_rejected_whole(sessions: sessionmaker[Session]) 
     ],
 )
 def test_malformed_message_becomes_a_rejection_with_the_payload(
-    sessions: sessionmaker[Session], raw: bytes, payload: object
+    uow: MemoryUnitOfWork, state: MemoryState, raw: bytes, payload: object
 ) -> None:
-    out = deliver(sessions, IngestStage(), "reports.submitted", raw)
+    out = deliver(IngestStage(), "reports.submitted", raw, uow)
     (rej,) = out
     assert rej.topic == "reports.rejected"
     msg = rej.message
@@ -197,77 +187,35 @@ def test_malformed_message_becomes_a_rejection_with_the_payload(
     assert msg.reason_code == "malformed_message"
     assert msg.payload == payload
     assert msg.stage == "ingest" and msg.source_topic == "reports.submitted"
-    with sessions() as s:
-        assert s.scalars(select(Item)).all() == []
-        if isinstance(payload, dict):  # the report id could be read: it is visible as rejected
-            report = s.get(Report, "r-42")
-            assert report is not None and report.status == "rejected"
-            assert "urls" in (report.reason or "")
-        # the rejection itself is published through the outbox with the unit of work
-        assert s.execute(text("select count(*) from bus_messages where topic='reports.rejected'")).scalar() == 1
+    assert state.items == {}
+    if isinstance(payload, dict):  # the report id could be read: it is visible as rejected
+        report = uow.reports.get("r-42")
+        assert report is not None and report.status == "rejected"
+        assert "urls" in (report.reason or "")
+    else:
+        assert [a[:3] for a in state.audit] == [("ingest", "message_rejected", "-")]
+    # the rejection itself is published with the unit of work
+    assert published(state, "reports.rejected") == [msg]
 
 
-def test_redelivered_report_creates_nothing_new(sessions: sessionmaker[Session]) -> None:
+def test_redelivered_report_creates_nothing_new(uow: MemoryUnitOfWork, state: MemoryState) -> None:
     msg = ReportSubmitted(urls=["http://site.test/a.jpg", "http://site.test/b.jpg"])
-    out1 = deliver(sessions, IngestStage(), "reports.submitted", msg.model_dump_json())
-    out2 = deliver(sessions, IngestStage(), "reports.submitted", msg.model_dump_json())
-    ids1 = sorted(m.item_id for m in of_topic(out1, "items.accepted"))  # type: ignore[attr-defined]
-    ids2 = sorted(m.item_id for m in of_topic(out2, "items.accepted"))  # type: ignore[attr-defined]
+    out1 = deliver(IngestStage(), "reports.submitted", msg, uow)
+    out2 = deliver(IngestStage(), "reports.submitted", msg, uow)
+    ids1 = sorted(m.item_id for m in of_topic(out1, "items.accepted"))
+    ids2 = sorted(m.item_id for m in of_topic(out2, "items.accepted"))
     assert ids1 == ids2 and len(ids1) == 2  # replayed for the stages after, same items
-    with sessions() as s:
-        assert len(s.scalars(select(Item)).all()) == 2
-        assert len(s.scalars(select(ReportUrl)).all()) == 2
+    assert len(state.items) == 2
+    assert len(state.report_urls) == 2
 
 
 # --------------------------------------------------------------------------- notify
 
 
-def make_item(sessions: sessionmaker[Session], state: str, classification: ItemClassified | None = None) -> str:
-    with sessions() as s:
-        store = SqlUnitOfWork(s)
-        # A distinct URL per item: only one open item may exist per URL.
-        item = store.items.create(f"http://img.hoster-a.test/known.jpg?case={uuid.uuid4().hex}")
-        store.items.set_state(item, state, "set up by the test", "test")
-        if classification is not None:
-            item.classification = classification.model_copy(update={"item_id": item.id}).model_dump(mode="json")
-        store.commit()
-        return item.id
-
-
-def notice_for(item_id: str) -> TakedownNotice:
-    return TakedownNotice(
-        notice_id=f"ntd-{item_id}", item_id=item_id, url="http://img.hoster-a.test/known.jpg",
-        hoster="Hoster A B.V.", abuse_email="abuse@hoster-a.test", country="NL",
-    )
-
-
-class ProcessKilled(BaseException):
-    """Stands in for the process dying mid-send (not an Exception: nothing may catch it)."""
-
-
-class DyingMailer:
-    def send(self, message: object) -> None:
-        raise ProcessKilled
-
-
-class RefusingMailer:
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def send(self, message: object) -> None:
-        self.attempts += 1
-        raise smtplib.SMTPServerDisconnected("connection unexpectedly closed")
-
-
-def notify(sessions: sessionmaker[Session], mailer: object, notice: TakedownNotice) -> list[Outgoing]:
-    stage = NotifyStage(mailer=mailer, sender="ntd@hotline.test", hotline_name="Test hotline")  # type: ignore[arg-type]
-    return deliver(sessions, stage, "notices.ntd", notice.model_dump_json())
-
-
-def test_notice_is_sent_once(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "notice_queued")
+def test_notice_is_sent_once(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "notice_queued")
     mailer = RecordingMailer()
-    out = notify(sessions, mailer, notice_for(item_id))
+    out = deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)
     assert len(mailer.sent) == 1
     email = mailer.sent[0]
     assert email["To"] == "abuse@hoster-a.test"
@@ -275,147 +223,256 @@ def test_notice_is_sent_once(sessions: sessionmaker[Session]) -> None:
     assert "http://img.hoster-a.test/known.jpg" in email.get_content()
     (event,) = of_topic(out, "notices.events")
     assert isinstance(event, NoticeEvent) and event.kind == "sent"
-    with sessions() as s:
-        notice = s.get(Notice, f"ntd-{item_id}")
-        assert notice is not None and notice.status == "sent" and notice.sent_at is not None
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "notice_sent" and "abuse@hoster-a.test" in item.reason
-        assert SqlUnitOfWork(s).audit.verify() == []
+    assert published(state, "notices.events") == [event]
+    notice = uow.notices.get(f"ntd-{item_id}")
+    assert notice is not None and notice.status == "sent" and notice.sent_at is not None
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "notice_sent" and "abuse@hoster-a.test" in item.reason
+    assert ("notify", "notice_sent", f"ntd-{item_id}", "abuse@hoster-a.test") in state.audit
 
 
-def test_redelivered_notice_is_not_sent_again(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "notice_queued")
+def test_redelivered_notice_is_not_sent_again(uow: MemoryUnitOfWork) -> None:
+    item_id = make_item(uow, "notice_queued")
     mailer = RecordingMailer()
-    notify(sessions, mailer, notice_for(item_id))
-    out = notify(sessions, mailer, notice_for(item_id))
-    out3 = notify(sessions, RecordingMailer(), notice_for(item_id))
+    deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)
+    out = deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)
+    out3 = deliver(notify_stage(RecordingMailer()), "notices.ntd", notice_for(item_id), uow)
     assert len(mailer.sent) == 1
-    assert [e.kind for e in of_topic(out + out3, "notices.events")] == ["sent", "sent"]  # type: ignore[attr-defined]
+    assert kinds(out + out3) == ["sent", "sent"]
 
 
-def test_notice_left_in_sending_is_not_resent(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "notice_queued")
+def test_notice_left_in_sending_is_not_resent(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "notice_queued")
     with pytest.raises(ProcessKilled):
-        notify(sessions, DyingMailer(), notice_for(item_id))
-    with sessions() as s:  # what the crash left behind: the intent, committed
-        notice = s.get(Notice, f"ntd-{item_id}")
-        assert notice is not None and notice.status == "sending"
+        deliver(notify_stage(DyingMailer()), "notices.ntd", notice_for(item_id), uow)
+    notice = state.notices[f"ntd-{item_id}"]  # what the crash left behind: the intent, committed
+    assert notice.status == "sending"
 
+    restarted = MemoryUnitOfWork(state)
     mailer = RecordingMailer()
-    out = notify(sessions, mailer, notice_for(item_id))  # the redelivery after the restart
+    out = deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), restarted)  # the redelivery
     assert mailer.sent == []
-    (event,) = of_topic(out, "notices.events")
-    assert event.kind == "delivery_unknown"  # type: ignore[attr-defined]
-    with sessions() as s:
-        notice = s.get(Notice, f"ntd-{item_id}")
-        assert notice is not None and notice.status == "delivery_unknown"
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "notice_unconfirmed"
-        assert notice.message_id in item.reason
+    assert kinds(out) == ["delivery_unknown"]
+    notice = state.notices[f"ntd-{item_id}"]
+    assert notice.status == "delivery_unknown"
+    item = restarted.items.get(item_id)
+    assert item is not None and item.state == "notice_unconfirmed"
+    assert notice.message_id in item.reason
 
-    notify(sessions, mailer, notice_for(item_id))  # and any later redelivery: still not sent
+    deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), restarted)  # any later one: still not sent
     assert mailer.sent == []
 
 
-def test_smtp_failure_is_retryable_and_the_retry_sends_once(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "notice_queued")
-    refusing = RefusingMailer()
-    with pytest.raises(smtplib.SMTPServerDisconnected):  # transient: run_stage lets it through
-        notify(sessions, refusing, notice_for(item_id))
+def test_not_delivered_is_retried_and_the_retry_sends_once(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "notice_queued")
+    refusing = RaisingMailer(NotDelivered("421 service not available, try again later", permanent=False, code=421))
+    result = run_stage(notify_stage(refusing), "notices.ntd", notice_for(item_id).model_dump_json(), uow)
+    assert isinstance(result, SideEffect)
+    with pytest.raises(NotDelivered):  # the stage's RetryLater: complete() re-raises its error
+        complete(result, uow)
     assert refusing.attempts == 1
-    with sessions() as s:
-        notice = s.get(Notice, f"ntd-{item_id}")
-        assert notice is not None and notice.status == "failed"
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "notice_queued"
-        assert s.execute(text("select count(*) from bus_messages where topic='reports.rejected'")).scalar() == 0
+    notice = state.notices[f"ntd-{item_id}"]
+    assert notice.status == "failed"  # recorded and committed with the retry request
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "notice_queued"
+    assert state.published == []  # no event, no rejection: the runtime retries
 
     mailer = RecordingMailer()
-    notify(sessions, mailer, notice_for(item_id))
-    notify(sessions, mailer, notice_for(item_id))
+    out = deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)  # the retry
+    deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)  # and a redelivery
     assert len(mailer.sent) == 1
-    with sessions() as s:
-        notice = s.get(Notice, f"ntd-{item_id}")
-        assert notice is not None and notice.status == "sent"
+    assert kinds(out) == ["sent"]
+    assert state.notices[f"ntd-{item_id}"].status == "sent"
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "notice_sent"
+
+
+@pytest.mark.parametrize(("permanent", "failure"), [(False, Failure.OUTAGE), (True, Failure.BUG)])
+def test_not_delivered_leaves_a_retryable_notice_for_the_failure_policy(
+    uow: MemoryUnitOfWork, state: MemoryState, permanent: bool, failure: Failure
+) -> None:
+    # deliver() is what the runtime does: the error reaches the failure policy (a temporary
+    # refusal is an outage, retried while it lasts; a permanent one is parked after a few
+    # tries), and what the stage recorded stays.
+    item_id = make_item(uow, "notice_queued")
+    refusing = RaisingMailer(NotDelivered("refused", permanent=permanent, code=550 if permanent else 421))
+    for attempt in (1, 2):
+        with pytest.raises(NotDelivered) as info:
+            deliver(notify_stage(refusing), "notices.ntd", notice_for(item_id), uow)
+        assert classify(info.value) is failure
+        assert refusing.attempts == attempt
+        assert state.notices[f"ntd-{item_id}"].status == "failed"
+        assert state.items[item_id].state == "notice_queued"
+
+
+def test_delivery_unknown_is_recorded_and_never_resent(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "notice_queued")
+    silent = RaisingMailer(DeliveryUnknown("timed out waiting for the answer to the end of DATA"))
+    out = deliver(notify_stage(silent), "notices.ntd", notice_for(item_id), uow)  # no retry requested
+    assert silent.attempts == 1
+    (event,) = of_topic(out, "notices.events")
+    assert event.kind == "delivery_unknown" and "timed out" in event.detail
+    assert published(state, "notices.events") == [event]
+    notice = state.notices[f"ntd-{item_id}"]
+    assert notice.status == "delivery_unknown" and notice.sent_at is None
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "notice_unconfirmed"
+    assert notice.message_id in item.reason
+    assert ("notify", "notice_delivery_unknown", notice.id, notice.message_id) in state.audit
+
+    mailer = RecordingMailer()
+    again = deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)  # redelivery
+    assert mailer.sent == [] and silent.attempts == 1
+    assert kinds(again) == ["delivery_unknown"]
+    assert state.notices[f"ntd-{item_id}"].status == "delivery_unknown"
 
 
 # --------------------------------------------------------------------------- escalate
-
-DE = PartnerEntry(country="DE", name="Partner hotline DE", endpoint="http://partner.invalid/api")
-
-
-class FakeGateway:
-    """Fails ``fail_times`` times (permanently or not), then accepts; records every call."""
-
-    def __init__(self, fail_times: int = 0, permanent: bool = False) -> None:
-        self.fail_times, self.permanent = fail_times, permanent
-        self.calls: list[tuple[str, str]] = []
-
-    def deliver(self, partner: PartnerEntry, forward: PartnerForward) -> int:
-        self.calls.append((partner.name, forward.forward_id))
-        if len(self.calls) <= self.fail_times:
-            raise DeliveryFailed(f"HTTP 503 on attempt {len(self.calls)}" if not self.permanent else "HTTP 401",
-                                 permanent=self.permanent)
-        return 201
+#
+# Escalate makes one attempt per delivery of the message. A failed attempt asks for a retry
+# (RetryLater: deliver() raises the DeliveryFailed, as the runtime's failure policy sees it);
+# the runtime then delivers the same message again, as these tests do.
 
 
-def forward_for(item_id: str, country: str = "DE") -> PartnerForward:
-    return PartnerForward(forward_id=f"fwd-{item_id}", item_id=item_id, url="http://cdn.hoster-de.test/k3.jpg",
-                          country=country, partner_name="Partner hotline DE")
-
-
-def escalate(sessions: sessionmaker[Session], gateway: FakeGateway, fwd: PartnerForward, attempts: int = 5) -> list[Outgoing]:
-    stage = EscalateStage(partners=PartnerDirectory({"DE": DE}), gateway=gateway, max_attempts=attempts, retry_seconds=0)
-    return deliver(sessions, stage, "forwards.partner", fwd.model_dump_json())
-
-
-def test_forward_retries_then_succeeds(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "forward_queued")
+def test_forward_retries_then_succeeds(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "forward_queued")
     gateway = FakeGateway(fail_times=2)
-    out = escalate(sessions, gateway, forward_for(item_id))
+    stage = escalate_stage(gateway)
+    for attempt in (1, 2):
+        with pytest.raises(DeliveryFailed):
+            deliver(stage, "forwards.partner", forward_for(item_id), uow)
+        fwd = state.forwards[f"fwd-{item_id}"]
+        assert (fwd.status, fwd.attempts) == ("pending", attempt)  # every attempt counted, committed
+        assert fwd.last_error == f"HTTP 503 on attempt {attempt}"
+        item = uow.items.get(item_id)
+        assert item is not None and item.state == "forward_queued"
+    assert state.published == []
+
+    out = deliver(stage, "forwards.partner", forward_for(item_id), uow)
+    # the same forward id (the Idempotency-Key) on every attempt
     assert gateway.calls == [("Partner hotline DE", f"fwd-{item_id}")] * 3
-    assert [e.kind for e in of_topic(out, "notices.events")] == ["forwarded"]  # type: ignore[attr-defined]
-    with sessions() as s:
-        fwd = s.get(Forward, f"fwd-{item_id}")
-        assert fwd is not None and (fwd.status, fwd.attempts) == ("sent", 3)
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "forwarded" and "Partner hotline DE" in item.reason
-    escalate(sessions, gateway, forward_for(item_id))  # redelivery: no second POST
+    assert kinds(out) == ["forwarded"]
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert (fwd.status, fwd.attempts) == ("sent", 3) and fwd.sent_at is not None
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "forwarded" and "Partner hotline DE" in item.reason
+    assert ("escalate", "forwarded", f"fwd-{item_id}", "Partner hotline DE") in state.audit
+
+    again = deliver(stage, "forwards.partner", forward_for(item_id), uow)  # redelivery: no second POST
     assert len(gateway.calls) == 3
+    assert kinds(again) == ["forwarded"]
 
 
-def test_forward_permanent_failure_returns_item_to_analyst(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "forward_queued")
+def test_every_attempt_carries_the_same_idempotency_key(uow: MemoryUnitOfWork) -> None:
+    # The real HTTP gateway against a fake partner endpoint: 503, 503, then 201.
+    seen: list[httpx.Request] = []
+
+    def partner(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503 if len(seen) <= 2 else 201)
+
+    item_id = make_item(uow, "forward_queued")
+    stage = escalate_stage(HttpPartnerGateway(transport=httpx.MockTransport(partner)))
+    for _ in range(2):
+        with pytest.raises(DeliveryFailed, match="HTTP 503"):
+            deliver(stage, "forwards.partner", forward_for(item_id), uow)
+    assert kinds(deliver(stage, "forwards.partner", forward_for(item_id), uow)) == ["forwarded"]
+    assert [r.headers["Idempotency-Key"] for r in seen] == [f"fwd-{item_id}"] * 3
+    assert {str(r.url) for r in seen} == {DE.endpoint}
+
+
+def test_forward_retry_pace_doubles_and_is_capped(uow: MemoryUnitOfWork) -> None:
+    # The steps of one delivery by hand, to read the RetryLater the runtime gets.
+    item_id = make_item(uow, "forward_queued")
+    stage = escalate_stage(FakeGateway(fail_times=99), attempts=10, retry_seconds=2)
+    paces = []
+    for _ in range(7):
+        effect = run_stage(stage, "forwards.partner", forward_for(item_id).model_dump_json(), uow)
+        assert isinstance(effect, SideEffect)
+        uow.commit()
+        with pytest.raises(DeliveryFailed) as info:
+            effect.act()
+        retry = effect.failed(uow, info.value)
+        assert isinstance(retry, RetryLater) and retry.error is info.value
+        uow.commit()
+        paces.append(retry.after_seconds)
+    assert paces == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_forward_permanent_failure_returns_item_to_analyst(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "forward_queued")
     gateway = FakeGateway(fail_times=99, permanent=True)
-    out = escalate(sessions, gateway, forward_for(item_id))
+    out = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id), uow)  # gives up at once
     assert len(gateway.calls) == 1  # retrying cannot help
-    assert [e.kind for e in of_topic(out, "notices.events")] == ["forward_failed"]  # type: ignore[attr-defined]
-    with sessions() as s:
-        fwd = s.get(Forward, f"fwd-{item_id}")
-        assert fwd is not None and fwd.status == "failed" and "HTTP 401" in (fwd.last_error or "")
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "awaiting_assessment"
-        assert "HTTP 401" in item.reason and "analyst" in item.reason
+    assert kinds(out) == ["forward_failed"]
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert fwd.status == "failed" and "HTTP 401" in (fwd.last_error or "")
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "awaiting_assessment"
+    assert "HTTP 401" in item.reason and "analyst" in item.reason
+    again = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id), uow)
+    assert len(gateway.calls) == 1 and kinds(again) == ["forward_failed"]
 
 
-def test_forward_gives_up_after_max_attempts(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "forward_queued")
+def test_forward_gives_up_after_max_attempts(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "forward_queued")
     gateway = FakeGateway(fail_times=99)
-    escalate(sessions, gateway, forward_for(item_id), attempts=3)
+    stage = escalate_stage(gateway, attempts=3)
+    for _ in range(2):
+        with pytest.raises(DeliveryFailed):
+            deliver(stage, "forwards.partner", forward_for(item_id), uow)
+    out = deliver(stage, "forwards.partner", forward_for(item_id), uow)  # the last attempt gives up
     assert len(gateway.calls) == 3
-    with sessions() as s:
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "awaiting_assessment" and "3 attempt(s)" in item.reason
+    assert kinds(out) == ["forward_failed"]
+    assert state.forwards[f"fwd-{item_id}"].status == "failed"
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "awaiting_assessment" and "3 attempt(s)" in item.reason
+    deliver(stage, "forwards.partner", forward_for(item_id), uow)  # a redelivery: no fourth POST
+    assert len(gateway.calls) == 3
 
 
-def test_forward_to_country_without_partner(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "forward_queued")
+def test_forward_crash_during_the_last_attempt_gives_up_on_redelivery(
+    uow: MemoryUnitOfWork, state: MemoryState
+) -> None:
+    item_id = make_item(uow, "forward_queued")
+    with pytest.raises(DeliveryFailed):
+        deliver(escalate_stage(FakeGateway(fail_times=1), attempts=2), "forwards.partner", forward_for(item_id), uow)
+    dying = DyingGateway()
+    with pytest.raises(ProcessKilled):
+        deliver(escalate_stage(dying, attempts=2), "forwards.partner", forward_for(item_id), uow)
+    assert dying.calls == 1
+    assert state.forwards[f"fwd-{item_id}"].attempts == 2  # the crash did not hide the attempt
+
     gateway = FakeGateway()
-    escalate(sessions, gateway, forward_for(item_id, country="FR"))
+    out = deliver(escalate_stage(gateway, attempts=2), "forwards.partner", forward_for(item_id), MemoryUnitOfWork(state))
+    assert gateway.calls == []  # out of attempts: not tried a third time
+    assert kinds(out) == ["forward_failed"]
+    item = state.items[item_id]
+    assert item.state == "awaiting_assessment" and "2 attempt(s)" in item.reason
+
+
+def test_gateway_bug_is_left_to_the_failure_policy(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    class BrokenGateway:
+        def deliver(self, partner: object, forward: object) -> int:
+            raise TypeError("a bug in the gateway")
+
+    item_id = make_item(uow, "forward_queued")
+    with pytest.raises(TypeError):
+        deliver(escalate_stage(BrokenGateway()), "forwards.partner", forward_for(item_id), uow)
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert (fwd.status, fwd.attempts) == ("pending", 1)
+    assert state.items[item_id].state == "forward_queued"
+    assert state.published == []
+
+
+def test_forward_to_country_without_partner(uow: MemoryUnitOfWork) -> None:
+    item_id = make_item(uow, "forward_queued")
+    gateway = FakeGateway()
+    out = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id, country="FR"), uow)
     assert gateway.calls == []
-    with sessions() as s:
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "awaiting_assessment" and "FR" in item.reason
+    assert kinds(out) == ["forward_failed"]
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "awaiting_assessment" and "FR" in item.reason
 
 
 # --------------------------------------------------------------------------- assessment
@@ -431,18 +488,21 @@ CLASSIFIED = ItemClassified(
 )
 
 
-def do_assess(sessions: sessionmaker[Session], item_id: str, verdict: str, category: str | None = "national") -> list[Outgoing]:
-    with sessions() as s:
-        store = SqlUnitOfWork(s)
-        out = assess(store, item_id, verdict=verdict, category=category, analyst="ann", notes="seen")  # type: ignore[arg-type]
-        store.enqueue(out)
-        store.commit()
-        return out
+def do_assess(uow: UnitOfWork, item_id: str, verdict: str, category: str | None = "national") -> list[Outgoing]:
+    """An analyst's decision as the web request applies it: one unit of work, committed."""
+    try:
+        out = assess(uow, item_id, verdict=verdict, category=category, analyst="ann", notes="seen")  # type: ignore[arg-type]
+    except BaseException:
+        uow.rollback()
+        raise
+    uow.enqueue(out)
+    uow.commit()
+    return out
 
 
-def test_illegal_escalates_and_adds_hashes_to_the_bank(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "awaiting_assessment", CLASSIFIED)
-    out = do_assess(sessions, item_id, "illegal")
+def test_illegal_escalates_and_adds_hashes_to_the_bank(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "awaiting_assessment", CLASSIFIED)
+    out = do_assess(uow, item_id, "illegal")
     (esc,) = out
     assert esc.topic == "escalations.police"
     msg = esc.message
@@ -451,91 +511,323 @@ def test_illegal_escalates_and_adds_hashes_to_the_bank(sessions: sessionmaker[Se
     assert msg.images == [IMG_OK, IMG_BROKEN]
     assert msg.hosting is not None and msg.hosting.abuse == "abuse@hoster-a.test"
     assert (msg.classification.analyst, msg.classification.category) == ("ann", "national")
-    with sessions() as s:
-        entries = s.scalars(select(BankEntry)).all()
-        assert [(e.sha256, e.pdq, e.category, e.source) for e in entries] == [("c" * 64, "d" * 64, "national", "analyst:ann")]
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "escalated" and "police" in item.reason
-        assert s.get(Escalation, f"pol-{item_id}") is not None
-        assert s.execute(text("select count(*) from bus_messages where topic='escalations.police'")).scalar() == 1
+    assert [(e.sha256, e.pdq, e.category, e.source) for e in state.bank] == [("c" * 64, "d" * 64, "national", "analyst:ann")]
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "escalated" and "police" in item.reason
+    assert f"pol-{item_id}" in state.escalations
+    assert published(state, "escalations.police") == [msg]
+    assert [(a.analyst, a.verdict) for a in state.assessments] == [("ann", "illegal")]
+    assert ("ann", "assessment", item_id, "illegal national") in state.audit
 
 
-def test_not_illegal_closes(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "awaiting_assessment", CLASSIFIED)
-    assert do_assess(sessions, item_id, "not_illegal", None) == []
-    with sessions() as s:
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "closed_not_illegal" and "ann" in item.reason
-        assert s.scalars(select(BankEntry)).all() == []
-        assert s.scalars(select(Escalation)).all() == []
+def test_not_illegal_closes(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "awaiting_assessment", CLASSIFIED)
+    assert do_assess(uow, item_id, "not_illegal", None) == []
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "closed_not_illegal" and "ann" in item.reason
+    assert state.bank == []
+    assert state.escalations == {}
 
 
-def test_assessing_twice_is_refused_with_409(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "awaiting_assessment", CLASSIFIED)
-    do_assess(sessions, item_id, "illegal")
+def test_assessing_twice_is_refused_with_409(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "awaiting_assessment", CLASSIFIED)
+    do_assess(uow, item_id, "illegal")
     with pytest.raises(AssessmentRefused) as info:
-        do_assess(sessions, item_id, "not_illegal")
+        do_assess(uow, item_id, "not_illegal")
     assert info.value.status == 409 and "escalated" in info.value.reason
-    with sessions() as s:
-        item = s.get(Item, item_id)
-        assert item is not None and item.state == "escalated"
-        assert len(s.scalars(select(BankEntry)).all()) == 1
+    item = uow.items.get(item_id)
+    assert item is not None and item.state == "escalated"
+    assert len(state.bank) == 1
 
 
-@pytest.mark.parametrize("state", ["received", "notice_sent", "closed_offline", "forwarded"])
-def test_assessing_an_item_not_waiting_is_refused(sessions: sessionmaker[Session], state: str) -> None:
-    item_id = make_item(sessions, state)
+@pytest.mark.parametrize("state_name", ["received", "notice_sent", "closed_offline", "forwarded"])
+def test_assessing_an_item_not_waiting_is_refused(uow: MemoryUnitOfWork, state_name: str) -> None:
+    item_id = make_item(uow, state_name)
     with pytest.raises(AssessmentRefused) as info:
-        do_assess(sessions, item_id, "illegal")
+        do_assess(uow, item_id, "illegal")
     assert info.value.status == 409
 
 
-def test_assessing_an_unknown_item_is_404(sessions: sessionmaker[Session]) -> None:
+def test_assessing_an_unknown_item_is_404(uow: MemoryUnitOfWork) -> None:
     with pytest.raises(AssessmentRefused) as info:
-        do_assess(sessions, "no-such-item", "illegal")
+        do_assess(uow, "no-such-item", "illegal")
     assert info.value.status == 404
 
 
-def test_illegal_without_classification_still_escalates(sessions: sessionmaker[Session]) -> None:
-    item_id = make_item(sessions, "awaiting_assessment")
-    (esc,) = do_assess(sessions, item_id, "illegal", None)
+def test_illegal_without_classification_still_escalates(uow: MemoryUnitOfWork) -> None:
+    item_id = make_item(uow, "awaiting_assessment")
+    (esc,) = do_assess(uow, item_id, "illegal", None)
     assert isinstance(esc.message, PoliceEscalation) and esc.message.images == []
     assert esc.message.classification.category == "national"
 
 
-# --------------------------------------------------------------------------- audit chain
+# =========================================================================== SQL adapter
+#
+# The same stages through StepRunner (the runtimes' step path) on a migrated SQLite database.
+# Keep this section small: behaviour is tested above, here only that the SQL unit of work
+# and the commit-act-record steps keep it.
+
+
+@pytest.fixture(scope="module")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrate once per module; each test gets a copy (migrations take most of a second)."""
+    from hotline.storage.engine import migrate
+
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sessions(migrated_template: Path, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    from hotline.storage.engine import make_engine, make_sessionmaker
+
+    db = tmp_path / "hotline.db"
+    shutil.copy(migrated_template, db)
+    engine = make_engine(f"sqlite:///{db}")
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@contextmanager
+def sql(sessions: sessionmaker[Session]) -> Iterator[SqlUnitOfWork]:
+    """A unit of work on a new session, committed at the end (to read, or to set up)."""
+    with sessions() as session:
+        uow = SqlUnitOfWork(session)
+        yield uow
+        uow.commit()
+
+
+def to_bus(uow: UnitOfWork, outgoing: list[Outgoing]) -> None:
+    """The embedded runtime's part of the last transaction: outputs to the bus table."""
+    uow.enqueue(outgoing)
+
+
+def process(sessions: sessionmaker[Session], stage: Any, topic: str, message: Any) -> list[Outgoing]:
+    raw = message if isinstance(message, (bytes, str)) else message.model_dump_json()
+    return StepRunner(stage, sessions).process(topic, raw, to_bus)
+
+
+def on_bus(sessions: sessionmaker[Session], topic: str) -> int:
+    with sessions() as s:
+        return int(s.execute(text("select count(*) from bus_messages where topic = :t"), {"t": topic}).scalar() or 0)
+
+
+def sql_item(sessions: sessionmaker[Session], state: str, classification: ItemClassified | None = None) -> str:
+    with sessions() as s:
+        return make_item(SqlUnitOfWork(s), state, classification)
+
+
+def test_sql_notice_is_sent_once(sessions: sessionmaker[Session]) -> None:
+    item_id = sql_item(sessions, "notice_queued")
+    seen_at_send: list[str] = []
+
+    class CheckingMailer(RecordingMailer):
+        def send(self, message: Any) -> None:
+            with sql(sessions) as fresh:  # the reservation is committed before the e-mail leaves
+                notice = fresh.notices.get(f"ntd-{item_id}")
+                seen_at_send.append(notice.status if notice else "missing")
+            super().send(message)
+
+    mailer = CheckingMailer()
+    out = process(sessions, notify_stage(mailer), "notices.ntd", notice_for(item_id))
+    again = process(sessions, notify_stage(mailer), "notices.ntd", notice_for(item_id))
+    assert len(mailer.sent) == 1 and seen_at_send == ["sending"]
+    assert mailer.sent[0]["Message-ID"] == f"<ntd-{item_id}@hotline.test>"
+    assert kinds(out) == kinds(again) == ["sent"]
+    assert on_bus(sessions, "notices.events") == 2
+    with sql(sessions) as uow:
+        notice = uow.notices.get(f"ntd-{item_id}")
+        assert notice is not None and notice.status == "sent" and notice.sent_at is not None
+        item = uow.items.get(item_id)
+        assert item is not None and item.state == "notice_sent" and "abuse@hoster-a.test" in item.reason
+        assert uow.audit.verify() == []
+
+
+def test_sql_notice_left_in_sending_becomes_delivery_unknown(sessions: sessionmaker[Session]) -> None:
+    item_id = sql_item(sessions, "notice_queued")
+    with pytest.raises(ProcessKilled):
+        process(sessions, notify_stage(DyingMailer()), "notices.ntd", notice_for(item_id))
+    with sql(sessions) as uow:
+        notice = uow.notices.get(f"ntd-{item_id}")
+        assert notice is not None and notice.status == "sending"
+
+    mailer = RecordingMailer()
+    out = process(sessions, notify_stage(mailer), "notices.ntd", notice_for(item_id))  # after the restart
+    process(sessions, notify_stage(mailer), "notices.ntd", notice_for(item_id))  # and once more
+    assert mailer.sent == []
+    assert kinds(out) == ["delivery_unknown"]
+    with sql(sessions) as uow:
+        notice = uow.notices.get(f"ntd-{item_id}")
+        assert notice is not None and notice.status == "delivery_unknown"
+        item = uow.items.get(item_id)
+        assert item is not None and item.state == "notice_unconfirmed" and notice.message_id in item.reason
+
+
+def test_sql_not_delivered_requests_a_retry_and_the_retry_sends_once(sessions: sessionmaker[Session]) -> None:
+    item_id = sql_item(sessions, "notice_queued")
+    with pytest.raises(RetryRequested) as info:
+        process(sessions, notify_stage(RaisingMailer(NotDelivered("421 try later", permanent=False, code=421))), "notices.ntd", notice_for(item_id))
+    assert isinstance(info.value.error, NotDelivered)
+    with sql(sessions) as uow:
+        notice = uow.notices.get(f"ntd-{item_id}")
+        assert notice is not None and notice.status == "failed"  # committed with the retry request
+    assert on_bus(sessions, "notices.events") == on_bus(sessions, "reports.rejected") == 0
+
+    mailer = RecordingMailer()
+    process(sessions, notify_stage(mailer), "notices.ntd", notice_for(item_id))
+    process(sessions, notify_stage(mailer), "notices.ntd", notice_for(item_id))
+    assert len(mailer.sent) == 1
+    with sql(sessions) as uow:
+        notice = uow.notices.get(f"ntd-{item_id}")
+        assert notice is not None and notice.status == "sent"
+
+
+def test_sql_forward_retry_is_paced_and_counted(sessions: sessionmaker[Session]) -> None:
+    item_id = sql_item(sessions, "forward_queued")
+    gateway = FakeGateway(fail_times=1)
+    stage = escalate_stage(gateway, retry_seconds=2)
+    with pytest.raises(RetryRequested) as info:
+        process(sessions, stage, "forwards.partner", forward_for(item_id))
+    assert isinstance(info.value.error, DeliveryFailed) and info.value.after_seconds == 2
+    with sql(sessions) as uow:
+        fwd = uow.forwards.get(f"fwd-{item_id}")
+        assert fwd is not None and (fwd.status, fwd.attempts) == ("pending", 1)
+    assert kinds(process(sessions, stage, "forwards.partner", forward_for(item_id))) == ["forwarded"]
+    assert gateway.calls == [("Partner hotline DE", f"fwd-{item_id}")] * 2
+    with sql(sessions) as uow:
+        fwd = uow.forwards.get(f"fwd-{item_id}")
+        assert fwd is not None and (fwd.status, fwd.attempts) == ("sent", 2)
+        item = uow.items.get(item_id)
+        assert item is not None and item.state == "forwarded"
+
+
+def test_sql_invalid_message_is_rejected(sessions: sessionmaker[Session]) -> None:
+    out = process(sessions, IngestStage(), "reports.submitted", b'{"report_id": "r-42", "urls": "not-a-list"}')
+    (rej,) = of_topic(out, "reports.rejected")
+    assert rej.reason_code == "malformed_message" and rej.report_id == "r-42"
+    assert on_bus(sessions, "reports.rejected") == 1
+    with sql(sessions) as uow:
+        report = uow.reports.get("r-42")
+        assert report is not None and report.status == "rejected" and "urls" in (report.reason or "")
+        assert uow.session.scalars(text("select id from items")).all() == []
+
+
+# --------------------------------------------------------------------------- memory and SQL agree
+
+
+def _comparable(value: Any, names: dict[str, str]) -> Any:
+    """``value`` without timestamps, with every random item id replaced by the item's URL."""
+    if isinstance(value, dict):
+        return {_comparable(k, names): _comparable(v, names) for k, v in value.items() if not isinstance(v, datetime)}
+    if isinstance(value, list | tuple):
+        return [_comparable(v, names) for v in value]
+    if isinstance(value, str):
+        for item_id, name in names.items():
+            value = value.replace(item_id, name)
+    return value
+
+
+def _scenario(run: Callable[[Any, str, Any], list[Outgoing]], unit: Callable[[], Any]) -> Any:
+    """Reports through ingest (a duplicate spelling, an invalid URL, a URL reported again, a
+    redelivery), then a notice for one item; everything read back through the ports only."""
+    reports = [
+        ReportSubmitted(report_id="r-1", urls=["http://site.test/a.jpg", "HTTP://SITE.test:80/a.jpg", "ftp://x.test/"]),
+        ReportSubmitted(report_id="r-2", urls=["site.test/./a.jpg", "http://site.test/b.jpg"]),
+    ]
+    outputs = [run(IngestStage(), "reports.submitted", r) for r in [*reports, reports[0]]]
+    with unit() as uow:
+        item_ids = sorted({u.item_id for r in reports for u in uow.reports.urls(r.report_id) if u.item_id})
+        a = next(i for i in item_ids if uow.items.get(i).url == "http://site.test/a.jpg")
+        uow.items.set_state(uow.items.get(a), "notice_queued", "known material", "classify")
+    mailer = RecordingMailer()
+    outputs.append(run(notify_stage(mailer), "notices.ntd", notice_for(a)))
+    with unit() as uow:
+        names = {i: f"<item {uow.items.get(i).url}>" for i in item_ids}
+        notice = uow.notices.get(f"ntd-{a}")
+        snapshot = {
+            "reports": {
+                r.report_id: (
+                    uow.reports.get(r.report_id).status,
+                    [(u.position, u.url_as_reported, u.item_id, u.rejected_reason) for u in uow.reports.urls(r.report_id)],
+                )
+                for r in reports
+            },
+            "items": {
+                i: (
+                    (item := uow.items.get(i)).url, item.state, item.reason, uow.items.report_ids(i),
+                    [(e.stage, e.kind, e.detail) for e in uow.items.events(i)],
+                )
+                for i in item_ids
+            },
+            "notice": (notice.status, notice.message_id),
+            "outputs": [[(o.topic, o.key, o.message.model_dump()) for o in out] for out in outputs],
+            "mail": [(m["To"], m["Message-ID"], m.get_content()) for m in mailer.sent],
+        }
+        return _comparable(snapshot, names)
+
+
+def test_memory_and_sql_units_of_work_agree(sessions: sessionmaker[Session]) -> None:
+    memory = MemoryUnitOfWork()
+
+    @contextmanager
+    def memory_unit() -> Iterator[MemoryUnitOfWork]:
+        yield memory
+        memory.commit()
+
+    in_memory = _scenario(lambda stage, topic, m: deliver(stage, topic, m, memory), memory_unit)
+    on_sql = _scenario(lambda stage, topic, m: process(sessions, stage, topic, m), lambda: sql(sessions))
+    assert in_memory == on_sql
+    assert in_memory["notice"][0] == "sent" and len(in_memory["items"]) == 2
+
+
+# =========================================================================== SQL adapter: storage
+#
+# Not stage behaviour: properties of the SQL storage itself (the audit hash chain, column types).
 
 
 def _audited(sessions: sessionmaker[Session]) -> list[int]:
     """Produce a handful of audit rows through the stages themselves."""
+    from hotline.storage.models import AuditLog
+
     for n in range(2):
-        item_id = make_item(sessions, "awaiting_assessment", CLASSIFIED)
-        do_assess(sessions, item_id, "illegal" if n else "not_illegal")
-    item_id = make_item(sessions, "notice_queued")
-    notify(sessions, RecordingMailer(), notice_for(item_id))
+        item_id = sql_item(sessions, "awaiting_assessment", CLASSIFIED)
+        with sessions() as s:
+            do_assess(SqlUnitOfWork(s), item_id, "illegal" if n else "not_illegal")
+    item_id = sql_item(sessions, "notice_queued")
+    process(sessions, notify_stage(RecordingMailer()), "notices.ntd", notice_for(item_id))
     with sessions() as s:
         ids = list(s.scalars(select(AuditLog.id).order_by(AuditLog.id)))
     assert len(ids) >= 3
     return ids
 
 
+def verify_audit(sessions: sessionmaker[Session]) -> list[int]:
+    with sessions() as s:
+        return SqlUnitOfWork(s).audit.verify()
+
+
 def test_audit_chain_verifies(sessions: sessionmaker[Session]) -> None:
     _audited(sessions)
-    assert read(sessions, lambda st: st.verify_audit_chain()) == []
+    assert verify_audit(sessions) == []
 
 
 def test_audit_chain_detects_an_edited_row(sessions: sessionmaker[Session]) -> None:
+    from hotline.storage.models import AuditLog
+
     ids = _audited(sessions)
     with sessions() as s:
         s.execute(update(AuditLog).where(AuditLog.id == ids[1]).values(detail="not_illegal"))
         s.commit()
-    assert read(sessions, lambda st: st.verify_audit_chain()) == [ids[1]]
+    assert verify_audit(sessions) == [ids[1]]
 
 
 def test_audit_chain_detects_a_rehashed_row(sessions: sessionmaker[Session]) -> None:
     # A careful forger recomputes the edited row's own hash: the next row no longer links to it.
     import hashlib
     import json
+
+    from hotline.storage.models import AuditLog
 
     ids = _audited(sessions)
     with sessions() as s:
@@ -545,7 +837,7 @@ def test_audit_chain_detects_a_rehashed_row(sessions: sessionmaker[Session]) -> 
         body = json.dumps([row.prev_hash, row.at.isoformat(), row.actor, row.action, row.subject, row.detail])
         row.hash = hashlib.sha256(body.encode()).hexdigest()
         s.commit()
-    assert read(sessions, lambda st: st.verify_audit_chain()) == [ids[1]]
+    assert verify_audit(sessions) == [ids[1]]
 
 
 def test_audit_chain_detects_a_deleted_row(sessions: sessionmaker[Session]) -> None:
@@ -553,16 +845,16 @@ def test_audit_chain_detects_a_deleted_row(sessions: sessionmaker[Session]) -> N
     with sessions() as s:
         s.execute(text("delete from audit_log where id = :id"), {"id": ids[1]})
         s.commit()
-    assert read(sessions, lambda st: st.verify_audit_chain()) == [ids[2]]
+    assert verify_audit(sessions) == [ids[2]]
 
 
 def test_bank_match_value_object_round_trips_through_classification(sessions: sessionmaker[Session]) -> None:
     # The classification stored on the item is what assessment and redelivery read back.
     hit = IMG_OK.model_copy(update={"match": BankMatch(entry_id=1, signal="pdq", distance=4, category="baseline", source="b")})
     c = CLASSIFIED.model_copy(update={"images": [hit]})
-    item_id = make_item(sessions, "awaiting_assessment", c)
-    with sessions() as s:
-        item = s.get(Item, item_id)
+    item_id = sql_item(sessions, "awaiting_assessment", c)
+    with sql(sessions) as uow:
+        item = uow.items.get(item_id)
         assert item is not None and item.classification is not None
         back = ItemClassified.model_validate(item.classification)
         assert back.images[0].match == hit.match
@@ -571,9 +863,9 @@ def test_bank_match_value_object_round_trips_through_classification(sessions: se
 def test_audit_timestamps_read_back_in_utc_whatever_the_session_zone(sessions: sessionmaker[Session]) -> None:
     # PostgreSQL answers timestamptz in the session's TimeZone (e.g. Europe/Amsterdam); the chain
     # hashes at.isoformat(), so a "+01:00" spelling of the same instant broke every row.
-    from datetime import UTC, datetime, timedelta, timezone
+    from datetime import UTC, timedelta, timezone
 
-    from hotline.storage.models import UTCDateTime
+    from hotline.storage.models import AuditLog, UTCDateTime
 
     amsterdam = datetime(2026, 1, 5, 13, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
     read_back = UTCDateTime().process_result_value(amsterdam, None)
