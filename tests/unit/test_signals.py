@@ -24,9 +24,9 @@ from hashing.signals import (
 )
 from hashing.snapshot import HASH_BYTES, CompactBankMatcher
 from hashing.synthetic import encode, generate_photo_like
-from hotline.bank import CSV_COLUMNS, HASH_COLUMNS
+from services.bank.bank import CSV_COLUMNS, HASH_COLUMNS
 from hotline.config import Settings
-from hotline.db.models import BankEntry
+from hotline.storage.models import BankEntry
 from schemas.facts import ImageFacts
 from services.classify.stage import HASH_FIELDS
 from services.hashcheck.logic import BatchRejected, parse_batch
