@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 
 from hotline.kernel.messages import InvalidMessage, Outgoing, decode, field_of, rejection
 from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.states import ItemState, can_transition
 from schemas import Message
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,19 @@ def run_stage(stage: Stage, topic: str, raw: bytes | str, uow: UnitOfWork) -> Re
         return [rejection(stage.name, topic, raw, err)]
 
 
+def move_item(uow: UnitOfWork, item_id: str, state: ItemState, reason: str, stage: str) -> None:
+    """Record an outcome on an item: move it if it still can go there, else only note it on
+    its timeline (it may have been found removed while a mail or forward was on its way;
+    the outcome happened and must not be rolled back by a refused transition)."""
+    item = uow.items.get(item_id)
+    if item is None:
+        return
+    if can_transition(item.state, state):
+        uow.items.set_state(item, state, reason, stage)
+    else:
+        uow.items.add_event(item.id, stage, state, f"{reason} (the item stays {item.state})")
+
+
 def complete(result: Result, uow: UnitOfWork) -> list[Outgoing]:
     """Run a stage's result to its end on one unit of work, committing between the steps as
     a runtime does; a ``RetryLater`` re-raises its error. For tests and tools that drive a
@@ -91,6 +105,8 @@ def complete(result: Result, uow: UnitOfWork) -> list[Outgoing]:
         recorded = result.failed(uow, exc)
         if isinstance(recorded, RetryLater):
             uow.commit()
+            if recorded.error is exc:
+                raise
             raise recorded.error from exc
         return recorded
     return result.done(uow, value)

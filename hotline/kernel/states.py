@@ -84,6 +84,13 @@ class IllegalTransition(ValueError):
     """A stage tried to move an item where it cannot go: a bug, never retried forever."""
 
 
+def can_transition(current: str, new: str) -> bool:
+    try:
+        return ItemState(new) in TRANSITIONS[ItemState(current)]
+    except ValueError:
+        return False
+
+
 def check_transition(current: str, new: str) -> ItemState:
     """The new state as an ``ItemState``; raises ``IllegalTransition`` when the change is not allowed."""
     try:

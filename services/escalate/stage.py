@@ -19,7 +19,7 @@ from typing import ClassVar
 from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import Result, RetryLater, SideEffect
+from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
 from hotline.storage.models import Forward
 from schemas import Message
@@ -68,9 +68,7 @@ class EscalateStage:
         fwd.status = "sent"
         fwd.sent_at = now()
         reason = f"forwarded to {partner.name} ({partner.country}), which handles takedown there"
-        item = uow.items.get(message.item_id)
-        if item is not None:
-            uow.items.set_state(item, ItemState.FORWARDED, reason, self.name)
+        move_item(uow, message.item_id, ItemState.FORWARDED, reason, self.name)
         uow.audit.append(self.name, "forwarded", message.forward_id, partner.name)
         return [self._event(message, "forwarded", reason)]
 
@@ -91,9 +89,7 @@ class EscalateStage:
     def _give_up(self, uow: UnitOfWork, fwd: Forward, message: PartnerForward, reason: str) -> list[Outgoing]:
         fwd.status = "failed"
         fwd.last_error = reason
-        item = uow.items.get(message.item_id)
-        if item is not None:
-            uow.items.set_state(item, ItemState.AWAITING_ASSESSMENT, reason + "; an analyst decides what to do", self.name)
+        move_item(uow, message.item_id, ItemState.AWAITING_ASSESSMENT, reason + "; an analyst decides what to do", self.name)
         uow.audit.append(self.name, "forward_failed", message.forward_id, reason)
         return [self._event(message, "forward_failed", reason)]
 

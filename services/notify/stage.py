@@ -4,10 +4,13 @@ Reserve → act → record (``hotline.kernel.stage.SideEffect``): the notice is 
 ``sending`` and committed *before* the SMTP conversation, and marked after it:
 
 - ``sent`` when the server accepted the message;
-- ``failed`` when the server did not take it (``NotDelivered``: refused, unreachable,
-  cut off before the end of the data): nothing was delivered, so it is retried;
+- ``failed`` when the server did not take it for now (``NotDelivered``: unreachable,
+  a 4xx, cut off before the end of the data): nothing was delivered, so it is retried;
+- ``refused`` when the server refused it for good (a 5xx such as 550 "no such mailbox"):
+  resending cannot help, so the item goes to an analyst with the server's answer;
 - ``delivery_unknown`` when the whole message was handed over but the server's final
-  answer never came (``DeliveryUnknown``), or when a redelivered notice is found still
+  answer never came (``DeliveryUnknown``, or any error a mailer should not raise: at most
+  once beats at least once for a notice), or when a redelivered notice is found still
   ``sending`` (the process died mid-send): the hoster may already have it, so it is never
   sent again; the item goes to ``notice_unconfirmed`` for an operator to check the SMTP
   log by the notice's Message-ID.
@@ -21,11 +24,11 @@ from typing import ClassVar
 from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import Result, RetryLater, SideEffect
+from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.notices import NoticeEvent, TakedownNotice
-from services.notify.mailer import DeliveryUnknown, Mailer
+from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
 from services.notify.notice import message_id, render_notice
 
 UNKNOWN_AFTER_RESTART = "delivery outcome unknown after a restart"
@@ -51,6 +54,8 @@ class NotifyStage:
                                      f"the process stopped while sending {notice.message_id}")
             if notice.status == "delivery_unknown":
                 return [self._event(message, "delivery_unknown", UNKNOWN_AFTER_RESTART)]
+            if notice.status == "refused":
+                return [self._event(message, "bounced", f"the mail server refused the notice to {notice.abuse_email}")]
             # status "failed": the last attempt did not reach the server; try again.
             notice.status = "sending"
         else:
@@ -71,34 +76,37 @@ class NotifyStage:
         notice.status = "sent"
         notice.sent_at = now()
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
-        item = uow.items.get(message.item_id)
-        if item is not None:
-            uow.items.set_state(item, ItemState.NOTICE_SENT, reason, self.name)
+        move_item(uow, message.item_id, ItemState.NOTICE_SENT, reason, self.name)
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)
         return [self._event(message, "sent", reason)]
 
     def _failed(self, uow: UnitOfWork, message: TakedownNotice, exc: Exception) -> list[Outgoing] | RetryLater:
-        if isinstance(exc, DeliveryUnknown):
-            return self._unknown(uow, message, f"no final answer from the mail server: {exc}",
-                                 f"the mail server took the message but never confirmed it ({exc})")
-        # Not delivered (refused, unreachable): nothing reached the hoster, a retry is safe.
+        if not isinstance(exc, NotDelivered):
+            detail = "no final answer from the mail server" if isinstance(exc, DeliveryUnknown) else "the mailer failed"
+            return self._unknown(uow, message, f"{detail}: {exc}",
+                                 f"the notice may have reached the mail server, which never confirmed it ({exc})")
         notice = uow.notices.get(message.notice_id)
         assert notice is not None
-        notice.status = "failed"
-        return RetryLater(exc)
+        if not exc.permanent:
+            # Nothing reached the hoster: a retry is safe (the runtime backs off).
+            notice.status = "failed"
+            return RetryLater(exc)
+        notice.status = "refused"
+        reason = (f"the mail server refused the notice to {message.abuse_email} for good ({exc}); "
+                  "an analyst decides how to reach the hoster")
+        move_item(uow, message.item_id, ItemState.AWAITING_ASSESSMENT, reason, self.name)
+        uow.audit.append(self.name, "notice_refused", message.notice_id, str(exc))
+        return [self._event(message, "bounced", reason)]
 
     def _unknown(self, uow: UnitOfWork, message: TakedownNotice, event_detail: str, why: str) -> list[Outgoing]:
         notice = uow.notices.get(message.notice_id)
         assert notice is not None
         notice.status = "delivery_unknown"
-        item = uow.items.get(message.item_id)
-        if item is not None:
-            uow.items.set_state(
-                item,
-                ItemState.NOTICE_UNCONFIRMED,
-                f"{why}; not re-sent to avoid a duplicate: an operator checks the SMTP log for {notice.message_id}",
-                self.name,
-            )
+        move_item(
+            uow, message.item_id, ItemState.NOTICE_UNCONFIRMED,
+            f"{why}; not re-sent to avoid a duplicate: an operator checks the SMTP log for {notice.message_id}",
+            self.name,
+        )
         uow.audit.append(self.name, "notice_delivery_unknown", notice.id, notice.message_id)
         return [self._event(message, "delivery_unknown", event_detail)]
 

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -287,22 +288,61 @@ def test_not_delivered_is_retried_and_the_retry_sends_once(uow: MemoryUnitOfWork
     assert item is not None and item.state == "notice_sent"
 
 
-@pytest.mark.parametrize(("permanent", "failure"), [(False, Failure.OUTAGE), (True, Failure.BUG)])
-def test_not_delivered_leaves_a_retryable_notice_for_the_failure_policy(
-    uow: MemoryUnitOfWork, state: MemoryState, permanent: bool, failure: Failure
-) -> None:
+def test_not_delivered_leaves_a_retryable_notice_for_the_failure_policy(uow: MemoryUnitOfWork, state: MemoryState) -> None:
     # deliver() is what the runtime does: the error reaches the failure policy (a temporary
-    # refusal is an outage, retried while it lasts; a permanent one is parked after a few
-    # tries), and what the stage recorded stays.
+    # refusal is an outage, retried while it lasts), and what the stage recorded stays.
     item_id = make_item(uow, "notice_queued")
-    refusing = RaisingMailer(NotDelivered("refused", permanent=permanent, code=550 if permanent else 421))
+    refusing = RaisingMailer(NotDelivered("try later", permanent=False, code=421))
     for attempt in (1, 2):
         with pytest.raises(NotDelivered) as info:
             deliver(notify_stage(refusing), "notices.ntd", notice_for(item_id), uow)
-        assert classify(info.value) is failure
+        assert classify(info.value) is Failure.OUTAGE
         assert refusing.attempts == attempt
         assert state.notices[f"ntd-{item_id}"].status == "failed"
         assert state.items[item_id].state == "notice_queued"
+
+
+def test_a_permanent_refusal_goes_to_an_analyst_and_is_not_resent(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    item_id = make_item(uow, "notice_queued")
+    refusing = RaisingMailer(NotDelivered("550 no such mailbox", permanent=True, code=550))
+    out = deliver(notify_stage(refusing), "notices.ntd", notice_for(item_id), uow)
+    assert refusing.attempts == 1
+    assert kinds(out) == ["bounced"]
+    assert state.notices[f"ntd-{item_id}"].status == "refused"
+    item = state.items[item_id]
+    assert item.state == "awaiting_assessment" and "550 no such mailbox" in item.reason
+    again = deliver(notify_stage(refusing), "notices.ntd", notice_for(item_id), uow)  # redelivery
+    assert refusing.attempts == 1 and kinds(again) == ["bounced"]
+
+
+def test_a_mailer_bug_counts_as_delivery_unknown_never_a_resend(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    """At most once: an error a mailer should not raise may have come after the data."""
+    item_id = make_item(uow, "notice_queued")
+    broken = RaisingMailer(RuntimeError("mailer bug"))
+    out = deliver(notify_stage(broken), "notices.ntd", notice_for(item_id), uow)
+    assert kinds(out) == ["delivery_unknown"]
+    assert state.notices[f"ntd-{item_id}"].status == "delivery_unknown"
+    mailer = RecordingMailer()
+    deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)
+    assert mailer.sent == []
+
+
+def test_an_outcome_is_kept_when_the_item_moved_meanwhile(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+    """The item was found removed while the mail was on its way: the notice is still
+    recorded as sent (it was), the item stays removed."""
+    item_id = make_item(uow, "notice_queued")
+
+    class RemovedMeanwhile(RecordingMailer):
+        def send(self, message: EmailMessage) -> None:
+            super().send(message)
+            item = state.items[item_id]
+            uow.items.set_state(item, "removed", "gone", "test")
+
+    mailer = RemovedMeanwhile()
+    out = deliver(notify_stage(mailer), "notices.ntd", notice_for(item_id), uow)
+    assert kinds(out) == ["sent"] and len(mailer.sent) == 1
+    assert state.notices[f"ntd-{item_id}"].status == "sent"
+    assert state.items[item_id].state == "removed"
 
 
 def test_delivery_unknown_is_recorded_and_never_resent(uow: MemoryUnitOfWork, state: MemoryState) -> None:
