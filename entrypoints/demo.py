@@ -27,9 +27,12 @@ from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink, free_port,
 from hashing.image import hash_image
 from hashing.synthetic import generate_photo_like, jpeg_bytes, photo_like_jpeg
 from hotline.config import Settings
+from hotline.kernel.states import REJECTED, ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
 
-FINAL = {"notice_sent", "forwarded", "escalated", "closed_offline", "closed_not_illegal", "rejected"}
+# Where the demo stops waiting for an item: the outcome of its first step.
+S = ItemState
+OUTCOMES = {S.NOTICE_SENT, S.FORWARDED, S.ESCALATED, S.CLOSED_OFFLINE, S.CLOSED_NOT_ILLEGAL, REJECTED}
 
 
 class NoDns:
@@ -153,18 +156,18 @@ def run_demo(quiet: bool = False) -> int:
         api = httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=10)
 
         cases = [
-            Case("known image, hoster A (NL)", [f"{a}/img/known1.jpg"], "notice_sent", expect_detail="abuse@hoster-a.test"),
-            Case("page with known image, hoster B (NL)", [f"{b}/gallery.html"], "notice_sent", expect_detail="abuse@hoster-b.test"),
-            Case("known image, hoster in DE", [f"{de}/k3.jpg"], "forwarded", expect_detail="Partner hotline DE"),
-            Case("unknown image → analyst: illegal", [f"{a}/new/4.jpg"], "escalated", analyst="illegal"),
-            Case("unknown image → analyst: not illegal", [f"{b}/holiday.jpg"], "closed_not_illegal", analyst="not_illegal"),
-            Case("resized re-upload of known image (PDQ)", [f"{b}/re/known1-small.jpg"], "notice_sent", expect_detail="abuse@hoster-b.test"),
-            Case("removed page (HTTP 404)", [f"{a}/deleted.jpg"], "closed_offline"),
-            Case("host that does not resolve", [f"http://gone.nowhere.test:{port}/x.jpg"], "closed_offline"),
-            Case("same URL as the first, spelled differently", [f"http://IMAGES.Hoster-A.test:{port}/img/./known1.jpg#top"], "notice_sent", expect_detail="linked"),
-            Case("two URLs, one a page in DE", [f"{de}/album.html", f"{b}/gallery.html"], "forwarded"),
-            Case("ftp URL", ["ftp://files.example.test/x.jpg"], "rejected"),
-            Case("no URL at all", [], "rejected"),
+            Case("known image, hoster A (NL)", [f"{a}/img/known1.jpg"], S.NOTICE_SENT, expect_detail="abuse@hoster-a.test"),
+            Case("page with known image, hoster B (NL)", [f"{b}/gallery.html"], S.NOTICE_SENT, expect_detail="abuse@hoster-b.test"),
+            Case("known image, hoster in DE", [f"{de}/k3.jpg"], S.FORWARDED, expect_detail="Partner hotline DE"),
+            Case("unknown image → analyst: illegal", [f"{a}/new/4.jpg"], S.ESCALATED, analyst="illegal"),
+            Case("unknown image → analyst: not illegal", [f"{b}/holiday.jpg"], S.CLOSED_NOT_ILLEGAL, analyst="not_illegal"),
+            Case("resized re-upload of known image (PDQ)", [f"{b}/re/known1-small.jpg"], S.NOTICE_SENT, expect_detail="abuse@hoster-b.test"),
+            Case("removed page (HTTP 404)", [f"{a}/deleted.jpg"], S.CLOSED_OFFLINE),
+            Case("host that does not resolve", [f"http://gone.nowhere.test:{port}/x.jpg"], S.CLOSED_OFFLINE),
+            Case("same URL as the first, spelled differently", [f"http://IMAGES.Hoster-A.test:{port}/img/./known1.jpg#top"], S.NOTICE_SENT, expect_detail="linked"),
+            Case("two URLs, one a page in DE", [f"{de}/album.html", f"{b}/gallery.html"], S.FORWARDED),
+            Case("ftp URL", ["ftp://files.example.test/x.jpg"], REJECTED),
+            Case("no URL at all", [], REJECTED),
         ]
         say(f"submitting {len(cases)} reports through POST /api/v1/reports ...")
         for case in cases:
@@ -194,14 +197,14 @@ def run_demo(quiet: bool = False) -> int:
                     continue
                 first = body["items"][0]
                 case.item_id, case.state, case.reason = first["item_id"], first["state"], first["reason"]
-                if case.state == "awaiting_assessment" and case.analyst and case.item_id not in assessed:
+                if case.state == S.AWAITING_ASSESSMENT and case.analyst and case.item_id not in assessed:
                     r = api.post(f"/api/v1/items/{case.item_id}/assessment", headers=analyst,
                                  json={"verdict": case.analyst, "category": "national", "notes": "demo analyst"})
                     r.raise_for_status()
                     assessed.add(case.item_id)
                     pending = True
                     continue
-                if case.state in FINAL:
+                if case.state in OUTCOMES:
                     case.done = time.monotonic()
                 else:
                     pending = True

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.facts import HostingFacts, ImageFacts
@@ -232,7 +233,7 @@ def queue(request: Request, store: StoreDep) -> Response:
     if isinstance(caller, Response):
         return caller
     entries = []
-    for item in store.items.in_state("awaiting_assessment"):
+    for item in store.items.in_state(ItemState.AWAITING_ASSESSMENT):
         classified = _classified(item.classification)
         entries.append({"item": item, "images": _images(classified),
                         "hosting": classified.hosting if classified else None})

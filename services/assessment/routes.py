@@ -7,6 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, require_role
 from services.assessment.logic import AssessmentRefused, assess
@@ -24,7 +25,7 @@ class AssessmentRequest(BaseModel):
 
 @router.get("/api/v1/items")
 def list_items(
-    state: str = "awaiting_assessment",
+    state: str = ItemState.AWAITING_ASSESSMENT,
     store: SqlUnitOfWork = Depends(get_store),
     caller: Caller = Depends(require_role("analyst")),
 ) -> dict[str, Any]:

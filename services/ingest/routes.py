@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
 from hotline.kernel.messages import Outgoing
+from hotline.kernel.states import COARSE, COARSE_REASON, REJECTED
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.reports import ReportSubmitted
@@ -24,30 +25,6 @@ from services.ingest.urls import UrlRejected, normalize_url
 router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-COARSE = {
-    "received": "received",
-    "classifying": "received",
-    "awaiting_assessment": "in_progress",
-    "notice_queued": "in_progress",
-    "forward_queued": "in_progress",
-    "notice_unconfirmed": "action_taken",
-    "escalated": "action_taken",
-    "notice_sent": "action_taken",
-    "forwarded": "action_taken",
-    "removed": "closed",
-    "closed_offline": "closed",
-    "closed_not_illegal": "closed",
-    "rejected": "rejected",
-}
-COARSE_REASON = {
-    "received": "your report was received and is waiting to be processed",
-    "in_progress": "the hotline is processing this address",
-    "action_taken": "the hotline has taken action on this address",
-    "closed": "the hotline has finished with this address",
-    "rejected": "this address could not be processed",
-}
-
 
 def check_urls(urls: list[str]) -> list[str]:
     """Every URL must be one ingest can process; the error names each bad position and why."""
@@ -164,8 +141,8 @@ def get_report(
     items = []
     for link in store.reports.urls(report_id):
         if link.item_id is None:
-            entry: dict[str, Any] = {"item_id": None, "url": link.url_as_reported, "state": "rejected",
-                                     "reason": link.rejected_reason or "rejected"}
+            entry: dict[str, Any] = {"item_id": None, "url": link.url_as_reported, "state": REJECTED,
+                                     "reason": link.rejected_reason or REJECTED}
             if full:
                 entry["events"] = []
             items.append(entry)
