@@ -28,10 +28,10 @@ from hotline.storage.models import (
     Report,
     ReportUrl,
 )
-from hotline.storage.reports import mark_rejected, new_report
+from hotline.storage.reports import RecordsRejections, new_report
 
 if TYPE_CHECKING:
-    from hotline.kernel.messages import InvalidMessage, Outgoing
+    from hotline.kernel.messages import Outgoing
     from schemas.reports import ReportSubmitted
 
 
@@ -64,7 +64,7 @@ class MemoryAudit:
         self.state.audit.append((actor, action, subject, detail))
 
 
-class MemoryReports:
+class MemoryReports(RecordsRejections):
     def __init__(self, state: MemoryState, audit: MemoryAudit) -> None:
         self.state, self.audit = state, audit
 
@@ -94,16 +94,8 @@ class MemoryReports:
             )
         )
 
-    def record_rejection(self, stage: str, err: InvalidMessage) -> None:
-        if err.report_id is None:
-            self.audit.append(stage, "message_rejected", "-", f"{err.code}: {err.reason}")
-            return
-        report = self.get(err.report_id)
-        if report is None:
-            self.state.reports[err.report_id] = Report(id=err.report_id, channel="api", status="rejected", reason=err.reason)
-        else:
-            mark_rejected(report, err.reason)
-        self.audit.append(stage, "report_rejected", err.report_id, f"{err.code}: {err.reason}")
+    def _add(self, report: Report) -> None:
+        self.state.reports[report.id] = report
 
 
 class MemoryItems:

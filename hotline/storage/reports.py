@@ -16,7 +16,32 @@ if TYPE_CHECKING:
     from schemas.reports import ReportSubmitted
 
 
-class SqlReports:
+class RecordsRejections:
+    """How a rejection is recorded, shared by the SQL and in-memory repositories: a
+    rejected report must be visible as rejected, whatever stage threw it out."""
+
+    audit: AuditTrail
+
+    def get(self, report_id: str) -> Report | None:
+        raise NotImplementedError
+
+    def _add(self, report: Report) -> None:
+        raise NotImplementedError
+
+    def record_rejection(self, stage: str, err: InvalidMessage) -> None:
+        if err.report_id is None:
+            self.audit.append(stage, "message_rejected", "-", f"{err.code}: {err.reason}")
+            return
+        report = self.get(err.report_id)
+        if report is None:
+            self._add(Report(id=err.report_id, channel="api", status="rejected", reason=err.reason))
+        elif report.status == "received":  # one already accepted stays so
+            report.status = "rejected"
+            report.reason = err.reason
+        self.audit.append(stage, "report_rejected", err.report_id, f"{err.code}: {err.reason}")
+
+
+class SqlReports(RecordsRejections):
     def __init__(self, session: Session, audit: AuditTrail) -> None:
         self.session = session
         self.audit = audit
@@ -49,16 +74,8 @@ class SqlReports:
             )
         )
 
-    def record_rejection(self, stage: str, err: InvalidMessage) -> None:
-        if err.report_id is None:
-            self.audit.append(stage, "message_rejected", "-", f"{err.code}: {err.reason}")
-            return
-        report = self.get(err.report_id)
-        if report is None:
-            self.session.add(Report(id=err.report_id, channel="api", status="rejected", reason=err.reason))
-        else:
-            mark_rejected(report, err.reason)
-        self.audit.append(stage, "report_rejected", err.report_id, f"{err.code}: {err.reason}")
+    def _add(self, report: Report) -> None:
+        self.session.add(report)
 
 
 def new_report(msg: ReportSubmitted, idempotency_key: str | None) -> Report:
@@ -72,10 +89,3 @@ def new_report(msg: ReportSubmitted, idempotency_key: str | None) -> Report:
         idempotency_key=idempotency_key,
         submitted_at=msg.submitted_at,
     )
-
-
-def mark_rejected(report: Report, reason: str) -> None:
-    """A report still waiting for ingest becomes rejected; one already accepted stays so."""
-    if report.status == "received":
-        report.status = "rejected"
-        report.reason = reason
