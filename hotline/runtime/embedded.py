@@ -21,7 +21,7 @@ from hotline.kernel.failures import FailureHistory, FailurePolicy, Park
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Stage
-from hotline.runtime.steps import Finish, StepRunner, failure_of
+from hotline.runtime.steps import Finish, StepRunner, after_failure, failure_of
 from hotline.storage.models import BusMessage, BusOffset
 from hotline.storage.unit_of_work import SqlUnitOfWork
 
@@ -116,21 +116,12 @@ class EmbeddedRuntime:
                 history.reset()
                 self.errors.pop(stage.name, None)
             except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
-                if isinstance(history.decision, Park):
-                    # Parking itself failed (the database is down?): park again after a pause.
-                    log.warning("stage %s could not park a message, will try again: %r", stage.name, exc)
-                    self._stop.wait(self.policy.max_delay_seconds / 10)
-                    continue
-                error = failure_of(exc)
-                decision = history.record(error)
-                self.errors[stage.name] = repr(error)
-                if isinstance(decision, Park):
-                    log.warning("stage %s: %r; parking the message", stage.name, error)
-                    continue  # the next step parks it
-                hint = getattr(exc, "after_seconds", None)
-                delay = hint if hint is not None else decision.delay_seconds
+                delay = after_failure(history, exc)
+                self.errors[stage.name] = repr(failure_of(exc))
                 log.warning(
-                    "stage %s failed (attempt %d), retrying in %.1fs: %r", stage.name, len(history), delay, error
+                    "stage %s failed (attempt %d), %s: %r", stage.name, len(history),
+                    "parking the message" if isinstance(history.decision, Park) else f"retrying in {delay:.1f}s",
+                    failure_of(exc),
                 )
                 self._stop.wait(delay)
                 continue

@@ -210,7 +210,7 @@ async def _process_until_done(
     itself. Cancellation (worker stopping) propagates, leaving the event unacked.
     """
     from hotline.kernel.failures import FailureHistory, Park
-    from hotline.runtime.steps import failure_of
+    from hotline.runtime.steps import after_failure, failure_of
 
     loop = asyncio.get_running_loop()
     history = FailureHistory(policy)
@@ -231,16 +231,7 @@ async def _process_until_done(
             for fut in pending:
                 await fut  # delivered (acks=all) before the source event is acked
         except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
-            if isinstance(history.decision, Park):
-                # Parking (or producing its rejection) failed: an outage; park again after a pause.
-                delay = policy.max_delay_seconds / 10
-            else:
-                decision = history.record(failure_of(exc))
-                hint = getattr(exc, "after_seconds", None)
-                if isinstance(decision, Park):
-                    delay = 0.0
-                else:
-                    delay = hint if hint is not None else decision.delay_seconds
+            delay = after_failure(history, exc)
             log.warning(
                 "stage %s: event from %s failed (attempt %d), %s: %r",
                 stage_name,

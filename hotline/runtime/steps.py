@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from hotline.kernel.failures import FailureHistory, Park
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.parking import park
 from hotline.kernel.ports import UnitOfWork
@@ -43,6 +44,20 @@ class RetryRequested(Exception):
 def failure_of(exc: BaseException) -> BaseException:
     """The error the failure policy judges (the stage's own, for a requested retry)."""
     return exc.error if isinstance(exc, RetryRequested) else exc
+
+
+def after_failure(history: FailureHistory, exc: BaseException) -> float:
+    """Record a failed attempt at the current message and return how long to wait before
+    the next one, which parks the message when ``history.decision`` says so (then at once).
+    A failure while parking (the database is down?) is an outage of its own: the next
+    attempt parks again after a pause, the history stays as it was."""
+    if isinstance(history.decision, Park):
+        return history.policy.max_delay_seconds / 10
+    decision = history.record(failure_of(exc))
+    if isinstance(decision, Park):
+        return 0.0
+    hint = exc.after_seconds if isinstance(exc, RetryRequested) else None
+    return hint if hint is not None else decision.delay_seconds
 
 
 class StepRunner:
