@@ -38,11 +38,12 @@ class EmbeddedPipeline:
             store.commit()
 
     def submit_raw(self, value: bytes, key: bytes = b"") -> None:
-        # Not a valid message, so it cannot be an ``Outgoing``: write the bus row as a broken
-        # producer would.
+        # Not a valid message, so it cannot be an ``Outgoing``; it still goes through the outbox,
+        # whose ordering the embedded readers rely on.
         with self.sessions() as s:
-            s.add(BusMessage(topic="reports.submitted", key=key.decode(), value=value.decode()))
-            s.commit()
+            store = Store(s)
+            store.enqueue_raw("reports.submitted", key.decode(), value.decode())
+            store.commit()
 
     def published(self, topic: str) -> list[dict[str, Any]]:
         import json
