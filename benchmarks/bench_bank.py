@@ -120,9 +120,9 @@ def _rss_mb() -> float:
 
 
 def stage_import(url: str, csv_path: str) -> dict[str, Any]:
-    from services.bank.bank import import_csv
     from hotline.storage.engine import make_engine, make_sessionmaker, migrate
     from hotline.storage.unit_of_work import SqlUnitOfWork
+    from services.bank.bank import import_csv
 
     migrate(url)
     sessions = make_sessionmaker(make_engine(url))
@@ -144,8 +144,8 @@ def stage_import(url: str, csv_path: str) -> dict[str, Any]:
 
 def stage_build(url: str, index_dir: str | None, qfile: str) -> dict[str, Any]:
     """Matcher from the database (no snapshot), answers to the queries, then save."""
-    from services.bank.bank import Bank
     from hotline.storage.engine import make_engine, make_sessionmaker
+    from services.bank.bank import Bank
 
     sessions = make_sessionmaker(make_engine(url))
     bank = Bank(sessions, index_dir=Path(index_dir) if index_dir else None, verify_seconds=None)
@@ -179,8 +179,8 @@ def stage_build(url: str, index_dir: str | None, qfile: str) -> dict[str, Any]:
 def stage_load(url: str, index_dir: str, qfile: str, mmap: bool) -> dict[str, Any]:
     """Snapshot -> matcher, as a process does at start (map + catch-up + verify)."""
     from hashing.snapshot import load_snapshot
-    from services.bank.bank import Bank
     from hotline.storage.engine import make_engine, make_sessionmaker
+    from services.bank.bank import Bank
 
     t0 = time.perf_counter()
     load_snapshot(Path(index_dir), mmap=mmap)
@@ -219,9 +219,9 @@ def stage_catchup(url: str, index_dir: str, add: int) -> dict[str, Any]:
     """Rows added and one retired after the snapshot: load applies them; refresh sees more."""
     import secrets
 
-    from services.bank.bank import Bank, retire
     from hotline.storage.engine import make_engine, make_sessionmaker
     from hotline.storage.unit_of_work import SqlUnitOfWork
+    from services.bank.bank import Bank, retire
 
     sessions = make_sessionmaker(make_engine(url))
     new = [secrets.token_hex(32) for _ in range(add)]

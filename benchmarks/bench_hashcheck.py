@@ -92,8 +92,8 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from entrypoints.bootstrap import bootstrap
-    from hotline.config import Settings
     from entrypoints.web import create_app
+    from hotline.config import Settings
     from services.hashcheck import logic, routes
 
     if args.stdlib_json:  # what the API would cost without orjson (the route looks these up)
@@ -140,9 +140,9 @@ def build_bank(db_url: str, n: int, seed: int) -> tuple[list[str], list[str], li
 
     from entrypoints.bootstrap import bootstrap
     from hotline.config import Settings
-    from hotline.storage.models import BankEntry
     from hotline.kernel.clock import now
-from hotline.storage.unit_of_work import SqlUnitOfWork
+    from hotline.storage.models import BankEntry
+    from hotline.storage.unit_of_work import SqlUnitOfWork
 
     system = bootstrap(Settings(database_url=db_url, index_dir="none"))
     rng = np.random.default_rng(seed)

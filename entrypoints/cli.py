@@ -6,10 +6,16 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hotline.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from schemas.reports import ReportSubmitted
 
 
 def _system(settings: Settings | None = None):  # type: ignore[no-untyped-def]
@@ -220,6 +226,20 @@ def reports() -> None:
     """Reports."""
 
 
+def submit_reports(sessions: sessionmaker[Session], messages: list[ReportSubmitted]) -> None:
+    """The embedded ``reports import``: the reports and their ``reports.submitted`` messages in
+    one transaction, through the outbox (``SqlUnitOfWork.commit``), while the stages may be running."""
+    from hotline.kernel.messages import Outgoing
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+
+    with sessions() as session:
+        uow = SqlUnitOfWork(session)
+        for m in messages:
+            uow.reports.create(m)
+        uow.enqueue(Outgoing("reports.submitted", m) for m in messages)
+        uow.commit()
+
+
 @reports.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def reports_import(file: Path) -> None:
@@ -230,8 +250,6 @@ def reports_import(file: Path) -> None:
     """
     import csv
 
-    from hotline.kernel.messages import Outgoing
-    from hotline.storage.unit_of_work import SqlUnitOfWork
     from schemas.reports import ReportSubmitted
 
     with file.open(newline="") as fh:
@@ -260,13 +278,7 @@ def reports_import(file: Path) -> None:
         producer.flush()
         producer.close()
     else:
-        system = _system(settings)
-        with system.sessions() as session:
-            store = SqlUnitOfWork(session)
-            for m in messages:
-                store.reports.create(m)
-            store.enqueue(Outgoing("reports.submitted", m) for m in messages)
-            store.commit()
+        submit_reports(_system(settings).sessions, messages)
     for m in messages:
         click.echo(m.report_id)
     click.echo(f"submitted {len(messages)} report(s) with {len(rows)} URL(s)", err=True)

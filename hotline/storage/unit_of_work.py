@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 # Rows of the outbox/bus table are inserted and committed under this lock, so their ids
 # become visible in order to the embedded runtime's readers (one process, many threads).
+# Lock order: a unit of work takes its database locks first and this lock last (see
+# ``SqlUnitOfWork.commit``), never the other way round; and SQLite does not need it at all.
 OUTBOX_LOCK = threading.Lock()
 
 
@@ -31,6 +33,7 @@ class SqlUnitOfWork:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.pending: list[Outgoing] = []
+        self.pending_raw: list[tuple[str, str, str]] = []  # (topic, key, value)
         self.audit = SqlAuditTrail(session)
         self.reports = SqlReports(session, self.audit)
         self.items = SqlItems(session)
@@ -47,20 +50,41 @@ class SqlUnitOfWork:
         if and only if the state changes commit."""
         self.pending.extend(outgoing)
 
+    def enqueue_raw(self, topic: str, key: str, value: str) -> None:
+        """Publish a value that is no valid message, as a broken producer would (tests use it to
+        check that stages reject it): same outbox path, same ordering, as ``enqueue``."""
+        self.pending_raw.append((topic, key, value))
+
     def commit(self) -> None:
-        if not self.pending:
+        if not self.pending and not self.pending_raw:
             self.session.commit()
             return
+        rows = [
+            BusMessage(topic=o.topic, key=o.key, value=o.message.model_dump_json(), created_at=now())
+            for o in self.pending
+        ] + [BusMessage(topic=t, key=k, value=v, created_at=now()) for t, k, v in self.pending_raw]
+        self.pending.clear()
+        self.pending_raw.clear()
+        if self.session.get_bind().dialect.name == "sqlite":
+            # SQLite admits one writer at a time and these rows get their ids and commit under
+            # that one write lock, so ids become visible in order without OUTBOX_LOCK. Taking it
+            # here would deadlock: a unit of work that has already written (a stage) holds the
+            # write lock and waits for OUTBOX_LOCK, while one whose first write is this insert
+            # (a submission) holds OUTBOX_LOCK and waits for the write lock -- until the busy
+            # timeout fails it with "database is locked".
+            self.session.add_all(rows)
+            self.session.commit()
+            return
+        # Row locks are taken before OUTBOX_LOCK (flush), never while holding it: inside it only
+        # inserts into bus_messages and COMMIT, which wait for no other transaction.
+        self.session.flush()
         with OUTBOX_LOCK:
-            self.session.add_all(
-                BusMessage(topic=o.topic, key=o.key, value=o.message.model_dump_json(), created_at=now())
-                for o in self.pending
-            )
-            self.pending.clear()
+            self.session.add_all(rows)
             self.session.commit()
 
     def rollback(self) -> None:
         self.pending.clear()
+        self.pending_raw.clear()
         self.session.rollback()
 
     def flush(self) -> None:

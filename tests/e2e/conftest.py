@@ -19,16 +19,16 @@ import httpx
 import pytest
 import yaml
 
+from doubles.loopback import LoopbackSite, SmtpSink, free_port, serve_app
+from entrypoints.bootstrap import System, bootstrap
+from entrypoints.demo import NoDns
+from entrypoints.web import create_app
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
-from hotline.web.auth import new_token
-from entrypoints.bootstrap import System, bootstrap
 from hotline.config import Settings
-from entrypoints.demo import NoDns
-from doubles.loopback import LoopbackSite, SmtpSink, free_port, serve_app
 from hotline.runtime.embedded import EmbeddedRuntime
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from entrypoints.web import create_app
+from hotline.web.auth import new_token
 
 HOSTER_HOST = "images.hoster-a.test"
 

@@ -31,10 +31,10 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
 from hotline.storage.models import Item, Notice, Report, ReportUrl
-from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.reports import ReportSubmitted
 from services.assessment.logic import assess

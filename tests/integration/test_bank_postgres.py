@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.bank.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.models import BankEntry
 from hotline.storage.unit_of_work import SqlUnitOfWork
+from services.bank.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
 
 pytestmark = pytest.mark.integration
 

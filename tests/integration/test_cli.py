@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from doubles.loopback import LoopbackSite, free_port
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
-from doubles.loopback import LoopbackSite, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +43,10 @@ def test_users_add_prints_a_token_that_authenticates(env: dict[str, str]) -> Non
     again = run(env, "users", "add", "ann", "--role", "analyst")
     assert again.returncode != 0 and "already exists" in again.stderr
 
-    from entrypoints.bootstrap import bootstrap
-    from hotline.config import Settings
     from doubles.loopback import serve_app
+    from entrypoints.bootstrap import bootstrap
     from entrypoints.web import create_app
+    from hotline.config import Settings
 
     system = bootstrap(Settings(database_url=env["HOTLINE_DATABASE_URL"], index_dir="none"))
     port = free_port()

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from entrypoints.bootstrap import bootstrap
 from hotline.config import Settings
-from hotline.storage.models import BusMessage
-from hotline.runtime.embedded import EmbeddedRuntime
 from hotline.kernel.messages import Outgoing
+from hotline.runtime.embedded import EmbeddedRuntime
+from hotline.storage.models import BusMessage
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.reports import ReportSubmitted
 from tests.integration import scenario
@@ -38,11 +38,12 @@ class EmbeddedPipeline:
             store.commit()
 
     def submit_raw(self, value: bytes, key: bytes = b"") -> None:
-        # Not a valid message, so it cannot be an ``Outgoing``: write the bus row as a broken
-        # producer would.
+        # Not a valid message, so it cannot be an ``Outgoing``; it still goes through the outbox,
+        # whose ordering the embedded readers rely on.
         with self.sessions() as s:
-            s.add(BusMessage(topic="reports.submitted", key=key.decode(), value=value.decode()))
-            s.commit()
+            store = SqlUnitOfWork(s)
+            store.enqueue_raw("reports.submitted", key.decode(), value.decode())
+            store.commit()
 
     def published(self, topic: str) -> list[dict[str, Any]]:
         import json

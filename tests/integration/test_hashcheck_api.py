@@ -17,12 +17,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from doubles.loopback import free_port
+from entrypoints.bootstrap import System, bootstrap
 from hashing.image import ImageHashes, hash_image
 from hashing.synthetic import generate_photo_like
-from entrypoints.bootstrap import System, bootstrap
 from hotline.config import Settings
 from hotline.storage.models import BusMessage
-from doubles.loopback import free_port
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from services.hashcheck.logic import iso_week
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from doubles.loopback import free_port
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from tests.integration import scenario
 from tests.integration.scenario import KafkaPipeline, StageProcesses, World
@@ -211,9 +211,9 @@ def test_outbox_relay_keeps_rows_until_the_broker_has_them(
     from kafka.errors import KafkaError
     from sqlalchemy import func, select
 
-    from hotline.storage.models import BusMessage
-    from hotline.runtime.relay import OutboxRelay
     from hotline.kernel.messages import Outgoing
+    from hotline.runtime.relay import OutboxRelay
+    from hotline.storage.models import BusMessage
     from schemas.reports import ReportSubmitted
 
     db_url = f"sqlite:///{tmp_path / 'relay.db'}"

@@ -22,9 +22,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from doubles.loopback import free_port
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.models import Item, Notice
-from doubles.loopback import free_port
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from tests.integration import scenario
 from tests.integration.scenario import Pipeline, StageProcesses, World, wait_for

@@ -21,14 +21,14 @@ import httpx
 import pytest
 import yaml
 
-from hashing.synthetic import photo_like_jpeg
-from hotline.web.auth import new_token
-from entrypoints.bootstrap import System, bootstrap
-from hotline.config import Settings
 from doubles.loopback import LoopbackSite, free_port
+from entrypoints.bootstrap import System, bootstrap
+from entrypoints.web import create_app
+from hashing.synthetic import photo_like_jpeg
+from hotline.config import Settings
 from hotline.runtime.embedded import EmbeddedRuntime
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from entrypoints.web import create_app
+from hotline.web.auth import new_token
 from services.notify.mailer import RecordingMailer
 
 COARSE_STATES = {"received", "in_progress", "action_taken", "closed", "rejected"}

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hashing.matcher import BankMatcher, BankRecord
 from hashing.snapshot import CompactBankMatcher, current_snapshot, load_snapshot, read_manifest
-from services.bank.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
 from hotline.config import Settings
+from hotline.kernel.clock import now
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.models import BankEntry
-from hotline.kernel.clock import now
 from hotline.storage.unit_of_work import SqlUnitOfWork
+from services.bank.bank import CSV_COLUMNS, Bank, export_csv, import_csv, retire
 
 RNG = random.Random(7)
 

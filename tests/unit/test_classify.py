@@ -14,10 +14,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from doubles.loopback import LoopbackSite
 from hashing.image import hash_image
 from hashing.matcher import BankMatcher, BankRecord
 from hashing.synthetic import generate_photo_like, photo_like_jpeg
-from doubles.loopback import LoopbackSite
 from services.classify.fetcher import Fetcher, FetchPolicy
 from services.classify.hosting import HostingDirectory, HostingResolver, NetworkEntry
 from services.classify.stage import ClassifyStage

@@ -32,10 +32,10 @@ import pytest
 from PIL import Image
 
 import services.classify.fetcher as fetcher_module
+from doubles.loopback import LoopbackSite
 from hashing.image import ImageError, hash_image
 from hotline.kernel.stage import complete
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
-from doubles.loopback import LoopbackSite
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.items import ItemAccepted, ItemClassified
 from services.classify.fetcher import Fetcher, FetchError, FetchPolicy, address_allowed

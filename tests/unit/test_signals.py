@@ -24,10 +24,10 @@ from hashing.signals import (
 )
 from hashing.snapshot import HASH_BYTES, CompactBankMatcher
 from hashing.synthetic import encode, generate_photo_like
-from services.bank.bank import CSV_COLUMNS, HASH_COLUMNS
 from hotline.config import Settings
 from hotline.storage.models import BankEntry
 from schemas.facts import ImageFacts
+from services.bank.bank import CSV_COLUMNS, HASH_COLUMNS
 from services.classify.stage import HASH_FIELDS
 from services.hashcheck.logic import BatchRejected, parse_batch
 from services.hashcheck.routes import HashQuery
