@@ -24,6 +24,9 @@ class TakedownNotice(Message):
     images: list[ImageFacts] = []
     basis: Literal["known_material", "analyst_confirmed", "police_release"] = "known_material"
     created_at: datetime = Field(default_factory=utcnow)
+    # Where the URL was fetched from (address, ASN, ...), for the notice's X-ARF report;
+    # optional, so notices written before it was added still decode.
+    hosting: HostingFacts | None = None
 
 
 class AnalystClassification(Message):

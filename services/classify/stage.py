@@ -213,6 +213,7 @@ class ClassifyStage:
                         abuse_email=hosting.abuse,
                         country=hosting.country,
                         images=[i for i in c.images if i.match is not None],
+                        hosting=hosting,
                     ),
                 )
             )

@@ -1,0 +1,208 @@
+"""The machine-readable half of a notice: one X-ARF v4 report (category ``content``, type
+``csam``) for the notice's URL, built with the ``xarf`` package's generator and validated
+with its validator against the X-ARF v4 JSON Schemas it ships. Pure: no sending here.
+
+A report that does not validate is never sent: :func:`build_report` raises
+:class:`XarfReportInvalid`, which the notify stage does not catch (a bug; the failure
+policy parks the message after its attempts).
+
+- One report per URL. A page showing several matched images is still one URL: the
+  schema's ``hash_values`` holds one value per algorithm, so it carries the first matched
+  image's hashes (plus its PDQ); every matched image's hashes are listed as ``evidence``
+  items (``application/json``, hashes and match facts only, never image bytes).
+- ``report_id`` is derived from the notice id (UUID, version-4 layout), so every rendering
+  of one notice carries the same id; ``timestamp`` is when classify saw the content.
+- ``classification``: see :data:`CLASSIFICATION` and README "Machine-readable notices".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC
+from typing import Any
+from urllib.parse import urlsplit
+
+import xarf
+
+from schemas.facts import BankMatch, ImageFacts
+from schemas.notices import TakedownNotice
+
+CATEGORY, TYPE = "content", "csam"
+
+# X-ARF's own values, most serious first (baseline: INTERPOL's, illegal in virtually every
+# country; A/B: ICCAM's prepubescent/pubescent, 1: sexual activity, 2: posing/focus).
+XARF_CLASSIFICATIONS = ("baseline", "A1", "A2", "B1", "B2")
+
+# The bank's and the analysts' categories onto X-ARF's. "national" (illegal under the
+# hosting country's law, not INTERPOL baseline) has no X-ARF value: it is sent as "B2",
+# the least serious CSAM value, so an automated pipeline removes it as CSAM without
+# treating it as baseline (e.g. sharing its hashes as universally illegal); the real
+# category goes along in ``tags`` ("category:national") and the description.
+CLASSIFICATION: dict[str, str] = {"baseline": "baseline", "national": "B2"} | {
+    c.lower(): c for c in XARF_CLASSIFICATIONS
+}
+
+# Hashes the schema names in ``hash_values`` (PDQ is added: the object is open).
+_HASHES = ("md5", "sha1", "sha256")
+_EXACT_SIGNALS = frozenset(_HASHES)
+_MAX_EVIDENCE = 50  # the schema's maxItems
+_DOMAIN = "^([a-z0-9]+(-[a-z0-9]+)*\\.)+[a-z]{2,}$"
+
+
+class XarfReportInvalid(ValueError):
+    """The notice cannot be expressed as a valid X-ARF v4 content/csam report."""
+
+
+def report_id(notice_id: str) -> str:
+    """A UUID (version-4 layout) derived from the notice id: stable across renderings."""
+    return str(uuid.UUID(bytes=hashlib.sha256(notice_id.encode()).digest()[:16], version=4))
+
+
+def classification_of(category: str) -> str:
+    """The X-ARF ``classification`` for a bank/analyst category; raises if there is none."""
+    value = CLASSIFICATION.get(category.strip().lower())
+    if value is None:
+        raise XarfReportInvalid(
+            f"category {category!r} has no X-ARF classification (known: {', '.join(sorted(CLASSIFICATION))})"
+        )
+    return value
+
+
+def matched_images(notice: TakedownNotice) -> list[ImageFacts]:
+    return [i for i in notice.images if i.match is not None]
+
+
+def is_exact(match: BankMatch) -> bool:
+    return match.signal in _EXACT_SIGNALS
+
+
+def detection_method(notice: TakedownNotice) -> str:
+    """``hash_match`` for known material (exact cryptographic hash or PDQ near match: both are
+    hash matches in X-ARF's vocabulary; which one is in ``tags``); ``manual_review`` when an
+    analyst confirmed the material."""
+    return "hash_match" if notice.basis == "known_material" else "manual_review"
+
+
+def source_identifier(notice: TakedownNotice) -> str:
+    """The address the content was fetched from; the host name if the notice has none."""
+    if notice.hosting is not None and notice.hosting.ip:
+        return notice.hosting.ip
+    return urlsplit(notice.url).hostname or notice.url
+
+
+def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict[str, Any]:
+    """The X-ARF v4 report for ``notice``, validated; raises :class:`XarfReportInvalid`."""
+    images = matched_images(notice)
+    if not images:
+        raise XarfReportInvalid(f"notice {notice.notice_id} names no matched image: nothing to classify")
+    classes = [classification_of(i.match.category) for i in images if i.match is not None]
+    classification = min(classes, key=XARF_CLASSIFICATIONS.index)
+    first = images[0]
+    parts = urlsplit(notice.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise XarfReportInvalid(f"notice {notice.notice_id}: {notice.url!r} is not an absolute http(s) URL")
+    domain = sender.rsplit("@", 1)[-1]
+    contact = {"org": hotline_name, "contact": sender, "domain": domain}
+    fields: dict[str, Any] = {
+        "url": notice.url,
+        "classification": classification,
+        "detection_method": detection_method(notice),
+        "media_type": "image",
+        "hash_values": _hash_values(first),
+        "hosting_provider": notice.hoster,
+        "content_removed": False,
+        "verified_at": _iso(notice),
+        "verification_method": "automated_crawler",
+        "source_port": parts.port or (443 if parts.scheme == "https" else 80),
+        "description": _description(notice, hotline_name, images)[:1000],
+        "tags": _tags(images),
+        "evidence": [_evidence(i, n, len(images)) for n, i in enumerate(images[:_MAX_EVIDENCE], 1)],
+    }
+    host = parts.hostname.lower()
+    if _is_domain(host):
+        fields["domain"] = host
+    if notice.hosting is not None and notice.hosting.asn:
+        fields["asn"] = notice.hosting.asn
+    if notice.country:
+        fields["country_code"] = notice.country.upper()
+    created = xarf.create_report(
+        category=CATEGORY, type=TYPE, source_identifier=source_identifier(notice),
+        reporter=contact, sender=dict(contact), **fields,
+    )
+    if created.report is None or created.errors:
+        raise XarfReportInvalid(_explain(notice.notice_id, created.errors, created.warnings))
+    report = created.report.model_dump(by_alias=True, exclude_none=True)
+    # The generator draws a fresh id and the current time; a notice's are fixed.
+    report["report_id"] = report_id(notice.notice_id)
+    report["timestamp"] = _iso(notice)
+    validate(report, notice.notice_id)
+    return report
+
+
+def validate(report: dict[str, Any], what: str = "report") -> None:
+    """The package's validator (schema, formats, unknown fields): raises if anything is off."""
+    result = xarf.parse(json.loads(json.dumps(report)))
+    if result.errors or result.warnings or result.report is None:
+        raise XarfReportInvalid(_explain(what, result.errors, result.warnings))
+
+
+def to_json(report: dict[str, Any]) -> bytes:
+    return json.dumps(report, indent=2, ensure_ascii=False).encode()
+
+
+def _hash_values(image: ImageFacts) -> dict[str, str]:
+    values = {name: getattr(image, name) for name in _HASHES if getattr(image, name)}
+    if image.pdq:
+        values["pdq"] = image.pdq
+    return values
+
+
+def _evidence(image: ImageFacts, n: int, total: int) -> xarf.XARFEvidence:
+    match = image.match
+    facts: dict[str, Any] = {"url": image.url, **_hash_values(image)}
+    if image.phash:
+        facts["phash"] = image.phash
+    if match is not None:
+        facts["match"] = {"signal": match.signal, "distance": match.distance, "category": match.category}
+    return xarf.create_evidence(
+        "application/json",
+        json.dumps(facts, sort_keys=True),
+        description=f"Hashes and match of matched image {n} of {total} (no image data)",
+    )
+
+
+def _tags(images: list[ImageFacts]) -> list[str]:
+    tags: list[str] = []
+    for image in images:
+        assert image.match is not None
+        for tag in (f"category:{image.match.category.strip().lower()}",
+                    f"match:{'exact' if is_exact(image.match) else 'perceptual'}",
+                    f"signal:{image.match.signal}"):
+            if tag not in tags:
+                tags.append(tag)
+    return tags[:20]
+
+
+def _description(notice: TakedownNotice, hotline_name: str, images: list[ImageFacts]) -> str:
+    how = "confirmed by an analyst of" if notice.basis != "known_material" else "identified by hash match against the database of confirmed material of"
+    categories = sorted({i.match.category for i in images if i.match is not None})
+    return (f"Known child sexual abuse material ({len(images)} matched image(s), category "
+            f"{', '.join(categories)}) {how} {hotline_name}. Notice {notice.notice_id}.")
+
+
+def _iso(notice: TakedownNotice) -> str:
+    at = notice.created_at
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _is_domain(host: str) -> bool:
+    return re.fullmatch(_DOMAIN, host) is not None
+
+
+def _explain(what: str, errors: list[Any], warnings: list[Any]) -> str:
+    problems = [f"{e.field or '(report)'}: {e.message}" for e in [*errors, *warnings]]
+    return f"X-ARF report for {what} does not validate: " + ("; ".join(problems) or "no report")
