@@ -89,7 +89,8 @@ class System:
             mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
                 s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls
             )
-            return NotifyStage(mailer=mailer, sender=s.notice_from, hotline_name=s.hotline_name)
+            return NotifyStage(mailer=mailer, sender=s.notice_from, hotline_name=s.hotline_name,
+                               notice_language=s.notice_language)
         if name == "escalate":
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(
                 transport=self.overrides.get("partner_transport")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     notice_from: str = "ntd@hotline.invalid"
+    # Language of the notice text: "auto" = Dutch for a hoster in NL, English otherwise.
+    notice_language: Literal["auto", "nl", "en"] = "auto"
     hotline_name: str = "Hotline"
 
     home_country: str = "NL"

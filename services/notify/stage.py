@@ -39,6 +39,7 @@ class NotifyStage:
     mailer: Mailer
     sender: str
     hotline_name: str = "Hotline"
+    notice_language: str = "auto"  # auto | nl | en (services.notify.notice.notice_language)
 
     name: ClassVar[str] = "notify"
     inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)
@@ -63,7 +64,7 @@ class NotifyStage:
                 message.notice_id, message.item_id, message.hoster, message.abuse_email,
                 message_id(message.notice_id, self.sender.rsplit("@", 1)[-1]),
             )
-        email = render_notice(message, self.sender, self.hotline_name)
+        email = render_notice(message, self.sender, self.hotline_name, self.notice_language)
         return SideEffect(
             act=lambda: self.mailer.send(email),
             done=lambda u, _: self._sent(u, message),

@@ -17,6 +17,7 @@ from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Stage, complete, run_stage
 from hotline.kernel.states import TRANSITIONS, ItemState
+from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemClassified
 from schemas.notices import PartnerForward, TakedownNotice
 from services.escalate.partners import DeliveryFailed, PartnerDirectory, PartnerEntry
@@ -91,11 +92,21 @@ def notify_stage(mailer: object) -> NotifyStage:
     return NotifyStage(mailer=mailer, sender=SENDER, hotline_name="Test hotline")  # type: ignore[arg-type]
 
 
-def notice_for(item_id: str) -> TakedownNotice:
-    return TakedownNotice(
+KNOWN_IMAGE = ImageFacts(
+    url="http://img.hoster-a.test/known.jpg", md5="0" * 31 + "1", sha1="0" * 39 + "2", sha256="0" * 63 + "3",
+    pdq="f" * 64, match=BankMatch(entry_id=1, signal="sha256", distance=0, category="baseline", source="test"),
+)
+
+
+def notice_for(item_id: str, **changes: Any) -> TakedownNotice:
+    """The notice classify writes for a known image at Hoster A (NL); ``changes`` override."""
+    fields: dict[str, Any] = dict(
         notice_id=f"ntd-{item_id}", item_id=item_id, url="http://img.hoster-a.test/known.jpg",
-        hoster="Hoster A B.V.", abuse_email="abuse@hoster-a.test", country="NL",
+        hoster="Hoster A B.V.", abuse_email="abuse@hoster-a.test", country="NL", images=[KNOWN_IMAGE],
+        hosting=HostingFacts(host="img.hoster-a.test", ip="127.0.0.2", country="NL", asn=64501,
+                             hoster="Hoster A B.V.", abuse="abuse@hoster-a.test", source="hosting_file"),
     )
+    return TakedownNotice(**(fields | changes))
 
 
 class ProcessKilled(BaseException):

@@ -221,7 +221,7 @@ def test_notice_is_sent_once(uow: MemoryUnitOfWork, state: MemoryState) -> None:
     email = mailer.sent[0]
     assert email["To"] == "abuse@hoster-a.test"
     assert email["Message-ID"] == f"<ntd-{item_id}@hotline.test>"
-    assert "http://img.hoster-a.test/known.jpg" in email.get_content()
+    assert "http://img.hoster-a.test/known.jpg" in email.get_body(("plain",)).get_content()
     (event,) = of_topic(out, "notices.events")
     assert isinstance(event, NoticeEvent) and event.kind == "sent"
     assert published(state, "notices.events") == [event]
@@ -802,7 +802,7 @@ def _scenario(run: Callable[[Any, str, Any], list[Outgoing]], unit: Callable[[],
             },
             "notice": (notice.status, notice.message_id),
             "outputs": [[(o.topic, o.key, o.message.model_dump()) for o in out] for out in outputs],
-            "mail": [(m["To"], m["Message-ID"], m.get_content()) for m in mailer.sent],
+            "mail": [(m["To"], m["Message-ID"], m.get_body(("plain",)).get_content()) for m in mailer.sent],
         }
         return _comparable(snapshot, names)
 
