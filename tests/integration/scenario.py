@@ -38,6 +38,7 @@ from hotline.storage.models import Item, Notice, Report, ReportUrl
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.reports import ReportSubmitted
 from services.assessment.logic import assess
+from tests.xarf_check import checked_xarf, plain_text
 
 PARTNER_TOKEN_ENV = "HOTLINE_PARTNER_DE_TOKEN"
 BANK_REFRESH_SECONDS = 1.0
@@ -320,8 +321,14 @@ def run_acceptance(p: Pipeline, w: World, timeout: float = 90.0) -> dict[str, fl
     assert len(mails) == 1, f"NTD sent {len(mails)} times"
     assert mails[0].rcpt_tos == [HOSTER_A]
     assert mails[0].message["To"] == HOSTER_A
-    body = mails[0].message.get_payload(decode=True)
-    assert isinstance(body, bytes) and cases["known_nl"].url in body.decode()
+    body = plain_text(mails[0].message)
+    assert cases["known_nl"].url in body and "Geachte" in body  # Dutch for a hoster in NL
+    # The X-ARF v4 report rides along and validates; never an image.
+    report = checked_xarf(mails[0].message)
+    assert report["url"] == cases["known_nl"].url and report["detection_method"] == "hash_match"
+    assert report["source_identifier"] == "127.0.0.2" and report["country_code"] == "NL"
+    assert report["hash_values"]["sha256"] and not any(
+        p.get_content_maintype() == "image" for p in mails[0].message.walk())
 
     # Forward: the partner got it, with the bearer token (PartnerEndpoint refuses without).
     known_de = item_for_url(p.sessions, cases["known_de"].url)

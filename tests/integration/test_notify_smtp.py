@@ -21,9 +21,12 @@ from hotline.kernel.states import ItemState
 from hotline.runtime.embedded import EmbeddedRuntime
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.unit_of_work import SqlUnitOfWork
+from schemas.facts import HostingFacts
 from schemas.notices import TakedownNotice
 from services.notify.mailer import SmtpMailer
 from services.notify.stage import NotifyStage
+from tests.unit.stagekit import KNOWN_IMAGE
+from tests.xarf_check import checked_xarf, plain_text
 
 FAST = FailurePolicy(first_delay_seconds=0.05, max_delay_seconds=0.2)
 
@@ -45,7 +48,8 @@ def queued_notice(sessions: sessionmaker[Session], url: str) -> TakedownNotice:
         uow.items.set_state(item, ItemState.NOTICE_QUEUED, "known material", "classify")
         notice = TakedownNotice(
             notice_id=f"ntd-{item.id}", item_id=item.id, url=url, hoster="Hoster A B.V.",
-            abuse_email="abuse@hoster-a.test", country="NL", images=[],
+            abuse_email="abuse@hoster-a.test", country="NL", images=[KNOWN_IMAGE.model_copy(update={"url": url})],
+            hosting=HostingFacts(host="images.hoster-a.test", ip="127.0.0.2", country="NL", asn=64501),
         )
         uow.enqueue([Outgoing("notices.ntd", notice)])
         uow.commit()
@@ -118,5 +122,12 @@ def test_a_temporary_refusal_is_retried_and_sent_once(sessions: sessionmaker[Ses
             assert wait_for(lambda: status_of(sessions, notice) == ("sent", "notice_sent")), rt.errors
             assert rt.wait_idle(10)
         assert sink.received == 1 and sink.mails[0].answered
+        # What the real SMTP server received: the text and one X-ARF report that validates.
+        received = sink.mails[0].message
+        assert notice.url in plain_text(received)
+        report = checked_xarf(received)
+        assert report["url"] == notice.url and report["source_identifier"] == "127.0.0.2"
+        assert report["hash_values"]["sha256"] == KNOWN_IMAGE.sha256 and report["classification"] == "baseline"
+        assert not any(p.get_content_maintype() == "image" for p in received.walk())
     finally:
         sink.stop()
