@@ -248,14 +248,14 @@ def distribution(rows: Iterable[NoticedItem]) -> dict[str, int]:
 
 
 def human_duration(seconds: float | None) -> str:
-    """``None`` -> "–"; else minutes, hours or days with one decimal where it helps."""
+    """``None`` -> "–"; else minutes, hours (under two days) or days, with one decimal unless it is 0."""
     if seconds is None:
         return "–"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+        return f"{seconds / 3600:.1f}".removesuffix(".0") + " h"
+    return f"{seconds / 86400:.1f}".removesuffix(".0") + " d"
 
 
 def human_share(share: float | None) -> str:

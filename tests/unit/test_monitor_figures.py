@@ -176,7 +176,7 @@ def test_human_duration() -> None:
     assert human_duration(None) == "–"
     assert human_duration(90) == "2 min"
     assert human_duration(5400) == "1.5 h"
-    assert human_duration(3 * DAY) == "3.0 d"
+    assert human_duration(3 * DAY) == "3 d" and human_duration(DAY) == "24 h"
 
 
 def test_chart_geometry() -> None:
