@@ -372,6 +372,28 @@ def users_add(name: str, role: str) -> None:
     click.echo(token)
 
 
+@main.command()
+@click.option("--year", required=True, type=click.IntRange(2000, 9998), help="Calendar year (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def stats(year: int, fmt: str) -> None:
+    """The annual statistics of YEAR: reports per channel and month, share illegal, new vs known,
+    hosting countries, forwards per partner, police escalations, time to removal."""
+    import json
+
+    from hotline.kernel.clock import now
+    from services.monitor.annual import annual, as_text
+    from services.monitor.queries import annual_rows
+
+    settings = get_settings()
+    system = _system(settings)
+    try:
+        with system.sessions() as session:
+            figures = annual(annual_rows(session, year), now(), settings.removal_deadline_seconds)
+    finally:
+        system.close()
+    click.echo(json.dumps(figures, indent=2) if fmt == "json" else as_text(figures), nl=fmt == "json")
+
+
 @main.group()
 def police() -> None:
     """The police liaison's view."""

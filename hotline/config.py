@@ -82,6 +82,10 @@ class Settings(BaseSettings):
             return Path(database).parent / "var" / "index"
         return Path("var") / "index"
 
+    # The removal norm (HOTLINE_REMOVAL_DEADLINE_SECONDS): content still online this long after
+    # its first notice is past its deadline (the monitor's "within the deadline" figures).
+    removal_deadline_seconds: int = 86400
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

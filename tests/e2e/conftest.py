@@ -102,6 +102,18 @@ def click_and_wait(browser: Any, button: Any, timeout: float = 10.0) -> None:
     WebDriverWait(browser, timeout).until(left_the_page)
 
 
+ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
+"""Where browser tests leave what a person may want to look at afterwards (screenshots); under
+``var/``, which git ignores."""
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """The test artifacts folder, created on first use (``var/test-artifacts/``)."""
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS_DIR
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("e2e")
