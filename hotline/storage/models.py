@@ -13,6 +13,8 @@ from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, S
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from hotline.kernel import clock
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware datetimes on both backends (SQLite forgets the zone otherwise)."""
@@ -34,7 +36,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Base(DeclarativeBase):
