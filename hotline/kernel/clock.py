@@ -52,7 +52,16 @@ class FakeClock:
             return self._now
 
 
+class CurrentClock:
+    """Whatever clock is installed now (``install``): hand this to code that should follow a
+    test's ``FakeClock`` without being told about it."""
+
+    def now(self) -> datetime:
+        return _current.now()
+
+
 SYSTEM = SystemClock()
+CURRENT = CurrentClock()
 _current: Clock = SYSTEM
 
 

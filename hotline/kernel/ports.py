@@ -101,6 +101,9 @@ class FollowupRepository(Protocol):
     def open(self, followup: Followup) -> Followup:
         """Start following an item up; an item already followed up keeps its row (returned)."""
         ...
+    def unplanned(self, limit: int) -> list[Followup]:
+        """Follow-ups opened by notify that have no first check yet (status ``new``)."""
+        ...
     def claim_due(self, at: datetime, limit: int, per_hoster: int, stale_before: datetime) -> list[Followup]:
         """Due follow-ups not yet dispatched (or dispatched before ``stale_before``), oldest
         first, at most ``per_hoster`` in flight per hoster; marked dispatched at ``at``.

@@ -24,12 +24,12 @@ from hotline.storage.models import Followup, FollowupStep
 
 def new_followup(
     item_id: str, notice_id: str, url: str, hoster: str, country: str | None, abuse_email: str,
-    matched: list[dict[str, Any]], first_report_at: datetime, first_notice_at: datetime, next_check_at: datetime,
+    matched: list[dict[str, Any]], first_report_at: datetime, first_notice_at: datetime,
 ) -> Followup:
     return Followup(
         item_id=item_id, notice_id=notice_id, url=url, hoster=hoster, country=country, abuse_email=abuse_email,
-        matched=matched, status="open", first_report_at=first_report_at, first_notice_at=first_notice_at,
-        next_check_at=next_check_at, dispatched_at=None, checks=0, misses=0, step=0,
+        matched=matched, status="new", first_report_at=first_report_at, first_notice_at=first_notice_at,
+        next_check_at=None, dispatched_at=None, checks=0, misses=0, step=0,
     )
 
 
@@ -71,6 +71,11 @@ class SqlFollowups:
             return existing
         self.session.add(followup)
         return followup
+
+    def unplanned(self, limit: int) -> list[Followup]:
+        """Follow-ups opened by notify that have no first check yet (status ``new``)."""
+        query = select(Followup).where(Followup.status == "new").order_by(Followup.item_id).limit(limit)
+        return list(self.session.scalars(self._for_update(query)).all())
 
     def _for_update(self, query: Any) -> Any:
         if self.session.get_bind().dialect.name == "postgresql":

@@ -214,6 +214,9 @@ class MemoryFollowups:
     def open(self, followup: Followup) -> Followup:
         return self.state.followups.setdefault(followup.item_id, followup)
 
+    def unplanned(self, limit: int) -> list[Followup]:
+        return sorted((f for f in self.state.followups.values() if f.status == "new"), key=lambda f: f.item_id)[:limit]
+
     def claim_due(self, at: datetime, limit: int, per_hoster: int, stale_before: datetime) -> list[Followup]:
         rows = self.state.followups.values()
         in_flight = Counter(

@@ -258,7 +258,8 @@ class Followup(Base):
     - ``hoster`` and ``country``: the item's hoster and hosting country at notice time.
 
     Time to removal is ``removed_at - first_notice_at`` (and ``- first_report_at``);
-    ``status`` is ``open`` (being re-checked) or ``removed``. The scheduler's work list is
+    ``status`` is ``new`` (opened by notify, not yet scheduled: the scheduler sets its first
+    check), ``open`` (being re-checked) or ``removed``. The scheduler's work list is
     ``next_check_at <= now`` (indexed; null once removed), claimed by setting
     ``dispatched_at`` when a ``rechecks.due`` message for that due time is published.
     """
@@ -273,10 +274,10 @@ class Followup(Base):
     abuse_email: Mapped[str] = mapped_column(String(320))
     # Hashes of the images the notice named (never bytes): [{"url", "sha256", "md5", "pdq"}].
     matched: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open | removed
+    status: Mapped[str] = mapped_column(String(16), default="new", index=True)  # new | open | removed
     first_report_at: Mapped[datetime] = mapped_column()
     first_notice_at: Mapped[datetime] = mapped_column()
-    next_check_at: Mapped[datetime | None] = mapped_column(index=True)
+    next_check_at: Mapped[datetime | None] = mapped_column(index=True)  # null: new, or removed
     dispatched_at: Mapped[datetime | None] = mapped_column()
     checks: Mapped[int] = mapped_column(Integer, default=0)
     misses: Mapped[int] = mapped_column(Integer, default=0)  # consecutive "gone" results
