@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hashing.image import hash_image
 from hotline.config import Settings
+from hotline.kernel.clock import CURRENT, Clock
 from hotline.kernel.stage import Stage
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from services.bank.bank import Bank
@@ -22,11 +23,15 @@ from services.classify.hosting import HostingDirectory, HostingResolver, Resolve
 from services.classify.stage import ClassifyStage
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
 from services.escalate.stage import EscalateStage
+from services.followup.logic import Policy
+from services.followup.mail import Contacts
+from services.followup.scheduler import FollowupScheduler
+from services.followup.stage import FollowupStage
 from services.ingest.stage import IngestStage
 from services.notify.mailer import Mailer, SmtpMailer
 from services.notify.stage import NotifyStage
 
-STAGE_NAMES = ("ingest", "classify", "notify", "escalate")
+STAGE_NAMES = ("ingest", "classify", "notify", "escalate", "followup")
 
 
 @dataclass
@@ -68,6 +73,42 @@ class System:
             transport=self.overrides.get("fetch_transport"),
         )
 
+    @property
+    def clock(self) -> Clock:
+        """The clock of the follow-up (an override for tests), else whatever is installed."""
+        clock: Clock = self.overrides.get("clock") or CURRENT
+        return clock
+
+    def followup_policy(self) -> Policy:
+        s = self.settings
+        return Policy(
+            recheck_seconds=s.recheck_seconds,
+            deadline_seconds=s.removal_deadline_seconds,
+            confirm_seconds=s.recheck_confirm_seconds,
+            jitter=s.recheck_jitter,
+            ladder=Policy.parse_ladder(s.ladder),
+            ladder_step_seconds=s.ladder_step_seconds,
+        )
+
+    def build_scheduler(self) -> FollowupScheduler:
+        """The follow-up scheduler (``services.followup.scheduler``), a periodic task of the runtimes."""
+        s = self.settings
+        return FollowupScheduler(
+            policy=self.followup_policy(),
+            clock=self.clock,
+            batch=s.followup_batch,
+            per_hoster=s.recheck_per_hoster,
+            redispatch_seconds=s.recheck_redispatch_seconds,
+            interval_seconds=s.followup_tick_seconds,
+        )
+
+    def _mailer(self) -> Mailer:
+        s = self.settings
+        mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
+            s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls
+        )
+        return mailer
+
     def build_stage(self, name: str) -> Stage:
         s = self.settings
         if name == "ingest":
@@ -86,11 +127,22 @@ class System:
                 hotline_name=s.hotline_name,
             )
         if name == "notify":
-            mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
-                s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls
-            )
-            return NotifyStage(mailer=mailer, sender=s.notice_from, hotline_name=s.hotline_name,
+            return NotifyStage(mailer=self._mailer(), sender=s.notice_from, hotline_name=s.hotline_name,
                                notice_language=s.notice_language)
+        if name == "followup":
+            max_pixels = s.fetch_max_pixels
+            return FollowupStage(
+                fetcher=self.build_fetcher(),
+                hash_image=lambda data: hash_image(data, max_pixels=max_pixels),
+                mailer=self._mailer(),
+                sender=s.notice_from,
+                policy=self.followup_policy(),
+                contacts=Contacts(authority_email=s.authority_email),
+                clock=self.clock,
+                hotline_name=s.hotline_name,
+                max_images=s.fetch_max_images_per_page,
+                pdq_radius=s.pdq_radius,
+            )
         if name == "escalate":
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(
                 transport=self.overrides.get("partner_transport")

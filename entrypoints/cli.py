@@ -50,7 +50,7 @@ def demo(quiet: bool) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--stage", default=None, help="Run one stage only (ingest, classify, notify, escalate, web).")
+@click.option("--stage", default=None, help="Run one stage only (ingest, classify, notify, escalate, followup, web).")
 def serve(host: str, port: int, stage: str | None) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
     import uvicorn
@@ -64,7 +64,8 @@ def serve(host: str, port: int, stage: str | None) -> None:
         if stage in STAGE_NAMES:
             from hotline.runtime.kafka import run_stage_worker
 
-            run_stage_worker(settings, system.sessions, system.build_stage(stage))
+            periodic = [system.build_scheduler()] if stage == "followup" else []
+            run_stage_worker(settings, system.sessions, system.build_stage(stage), periodic)
             return
         if stage not in (None, "web"):
             raise click.BadParameter(f"unknown stage {stage!r}", param_hint="--stage")
@@ -80,7 +81,11 @@ def serve(host: str, port: int, stage: str | None) -> None:
     from hotline.runtime.embedded import EmbeddedRuntime
 
     names = STAGE_NAMES if stage in (None, "web") else (stage,)
-    runtime = EmbeddedRuntime(system.sessions, system.build_stages(names) if stage != "web" else [])
+    runtime = EmbeddedRuntime(
+        system.sessions,
+        system.build_stages(names) if stage != "web" else [],
+        periodic=[system.build_scheduler()] if "followup" in names and stage != "web" else [],
+    )
     runtime.start()
     try:
         if stage in (None, "web"):

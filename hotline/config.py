@@ -82,9 +82,27 @@ class Settings(BaseSettings):
             return Path(database).parent / "var" / "index"
         return Path("var") / "index"
 
-    # The removal norm (HOTLINE_REMOVAL_DEADLINE_SECONDS): content still online this long after
-    # its first notice is past its deadline (the monitor's "within the deadline" figures).
-    removal_deadline_seconds: int = 86400
+    # After the notice (services.followup): re-check until gone, remind, climb the ladder.
+    # The removal norm: content still online this long after its first notice is past its
+    # deadline (reminder, ladder, and the monitor's "within the deadline" figures).
+    recheck_seconds: float = Field(default=3600.0, gt=0)
+    removal_deadline_seconds: float = Field(default=86400.0, gt=0)
+    authority_email: str | None = None
+    # A "gone" result is confirmed by a second check this long after (one hiccup is no removal).
+    recheck_confirm_seconds: float = Field(default=300.0, gt=0)
+    # Every re-check is put off by up to this share of the interval, so checks spread out.
+    recheck_jitter: float = Field(default=0.1, ge=0, le=1)
+    # The steps after the reminder, in order (upstream, registrar, authority; comma-separated).
+    ladder: str = "upstream,registrar,authority"
+    # Time between one reminder/ladder step and the next.
+    ladder_step_seconds: float = Field(default=86400.0, gt=0)
+    # At most this many re-checks of one hoster in flight at a time (0 = no cap).
+    recheck_per_hoster: int = Field(default=2, ge=0)
+    # How often (real seconds) the scheduler looks for due re-checks, and how many per look.
+    followup_tick_seconds: float = Field(default=5.0, gt=0)
+    followup_batch: int = Field(default=100, gt=0)
+    # A dispatched re-check not recorded within this long is dispatched again (lost message).
+    recheck_redispatch_seconds: float = Field(default=900.0, gt=0)
 
 
 @lru_cache(maxsize=1)

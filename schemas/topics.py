@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.base import Message
+from schemas.followups import RecheckDue
 from schemas.items import ItemAccepted, ItemClassified
 from schemas.notices import NoticeEvent, PartnerForward, PoliceEscalation, TakedownNotice
 from schemas.reports import ReportRejected, ReportSubmitted
@@ -30,6 +31,7 @@ _ALL = [
     Topic("escalations.police", PoliceEscalation, "item_id", "newly confirmed material for the police"),
     Topic("forwards.partner", PartnerForward, "item_id", "a forward to a partner hotline"),
     Topic("notices.events", NoticeEvent, "item_id", "what happened to notices and forwards"),
+    Topic("rechecks.due", RecheckDue, "item_id", "a follow-up re-check or reminder/ladder step that is due"),
 ]
 
 TOPICS: dict[str, Topic] = {t.name: t for t in _ALL}

@@ -11,12 +11,15 @@ unit of work persists the change when the runtime commits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from hotline.kernel.messages import InvalidMessage, Outgoing
     from hotline.storage.models import (
         BankEntry,
+        Followup,
+        FollowupStep,
         Forward,
         Item,
         ItemEvent,
@@ -55,11 +58,11 @@ class ItemRepository(Protocol):
         """A new open item for ``url``; raises IntegrityError when another worker just opened
         one for the same URL (the retry then links to that item)."""
         ...
-    def set_state(self, item: Item, state: str, reason: str, stage: str) -> None:
+    def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
         """Change state (checked against ``hotline.kernel.states.TRANSITIONS``), with a
-        timeline event; a final state frees the URL for new work."""
+        timeline event (at ``at``, default now); a final state frees the URL for new work."""
         ...
-    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None: ...
+    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None: ...
     def events(self, item_id: str) -> Sequence[ItemEvent]: ...
     def report_ids(self, item_id: str) -> list[str]: ...
     def in_state(self, state: str) -> Sequence[Item]: ...
@@ -91,6 +94,29 @@ class BankRepository(Protocol):
     def add(self, *, category: str, source: str, **hashes: str | None) -> BankEntry: ...
 
 
+class FollowupRepository(Protocol):
+    """Follow-ups after a notice (``hotline.storage.followups``)."""
+
+    def get(self, item_id: str) -> Followup | None: ...
+    def open(self, followup: Followup) -> Followup:
+        """Start following an item up; an item already followed up keeps its row (returned)."""
+        ...
+    def unplanned(self, limit: int) -> list[Followup]:
+        """Follow-ups opened by notify that have no first check yet (status ``new``)."""
+        ...
+    def claim_due(self, at: datetime, limit: int, per_hoster: int, stale_before: datetime) -> list[Followup]:
+        """Due follow-ups not yet dispatched (or dispatched before ``stale_before``), oldest
+        first, at most ``per_hoster`` in flight per hoster; marked dispatched at ``at``.
+        Never the same row to two concurrent claimers (PostgreSQL: SKIP LOCKED)."""
+        ...
+    def claim_pending_steps(self, at: datetime, limit: int, stale_before: datetime) -> list[Followup]:
+        """Follow-ups with a decided step whose message was never dispatched (or long ago)."""
+        ...
+    def get_step(self, step_id: str) -> FollowupStep | None: ...
+    def add_step(self, step: FollowupStep) -> FollowupStep: ...
+    def steps(self, item_id: str) -> Sequence[FollowupStep]: ...
+
+
 class UnitOfWork(Protocol):
     # Read-only properties, so any adapter's own repository classes satisfy the protocol.
     @property
@@ -107,6 +133,8 @@ class UnitOfWork(Protocol):
     def assessments(self) -> AssessmentRepository: ...
     @property
     def bank(self) -> BankRepository: ...
+    @property
+    def followups(self) -> FollowupRepository: ...
     @property
     def audit(self) -> AuditTrail: ...
 

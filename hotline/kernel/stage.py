@@ -61,6 +61,17 @@ class Stage(Protocol):
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result: ...
 
 
+class Periodic(Protocol):
+    """Work a runtime does on a timer rather than per message (the follow-up scheduler):
+    ``tick`` reads and changes state through the unit of work and returns the messages to
+    publish; the runtime commits both together (``hotline.runtime.periodic``)."""
+
+    name: ClassVar[str]
+    interval_seconds: float
+
+    def tick(self, uow: UnitOfWork) -> list[Outgoing]: ...
+
+
 def run_stage(stage: Stage, topic: str, raw: bytes | str, uow: UnitOfWork) -> Result:
     """Decode and handle; invalid input becomes a rejection (the report recorded as rejected
     too, whatever the stage had changed is rolled back). Other exceptions propagate."""

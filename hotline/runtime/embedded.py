@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from hotline.kernel.failures import FailureHistory, FailurePolicy, Park
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import Stage
+from hotline.kernel.stage import Periodic, Stage
+from hotline.runtime.periodic import PeriodicRunner
 from hotline.runtime.steps import Finish, StepRunner, after_failure, failure_of
 from hotline.storage.models import BusMessage, BusOffset
 from hotline.storage.unit_of_work import SqlUnitOfWork
@@ -35,9 +36,12 @@ class EmbeddedRuntime:
         stages: Sequence[Stage],
         poll_seconds: float = 0.05,
         policy: FailurePolicy | None = None,
+        periodic: Sequence[Periodic] = (),
     ) -> None:
         self.sessions = sessions
         self.stages = list(stages)
+        # Timed work (the follow-up scheduler), each in a thread of its own; see runtime.periodic.
+        self.periodic = [PeriodicRunner(sessions, task) for task in periodic]
         self.poll_seconds = poll_seconds
         self.policy = policy or FailurePolicy(first_delay_seconds=0.2)
         self._stop = threading.Event()
@@ -50,8 +54,12 @@ class EmbeddedRuntime:
             t = threading.Thread(target=self._loop, args=(stage,), name=f"stage-{stage.name}", daemon=True)
             t.start()
             self._threads.append(t)
+        for runner in self.periodic:
+            runner.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        for runner in self.periodic:
+            runner.stop(timeout)
         self._stop.set()
         for t in self._threads:
             t.join(timeout)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hotline.kernel.failures import FailurePolicy
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from hotline.config import Settings
-    from hotline.kernel.stage import Stage
+    from hotline.kernel.stage import Periodic, Stage
     from hotline.runtime.steps import StepRunner
 
 log = logging.getLogger(__name__)
@@ -261,13 +261,20 @@ async def _process_until_done(
         return True
 
 
-def run_stage_worker(settings: Settings, sessions: sessionmaker[Session], stage: Stage) -> None:
+def run_stage_worker(
+    settings: Settings, sessions: sessionmaker[Session], stage: Stage, periodic: Sequence[Periodic] = ()
+) -> None:
     """Run one stage as a faust worker until SIGTERM/SIGINT; returns after a clean stop.
 
     Creates the topics first (idempotent) so a worker started before
-    ``hotline topics create`` does not fail on a missing topic.
+    ``hotline topics create`` does not fail on a missing topic. ``periodic`` tasks (the
+    follow-up scheduler) tick in threads of this process and write their messages to the
+    outbox, which an ``OutboxRelay`` of this process publishes (``hotline.runtime.periodic``).
     """
     import faust
+
+    from hotline.runtime.periodic import PeriodicRunner
+    from hotline.runtime.relay import OutboxRelay
 
     if not settings.kafka_brokers:
         raise ValueError("HOTLINE_KAFKA_BROKERS is not set: the Kafka runtime needs a broker")
@@ -277,8 +284,19 @@ def run_stage_worker(settings: Settings, sessions: sessionmaker[Session], stage:
     # cancelled (an event in progress stays unacked), acked offsets are committed.
     # Logging is the caller's to set up (the CLI does), hence override_logging=False.
     worker = faust.Worker(app, override_logging=False)
+    runners = [PeriodicRunner(sessions, task) for task in periodic]
+    relay = OutboxRelay(sessions, settings.kafka_brokers, settings.topic_prefix) if runners else None
+    if relay is not None:
+        relay.start()
+    for runner in runners:
+        runner.start()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         if exc.code not in (None, 0):
             raise
+    finally:
+        for runner in runners:
+            runner.stop()
+        if relay is not None:
+            relay.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -58,15 +59,15 @@ class SqlItems:
         self.session.flush()
         return item
 
-    def set_state(self, item: Item, state: str, reason: str, stage: str) -> None:
+    def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
         new = apply_state(item, state, reason)
-        self.add_event(item.id, stage, new, reason)
+        self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
             self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
 
-    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None:
-        self.session.add(ItemEvent(item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=now()))
+    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
+        self.session.add(ItemEvent(item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=at or now()))
 
     def events(self, item_id: str) -> Sequence[ItemEvent]:
         return self.session.scalars(

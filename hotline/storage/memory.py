@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hotline.kernel.clock import now
 from hotline.kernel.states import FINAL
 from hotline.storage.actions import new_forward, new_notice
+from hotline.storage.followups import pick_within_cap
 from hotline.storage.items import apply_state, new_item
 from hotline.storage.models import (
     Assessment,
     BankEntry,
     Escalation,
+    Followup,
+    FollowupStep,
     Forward,
     Item,
     ItemEvent,
@@ -49,6 +54,8 @@ class MemoryState:
         self.escalations: dict[str, Escalation] = {}
         self.assessments: list[Assessment] = []
         self.bank: list[BankEntry] = []
+        self.followups: dict[str, Followup] = {}
+        self.followup_steps: dict[str, FollowupStep] = {}
         self.audit: list[tuple[str, str, str, str]] = []
         self.published: list[Outgoing] = []
 
@@ -122,15 +129,15 @@ class MemoryItems:
         self.state.open_urls[url] = item.id
         return item
 
-    def set_state(self, item: Item, state: str, reason: str, stage: str) -> None:
+    def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
         new = apply_state(item, state, reason)
-        self.add_event(item.id, stage, new, reason)
+        self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             self.state.open_urls = {u: i for u, i in self.state.open_urls.items() if i != item.id}
 
-    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "") -> None:
+    def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
         self.state.events.append(
-            ItemEvent(id=next(_ids), item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=now())
+            ItemEvent(id=next(_ids), item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=at or now())
         )
 
     def events(self, item_id: str) -> Sequence[ItemEvent]:
@@ -197,6 +204,60 @@ class MemoryBank:
         return entry
 
 
+class MemoryFollowups:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def get(self, item_id: str) -> Followup | None:
+        return self.state.followups.get(item_id)
+
+    def open(self, followup: Followup) -> Followup:
+        return self.state.followups.setdefault(followup.item_id, followup)
+
+    def unplanned(self, limit: int) -> list[Followup]:
+        return sorted((f for f in self.state.followups.values() if f.status == "new"), key=lambda f: f.item_id)[:limit]
+
+    def claim_due(self, at: datetime, limit: int, per_hoster: int, stale_before: datetime) -> list[Followup]:
+        rows = self.state.followups.values()
+        in_flight = Counter(
+            f.hoster for f in rows
+            if f.next_check_at is not None and f.dispatched_at is not None and f.dispatched_at >= stale_before
+        )
+        candidates = sorted(
+            (f for f in rows if f.next_check_at is not None and f.next_check_at <= at
+             and (f.dispatched_at is None or f.dispatched_at < stale_before)),
+            key=lambda f: (f.next_check_at, f.item_id),
+        )
+        taken = pick_within_cap(candidates, in_flight, per_hoster, limit)
+        for f in taken:
+            f.dispatched_at = at
+        return taken
+
+    def claim_pending_steps(self, at: datetime, limit: int, stale_before: datetime) -> list[Followup]:
+        taken = sorted(
+            (f for f in self.state.followups.values() if f.step_pending is not None
+             and (f.step_dispatched_at is None or f.step_dispatched_at < stale_before)),
+            key=lambda f: f.item_id,
+        )[:limit]
+        for f in taken:
+            f.step_dispatched_at = at
+        return taken
+
+    def get_step(self, step_id: str) -> FollowupStep | None:
+        return self.state.followup_steps.get(step_id)
+
+    def add_step(self, step: FollowupStep) -> FollowupStep:
+        if step.id in self.state.followup_steps:
+            from sqlalchemy.exc import IntegrityError
+
+            raise IntegrityError("INSERT INTO followup_steps", {}, Exception(f"step {step.id} exists"))
+        self.state.followup_steps[step.id] = step
+        return step
+
+    def steps(self, item_id: str) -> Sequence[FollowupStep]:
+        return sorted((s for s in self.state.followup_steps.values() if s.item_id == item_id), key=lambda s: s.position)
+
+
 class MemoryUnitOfWork:
     def __init__(self, state: MemoryState | None = None) -> None:
         self.state = state or MemoryState()
@@ -215,6 +276,7 @@ class MemoryUnitOfWork:
         self.escalations = MemoryEscalations(state)
         self.assessments = MemoryAssessments(state)
         self.bank = MemoryBank(state)
+        self.followups = MemoryFollowups(state)
 
     def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
         self.pending.extend(outgoing)

@@ -13,6 +13,8 @@ from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, S
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from hotline.kernel import clock
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware datetimes on both backends (SQLite forgets the zone otherwise)."""
@@ -34,7 +36,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Base(DeclarativeBase):
@@ -240,3 +242,72 @@ class BusOffset(Base):
     consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
     topic: Mapped[str] = mapped_column(String(100), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Followup(Base):
+    """After a notice: one row per item whose takedown notice was sent, re-checked until the
+    content is gone, with the reminder and ladder steps it has had (``services.followup``).
+
+    The facts the public monitor computes time to removal from, kept simple on purpose:
+
+    - ``first_notice_at``: when the first notice was sent (``Notice.sent_at``);
+    - ``first_report_at``: when the URL was first reported (``Item.first_seen``), the start
+      INHOPE counts from;
+    - ``removed_at``: when the content was found gone (the first check that saw it gone,
+      confirmed by a second shortly after); null while it is online;
+    - ``hoster`` and ``country``: the item's hoster and hosting country at notice time.
+
+    Time to removal is ``removed_at - first_notice_at`` (and ``- first_report_at``);
+    ``status`` is ``new`` (opened by notify, not yet scheduled: the scheduler sets its first
+    check), ``open`` (being re-checked) or ``removed``. The scheduler's work list is
+    ``next_check_at <= now`` (indexed; null once removed), claimed by setting
+    ``dispatched_at`` when a ``rechecks.due`` message for that due time is published.
+    """
+
+    __tablename__ = "followups"
+
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    notice_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    hoster: Mapped[str] = mapped_column(String(200))
+    country: Mapped[str | None] = mapped_column(String(2))
+    abuse_email: Mapped[str] = mapped_column(String(320))
+    # Hashes of the images the notice named (never bytes): [{"url", "sha256", "md5", "pdq"}].
+    matched: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="new", index=True)  # new | open | removed
+    first_report_at: Mapped[datetime] = mapped_column()
+    first_notice_at: Mapped[datetime] = mapped_column()
+    next_check_at: Mapped[datetime | None] = mapped_column(index=True)  # null: new, or removed
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    misses: Mapped[int] = mapped_column(Integer, default=0)  # consecutive "gone" results
+    first_gone_at: Mapped[datetime | None] = mapped_column()
+    last_result: Mapped[str | None] = mapped_column(String(16))  # online|gone|changed|unreachable
+    last_checked_at: Mapped[datetime | None] = mapped_column()
+    step: Mapped[int] = mapped_column(Integer, default=0)  # steps taken: 1 = the reminder, 2.. ladder
+    last_step_at: Mapped[datetime | None] = mapped_column()
+    step_pending: Mapped[int | None] = mapped_column(Integer, index=True)  # a step decided, not yet done
+    step_dispatched_at: Mapped[datetime | None] = mapped_column()
+    removed_at: Mapped[datetime | None] = mapped_column()
+    removal_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_followups_hoster", "hoster"),)
+
+
+class FollowupStep(Base):
+    """One reminder or ladder step of a follow-up (id ``<item id>:<position>``). Like a notice,
+    ``sending`` is committed before the SMTP conversation; a step found still ``sending``
+    after a crash is never re-sent (``delivery_unknown``). ``skipped`` steps name why."""
+
+    __tablename__ = "followup_steps"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))  # reminder | upstream | registrar | authority
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32), default="sending")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()

@@ -15,6 +15,7 @@ from hotline.storage.accounts import SqlHashCheckStats, SqlUsers
 from hotline.storage.actions import SqlAssessments, SqlEscalations, SqlForwards, SqlNotices
 from hotline.storage.audit import SqlAuditTrail
 from hotline.storage.bank_entries import SqlBankEntries
+from hotline.storage.followups import SqlFollowups
 from hotline.storage.items import SqlItems
 from hotline.storage.models import BusMessage
 from hotline.storage.reports import SqlReports
@@ -42,6 +43,7 @@ class SqlUnitOfWork:
         self.escalations = SqlEscalations(session)
         self.assessments = SqlAssessments(session)
         self.bank = SqlBankEntries(session)
+        self.followups = SqlFollowups(session)
         self.users = SqlUsers(session)
         self.hashcheck = SqlHashCheckStats(session)
 

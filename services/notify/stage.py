@@ -28,6 +28,7 @@ from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.notices import NoticeEvent, TakedownNotice
+from services.followup.opening import open_followup
 from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
 from services.notify.notice import message_id, render_notice
 
@@ -76,6 +77,7 @@ class NotifyStage:
         assert notice is not None
         notice.status = "sent"
         notice.sent_at = now()
+        open_followup(uow, message, notice.sent_at)  # re-check until gone (services.followup)
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
         move_item(uow, message.item_id, ItemState.NOTICE_SENT, reason, self.name)
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)

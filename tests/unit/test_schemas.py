@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from schemas import SCHEMA_VERSION, TOPICS, topic_for_model
 from schemas.export import JSON_DIR, render, stale
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
+from schemas.followups import RecheckDue
 from schemas.items import ItemAccepted, ItemClassified
 from schemas.notices import (
     AnalystClassification,
@@ -54,6 +55,7 @@ SAMPLES = {
                                        partner_name="P", images=[IMAGE], hosting=HOSTING, created_at=WHEN),
     "notices.events": NoticeEvent(event_id="ntd-i1:sent", item_id="i1", kind="sent", notice_id="ntd-i1",
                                   detail="d", at=WHEN),
+    "rechecks.due": RecheckDue(item_id="i1", action="check", due_at=WHEN, dispatched_at=WHEN),
 }
 
 

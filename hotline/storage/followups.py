@@ -1,0 +1,135 @@
+"""Follow-ups after a notice: the re-check schedule of each item with a sent notice, and the
+reminder/ladder steps it had (``models.Followup``, ``models.FollowupStep``).
+
+``claim_due`` is the scheduler's work list: follow-ups whose ``next_check_at`` has come and
+that no scheduler has dispatched yet (or dispatched so long ago, ``stale_before``, that its
+message must have been lost), oldest first, at most ``limit``, and at most ``per_hoster``
+in flight per hoster. On PostgreSQL the rows are read ``FOR UPDATE SKIP LOCKED``, so two
+scheduler processes never claim the same one; SQLite has one writer at a time anyway.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hotline.kernel.clock import now
+from hotline.storage.models import Followup, FollowupStep
+
+
+def new_followup(
+    item_id: str, notice_id: str, url: str, hoster: str, country: str | None, abuse_email: str,
+    matched: list[dict[str, Any]], first_report_at: datetime, first_notice_at: datetime,
+) -> Followup:
+    return Followup(
+        item_id=item_id, notice_id=notice_id, url=url, hoster=hoster, country=country, abuse_email=abuse_email,
+        matched=matched, status="new", first_report_at=first_report_at, first_notice_at=first_notice_at,
+        next_check_at=None, dispatched_at=None, checks=0, misses=0, step=0,
+    )
+
+
+def new_step(step_id: str, item_id: str, position: int, kind: str, recipient: str | None,
+             message_id: str | None, status: str, reason: str = "") -> FollowupStep:
+    return FollowupStep(
+        id=step_id, item_id=item_id, position=position, kind=kind, recipient=recipient, message_id=message_id,
+        status=status, reason=reason, created_at=now(),
+    )
+
+
+def pick_within_cap(
+    candidates: Sequence[Followup], in_flight: Counter[str], per_hoster: int, limit: int
+) -> list[Followup]:
+    """The candidates (oldest first) that keep every hoster at ``per_hoster`` checks in flight."""
+    taken: list[Followup] = []
+    load = Counter(in_flight)
+    for f in candidates:
+        if len(taken) >= limit:
+            break
+        if per_hoster > 0 and load[f.hoster] >= per_hoster:
+            continue
+        load[f.hoster] += 1
+        taken.append(f)
+    return taken
+
+
+class SqlFollowups:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, item_id: str) -> Followup | None:
+        return self.session.get(Followup, item_id)
+
+    def open(self, followup: Followup) -> Followup:
+        """Start following an item up; an item already followed up keeps its row."""
+        existing = self.session.get(Followup, followup.item_id)
+        if existing is not None:
+            return existing
+        self.session.add(followup)
+        return followup
+
+    def unplanned(self, limit: int) -> list[Followup]:
+        """Follow-ups opened by notify that have no first check yet (status ``new``)."""
+        query = select(Followup).where(Followup.status == "new").order_by(Followup.item_id).limit(limit)
+        return list(self.session.scalars(self._for_update(query)).all())
+
+    def _for_update(self, query: Any) -> Any:
+        if self.session.get_bind().dialect.name == "postgresql":
+            return query.with_for_update(skip_locked=True)
+        return query
+
+    def claim_due(self, at: datetime, limit: int, per_hoster: int, stale_before: datetime) -> list[Followup]:
+        in_flight = Counter(
+            dict(
+                self.session.execute(  # type: ignore[arg-type]
+                    select(Followup.hoster, func.count())
+                    .where(Followup.next_check_at.is_not(None), Followup.dispatched_at >= stale_before)
+                    .group_by(Followup.hoster)
+                ).all()
+            )
+        )
+        query = (
+            select(Followup)
+            .where(
+                Followup.next_check_at <= at,
+                (Followup.dispatched_at.is_(None)) | (Followup.dispatched_at < stale_before),
+            )
+            .order_by(Followup.next_check_at, Followup.item_id)
+            .limit(limit * 4 if per_hoster > 0 else limit)
+        )
+        candidates = self.session.scalars(self._for_update(query)).all()
+        taken = pick_within_cap(candidates, in_flight, per_hoster, limit)
+        for f in taken:
+            f.dispatched_at = at
+        return taken
+
+    def claim_pending_steps(self, at: datetime, limit: int, stale_before: datetime) -> list[Followup]:
+        query = (
+            select(Followup)
+            .where(
+                Followup.step_pending.is_not(None),
+                (Followup.step_dispatched_at.is_(None)) | (Followup.step_dispatched_at < stale_before),
+            )
+            .order_by(Followup.item_id)
+            .limit(limit)
+        )
+        taken = list(self.session.scalars(self._for_update(query)).all())
+        for f in taken:
+            f.step_dispatched_at = at
+        return taken
+
+    def get_step(self, step_id: str) -> FollowupStep | None:
+        return self.session.get(FollowupStep, step_id)
+
+    def add_step(self, step: FollowupStep) -> FollowupStep:
+        self.session.add(step)
+        return step
+
+    def steps(self, item_id: str) -> Sequence[FollowupStep]:
+        return self.session.scalars(
+            select(FollowupStep).where(FollowupStep.item_id == item_id).order_by(FollowupStep.position)
+        ).all()

@@ -1,0 +1,261 @@
+"""Followup: re-check URLs with a sent notice until the content is gone; remind the hoster
+and climb the ladder while it stays up. Consumes ``rechecks.due`` (from the scheduler,
+``services.followup.scheduler``); every outcome is an item event, a ``notices.events``
+message and an audit row.
+
+- ``check``: done once per (item, due time): a message for a due time that is no longer the
+  follow-up's ``next_check_at`` (a duplicate, or one overtaken) is ignored. The fetch and
+  hashing are a side effect outside any transaction; the result is recorded after it
+  (``logic.after_check``). A confirmed removal moves the item to ``removed`` with the time
+  to removal in its reason, the ``removed`` event at the time it was first seen gone.
+- ``step``: a reminder or ladder step, reserved as ``sending`` before the SMTP conversation
+  exactly like a notice (``services.notify.stage``): a step found still ``sending`` after
+  a crash is never re-sent (``delivery_unknown``). Removed content gets no step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar
+
+from hotline.kernel.clock import CURRENT, Clock
+from hotline.kernel.messages import InvalidMessage, Outgoing
+from hotline.kernel.ports import UnitOfWork
+from hotline.kernel.stage import Result, RetryLater, SideEffect
+from hotline.kernel.states import ItemState, can_transition
+from hotline.storage.followups import new_step
+from hotline.storage.models import Followup
+from schemas import Message
+from schemas.followups import RecheckDue
+from schemas.notices import NoticeEvent
+from services.classify.fetcher import Fetcher
+from services.followup.logic import (
+    REMOVED_RESULTS,
+    CheckResult,
+    Policy,
+    after_check,
+    next_step,
+    removal_reason,
+    words,
+)
+from services.followup.mail import Contacts, evidence, render_step, step_id, step_message_id
+from services.followup.recheck import HashFn, Observation, observe
+from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
+
+TOPIC = "rechecks.due"
+
+
+def _reraise(uow: UnitOfWork, exc: Exception) -> list[Outgoing]:
+    raise exc
+
+
+@dataclass
+class FollowupStage:
+    fetcher: Fetcher
+    hash_image: HashFn
+    mailer: Mailer
+    sender: str
+    policy: Policy = field(default_factory=Policy)
+    contacts: Contacts = field(default_factory=Contacts)
+    clock: Clock = CURRENT
+    hotline_name: str = "Hotline"
+    max_images: int = 50
+    pdq_radius: int = 31
+
+    name: ClassVar[str] = "followup"
+    inputs: ClassVar[tuple[str, ...]] = (TOPIC,)
+
+    def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
+        assert isinstance(message, RecheckDue)
+        f = uow.followups.get(message.item_id)
+        if f is None:
+            raise InvalidMessage("unknown_followup", f"item {message.item_id} has no follow-up")
+        if message.action == "check":
+            return self._check(message, f)
+        return self._step(uow, message, f)
+
+    # ------------------------------------------------------------------ re-checks
+
+    def _check(self, message: RecheckDue, f: Followup) -> Result:
+        if f.status != "open" or f.next_check_at is None or message.due_at != f.next_check_at:
+            return []  # done already (a duplicate), or overtaken: nothing to do
+        item_id, url, matched, due = f.item_id, f.url, list(f.matched), f.next_check_at
+        return SideEffect(
+            act=lambda: observe(self.fetcher, self.hash_image, url, matched,
+                                max_images=self.max_images, pdq_radius=self.pdq_radius),
+            done=lambda u, obs: self._record(u, item_id, due, obs),
+            failed=_reraise,
+        )
+
+    def _record(self, uow: UnitOfWork, item_id: str, due: datetime, obs: Observation) -> list[Outgoing]:
+        f = uow.followups.get(item_id)
+        if f is None or f.status != "open" or f.next_check_at != due:
+            return []  # recorded by another delivery of the same message meanwhile
+        at = self.clock.now()
+        result = obs.result
+        outcome = after_check(
+            item_id=item_id, checks=f.checks, misses=f.misses, first_gone_at=f.first_gone_at,
+            checked_at=at, result=result, policy=self.policy,
+        )
+        changed = f.last_result != result
+        f.checks += 1
+        f.last_result, f.last_checked_at = str(result), at
+        f.misses, f.first_gone_at = outcome.misses, outcome.first_gone_at
+        f.next_check_at, f.dispatched_at = outcome.next_check_at, None
+        detail = f"re-check {f.checks}: {result}: {obs.detail}"
+        if obs.seen:
+            detail += f" (sha256 seen: {', '.join(s[:16] for s in obs.seen[:3])})"
+        out = [self._event(f, "rechecked", detail, at, f"{f.notice_id}:rechecked:{f.checks}")]
+        if changed or result in REMOVED_RESULTS:
+            uow.items.add_event(item_id, self.name, "rechecked", detail, at)
+        if outcome.removed_at is not None:
+            out += self._removed(uow, f, outcome.removed_at, obs)
+        elif result is CheckResult.ONLINE and f.step_pending is None:
+            out += self._decide_step(f, at)
+        return out
+
+    def _removed(self, uow: UnitOfWork, f: Followup, removed_at: datetime, obs: Observation) -> list[Outgoing]:
+        reason = removal_reason(removed_at, f.first_notice_at, f.first_report_at, obs.detail)
+        f.status, f.removed_at, f.removal_reason = "removed", removed_at, reason
+        f.step_pending = f.step_dispatched_at = None
+        item = uow.items.get(f.item_id)
+        if item is not None:
+            if can_transition(item.state, ItemState.REMOVED):
+                uow.items.set_state(item, ItemState.REMOVED, reason, self.name, at=removed_at)
+            else:
+                uow.items.add_event(item.id, self.name, ItemState.REMOVED, f"{reason} (the item stays {item.state})",
+                                    removed_at)
+        uow.audit.append(self.name, "removed", f.item_id, reason)
+        return [self._event(f, "removed", reason, removed_at, f"{f.notice_id}:removed")]
+
+    def _decide_step(self, f: Followup, at: datetime) -> list[Outgoing]:
+        nxt = next_step(steps_taken=f.step, first_notice_at=f.first_notice_at, last_step_at=f.last_step_at,
+                        at=at, policy=self.policy)
+        if nxt is None:
+            return []
+        f.step_pending, f.step_dispatched_at = nxt[0], at
+        return [Outgoing(TOPIC, RecheckDue(item_id=f.item_id, action="step", position=nxt[0], dispatched_at=at))]
+
+    # ------------------------------------------------------------------ reminders and the ladder
+
+    def _step(self, uow: UnitOfWork, message: RecheckDue, f: Followup) -> Result:
+        position = message.position
+        if f.status != "open":
+            f.step_pending = f.step_dispatched_at = None
+            return []  # removed content gets nothing more
+        if position is None or f.step_pending != position:
+            return []  # done already, or never decided
+        kinds = self.policy.steps
+        if not 1 <= position <= len(kinds):
+            f.step_pending = f.step_dispatched_at = None
+            raise InvalidMessage("unknown_step", f"step {position} is not on the ladder {kinds}")
+        kind = kinds[position - 1]
+        at = self.clock.now()
+        sid = step_id(f.item_id, position)
+        step = uow.followups.get_step(sid)
+        if step is not None:
+            if step.status == "sending":
+                return self._unknown(uow, f, position, kind, "the process stopped while sending it")
+            if step.status != "failed":  # sent, refused, unknown, skipped: finished
+                self._advance(f, position, at, went_out=step.status != "skipped")
+                return []
+            step.status = "sending"
+        else:
+            address, why = self.contacts.address(kind, f)
+            if address is None:
+                return self._skip(uow, f, position, kind, why, at)
+            domain = self.sender.rsplit("@", 1)[-1]
+            step = uow.followups.add_step(new_step(
+                sid, f.item_id, position, kind, address, step_message_id(f.item_id, position, domain), "sending"))
+        package = evidence(f, uow.items.events(f.item_id), uow.followups.steps(f.item_id), self.policy, at)
+        email = render_step(kind, position, step.recipient or "", f, package, self.sender, self.hotline_name, at)
+        item_id = f.item_id
+        return SideEffect(
+            act=lambda: self.mailer.send(email),
+            done=lambda u, _: self._step_sent(u, item_id, position, kind),
+            failed=lambda u, exc: self._step_failed(u, item_id, position, kind, exc),
+        )
+
+    def _advance(self, f: Followup, position: int, at: datetime, went_out: bool) -> None:
+        if f.step < position:
+            f.step = position
+            if went_out:
+                f.last_step_at = at
+        if f.step_pending == position:
+            f.step_pending = f.step_dispatched_at = None
+
+    @staticmethod
+    def _event_kind(kind: str) -> str:
+        return "reminder" if kind == "reminder" else "overdue"
+
+    def _skip(self, uow: UnitOfWork, f: Followup, position: int, kind: str, why: str, at: datetime) -> list[Outgoing]:
+        detail = f"step {position} ({kind}) skipped: {why}"
+        uow.followups.add_step(new_step(step_id(f.item_id, position), f.item_id, position, kind, None, None,
+                                        "skipped", why))
+        self._advance(f, position, at, went_out=False)
+        uow.items.add_event(f.item_id, self.name, self._event_kind(kind), detail, at)
+        uow.audit.append(self.name, "followup_step_skipped", step_id(f.item_id, position), why)
+        out = [self._event(f, self._event_kind(kind), detail, at, f"{f.notice_id}:step:{position}")]
+        return out + self._decide_step(f, at)  # the next rung follows at once
+
+    def _step_sent(self, uow: UnitOfWork, item_id: str, position: int, kind: str) -> list[Outgoing]:
+        f = uow.followups.get(item_id)
+        step = uow.followups.get_step(step_id(item_id, position))
+        assert f is not None and step is not None
+        at = self.clock.now()
+        step.status, step.sent_at = "sent", at
+        self._advance(f, position, at, went_out=True)
+        what = "reminder" if kind == "reminder" else f"escalated to the {kind}"
+        detail = (f"{what} sent to {step.recipient}: still online {self._online_for(f, at)} after the first "
+                  "notice, evidence attached")
+        uow.items.add_event(item_id, self.name, self._event_kind(kind), detail, at)
+        uow.audit.append(self.name, f"followup_{kind}_sent", step.id, step.recipient or "")
+        return [self._event(f, self._event_kind(kind), detail, at, f"{f.notice_id}:step:{position}")]
+
+    def _step_failed(
+        self, uow: UnitOfWork, item_id: str, position: int, kind: str, exc: Exception
+    ) -> list[Outgoing] | RetryLater:
+        if not isinstance(exc, NotDelivered):
+            why = "no final answer from the mail server" if isinstance(exc, DeliveryUnknown) else "the mailer failed"
+            return self._unknown(uow, None, position, kind, f"{why}: {exc}", item_id)
+        step = uow.followups.get_step(step_id(item_id, position))
+        f = uow.followups.get(item_id)
+        assert step is not None and f is not None
+        if not exc.permanent:
+            step.status = "failed"
+            return RetryLater(exc)
+        at = self.clock.now()
+        step.status, step.reason = "refused", str(exc)
+        self._advance(f, position, at, went_out=True)
+        detail = f"step {position} ({kind}) to {step.recipient} refused by the mail server for good: {exc}"
+        uow.items.add_event(item_id, self.name, self._event_kind(kind), detail, at)
+        uow.audit.append(self.name, "followup_step_refused", step.id, str(exc))
+        return [self._event(f, "bounced", detail, at, f"{f.notice_id}:step:{position}:bounced")]
+
+    def _unknown(
+        self, uow: UnitOfWork, f: Followup | None, position: int, kind: str, why: str, item_id: str | None = None,
+    ) -> list[Outgoing]:
+        f = f or uow.followups.get(item_id or "")
+        assert f is not None
+        step = uow.followups.get_step(step_id(f.item_id, position))
+        assert step is not None
+        at = self.clock.now()
+        step.status, step.reason = "delivery_unknown", why
+        self._advance(f, position, at, went_out=True)
+        detail = (f"step {position} ({kind}) to {step.recipient}: delivery unknown ({why}); not re-sent, an operator "
+                  f"checks the SMTP log for {step.message_id}")
+        uow.items.add_event(f.item_id, self.name, self._event_kind(kind), detail, at)
+        uow.audit.append(self.name, "followup_step_delivery_unknown", step.id, step.message_id or "")
+        return [self._event(f, "delivery_unknown", detail, at, f"{f.notice_id}:step:{position}:unknown")]
+
+    @staticmethod
+    def _online_for(f: Followup, at: datetime) -> str:
+        return words(at - f.first_notice_at)
+
+    def _event(self, f: Followup, kind: str, detail: str, at: datetime, event_id: str) -> Outgoing:
+        return Outgoing(
+            "notices.events",
+            NoticeEvent(event_id=event_id, item_id=f.item_id, kind=kind,  # type: ignore[arg-type]
+                        notice_id=f.notice_id, detail=detail, at=at),
+        )

@@ -1,0 +1,328 @@
+"""The follow-up after a notice: the pure decisions with a fake clock, and the followup stage
+and scheduler on ``MemoryUnitOfWork`` (a simulated week in well under a second), with the
+guarded fetcher on an httpx mock transport and a recording mailer."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from hashing.image import hash_image
+from hashing.synthetic import photo_like_jpeg
+from hotline.kernel.clock import FakeClock, installed, now
+from hotline.kernel.messages import Outgoing
+from hotline.storage.memory import MemoryState, MemoryUnitOfWork
+from schemas.facts import ImageFacts
+from schemas.followups import RecheckDue
+from schemas.notices import TakedownNotice
+from services.classify.fetcher import Fetcher, FetchPolicy
+from services.followup.logic import CheckResult, Policy, after_check, next_step, step_due_at, words
+from services.followup.mail import Contacts
+from services.followup.opening import open_followup
+from services.followup.scheduler import FollowupScheduler
+from services.followup.stage import FollowupStage
+from services.notify.mailer import RecordingMailer
+from tests.unit.stagekit import DyingMailer, ProcessKilled, deliver, make_item
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+HOUR = 3600.0
+POLICY = Policy(recheck_seconds=HOUR, deadline_seconds=24 * HOUR, confirm_seconds=300, jitter=0.0,
+                ladder_step_seconds=24 * HOUR)
+
+# ------------------------------------------------------------------ pure decisions
+
+
+def test_one_gone_result_is_confirmed_by_a_second_before_it_is_a_removal() -> None:
+    first = after_check(item_id="i", checks=3, misses=0, first_gone_at=None, checked_at=T0,
+                        result=CheckResult.GONE, policy=POLICY)
+    assert first.removed_at is None and first.misses == 1
+    assert first.next_check_at == T0 + timedelta(seconds=300)  # the confirmation, soon
+    later = T0 + timedelta(seconds=300)
+    second = after_check(item_id="i", checks=4, misses=1, first_gone_at=T0, checked_at=later,
+                         result=CheckResult.CHANGED, policy=POLICY)
+    assert second.removed_at == T0  # removed when it was first seen gone
+    assert second.next_check_at is None
+
+
+def test_a_hiccup_followed_by_online_starts_over() -> None:
+    back = after_check(item_id="i", checks=4, misses=1, first_gone_at=T0, checked_at=T0,
+                       result=CheckResult.ONLINE, policy=POLICY)
+    assert back.misses == 0 and back.first_gone_at is None and back.removed_at is None
+    assert back.next_check_at == T0 + timedelta(hours=1)
+
+
+def test_unreachable_says_nothing_either_way() -> None:
+    plain = after_check(item_id="i", checks=0, misses=0, first_gone_at=None, checked_at=T0,
+                        result=CheckResult.UNREACHABLE, policy=POLICY)
+    assert plain.misses == 0 and plain.next_check_at == T0 + timedelta(hours=1)
+    confirming = after_check(item_id="i", checks=1, misses=1, first_gone_at=T0, checked_at=T0,
+                             result=CheckResult.UNREACHABLE, policy=POLICY)
+    assert confirming.misses == 1 and confirming.first_gone_at == T0 and confirming.removed_at is None
+
+
+def test_jitter_spreads_checks_within_the_share() -> None:
+    policy = Policy(recheck_seconds=HOUR, jitter=0.1)
+    dues = {after_check(item_id=f"i{n}", checks=0, misses=0, first_gone_at=None, checked_at=T0,
+                        result=CheckResult.ONLINE, policy=policy).next_check_at for n in range(50)}
+    assert len(dues) > 10
+    assert all(d is not None and T0 + timedelta(hours=1) <= d <= T0 + timedelta(hours=1.1) for d in dues)
+
+
+def test_the_reminder_is_due_at_the_deadline_and_each_rung_a_step_after_the_last() -> None:
+    assert next_step(steps_taken=0, first_notice_at=T0, last_step_at=None, at=T0 + timedelta(hours=23),
+                     policy=POLICY) is None
+    assert next_step(steps_taken=0, first_notice_at=T0, last_step_at=None, at=T0 + timedelta(hours=24),
+                     policy=POLICY) == (1, "reminder")
+    sent = T0 + timedelta(hours=25)
+    assert step_due_at(2, T0, sent, POLICY) == sent + timedelta(hours=24)
+    assert next_step(steps_taken=1, first_notice_at=T0, last_step_at=sent, at=sent + timedelta(hours=24),
+                     policy=POLICY) == (2, "upstream")
+    assert next_step(steps_taken=4, first_notice_at=T0, last_step_at=sent, at=sent + timedelta(days=9),
+                     policy=POLICY) is None  # the ladder is done
+
+
+def test_ladder_setting_is_checked() -> None:
+    assert Policy.parse_ladder("authority, upstream") == ("authority", "upstream")
+    with pytest.raises(ValueError, match="unknown ladder step"):
+        Policy.parse_ladder("upstream,pope")
+
+
+def test_durations_in_words() -> None:
+    assert words(timedelta(minutes=45)) == "45 min"
+    assert words(timedelta(hours=5, minutes=12)) == "5 h 12 min"
+    assert words(timedelta(hours=26)) == "1 day 2 h"
+    assert words(timedelta(days=3)) == "3 days"
+
+
+def test_fake_clock_drives_now() -> None:
+    clock = FakeClock(T0)
+    with installed(clock):
+        assert now() == T0
+        clock.advance(hours=2)
+        assert now() == T0 + timedelta(hours=2)
+    assert now() != T0 + timedelta(hours=2)
+
+
+# ------------------------------------------------------------------ the stage on memory
+
+IMAGE = photo_like_jpeg(160, 120, seed=81)
+OTHER = photo_like_jpeg(160, 120, seed=82)
+URL = "http://img.hoster-a.test/known.jpg"
+
+
+class Site:
+    """What the hoster serves, as an httpx mock transport; counts requests."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = IMAGE
+        self.hits = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.hits += 1
+        if self.status != 200:
+            return httpx.Response(self.status)
+        return httpx.Response(200, headers={"content-type": "image/jpeg"}, content=self.body)
+
+
+class World:
+    def __init__(self, authority: str | None = "authority@gov.test", mailer: Any = None) -> None:
+        self.clock = FakeClock(T0)
+        self.site = Site()
+        self.mailer = mailer or RecordingMailer()
+        fetcher = Fetcher(FetchPolicy(allow_private=True), resolve=lambda host: ["192.0.2.10"],
+                          transport=httpx.MockTransport(self.site.handle))
+        self.stage = FollowupStage(fetcher=fetcher, hash_image=hash_image, mailer=self.mailer,
+                                   sender="ntd@hotline.test", policy=POLICY,
+                                   contacts=Contacts(authority_email=authority), clock=self.clock)
+        self.scheduler = FollowupScheduler(policy=POLICY, clock=self.clock, per_hoster=0)
+        self.state = MemoryState()
+        self.uow = MemoryUnitOfWork(self.state)
+        self._installed = installed(self.clock)
+        self._installed.__enter__()
+        self.item_id = make_item(self.uow, "notice_sent")
+        h = hash_image(IMAGE)
+        notice = TakedownNotice(notice_id=f"ntd-{self.item_id}", item_id=self.item_id, url=URL,
+                                hoster="Hoster A B.V.", abuse_email="abuse@hoster-a.test", country="NL",
+                                images=[ImageFacts(url=URL, sha256=h.sha256, md5=h.md5, pdq=h.pdq)])
+        open_followup(self.uow, notice, self.clock.now())
+        self.uow.commit()
+        self.events: list[Any] = []
+
+    def close(self) -> None:
+        self._installed.__exit__(None, None, None)
+
+    def tick(self) -> list[Outgoing]:
+        out = self.scheduler.tick(self.uow)
+        self.uow.enqueue(out)
+        self.uow.commit()
+        return out
+
+    def run(self, hours: float, step_hours: float = 0.5) -> None:
+        """Advance the clock in steps; at each, tick and deliver everything that comes due."""
+        end = self.clock.now() + timedelta(hours=hours)
+        while self.clock.now() < end:
+            self.clock.advance(hours=step_hours)
+            queue = list(self.tick())
+            while queue:
+                o = queue.pop(0)
+                produced = deliver(self.stage, o.topic, o.message, self.uow)
+                queue += [p for p in produced if p.topic == "rechecks.due"]
+                self.events += [p.message for p in produced if p.topic == "notices.events"]
+
+    @property
+    def followup(self) -> Any:
+        return self.uow.followups.get(self.item_id)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events if e.kind != "rechecked"]
+
+    def sent_to(self) -> list[tuple[str, str]]:
+        return [(m["X-Hotline-Followup-Step"], m["To"]) for m in self.mailer.sent]
+
+
+@pytest.fixture
+def w() -> Any:
+    world = World()
+    yield world
+    world.close()
+
+
+def test_removed_after_the_second_check_with_time_to_removal(w: World) -> None:
+    w.run(hours=5)
+    assert w.followup.checks == 5 and w.followup.last_result == "online"
+    w.site.status = 404
+    gone_from = w.clock.now()
+    w.run(hours=1.5)
+    f = w.followup
+    assert f.status == "removed" and f.next_check_at is None
+    assert gone_from < f.removed_at <= gone_from + timedelta(hours=1)
+    item = w.uow.items.get(w.item_id)
+    assert item is not None and item.state == "removed"
+    assert "after the first notice" in item.reason and "after the first report" in item.reason
+    removed = [e for e in w.uow.items.events(w.item_id) if e.kind == "removed"]
+    assert len(removed) == 1 and removed[0].at == f.removed_at
+    assert w.kinds() == ["removed"]
+    hits = w.site.hits
+    w.run(hours=48)
+    assert w.site.hits == hits  # removed: no more checks
+    assert w.mailer.sent == []  # and no reminder
+
+
+def test_a_single_hiccup_is_no_removal(w: World) -> None:
+    w.run(hours=1)
+    w.site.status = 503
+    w.run(hours=1)
+    w.site.status = 404
+    w.clock.advance(hours=0.75)  # one "gone" check, then it is back before the confirmation
+    w.tick()
+    w.run(hours=0.25)
+    assert w.followup.misses == 1
+    w.site.status = 200
+    w.run(hours=1)
+    assert w.followup.status == "open" and w.followup.misses == 0
+    assert "removed" not in w.kinds()
+
+
+def test_other_content_at_the_url_counts_as_removed(w: World) -> None:
+    w.run(hours=1)
+    w.site.body = OTHER
+    w.run(hours=1.5)
+    assert w.followup.status == "removed"
+    assert "no longer serves the matched image" in (w.followup.removal_reason or "")
+
+
+def test_reminder_then_the_ladder_exactly_when_due_and_once(w: World) -> None:
+    w.run(hours=23.5)
+    assert w.mailer.sent == []
+    w.run(hours=1)
+    assert w.sent_to() == [("reminder", "abuse@hoster-a.test")]
+    assert w.kinds() == ["reminder"]
+    w.run(hours=23)
+    assert len(w.mailer.sent) == 1
+    w.run(hours=2)
+    # upstream and registrar are unknown: skipped with the reason; the authority gets it.
+    assert w.sent_to() == [("reminder", "abuse@hoster-a.test"), ("authority", "authority@gov.test")]
+    assert w.kinds() == ["reminder", "overdue", "overdue", "overdue"]
+    skipped = [s for s in w.uow.followups.steps(w.item_id) if s.status == "skipped"]
+    assert [s.kind for s in skipped] == ["upstream", "registrar"] and "no upstream" in skipped[0].reason
+    w.run(hours=24 * 4, step_hours=6)
+    assert len(w.mailer.sent) == 2  # the ladder has no more rungs
+    mail = w.mailer.sent[1]
+    attachment = next(p for p in mail.iter_attachments() if p.get_filename() == "evidence.json")
+    package = json.loads(attachment.get_content())
+    assert package["matched_images"][0]["sha256"] == hash_image(IMAGE).sha256
+    assert any(e["kind"] == "reminder" for e in package["timeline"])
+    assert all(isinstance(v, str | int | float | list | dict | None) for v in package.values())
+
+
+def test_no_authority_no_authority_mail() -> None:
+    w = World(authority=None)
+    try:
+        w.run(hours=50, step_hours=2)
+        assert [k for k, _ in w.sent_to()] == ["reminder"]
+        assert [s.status for s in w.uow.followups.steps(w.item_id)] == ["sent", "skipped", "skipped", "skipped"]
+    finally:
+        w.close()
+
+
+def test_removed_content_gets_no_reminder(w: World) -> None:
+    w.run(hours=20)
+    w.site.status = 410
+    w.run(hours=30, step_hours=2)
+    assert w.followup.status == "removed" and w.mailer.sent == []
+
+
+def test_a_step_found_sending_after_a_crash_is_not_sent_again() -> None:
+    w = World(mailer=DyingMailer())
+    try:
+        with pytest.raises(ProcessKilled):
+            w.run(hours=24.5)
+        step = w.uow.followups.get_step(f"{w.item_id}:1")
+        assert step is not None and step.status == "sending"  # committed before the SMTP conversation
+        w.stage.mailer = recording = RecordingMailer()
+        w.run(hours=0.25)  # the scheduler dispatches the pending step again later...
+        w.clock.advance(seconds=POLICY.recheck_seconds)
+        w.scheduler.redispatch_seconds = 60
+        w.run(hours=0.5)
+        step = w.uow.followups.get_step(f"{w.item_id}:1")
+        assert step is not None and step.status == "delivery_unknown"
+        assert recording.attempts == []  # ...and it is never re-sent
+        assert "delivery_unknown" in w.kinds()
+    finally:
+        w.close()
+
+
+def test_a_duplicate_check_message_fetches_nothing(w: World) -> None:
+    w.run(hours=1)
+    f = w.followup
+    due = f.next_check_at
+    w.clock.set(due)
+    out = w.tick()
+    assert len(out) == 1
+    deliver(w.stage, "rechecks.due", out[0].message, w.uow)
+    hits = w.site.hits
+    deliver(w.stage, "rechecks.due", out[0].message, w.uow)  # redelivered
+    assert w.site.hits == hits and w.followup.checks == f.checks
+
+
+def test_scheduler_caps_checks_in_flight_per_hoster() -> None:
+    state = MemoryState()
+    uow = MemoryUnitOfWork(state)
+    with installed(FakeClock(T0)) as clock:
+        ids = [make_item(uow, "notice_sent") for _ in range(5)]
+        for i in ids:
+            open_followup(uow, TakedownNotice(notice_id=f"ntd-{i}", item_id=i, url=URL, hoster="A",
+                                              abuse_email="abuse@a.test"), clock.now())
+        uow.commit()
+        scheduler = FollowupScheduler(policy=POLICY, clock=clock, per_hoster=2)
+        assert scheduler.tick(uow) == []  # planned, none due yet
+        clock.advance(hours=2)  # type: ignore[attr-defined]
+        first = scheduler.tick(uow)
+        assert len(first) == 2  # two in flight for hoster A
+        assert scheduler.tick(uow) == []  # nothing more until those are recorded
+        assert all(isinstance(o.message, RecheckDue) for o in first)
