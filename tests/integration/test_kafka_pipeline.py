@@ -193,12 +193,18 @@ def test_two_classify_workers_share_the_work(
         for r in reports:
             pipeline.submit(r)
         procs.start("classify", name="classify-2")
-        scenario.wait_for(
-            "every item notice_sent",
-            lambda: set(scenario.states_by_url(db_sessions, urls).values()) == {"notice_sent"},
-            120,
-            interval=0.2,
-        )
+        try:
+            scenario.wait_for(
+                "every item notice_sent",
+                lambda: set(scenario.states_by_url(db_sessions, urls).values()) == {"notice_sent"},
+                120,
+                interval=0.2,
+            )
+        except AssertionError as exc:
+            # Where the stragglers are tells a lost event ("received": classify never handled
+            # it) from a slow stage ("notice_queued": notify) or a wrong route.
+            stuck = {u: s for u, s in scenario.states_by_url(db_sessions, urls).items() if s != "notice_sent"}
+            raise AssertionError(f"{exc}; not notice_sent: {stuck}") from None
         received = w.mail.count_by_notice()
         assert len(received) == 30 and set(received.values()) == {1}, received
         assert procs.alive("classify") and procs.alive("classify-2")
