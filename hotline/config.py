@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # its first notice is past its deadline (the monitor's "within the deadline" figures).
     removal_deadline_seconds: int = 86400
 
+    # A notice still ``failed`` (notify keeps retrying) this long after it was first tried shows
+    # on the operators' page (HOTLINE_NOTICE_FAILED_ALERT_SECONDS; services/operations).
+    notice_failed_alert_seconds: int = 3600
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
