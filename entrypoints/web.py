@@ -11,11 +11,13 @@ from services.assessment.routes import router as assessment_router
 from services.hashcheck.routes import router as hashcheck_router
 from services.ingest.routes import router as ingest_router
 from services.monitor.routes import router as monitor_router
+from services.operations.routes import router as operations_router
 
 
 def create_app(system: System) -> FastAPI:
     return create_shell(
         system,
         system.sessions,
-        [ingest_router, assessment_router, analyst_pages_router, hashcheck_router, monitor_router],
+        [ingest_router, assessment_router, analyst_pages_router, hashcheck_router, monitor_router,
+         operations_router],
     )

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # A dispatched re-check not recorded within this long is dispatched again (lost message).
     recheck_redispatch_seconds: float = Field(default=900.0, gt=0)
 
+    # A notice still ``failed`` (notify keeps retrying) this long after it was first tried shows
+    # on the operators' page (HOTLINE_NOTICE_FAILED_ALERT_SECONDS; services/operations).
+    notice_failed_alert_seconds: int = 3600
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -73,6 +73,16 @@ class NoticeRepository(Protocol):
     def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
         """A new notice in status ``sending``."""
         ...
+    def lock(self, notice_id: str) -> Notice | None:
+        """The notice as committed now, locked until the transaction ends (PostgreSQL: FOR
+        UPDATE), so two operators acting on one notice at once take turns."""
+        ...
+    def for_item(self, item_id: str) -> Sequence[Notice]:
+        """Every notice of an item, oldest first."""
+        ...
+    def in_status(self, *statuses: str) -> Sequence[Notice]:
+        """Notices in any of ``statuses``, oldest first."""
+        ...
 
 
 class ForwardRepository(Protocol):

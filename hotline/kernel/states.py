@@ -69,7 +69,10 @@ TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     S.FORWARD_QUEUED: frozenset({S.FORWARDED}),
     S.ESCALATED: frozenset({S.NOTICE_QUEUED, S.FORWARD_QUEUED}),
     S.NOTICE_SENT: frozenset(),
-    S.NOTICE_UNCONFIRMED: frozenset({S.NOTICE_SENT}),
+    # An operator who checked the SMTP log either confirms the delivery (-> notice_sent) or
+    # finds it was not delivered and sends it again, to the same or another address
+    # (-> notice_queued; services/operations).
+    S.NOTICE_UNCONFIRMED: frozenset({S.NOTICE_SENT, S.NOTICE_QUEUED}),
     S.FORWARDED: frozenset(),
     S.REMOVED: frozenset(),
     S.CLOSED_OFFLINE: frozenset(),

@@ -37,6 +37,18 @@ class SqlNotices:
         self.session.add(notice)
         return notice
 
+    def lock(self, notice_id: str) -> Notice | None:
+        q = select(Notice).where(Notice.id == notice_id).with_for_update()
+        return self.session.scalars(q.execution_options(populate_existing=True)).first()
+
+    def for_item(self, item_id: str) -> Sequence[Notice]:
+        q = select(Notice).where(Notice.item_id == item_id).order_by(Notice.created_at, Notice.id)
+        return self.session.scalars(q).all()
+
+    def in_status(self, *statuses: str) -> Sequence[Notice]:
+        q = select(Notice).where(Notice.status.in_(statuses)).order_by(Notice.created_at, Notice.id)
+        return self.session.scalars(q).all()
+
 
 class SqlForwards:
     def __init__(self, session: Session) -> None:

@@ -161,6 +161,17 @@ class MemoryNotices:
         notice = self.state.notices[notice_id] = new_notice(notice_id, item_id, hoster, abuse_email, message_id)
         return notice
 
+    def lock(self, notice_id: str) -> Notice | None:
+        return self.get(notice_id)
+
+    def for_item(self, item_id: str) -> Sequence[Notice]:
+        return sorted((n for n in self.state.notices.values() if n.item_id == item_id),
+                      key=lambda n: (n.created_at, n.id))
+
+    def in_status(self, *statuses: str) -> Sequence[Notice]:
+        return sorted((n for n in self.state.notices.values() if n.status in statuses),
+                      key=lambda n: (n.created_at, n.id))
+
 
 class MemoryForwards:
     def __init__(self, state: MemoryState) -> None:

@@ -84,6 +84,12 @@ def _render(
            "caller": None, "flash": None}
     ctx.update(context)
     response = templates.TemplateResponse(request, name, ctx, status_code=status_code)
+    return protect(response, nonce)
+
+
+def protect(response: HTMLResponse, nonce: str) -> HTMLResponse:
+    """The headers every signed-in page carries: never cached, only our own nonce'd inline
+    script and style, no framing, no sniffing (the operators' pages use them too)."""
     response.headers.update(_NO_STORE)
     response.headers["Content-Security-Policy"] = (
         f"default-src 'none'; img-src 'self'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; "

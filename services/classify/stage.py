@@ -69,6 +69,30 @@ def looks_like_image(fetched: Fetched) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def takedown_notice(
+    c: ItemClassified, notice_id: str | None = None, abuse_email: str | None = None
+) -> TakedownNotice | None:
+    """The takedown notice an item's classification calls for, or None (not routed to an NTD,
+    or no abuse contact). Rebuilt from the stored classification it is the same notice every
+    time (operators resend it: ``services.operations``); ``notice_id`` and ``abuse_email``
+    name another notice of the same item to another address. ``created_at`` is when classify
+    saw the content."""
+    hosting: HostingFacts | None = c.hosting
+    if c.route != "ntd" or hosting is None or not (abuse_email or hosting.abuse):
+        return None
+    return TakedownNotice(
+        notice_id=notice_id or f"ntd-{c.item_id}",
+        item_id=c.item_id,
+        url=c.url,
+        hoster=hosting.hoster or hosting.host,
+        abuse_email=abuse_email or hosting.abuse or "",
+        country=hosting.country,
+        images=[i for i in c.images if i.match is not None],
+        hosting=hosting,
+        created_at=c.classified_at,
+    )
+
+
 @dataclass
 class ClassifyStage:
     fetcher: Fetcher
@@ -201,22 +225,9 @@ class ClassifyStage:
     def _outputs(self, c: ItemClassified) -> list[Outgoing]:
         out = [Outgoing("items.classified", c)]
         hosting: HostingFacts | None = c.hosting
-        if c.route == "ntd" and hosting and hosting.abuse:
-            out.append(
-                Outgoing(
-                    "notices.ntd",
-                    TakedownNotice(
-                        notice_id=f"ntd-{c.item_id}",
-                        item_id=c.item_id,
-                        url=c.url,
-                        hoster=hosting.hoster or hosting.host,
-                        abuse_email=hosting.abuse,
-                        country=hosting.country,
-                        images=[i for i in c.images if i.match is not None],
-                        hosting=hosting,
-                    ),
-                )
-            )
+        notice = takedown_notice(c)
+        if notice is not None:
+            out.append(Outgoing("notices.ntd", notice))
         elif c.route == "forward" and hosting and hosting.country:
             out.append(
                 Outgoing(

@@ -14,6 +14,10 @@ Reserve → act → record (``hotline.kernel.stage.SideEffect``): the notice is 
   ``sending`` (the process died mid-send): the hoster may already have it, so it is never
   sent again; the item goes to ``notice_unconfirmed`` for an operator to check the SMTP
   log by the notice's Message-ID.
+
+An operator resolves ``delivery_unknown`` and ``refused`` notices (``services/operations``):
+a resend sets the notice back to ``failed`` and publishes it again; a notice sent to another
+address instead is ``superseded`` and never sent from here again.
 """
 
 from __future__ import annotations
@@ -58,7 +62,12 @@ class NotifyStage:
                 return [self._event(message, "delivery_unknown", UNKNOWN_AFTER_RESTART)]
             if notice.status == "refused":
                 return [self._event(message, "bounced", f"the mail server refused the notice to {notice.abuse_email}")]
-            # status "failed": the last attempt did not reach the server; try again.
+            if notice.status == "superseded":
+                # An operator sent it to another address instead (services/operations): the
+                # message still on its way here (a retry, a redelivery) must not send it.
+                return []
+            # status "failed": the last attempt did not reach the server (or an operator found
+            # it was not delivered and asked for it again); try again.
             notice.status = "sending"
         else:
             uow.notices.reserve(

@@ -1,0 +1,1 @@
+"""Operations: notices that need an operator (delivery unknown, refused, failing for long)."""
