@@ -86,7 +86,8 @@ class _HttpStandIn:
 
 
 class LoopbackSite(_HttpStandIn):
-    """Serves ``pages`` (path -> (content type, bytes)) on one loopback address; 404 otherwise.
+    """Serves ``pages`` (path -> (content type, bytes)) on one loopback address; 404 otherwise
+    (so ``remove`` plays a hoster taking content down).
 
     ``requests`` lists every request path as asked, ``hits`` counts them by path (without
     the query). ``delay`` slows every answer down, so a batch takes long enough for a test
@@ -124,6 +125,11 @@ class LoopbackSite(_HttpStandIn):
 
     def add(self, path: str, content_type: str, body: bytes) -> None:
         self.pages[path] = (content_type, body)
+
+    def remove(self, path: str) -> bool:
+        """Take ``path`` down: from the next request on it answers 404. False if it was not served."""
+        with self._lock:
+            return self.pages.pop(path, None) is not None
 
 
 @dataclass

@@ -2,11 +2,19 @@
 
 It starts loopback web sites that play three hosting providers (two in NL,
 one in DE where a partner hotline works), a partner endpoint, an SMTP server,
-the web app and the four stages; loads a bank with hashes of some generated
+the web app and the five stages; loads a bank with hashes of some generated
 images; submits a dozen reports through the public API; acts as an analyst
 for the items that need one; then prints what happened to each report, the
-counts, and the time from submission to each outcome. Exit code 0 means every
-report ended where it should.
+counts, and the time from submission to each outcome.
+
+Then, *after the notice*, it runs the follow-up on a simulated clock (a ``FakeClock``
+installed for this part of the run only): hoster A takes its image down a few simulated
+hours after the notice, hoster B does nothing. The clock moves in steps of a few hours;
+at each step the scheduler dispatches the due re-checks and the followup stage fetches the
+URLs again, until past the removal deadline. It prints per notified item the time to
+removal, or the reminder (and ladder steps) that went out, and the public monitor's
+ranking. Exit code 0 means every report ended where it should and the follow-up did what
+it should.
 """
 
 from __future__ import annotations
@@ -16,23 +24,48 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 from PIL import Image
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink, free_port, serve_app
 from hashing.image import hash_image
 from hashing.synthetic import generate_photo_like, jpeg_bytes, photo_like_jpeg
 from hotline.config import Settings
+from hotline.kernel.clock import FakeClock, install
 from hotline.kernel.states import REJECTED, ItemState
+from hotline.storage.models import Followup
 from hotline.storage.unit_of_work import SqlUnitOfWork
+from services.followup.logic import words
+from services.monitor.figures import human_duration, human_share
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hotline.runtime.embedded import EmbeddedRuntime
 
 # Where the demo stops waiting for an item: the outcome of its first step.
 S = ItemState
 OUTCOMES = {S.NOTICE_SENT, S.FORWARDED, S.ESCALATED, S.CLOSED_OFFLINE, S.CLOSED_NOT_ILLEGAL, REJECTED}
+
+# After the notice, in simulated time. The settings compress only the re-check interval and
+# the ladder (so that a few steps of the clock show the whole loop); the removal deadline is
+# the real norm, 24 h.
+HOUR = 3600
+RECHECK_HOURS = 4
+DEADLINE_HOURS = 24
+LADDER_STEP_HOURS = 4
+REMOVED_AT_HOURS = 5  # hoster A takes its image down this long after the notice
+CLOCK_STEPS = (4, 5, 8, 12, 16, 20, 24, 28)  # hours after the notice the simulated clock stops at
+AUTHORITY = "authority@hotline-demo.test"
+HOSTER_A, HOSTER_B = "Hoster A B.V.", "Hoster B B.V."
 
 
 class NoDns:
@@ -57,6 +90,162 @@ class Case:
     item_id: str | None = None
 
 
+@dataclass
+class FollowedUp:
+    """What happened to one notified item after the notice."""
+
+    item_id: str
+    hoster: str
+    url: str
+    state: str
+    reason: str
+    checks: int
+    first_notice_at: datetime
+    steps: list[tuple[datetime, str, str]] = field(default_factory=list)  # (at, kind, detail)
+
+
+@dataclass
+class AfterTheNotice:
+    start: datetime
+    real_seconds: float
+    settled: bool
+    items: list[FollowedUp]
+    monitor: dict[str, Any]
+
+
+def _settled(runtime: EmbeddedRuntime, sessions: sessionmaker[Session], clock: FakeClock) -> bool:
+    """Nothing left to do at the clock's time: every message consumed, no follow-up waiting to be
+    planned, no check due and no reminder or ladder step on its way."""
+    if not runtime.idle():
+        return False
+    with sessions() as session:
+        busy = session.scalar(select(Followup.item_id).where(or_(
+            Followup.status == "new",
+            Followup.next_check_at <= clock.now(),
+            Followup.step_pending.is_not(None),
+        )).limit(1))
+    return busy is None
+
+
+def _wait_settled(runtime: EmbeddedRuntime, sessions: sessionmaker[Session], clock: FakeClock, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _settled(runtime, sessions, clock):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _after_the_notice(
+    runtime: EmbeddedRuntime, sessions: sessionmaker[Session], api: httpx.Client, clock: FakeClock,
+    item_ids: list[str], take_down: Callable[[], object],
+) -> AfterTheNotice:
+    """Move the simulated clock through ``CLOCK_STEPS``, letting the scheduler and the followup
+    stage do what is due at each stop; ``take_down`` is hoster A acting on its notice."""
+    real = time.monotonic()
+    start = clock.now()
+    ok = _wait_settled(runtime, sessions, clock, 10)  # the follow-ups are planned
+    with sessions() as session:
+        # The clock's stops count from the last notice, in whole seconds: whatever is due by then
+        # for any of the items is due at that stop.
+        last = max(f.first_notice_at for i in item_ids if (f := session.get(Followup, i)) is not None)
+    base = last.replace(microsecond=0) + timedelta(seconds=1)
+    for hours in CLOCK_STEPS:
+        clock.set(max(clock.now(), base + timedelta(hours=hours)))
+        if hours == REMOVED_AT_HOURS:
+            take_down()
+        ok = _wait_settled(runtime, sessions, clock, 10) and ok
+    items = []
+    with sessions() as session:
+        store = SqlUnitOfWork(session)
+        for item_id in item_ids:
+            f, item = store.followups.get(item_id), store.items.get(item_id)
+            assert f is not None and item is not None
+            steps = [(e.at, e.kind, e.detail) for e in store.items.events(item_id) if e.kind in ("reminder", "overdue")]
+            items.append(FollowedUp(item_id, f.hoster, f.url, item.state, item.reason, f.checks, f.first_notice_at, steps))
+    r = api.get("/api/v1/monitor/hosters")
+    r.raise_for_status()
+    return AfterTheNotice(start, time.monotonic() - real, ok, items, r.json())
+
+
+def _when(at: datetime, since: datetime) -> str:
+    return f"{at:%Y-%m-%d %H:%M} UTC, {words(at - since)} after the notice"
+
+
+def _report_after_the_notice(
+    after: AfterTheNotice, steps_mailed: list[tuple[str, str, str]], stage_errors: dict[str, str],
+    say: Callable[[str], None],
+) -> list[str]:
+    """Print the section "after the notice" and the monitor's ranking; return what went wrong."""
+    say("")
+    say(f"after the notice (simulated time): the clock starts at {after.start:%Y-%m-%d %H:%M} UTC and stops "
+        f"{len(CLOCK_STEPS)} times, up to +{CLOCK_STEPS[-1]} h after the notices ({after.real_seconds:.1f} s real time)")
+    say(f"  re-check every {RECHECK_HOURS} h, removal deadline {DEADLINE_HOURS} h, ladder step {LADDER_STEP_HOURS} h; "
+        f"{HOSTER_A} takes its image down at +{REMOVED_AT_HOURS} h, {HOSTER_B} does nothing")
+    for it in after.items:
+        say(f"  {it.hoster:<14} {it.url}")
+        if it.state == S.REMOVED:
+            say(f"      {it.reason} ({it.checks} re-checks)")
+        else:
+            reminder = next(((at, d) for at, k, d in it.steps if k == "reminder"), None)
+            if reminder is None:
+                say(f"      still online after {it.checks} re-checks, no reminder")
+            else:
+                say(f"      still online ({it.checks} re-checks) → {reminder[1].split(': ', 1)[0]} "
+                    f"at {_when(reminder[0], it.first_notice_at)}")
+        for at, kind, detail in it.steps:
+            if kind != "overdue":
+                continue
+            if " skipped: " in detail:  # a rung with no known contact: why it was skipped
+                say(f"      ladder: {detail} ({_when(at, it.first_notice_at)})")
+            else:
+                say(f"      ladder: {detail.split(': ', 1)[0]} at {_when(at, it.first_notice_at)}")
+    hosters = after.monitor["hosters"]
+    deadline = after.monitor["deadline_seconds"]
+    say("")
+    say("public monitor, GET /api/v1/monitor/hosters (slowest first):")
+    say(f"  {'rank':>4}  {'hoster':<15} {'notices':>7} {'removals':>8}  {'median to removal':<17}  "
+        f"{'within ' + human_duration(deadline):<11}  {'open past deadline':>18}")
+    for h in hosters:
+        say(f"  {h['rank']:>4}  {h['hoster']:<15} {h['notices']:>7} {h['removals']:>8}  "
+            f"{human_duration(h['median_seconds']):<17}  {human_share(h['share_within_deadline']):<11}  "
+            f"{h['open_past_deadline']:>18}")
+
+    failures = []
+    if not after.settled:
+        failures.append("the follow-up did not settle at every stop of the simulated clock")
+    if stage_errors:
+        failures.append(f"stages failing at the end: {stage_errors}")
+    a_items = [it for it in after.items if it.hoster == HOSTER_A]
+    b_items = [it for it in after.items if it.hoster == HOSTER_B]
+    if len(a_items) != 1 or a_items[0].state != S.REMOVED or " after the first notice" not in a_items[0].reason:
+        failures.append(f"{HOSTER_A}'s item should be removed with a time to removal: "
+                        f"{[(it.state, it.reason) for it in a_items]}")
+    # One reminder e-mail per notice that was ignored (hoster B has two), counted on the SMTP server
+    # by the step's id (item:position); none for what was removed.
+    reminders = [(to, fid.rsplit(":", 1)[0]) for to, kind, fid in steps_mailed if kind == "reminder"]
+    expected = sorted(("abuse@hoster-b.test", it.item_id) for it in b_items)
+    if not b_items or sorted(reminders) != expected:
+        failures.append(f"expected exactly one reminder e-mail to abuse@hoster-b.test per notified item of {HOSTER_B} "
+                        f"({len(b_items)}) and none to anyone else, got {[to for to, _ in reminders]}")
+    ranked = [h["hoster"] for h in hosters]
+    if HOSTER_A not in ranked or HOSTER_B not in ranked or ranked.index(HOSTER_B) > ranked.index(HOSTER_A):
+        failures.append(f"the monitor should rank {HOSTER_B} before {HOSTER_A}, got {ranked}")
+    return failures
+
+
+def _summary(after: AfterTheNotice) -> str:
+    parts = []
+    for h in after.monitor["hosters"]:
+        median = f", median {human_duration(h['median_seconds'])}" if h["median_seconds"] is not None else ""
+        parts.append(f"{h['rank']}. {h['hoster']} removed {h['removals']} of {h['notices']}{median}, "
+                     f"{h['open_past_deadline']} open past the deadline")
+    reminded = sum(1 for it in after.items for _, kind, _ in it.steps if kind == "reminder")
+    return (f"after the notice (+{CLOCK_STEPS[-1]} h simulated in {after.real_seconds:.1f} s): "
+            f"{reminded} reminder{'' if reminded == 1 else 's'}; "
+            "monitor: " + "; ".join(parts))
+
+
 def _near_duplicate(seed: int) -> bytes:
     """A re-upload of a known picture: scaled to 70 % and re-encoded at low quality."""
     img = generate_photo_like(1024, 768, seed=seed)
@@ -73,6 +262,7 @@ def run_demo(quiet: bool = False) -> int:
     from entrypoints.bootstrap import bootstrap
     from entrypoints.web import create_app
     from hotline.runtime.embedded import EmbeddedRuntime
+    from hotline.runtime.periodic import PeriodicRunner
 
     def say(text: str = "") -> None:
         if not quiet:
@@ -131,6 +321,15 @@ def run_demo(quiet: bool = False) -> int:
             notice_from="ntd@hotline-demo.test",
             hotline_name="Hotline (demo)",
             forward_retry_seconds=0.2,
+            # after the notice, in simulated seconds (see CLOCK_STEPS); the scheduler looks for due
+            # work every 50 ms of real time
+            recheck_seconds=RECHECK_HOURS * HOUR,
+            recheck_jitter=0,
+            recheck_confirm_seconds=600,
+            removal_deadline_seconds=DEADLINE_HOURS * HOUR,
+            ladder_step_seconds=LADDER_STEP_HOURS * HOUR,
+            authority_email=AUTHORITY,
+            followup_tick_seconds=0.05,
         )
         system = bootstrap(settings, dns=NoDns())
 
@@ -213,6 +412,21 @@ def run_demo(quiet: bool = False) -> int:
             time.sleep(0.05)
 
         runtime.wait_idle(10)
+
+        # --- after the notice, on a simulated clock ---------------------------------------
+        notified = list(dict.fromkeys(c.item_id for c in cases if c.state == S.NOTICE_SENT and c.item_id))
+        # The follow-up scheduler (in ``hotline serve`` a periodic task of the runtime from the start)
+        # starts with the simulated clock: on the real one nothing would be due for hours.
+        clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
+        previous = install(clock)
+        scheduler = PeriodicRunner(system.sessions, system.build_scheduler()).start()
+        try:
+            follow = _after_the_notice(runtime, system.sessions, api, clock, notified,
+                                      take_down=lambda: site_a.remove("/img/known1.jpg"))
+        finally:
+            scheduler.stop()
+            install(previous)
+        stage_errors = dict(runtime.errors)
         api.close()
         server.should_exit = True
         thread.join(5)
@@ -226,7 +440,9 @@ def run_demo(quiet: bool = False) -> int:
         system.close()
 
     # --- what happened ---------------------------------------------------------
-    notices = [(m["To"], m["X-Hotline-Notice-Id"]) for m in smtp.messages]
+    notices = [(m["To"], m["X-Hotline-Notice-Id"]) for m in smtp.messages if m["X-Hotline-Notice-Id"]]
+    steps_mailed = [(m["To"], m["X-Hotline-Followup-Step"], m["X-Hotline-Followup-Id"]) for m in smtp.messages
+                    if m["X-Hotline-Followup-Step"]]
     failures = []
     say("")
     say(f"{'#':>2}  {'report':<44} {'outcome':<20} {'after':>8}  detail")
@@ -254,6 +470,8 @@ def run_demo(quiet: bool = False) -> int:
     if len(escalations) != 1:
         failures.append(f"expected 1 police escalation, got {len(escalations)}")
 
+    failures += _report_after_the_notice(follow, steps_mailed, stage_errors, say)
+
     counts: dict[str, int] = {}
     for case in cases:
         counts[case.state or "no outcome"] = counts.get(case.state or "no outcome", 0) + 1
@@ -262,10 +480,11 @@ def run_demo(quiet: bool = False) -> int:
     if times:
         print(f"time from submission to outcome: median {times[len(times) // 2]:.0f} ms, max {times[-1]:.0f} ms "
               f"(analyst decisions included); whole demo {time.monotonic() - t0:.1f} s")
+    print(_summary(follow))
     if failures:
         print("DEMO FAILED:")
         for f in failures:
             print("  - " + f)
         return 1
-    print("demo OK: every report ended where it should")
+    print("demo OK: every report ended where it should, and the follow-up did what it should")
     return 0
