@@ -87,7 +87,11 @@ class SqlFollowups:
             dict(
                 self.session.execute(  # type: ignore[arg-type]
                     select(Followup.hoster, func.count())
-                    .where(Followup.next_check_at.is_not(None), Followup.dispatched_at >= stale_before)
+                    # A claimed row was due when claimed (``next_check_at <= at``) and keeps that
+                    # due time until its result is recorded, so bounding ``next_check_at`` counts
+                    # the same rows and lets the index skip the open follow-ups that are not due.
+                    .where(Followup.next_check_at.is_not(None), Followup.next_check_at <= at,
+                           Followup.dispatched_at >= stale_before)
                     .group_by(Followup.hoster)
                 ).all()
             )
@@ -114,7 +118,9 @@ class SqlFollowups:
                 Followup.step_pending.is_not(None),
                 (Followup.step_dispatched_at.is_(None)) | (Followup.step_dispatched_at < stale_before),
             )
-            .order_by(Followup.item_id)
+            # step_pending first: the index on it finds the few pending rows (ordering by
+            # item_id alone walks the primary key through every follow-up).
+            .order_by(Followup.step_pending, Followup.item_id)
             .limit(limit)
         )
         taken = list(self.session.scalars(self._for_update(query)).all())

@@ -232,7 +232,8 @@ class MemoryFollowups:
         rows = self.state.followups.values()
         in_flight = Counter(
             f.hoster for f in rows
-            if f.next_check_at is not None and f.dispatched_at is not None and f.dispatched_at >= stale_before
+            if f.next_check_at is not None and f.next_check_at <= at
+            and f.dispatched_at is not None and f.dispatched_at >= stale_before
         )
         candidates = sorted(
             (f for f in rows if f.next_check_at is not None and f.next_check_at <= at
@@ -248,7 +249,7 @@ class MemoryFollowups:
         taken = sorted(
             (f for f in self.state.followups.values() if f.step_pending is not None
              and (f.step_dispatched_at is None or f.step_dispatched_at < stale_before)),
-            key=lambda f: f.item_id,
+            key=lambda f: (f.step_pending or 0, f.item_id),
         )[:limit]
         for f in taken:
             f.step_dispatched_at = at
