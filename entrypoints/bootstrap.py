@@ -142,6 +142,9 @@ class System:
                 hotline_name=s.hotline_name,
                 max_images=s.fetch_max_images_per_page,
                 pdq_radius=s.pdq_radius,
+                hosting=self.hosting,
+                home_country=s.home_country.upper(),
+                partner_names=self.partners.names(),
             )
         if name == "escalate":
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(

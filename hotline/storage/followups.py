@@ -33,6 +33,21 @@ def new_followup(
     )
 
 
+def reopen(existing: Followup, new: Followup) -> Followup:
+    """The row of a follow-up whose content moved (status ``moved``) starts over for the notice
+    to the hoster it moved to: that hoster's own first notice time, hashes, checks and steps
+    (step ids name the notice, ``services.followup.mail.step_id``). ``first_report_at`` stays.
+    A follow-up in any other state, or the same notice again, keeps its row."""
+    if existing.status != "moved" or existing.notice_id == new.notice_id:
+        return existing
+    for name in ("notice_id", "url", "hoster", "country", "abuse_email", "matched", "status", "first_notice_at",
+                 "next_check_at", "dispatched_at", "checks", "misses", "first_gone_at", "last_result",
+                 "last_checked_at", "step", "step_pending", "step_dispatched_at", "last_step_at", "removed_at",
+                 "removal_reason"):
+        setattr(existing, name, getattr(new, name))
+    return existing
+
+
 def new_step(step_id: str, item_id: str, position: int, kind: str, recipient: str | None,
              message_id: str | None, status: str, reason: str = "") -> FollowupStep:
     return FollowupStep(
@@ -65,10 +80,10 @@ class SqlFollowups:
         return self.session.get(Followup, item_id)
 
     def open(self, followup: Followup) -> Followup:
-        """Start following an item up; an item already followed up keeps its row."""
+        """Start following an item up; an item already followed up keeps its row (``reopen``)."""
         existing = self.session.get(Followup, followup.item_id)
         if existing is not None:
-            return existing
+            return reopen(existing, followup)
         self.session.add(followup)
         return followup
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hotline.kernel.clock import now
 from hotline.kernel.states import FINAL
 from hotline.storage.actions import new_forward, new_notice
-from hotline.storage.followups import pick_within_cap
+from hotline.storage.followups import pick_within_cap, reopen
 from hotline.storage.items import apply_state, new_item
 from hotline.storage.models import (
     Assessment,
@@ -223,7 +223,11 @@ class MemoryFollowups:
         return self.state.followups.get(item_id)
 
     def open(self, followup: Followup) -> Followup:
-        return self.state.followups.setdefault(followup.item_id, followup)
+        existing = self.state.followups.get(followup.item_id)
+        if existing is not None:
+            return reopen(existing, followup)
+        self.state.followups[followup.item_id] = followup
+        return followup
 
     def unplanned(self, limit: int) -> list[Followup]:
         return sorted((f for f in self.state.followups.values() if f.status == "new"), key=lambda f: f.item_id)[:limit]

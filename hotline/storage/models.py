@@ -259,7 +259,9 @@ class Followup(Base):
 
     Time to removal is ``removed_at - first_notice_at`` (and ``- first_report_at``);
     ``status`` is ``new`` (opened by notify, not yet scheduled: the scheduler sets its first
-    check), ``open`` (being re-checked) or ``removed``. The scheduler's work list is
+    check), ``open`` (being re-checked), ``removed``, or ``moved`` (the content is served
+    from another hoster now: no more checks or steps, ``removed_at`` stays null; the row
+    starts over when the notice to that hoster is sent). The scheduler's work list is
     ``next_check_at <= now`` (indexed; null once removed), claimed by setting
     ``dispatched_at`` when a ``rechecks.due`` message for that due time is published.
     """
@@ -274,7 +276,7 @@ class Followup(Base):
     abuse_email: Mapped[str] = mapped_column(String(320))
     # Hashes of the images the notice named (never bytes): [{"url", "sha256", "md5", "pdq"}].
     matched: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(16), default="new", index=True)  # new | open | removed
+    status: Mapped[str] = mapped_column(String(16), default="new", index=True)  # new | open | removed | moved
     first_report_at: Mapped[datetime] = mapped_column()
     first_notice_at: Mapped[datetime] = mapped_column()
     next_check_at: Mapped[datetime | None] = mapped_column(index=True)  # null: new, or removed

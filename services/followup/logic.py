@@ -14,6 +14,7 @@ skipped (with the reason), and the next rung follows at once.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,6 +27,7 @@ class CheckResult(StrEnum):
     GONE = "gone"  # 404/410, or the name no longer resolves
     CHANGED = "changed"  # the URL serves something, but not the matched image
     UNREACHABLE = "unreachable"  # no answer that tells either way (timeout, 5xx, refused)
+    MOVED = "moved"  # the matched content is now served from another hoster (a new notice goes there)
 
 
 REMOVED_RESULTS = frozenset({CheckResult.GONE, CheckResult.CHANGED})
@@ -89,7 +91,11 @@ def after_check(
     *, item_id: str, checks: int, misses: int, first_gone_at: datetime | None,
     checked_at: datetime, result: CheckResult, policy: Policy,
 ) -> CheckOutcome:
-    """What a re-check result means. ``checks`` counts the checks before this one."""
+    """What a re-check result means. ``checks`` counts the checks before this one. ``moved``
+    ends this follow-up at once (the content was positively seen at the other hoster; the
+    new hoster's notice gets a follow-up of its own) and is no removal."""
+    if result is CheckResult.MOVED:
+        return CheckOutcome(0, None, None, None)
     if result in REMOVED_RESULTS:
         gone_at = first_gone_at or checked_at
         if misses + 1 >= CONFIRMATIONS:
@@ -101,6 +107,25 @@ def after_check(
             return CheckOutcome(misses, first_gone_at, _whole(checked_at + timedelta(seconds=policy.confirm_seconds)), None)
         return CheckOutcome(0, None, next_regular_check(item_id, checks + 1, checked_at, policy), None)
     return CheckOutcome(0, None, next_regular_check(item_id, checks + 1, checked_at, policy), None)
+
+
+_MOVED_SUFFIX = re.compile(r"-moved-(\d+)$")
+
+
+def moves(notice_id: str) -> int:
+    """How many times the content had moved when this notice was made (0: the first notice)."""
+    m = _MOVED_SUFFIX.search(notice_id)
+    return int(m.group(1)) if m else 0
+
+
+def moved_notice_id(item_id: str, notice_id: str) -> str:
+    """The notice to the next hoster after the content of ``notice_id`` moved: deterministic, so
+    the same moved result recorded twice names one notice."""
+    return f"ntd-{item_id}-moved-{moves(notice_id) + 1}"
+
+
+def moved_forward_id(item_id: str, notice_id: str) -> str:
+    return f"fwd-{item_id}-moved-{moves(notice_id) + 1}"
 
 
 def step_due_at(position: int, first_notice_at: datetime, last_step_at: datetime | None, policy: Policy) -> datetime:

@@ -16,7 +16,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from hotline.storage.models import Followup, FollowupStep, ItemEvent
-from services.followup.logic import Policy, words
+from services.followup.logic import Policy, moves, words
 
 WHO = {
     "reminder": "abuse team",
@@ -49,12 +49,16 @@ class Contacts:
         return None, f"unknown step {kind}"
 
 
-def step_id(item_id: str, position: int) -> str:
-    return f"{item_id}:{position}"
+def step_id(item_id: str, position: int, notice_id: str = "") -> str:
+    """``<item>:<position>`` for the first notice's steps; a follow-up of the notice to the
+    hoster the content moved to (``ntd-<item>-moved-<n>``) has steps of its own, ``<item>:m<n>:<position>``."""
+    n = moves(notice_id)
+    return f"{item_id}:{position}" if n == 0 else f"{item_id}:m{n}:{position}"
 
 
-def step_message_id(item_id: str, position: int, domain: str) -> str:
-    return f"<followup-{item_id}-{position}@{domain}>"
+def step_message_id(item_id: str, position: int, domain: str, notice_id: str = "") -> str:
+    n = moves(notice_id)
+    return f"<followup-{item_id}-{position}@{domain}>" if n == 0 else f"<followup-{item_id}-m{n}-{position}@{domain}>"
 
 
 def evidence(
@@ -99,11 +103,11 @@ def render_step(
     msg["To"] = recipient
     what = "Reminder" if kind == "reminder" else "Escalation"
     msg["Subject"] = f"[{hotline_name}] {what}: content still online after notice {followup.notice_id}"
-    msg["Message-ID"] = step_message_id(followup.item_id, position, domain)
+    msg["Message-ID"] = step_message_id(followup.item_id, position, domain, followup.notice_id)
     msg["References"] = f"<{followup.notice_id}@{domain}>"
     msg["Date"] = format_datetime(at)
     msg["X-Hotline-Followup-Step"] = kind
-    msg["X-Hotline-Followup-Id"] = step_id(followup.item_id, position)
+    msg["X-Hotline-Followup-Id"] = step_id(followup.item_id, position, followup.notice_id)
     online_for = words(at - followup.first_notice_at)
     if kind == "reminder":
         opening = [

@@ -1,6 +1,12 @@
 """One re-check: fetch the URL again through the guarded fetcher, hash what it serves in
 memory (the same hash function classify uses) and compare it with the hashes the notice
 named. Returns a ``CheckResult`` and what was seen, hashes only; bytes are dropped here.
+
+Each image has its own hoster: a matched image counts as still at the notified hoster when
+it is served from one of the notice's image URLs, or from a host whose hoster (the hosting
+lookup, ``hoster_of``) is the notified one or the hoster of one of those URLs. A matched
+image served only from another hoster (the page now shows a copy from elsewhere, or the
+URL redirects to another host) is ``moved``, with that image's URL, hashes and hosting.
 """
 
 from __future__ import annotations
@@ -8,16 +14,34 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from hashing.image import ImageHashes
 from hashing.signals import SIGNAL_TYPES
+from schemas.facts import HostingFacts
 from services.classify.fetcher import Fetcher, FetchError
 from services.classify.page import image_urls
-from services.classify.stage import looks_like_image
+from services.classify.stage import hash_fields, looks_like_image
 from services.followup.logic import CheckResult
 
 HashFn = Callable[[bytes], ImageHashes]
+HosterFn = Callable[[str], HostingFacts]  # host name -> who hosts it (HostingResolver.facts)
 GONE_STATUSES = (404, 410)
+
+
+@dataclass(frozen=True)
+class MovedTo:
+    """Where the matched content is served now: the page that shows it, the image's URL, its
+    hashes (``classify.stage.hash_fields``) and the hosting facts of the image's host."""
+
+    page_url: str
+    image_url: str
+    hashes: dict[str, Any]
+    hosting: HostingFacts
+
+    @property
+    def hoster(self) -> str:
+        return hoster_name(self.hosting)
 
 
 @dataclass(frozen=True)
@@ -25,6 +49,16 @@ class Observation:
     result: CheckResult
     detail: str
     seen: list[str] = field(default_factory=list)  # sha256 of the images found (at most 20)
+    moved_to: MovedTo | None = None  # set when ``result`` is MOVED
+
+
+def hoster_name(h: HostingFacts) -> str:
+    """The name a notice and a follow-up know a hoster by (as ``classify.takedown_notice``)."""
+    return h.hoster or h.host
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
 
 
 def matches(h: ImageHashes, matched: Sequence[dict[str, Any]], pdq_radius: int) -> bool:
@@ -54,8 +88,9 @@ def _fetch_error(err: FetchError) -> _Gone:
 
 def observe(
     fetcher: Fetcher, hash_image: HashFn, url: str, matched: Sequence[dict[str, Any]],
-    *, max_images: int = 50, pdq_radius: int = 31,
+    *, max_images: int = 50, pdq_radius: int = 31, hoster: str | None = None, hoster_of: HosterFn | None = None,
 ) -> Observation:
+    """``hoster`` is the notified hoster; without it or ``hoster_of`` any match is ``online``."""
     seen: list[str] = []
     try:
         page = fetcher.get(url)
@@ -69,7 +104,7 @@ def observe(
     bodies: list[tuple[str, bytes]] = []
     unsure: list[str] = []
     if looks_like_image(page):
-        bodies.append((url, page.body))
+        bodies.append((page.final_url or url, page.body))
     elif "html" in page.content_type:
         for img_url in image_urls(page.body.decode("utf-8", "replace"), page.final_url, max_images):
             try:
@@ -82,22 +117,60 @@ def observe(
                 if img.status not in GONE_STATUSES:
                     unsure.append(img_url)
                 continue
-            bodies.append((img_url, img.body))
+            bodies.append((img.final_url or img_url, img.body))
     found = False
-    for _img_url, data in bodies:
+    elsewhere: list[tuple[str, ImageHashes]] = []
+    home = _Home(matched, hoster, hoster_of)
+    for img_url, data in bodies:
         try:
             h = hash_image(data)
         except ValueError:  # not an image, or a broken one
             continue
         if len(seen) < 20:
             seen.append(h.sha256)
-        found = found or matches(h, matched, pdq_radius)
+        if matches(h, matched, pdq_radius):
+            if home.serves(img_url):
+                found = True
+            else:
+                elsewhere.append((img_url, h))
     del bodies  # bytes live only as long as the hashing
     if found:
         return Observation(CheckResult.ONLINE, "the matched image is still online", seen)
+    if elsewhere:
+        img_url, h = elsewhere[0]
+        facts = home.facts(img_url)
+        moved = MovedTo(page_url=page.final_url or url, image_url=img_url, hashes=hash_fields(h), hosting=facts)
+        return Observation(
+            CheckResult.MOVED,
+            f"moved to {moved.hoster}: the matched image is now served from {img_url}", seen, moved,
+        )
     if unsure:
         return Observation(CheckResult.UNREACHABLE, f"{len(unsure)} image(s) on the page could not be fetched", seen)
     return Observation(
         CheckResult.CHANGED,
         f"the URL no longer serves the matched image ({len(seen)} other image(s) found)", seen,
     )
+
+
+class _Home:
+    """Is an image URL still the notified hoster's? (Looked up once per host.)"""
+
+    def __init__(self, matched: Sequence[dict[str, Any]], hoster: str | None, hoster_of: HosterFn | None) -> None:
+        self.urls = {m["url"] for m in matched if m.get("url")}
+        self.hoster_of = hoster_of
+        self._facts: dict[str, HostingFacts] = {}
+        self.names: set[str] = set()
+        if hoster is not None and hoster_of is not None:
+            self.names = {hoster} | {hoster_name(self.facts(u)) for u in self.urls}
+
+    def facts(self, url: str) -> HostingFacts:
+        host = _host(url)
+        if host not in self._facts:
+            assert self.hoster_of is not None
+            self._facts[host] = self.hoster_of(host)
+        return self._facts[host]
+
+    def serves(self, url: str) -> bool:
+        if not self.names or url in self.urls:
+            return True
+        return hoster_name(self.facts(url)) in self.names

@@ -8,6 +8,12 @@ message and an audit row.
   hashing are a side effect outside any transaction; the result is recorded after it
   (``logic.after_check``). A confirmed removal moves the item to ``removed`` with the time
   to removal in its reason, the ``removed`` event at the time it was first seen gone.
+- ``moved``: the matched content is served from another hoster now (``recheck``). This
+  follow-up ends (no more checks, no more steps; not a removal) and the content goes where
+  classify would have sent it (``classify.routing.decide_route`` on the new hoster's facts):
+  a new notice ``ntd-<item>-moved-<n>`` to a home hoster's abuse contact, a partner forward
+  ``fwd-<item>-moved-<n>`` abroad, else an analyst. When notify sends the new notice the
+  follow-up row starts over for it (``hotline.storage.followups.reopen``).
 - ``step``: a reminder or ladder step, reserved as ``sending`` before the SMTP conversation
   exactly like a notice (``services.notify.stage``): a step found still ``sending`` after
   a crash is never re-sent (``delivery_unknown``). Removed content gets no step.
@@ -19,28 +25,35 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 
+from hashing.signals import SIGNAL_TYPES
 from hotline.kernel.clock import CURRENT, Clock
 from hotline.kernel.messages import InvalidMessage, Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import Result, RetryLater, SideEffect
+from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState, can_transition
 from hotline.storage.followups import new_step
 from hotline.storage.models import Followup
 from schemas import Message
+from schemas.facts import BankMatch, ImageFacts
 from schemas.followups import RecheckDue
-from schemas.notices import NoticeEvent
+from schemas.items import ItemClassified
+from schemas.notices import NoticeEvent, PartnerForward, TakedownNotice
 from services.classify.fetcher import Fetcher
+from services.classify.hosting import HostingResolver
+from services.classify.routing import RouteDecision, decide_route
 from services.followup.logic import (
     REMOVED_RESULTS,
     CheckResult,
     Policy,
     after_check,
+    moved_forward_id,
+    moved_notice_id,
     next_step,
     removal_reason,
     words,
 )
 from services.followup.mail import Contacts, evidence, render_step, step_id, step_message_id
-from services.followup.recheck import HashFn, Observation, observe
+from services.followup.recheck import HashFn, MovedTo, Observation, observe
 from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
 
 TOPIC = "rechecks.due"
@@ -48,6 +61,13 @@ TOPIC = "rechecks.due"
 
 def _reraise(uow: UnitOfWork, exc: Exception) -> list[Outgoing]:
     raise exc
+
+
+def decide_moved(moved: MovedTo, home_country: str, partner_countries: set[str]) -> RouteDecision:
+    """Where content that moved goes: classify's routing table for known material on the new
+    hoster (an NTD at home with an abuse contact, a forward to a partner abroad, else an analyst)."""
+    return decide_route(online=True, offline_reason="", known=True, image_count=1, hosting=moved.hosting,
+                        home_country=home_country, partner_countries=partner_countries)
 
 
 @dataclass
@@ -62,6 +82,11 @@ class FollowupStage:
     hotline_name: str = "Hotline"
     max_images: int = 50
     pdq_radius: int = 31
+    # Who hosts an image now, and where content found at another hoster goes (as classify):
+    # without ``hosting`` a match anywhere counts as online (no "moved").
+    hosting: HostingResolver | None = None
+    home_country: str = "NL"
+    partner_names: dict[str, str] = field(default_factory=dict)
 
     name: ClassVar[str] = "followup"
     inputs: ClassVar[tuple[str, ...]] = (TOPIC,)
@@ -80,10 +105,12 @@ class FollowupStage:
     def _check(self, message: RecheckDue, f: Followup) -> Result:
         if f.status != "open" or f.next_check_at is None or message.due_at != f.next_check_at:
             return []  # done already (a duplicate), or overtaken: nothing to do
-        item_id, url, matched, due = f.item_id, f.url, list(f.matched), f.next_check_at
+        item_id, url, matched, due, hoster = f.item_id, f.url, list(f.matched), f.next_check_at, f.hoster
+        hoster_of = self.hosting.facts if self.hosting is not None else None
         return SideEffect(
             act=lambda: observe(self.fetcher, self.hash_image, url, matched,
-                                max_images=self.max_images, pdq_radius=self.pdq_radius),
+                                max_images=self.max_images, pdq_radius=self.pdq_radius,
+                                hoster=hoster, hoster_of=hoster_of),
             done=lambda u, obs: self._record(u, item_id, due, obs),
             failed=_reraise,
         )
@@ -109,7 +136,9 @@ class FollowupStage:
         out = [self._event(f, "rechecked", detail, at, f"{f.notice_id}:rechecked:{f.checks}")]
         if changed or result in REMOVED_RESULTS:
             uow.items.add_event(item_id, self.name, "rechecked", detail, at)
-        if outcome.removed_at is not None:
+        if result is CheckResult.MOVED and obs.moved_to is not None:
+            out += self._moved(uow, f, obs.moved_to, at)
+        elif outcome.removed_at is not None:
             out += self._removed(uow, f, outcome.removed_at, obs)
         elif result is CheckResult.ONLINE and f.step_pending is None:
             out += self._decide_step(f, at)
@@ -128,6 +157,57 @@ class FollowupStage:
                                     removed_at)
         uow.audit.append(self.name, "removed", f.item_id, reason)
         return [self._event(f, "removed", reason, removed_at, f"{f.notice_id}:removed")]
+
+    def _moved(self, uow: UnitOfWork, f: Followup, moved: MovedTo, at: datetime) -> list[Outgoing]:
+        """The old hoster's follow-up ends (no reminders: the content is not there); the content
+        goes to the new hoster, to a partner abroad, or to an analyst."""
+        decision = decide_moved(moved, self.home_country, set(self.partner_names))
+        f.status, f.step_pending, f.step_dispatched_at = "moved", None, None
+        image = self._image(uow, f, moved)
+        what = {"ntd": "a new notice to", "forward": "a partner forward for"}.get(decision.route, "")
+        detail = f"moved to {moved.hoster}: the matched image is now served from {moved.image_url}; "
+        detail += f"{what} {moved.hoster}" if what else "an analyst decides"
+        detail += f" ({decision.reason})"
+        f.removal_reason = detail  # why this follow-up ended; removed_at stays null (not a removal)
+        uow.items.add_event(f.item_id, self.name, "moved", detail, at)
+        uow.audit.append(self.name, "moved", f.item_id, detail)
+        out = [self._event(f, "rechecked", detail, at, f"{f.notice_id}:moved")]
+        h = moved.hosting
+        if decision.route == "ntd":
+            out.append(Outgoing("notices.ntd", TakedownNotice(
+                notice_id=moved_notice_id(f.item_id, f.notice_id), item_id=f.item_id, url=moved.page_url,
+                hoster=moved.hoster, abuse_email=h.abuse or "", country=h.country, images=[image], hosting=h,
+                created_at=at,
+            )))
+        elif decision.route == "forward" and h.country:
+            out.append(Outgoing("forwards.partner", PartnerForward(
+                forward_id=moved_forward_id(f.item_id, f.notice_id), item_id=f.item_id, url=moved.page_url,
+                country=h.country, partner_name=self.partner_names.get(h.country, ""), images=[image], hosting=h,
+                from_hotline=self.hotline_name, created_at=at,
+            )))
+            move_item(uow, f.item_id, ItemState.FORWARD_QUEUED, detail, self.name)
+        else:
+            move_item(uow, f.item_id, ItemState.AWAITING_ASSESSMENT, detail, self.name)
+        return out
+
+    def _image(self, uow: UnitOfWork, f: Followup, moved: MovedTo) -> ImageFacts:
+        """The image as the new notice names it: its new URL and hashes, with the bank match of
+        the classified image it matches (a notice lists matched images only)."""
+        match: BankMatch | None = None
+        item = uow.items.get(f.item_id)
+        if item is not None and item.classification:
+            known = [i for i in ItemClassified.model_validate(item.classification).images if i.match is not None]
+            pdq = SIGNAL_TYPES["pdq"]
+            h = moved.hashes
+            for i in known:
+                if (i.sha256 and i.sha256 == h.get("sha256")) or (i.md5 and i.md5 == h.get("md5")) or (
+                    i.pdq and h.get("pdq") and pdq.distance(i.pdq, h["pdq"]) <= self.pdq_radius
+                ):
+                    match = i.match
+                    break
+            if match is None and known:
+                match = known[0].match
+        return ImageFacts(url=moved.image_url, **moved.hashes, match=match)
 
     def _decide_step(self, f: Followup, at: datetime) -> list[Outgoing]:
         nxt = next_step(steps_taken=f.step, first_notice_at=f.first_notice_at, last_step_at=f.last_step_at,
@@ -152,7 +232,7 @@ class FollowupStage:
             raise InvalidMessage("unknown_step", f"step {position} is not on the ladder {kinds}")
         kind = kinds[position - 1]
         at = self.clock.now()
-        sid = step_id(f.item_id, position)
+        sid = step_id(f.item_id, position, f.notice_id)
         step = uow.followups.get_step(sid)
         if step is not None:
             if step.status == "sending":
@@ -167,7 +247,7 @@ class FollowupStage:
                 return self._skip(uow, f, position, kind, why, at)
             domain = self.sender.rsplit("@", 1)[-1]
             step = uow.followups.add_step(new_step(
-                sid, f.item_id, position, kind, address, step_message_id(f.item_id, position, domain), "sending"))
+                sid, f.item_id, position, kind, address, step_message_id(f.item_id, position, domain, f.notice_id), "sending"))
         package = evidence(f, uow.items.events(f.item_id), uow.followups.steps(f.item_id), self.policy, at)
         email = render_step(kind, position, step.recipient or "", f, package, self.sender, self.hotline_name, at)
         item_id = f.item_id
@@ -191,18 +271,19 @@ class FollowupStage:
 
     def _skip(self, uow: UnitOfWork, f: Followup, position: int, kind: str, why: str, at: datetime) -> list[Outgoing]:
         detail = f"step {position} ({kind}) skipped: {why}"
-        uow.followups.add_step(new_step(step_id(f.item_id, position), f.item_id, position, kind, None, None,
+        uow.followups.add_step(new_step(step_id(f.item_id, position, f.notice_id), f.item_id, position, kind, None, None,
                                         "skipped", why))
         self._advance(f, position, at, went_out=False)
         uow.items.add_event(f.item_id, self.name, self._event_kind(kind), detail, at)
-        uow.audit.append(self.name, "followup_step_skipped", step_id(f.item_id, position), why)
+        uow.audit.append(self.name, "followup_step_skipped", step_id(f.item_id, position, f.notice_id), why)
         out = [self._event(f, self._event_kind(kind), detail, at, f"{f.notice_id}:step:{position}")]
         return out + self._decide_step(f, at)  # the next rung follows at once
 
     def _step_sent(self, uow: UnitOfWork, item_id: str, position: int, kind: str) -> list[Outgoing]:
         f = uow.followups.get(item_id)
-        step = uow.followups.get_step(step_id(item_id, position))
-        assert f is not None and step is not None
+        assert f is not None
+        step = uow.followups.get_step(step_id(item_id, position, f.notice_id))
+        assert step is not None
         at = self.clock.now()
         step.status, step.sent_at = "sent", at
         self._advance(f, position, at, went_out=True)
@@ -219,9 +300,10 @@ class FollowupStage:
         if not isinstance(exc, NotDelivered):
             why = "no final answer from the mail server" if isinstance(exc, DeliveryUnknown) else "the mailer failed"
             return self._unknown(uow, None, position, kind, f"{why}: {exc}", item_id)
-        step = uow.followups.get_step(step_id(item_id, position))
         f = uow.followups.get(item_id)
-        assert step is not None and f is not None
+        assert f is not None
+        step = uow.followups.get_step(step_id(item_id, position, f.notice_id))
+        assert step is not None
         if not exc.permanent:
             step.status = "failed"
             return RetryLater(exc)
@@ -238,7 +320,7 @@ class FollowupStage:
     ) -> list[Outgoing]:
         f = f or uow.followups.get(item_id or "")
         assert f is not None
-        step = uow.followups.get_step(step_id(f.item_id, position))
+        step = uow.followups.get_step(step_id(f.item_id, position, f.notice_id))
         assert step is not None
         at = self.clock.now()
         step.status, step.reason = "delivery_unknown", why

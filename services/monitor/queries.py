@@ -14,12 +14,15 @@ from services.monitor.annual import AnnualRows, AssessedItem, ReportRow
 from services.monitor.figures import UNKNOWN_HOSTER, NoticedItem
 
 REMOVED_EVENT = "removed"
+MOVED_EVENT = "moved"  # the content moved to another hoster (services.followup): no removal
 SENT = "sent"
 
 
 def noticed_items(session: Session, since: datetime | None = None, until: datetime | None = None) -> list[NoticedItem]:
     """Every item with a sent notice (first notice in ``[since, until)`` when given), with the
-    hoster of its earliest sent notice and its earliest ``removed`` event."""
+    hoster of its earliest sent notice and its earliest ``removed`` event. An item whose
+    content moved to another hoster is not removed by the hoster noticed first: a removal
+    after the move (the new hoster's) does not count as that hoster's."""
     first = (
         select(Notice.item_id, func.min(Notice.sent_at).label("first_notice"))
         .where(Notice.status == SENT, Notice.sent_at.is_not(None))
@@ -32,11 +35,18 @@ def noticed_items(session: Session, since: datetime | None = None, until: dateti
         .group_by(ItemEvent.item_id)
         .subquery()
     )
+    moved = (
+        select(ItemEvent.item_id, func.min(ItemEvent.at).label("moved_at"))
+        .where(ItemEvent.kind == MOVED_EVENT)
+        .group_by(ItemEvent.item_id)
+        .subquery()
+    )
     q = (
         select(Item.id, Item.url, Item.hoster, Item.country, Item.state, Item.first_seen,
-               first.c.first_notice, removed.c.removed_at)
+               first.c.first_notice, removed.c.removed_at, moved.c.moved_at)
         .join(first, first.c.item_id == Item.id)
         .outerjoin(removed, removed.c.item_id == Item.id)
+        .outerjoin(moved, moved.c.item_id == Item.id)
     )
     if since is not None:
         q = q.where(first.c.first_notice >= since)
@@ -55,9 +65,9 @@ def noticed_items(session: Session, since: datetime | None = None, until: dateti
         NoticedItem(
             item_id=item_id, url=url, hoster=noticed.get(item_id) or hoster or UNKNOWN_HOSTER,
             country=country, state=state, first_seen=_utc(first_seen), first_notice=_utc(first_notice),
-            removed_at=None if removed_at is None else _utc(removed_at),
+            removed_at=None if removed_at is None or moved_at is not None else _utc(removed_at),
         )
-        for item_id, url, hoster, country, state, first_seen, first_notice, removed_at in rows
+        for item_id, url, hoster, country, state, first_seen, first_notice, removed_at, moved_at in rows
     ]
 
 

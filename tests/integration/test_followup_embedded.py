@@ -175,3 +175,64 @@ def scenario_published(sessions: object, topic: str) -> list[dict[str, object]]:
     with sessions() as s:  # type: ignore[operator]
         rows = s.scalars(select(BusMessage.value).where(BusMessage.topic == topic)).all()
     return [json.loads(v) for v in rows]
+
+
+def test_content_moved_to_another_hoster_gets_a_new_notice_there(w: World, tmp_path: Path) -> None:
+    """A page on hoster A shows the known image from A, then (A took its copy down) the same
+    image from hoster B: B's abuse contact gets a new notice, A gets no more reminders."""
+    clock = FakeClock(T0)
+    with installed(clock):
+        settings = settings_for(w, f"sqlite:///{tmp_path / 'hotline.db'}")
+        r = Running(settings)
+        try:
+            with r.system.sessions() as s:
+                scenario.load_bank(SqlUnitOfWork(s), w.known_images)
+            a, b = w.sites[NL_A], w.sites[NL_B]
+            a.add("/mv/known.jpg", "image/jpeg", w.known_images[0])
+            a.add("/mv/page.html", "text/html", f'<img src="{w.url(NL_A, "/mv/known.jpg")}">'.encode())
+            page = w.url(NL_A, "/mv/page.html")
+            with r.system.sessions() as s:
+                store = SqlUnitOfWork(s)
+                store.enqueue([Outgoing("reports.submitted", ReportSubmitted(channel="api", urls=[page]))])
+                store.commit()
+            sessions = r.system.sessions
+            wait_for("the notice to A", lambda: scenario.item_state(sessions, page) == "notice_sent", 60)
+            item_id = scenario.item_for_url(sessions, page).id  # type: ignore[union-attr]
+            for hour in range(2, 13, 2):  # online at the 6 h check
+                clock.advance(hours=STEP_HOURS)
+                wait_for(f"hour {hour} settled", lambda: settled(r, clock), 30, interval=0.02)
+            b.add("/mirror/copy.jpg", "image/jpeg", w.known_images[0])
+            a.add("/mv/page.html", "text/html", f'<img src="{w.url(NL_B, "/mirror/copy.jpg")}">'.encode())
+            a.remove("/mv/known.jpg")
+            moved_id = f"ntd-{item_id}-moved-1"
+            for hour in range(14, 61, 2):  # the 18 h check sees it at B; the deadline (24 h) passes
+                clock.advance(hours=STEP_HOURS)
+                wait_for(f"hour {hour} settled", lambda: settled(r, clock), 30, interval=0.02)
+            assert r.runtime.errors == {}
+            mail = w.mail.snapshot()
+            to_b = [m for m in mail if tuple(m.rcpt_tos) == (HOSTER_B,)]
+            notices_to_b = [m for m in to_b if m.notice_id == moved_id]
+            assert len(notices_to_b) == 1
+            assert w.url(NL_B, "/mirror/copy.jpg") in plain(notices_to_b[0])
+            to_a = [m for m in mail if tuple(m.rcpt_tos) == (HOSTER_A,)]
+            assert [m.message["X-Hotline-Followup-Step"] for m in to_a] == [None]  # A's notice, no reminder
+            # B left it up past its own deadline (24 h after its notice): B got the reminder.
+            reminders_b = [m for m in to_b if m.message["X-Hotline-Followup-Step"] == "reminder"]
+            assert [m.message["X-Hotline-Followup-Id"] for m in reminders_b] == [f"{item_id}:m1:1"]
+            with sessions() as s:
+                f = s.get(Followup, item_id)
+                assert f is not None and f.notice_id == moved_id and f.hoster == "Hoster B B.V."
+                assert f.status == "open" and f.removed_at is None
+                kinds = [e.kind for e in s.scalars(select(ItemEvent).where(ItemEvent.item_id == item_id))]
+            assert kinds.count("moved") == 1 and "removed" not in kinds
+            events = [m for m in scenario_published(sessions, "notices.events") if m["item_id"] == item_id]
+            moved = [m for m in events if str(m["detail"]).startswith("moved to")]
+            assert [(m["kind"], m["notice_id"]) for m in moved] == [("rechecked", f"ntd-{item_id}")]
+        finally:
+            r.stop()
+
+
+def plain(mail: object) -> str:
+    from tests.xarf_check import plain_text
+
+    return plain_text(mail.message)  # type: ignore[attr-defined]

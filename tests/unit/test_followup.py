@@ -326,3 +326,277 @@ def test_scheduler_caps_checks_in_flight_per_hoster() -> None:
         assert len(first) == 2  # two in flight for hoster A
         assert scheduler.tick(uow) == []  # nothing more until those are recorded
         assert all(isinstance(o.message, RecheckDue) for o in first)
+
+
+# ------------------------------------------------------------------ moved to another hoster
+
+PAGE = "http://www.hoster-a.test/gallery.html"
+A_IMG = "http://img.hoster-a.test/known.jpg"
+HOSTS = {  # host -> (address, country, hoster, abuse)
+    "www.hoster-a.test": ("192.0.2.10", "NL", "Hoster A B.V.", "abuse@hoster-a.test"),
+    "img.hoster-a.test": ("192.0.2.11", "NL", "Hoster A B.V.", "abuse@hoster-a.test"),
+    "cdn.hoster-a.test": ("192.0.2.12", "NL", "Hoster A B.V.", "abuse@hoster-a.test"),
+    "img.hoster-b.test": ("198.51.100.10", "NL", "Hoster B B.V.", "abuse@hoster-b.test"),
+    "img.hoster-de.test": ("203.0.113.10", "DE", "Hoster DE GmbH", "abuse@hoster-de.test"),
+    "img.hoster-us.test": ("203.0.113.130", "US", "Hoster US Inc.", "abuse@hoster-us.test"),
+}
+
+
+def _html(*imgs: str) -> bytes:
+    return ("<html><body>" + "".join(f'<img src="{u}">' for u in imgs) + "</body></html>").encode()
+
+
+class Web:
+    """Several hosts on an httpx mock transport: path -> (status, content type, body, location)."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, tuple[int, str, bytes]] = {}
+        self.hits: dict[str, int] = {}
+
+    def put(self, url: str, body: bytes, ctype: str = "image/jpeg", status: int = 200) -> None:
+        self.pages[url] = (status, ctype, body)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        url = f"{request.url.scheme}://{request.headers['host']}{request.url.raw_path.decode()}"
+        self.hits[url] = self.hits.get(url, 0) + 1
+        if url not in self.pages:
+            return httpx.Response(404)
+        status, ctype, body = self.pages[url]
+        if 300 <= status < 400:
+            return httpx.Response(status, headers={"location": body.decode()})
+        return httpx.Response(status, headers={"content-type": ctype}, content=body)
+
+
+def _resolver() -> Any:
+    import ipaddress
+
+    from services.classify.hosting import HostingDirectory, HostingResolver, NetworkEntry
+
+    nets = [(ipaddress.ip_network(f"{ip}/32"), NetworkEntry(range=f"{ip}/32", country=c, hoster=h, abuse=a))
+            for ip, c, h, a in HOSTS.values()]
+    return HostingResolver(HostingDirectory({h: [v[0]] for h, v in HOSTS.items()}, nets))
+
+
+class MovedWorld:
+    """A page on hoster A showing the known image from hoster A; the followup stage knows who
+    hosts what (a hosting directory) and has a partner in DE."""
+
+    def __init__(self) -> None:
+        from schemas.facts import BankMatch, HostingFacts
+        from schemas.items import ItemClassified
+
+        self.clock = FakeClock(T0)
+        self.web = Web()
+        self.web.put(PAGE, _html(A_IMG), "text/html")
+        self.web.put(A_IMG, IMAGE)
+        self.hosting = _resolver()
+        fetcher = Fetcher(FetchPolicy(allow_private=True), resolve=self.hosting.addresses,
+                          transport=httpx.MockTransport(self.web.handle))
+        self.mailer = RecordingMailer()
+        self.stage = FollowupStage(fetcher=fetcher, hash_image=hash_image, mailer=self.mailer,
+                                   sender="ntd@hotline.test", policy=POLICY, contacts=Contacts(), clock=self.clock,
+                                   hosting=self.hosting, home_country="NL", partner_names={"DE": "Partner DE"})
+        self.scheduler = FollowupScheduler(policy=POLICY, clock=self.clock, per_hoster=0)
+        self.uow = MemoryUnitOfWork(MemoryState())
+        self._installed = installed(self.clock)
+        self._installed.__enter__()
+        h = hash_image(IMAGE)
+        match = BankMatch(entry_id=7, signal="sha256", distance=0, category="A1", source="test")
+        img = ImageFacts(url=A_IMG, sha256=h.sha256, md5=h.md5, pdq=h.pdq, match=match)
+        hosting = HostingFacts(host="www.hoster-a.test", country="NL", hoster="Hoster A B.V.",
+                               abuse="abuse@hoster-a.test", source="hosting_file")
+        classified = ItemClassified(item_id="x", url=PAGE, online=True, images=[img], hosting=hosting, known=True,
+                                    route="ntd", reason="known")
+        self.item_id = make_item(self.uow, "notice_sent", classified)
+        self.notice = TakedownNotice(notice_id=f"ntd-{self.item_id}", item_id=self.item_id, url=PAGE,
+                                     hoster="Hoster A B.V.", abuse_email="abuse@hoster-a.test", country="NL",
+                                     images=[img], hosting=hosting)
+        open_followup(self.uow, self.notice, self.clock.now())
+        self.uow.commit()
+        self.out: list[Outgoing] = []
+
+    def close(self) -> None:
+        self._installed.__exit__(None, None, None)
+
+    def run(self, hours: float, step_hours: float = 0.5) -> None:
+        end = self.clock.now() + timedelta(hours=hours)
+        while self.clock.now() < end:
+            self.clock.advance(hours=step_hours)
+            queue = list(self.scheduler.tick(self.uow))
+            self.uow.enqueue(queue)
+            self.uow.commit()
+            while queue:
+                o = queue.pop(0)
+                produced = deliver(self.stage, o.topic, o.message, self.uow)
+                queue += [p for p in produced if p.topic == "rechecks.due"]
+                self.out += [p for p in produced if p.topic != "rechecks.due"]
+
+    def published(self, topic: str) -> list[Any]:
+        return [o.message for o in self.out if o.topic == topic]
+
+    @property
+    def followup(self) -> Any:
+        return self.uow.followups.get(self.item_id)
+
+
+@pytest.fixture
+def mw() -> Any:
+    world = MovedWorld()
+    yield world
+    world.close()
+
+
+def test_moved_ends_the_follow_up_and_is_no_removal() -> None:
+    out = after_check(item_id="i", checks=3, misses=1, first_gone_at=T0, checked_at=T0,
+                      result=CheckResult.MOVED, policy=POLICY)
+    assert out.next_check_at is None and out.removed_at is None and out.misses == 0
+
+
+def test_moved_ids_are_deterministic_and_count_the_moves() -> None:
+    from services.followup.logic import moved_forward_id, moved_notice_id, moves
+    from services.followup.mail import step_id
+
+    assert moved_notice_id("i1", "ntd-i1") == "ntd-i1-moved-1"
+    assert moved_notice_id("i1", "ntd-i1-moved-1") == "ntd-i1-moved-2"
+    assert moved_forward_id("i1", "ntd-i1") == "fwd-i1-moved-1"
+    assert moves("ntd-i1") == 0 and moves("ntd-i1-moved-3") == 3
+    assert step_id("i1", 1, "ntd-i1") == "i1:1"  # the first notice's steps keep their ids
+    assert step_id("i1", 1, "ntd-i1-moved-1") == "i1:m1:1"
+
+
+@pytest.mark.parametrize(("host", "route"), [
+    ("img.hoster-b.test", "ntd"), ("img.hoster-de.test", "forward"), ("img.hoster-us.test", "assessment"),
+])
+def test_where_moved_content_goes(host: str, route: str) -> None:
+    from services.followup.recheck import MovedTo
+    from services.followup.stage import decide_moved
+
+    moved = MovedTo(page_url=PAGE, image_url=f"http://{host}/x.jpg", hashes={}, hosting=_resolver().facts(host))
+    assert decide_moved(moved, "NL", {"DE"}).route == route
+
+
+def _observe(w: MovedWorld) -> Any:
+    from services.followup.recheck import observe
+
+    return observe(w.stage.fetcher, hash_image, PAGE, w.followup.matched, hoster="Hoster A B.V.",
+                   hoster_of=w.hosting.facts)
+
+
+def test_observe_tells_moved_from_online(mw: MovedWorld) -> None:
+    assert _observe(mw).result is CheckResult.ONLINE
+    mw.web.put("http://cdn.hoster-a.test/copy.jpg", IMAGE)  # another URL, the same hoster: still online
+    mw.web.put(PAGE, _html("http://cdn.hoster-a.test/copy.jpg"), "text/html")
+    assert _observe(mw).result is CheckResult.ONLINE
+    mw.web.put("http://img.hoster-b.test/copy.jpg", IMAGE)
+    mw.web.put(PAGE, _html("http://img.hoster-b.test/copy.jpg"), "text/html")
+    obs = _observe(mw)
+    assert obs.result is CheckResult.MOVED and obs.moved_to is not None
+    assert obs.moved_to.hoster == "Hoster B B.V." and obs.moved_to.image_url == "http://img.hoster-b.test/copy.jpg"
+    assert obs.moved_to.hashes["sha256"] == hash_image(IMAGE).sha256
+    mw.web.put(PAGE, _html("http://img.hoster-b.test/copy.jpg", A_IMG), "text/html")  # still at A too
+    assert _observe(mw).result is CheckResult.ONLINE
+    mw.web.put(PAGE, _html("http://img.hoster-b.test/other.jpg"), "text/html")
+    mw.web.put("http://img.hoster-b.test/other.jpg", OTHER)  # not the matched image: changed, not moved
+    assert _observe(mw).result is CheckResult.CHANGED
+
+
+def test_a_redirect_to_another_hoster_serving_the_image_is_moved(mw: MovedWorld) -> None:
+    from services.followup.recheck import observe
+
+    mw.web.put(A_IMG, b"http://img.hoster-b.test/known.jpg", status=302)
+    mw.web.put("http://img.hoster-b.test/known.jpg", IMAGE)
+    obs = observe(mw.stage.fetcher, hash_image, A_IMG, [{"url": A_IMG, "sha256": hash_image(IMAGE).sha256}],
+                  hoster="Hoster A B.V.", hoster_of=mw.hosting.facts)
+    assert obs.result is CheckResult.MOVED and obs.moved_to is not None
+    assert obs.moved_to.page_url == "http://img.hoster-b.test/known.jpg" and obs.moved_to.hoster == "Hoster B B.V."
+
+
+def test_moved_at_home_sends_a_new_notice_and_stops_reminding_the_old_hoster(mw: MovedWorld) -> None:
+    mw.run(hours=2)
+    assert mw.followup.last_result == "online"
+    mw.web.put("http://img.hoster-b.test/copy.jpg", IMAGE)
+    mw.web.put(PAGE, _html("http://img.hoster-b.test/copy.jpg"), "text/html")
+    mw.web.pages.pop(A_IMG)
+    mw.run(hours=1)
+    f = mw.followup
+    assert f.status == "moved" and f.next_check_at is None and f.removed_at is None
+    notices = mw.published("notices.ntd")
+    assert len(notices) == 1
+    n = notices[0]
+    assert n.notice_id == f"ntd-{mw.item_id}-moved-1" and n.abuse_email == "abuse@hoster-b.test"
+    assert n.hoster == "Hoster B B.V." and n.country == "NL" and n.url == PAGE
+    assert [i.url for i in n.images] == ["http://img.hoster-b.test/copy.jpg"] and n.images[0].match is not None
+    assert n.hosting is not None and n.hosting.host == "img.hoster-b.test"
+    events = [e for e in mw.published("notices.events") if e.detail.startswith("moved to")]
+    assert [(e.kind, e.notice_id) for e in events] == [("rechecked", f"ntd-{mw.item_id}")]
+    assert "moved to Hoster B B.V." in events[0].detail
+    item_events = [e for e in mw.uow.items.events(mw.item_id) if e.kind == "moved"]
+    assert len(item_events) == 1
+    assert not any(e.kind == "removed" for e in mw.uow.items.events(mw.item_id))
+    hits = dict(mw.web.hits)
+    mw.run(hours=48, step_hours=2)  # past the deadline: no reminder to A, no more checks of A's follow-up
+    assert mw.mailer.sent == [] and mw.web.hits == hits
+    assert len(mw.published("notices.ntd")) == 1
+
+
+def test_the_same_moved_result_twice_publishes_one_notice(mw: MovedWorld) -> None:
+    mw.run(hours=1)
+    mw.web.put("http://img.hoster-b.test/copy.jpg", IMAGE)
+    mw.web.put(PAGE, _html("http://img.hoster-b.test/copy.jpg"), "text/html")
+    mw.clock.set(mw.followup.next_check_at)
+    msgs = mw.scheduler.tick(mw.uow)
+    mw.uow.commit()
+    assert len(msgs) == 1
+    first = deliver(mw.stage, "rechecks.due", msgs[0].message, mw.uow)
+    again = deliver(mw.stage, "rechecks.due", msgs[0].message, mw.uow)  # redelivered
+    assert [o.message.notice_id for o in first if o.topic == "notices.ntd"] == [f"ntd-{mw.item_id}-moved-1"]
+    assert again == []
+    # A recorded result replayed on the stage directly (another delivery that raced) adds nothing either.
+    from services.followup.recheck import Observation
+
+    obs = Observation(CheckResult.MOVED, "moved")
+    assert mw.stage._record(mw.uow, mw.item_id, msgs[0].message.due_at, obs) == []
+
+
+def test_moved_abroad_is_forwarded_and_nowhere_goes_to_an_analyst() -> None:
+    for host, topic, state in (("img.hoster-de.test", "forwards.partner", "notice_sent"),
+                               ("img.hoster-us.test", None, "awaiting_assessment")):
+        w = MovedWorld()
+        try:
+            w.run(hours=1)
+            w.web.put(f"http://{host}/copy.jpg", IMAGE)
+            w.web.put(PAGE, _html(f"http://{host}/copy.jpg"), "text/html")
+            w.run(hours=1)
+            assert w.followup.status == "moved"
+            assert w.published("notices.ntd") == []
+            forwards = w.published("forwards.partner")
+            if topic:
+                assert [(x.forward_id, x.country, x.partner_name) for x in forwards] == [
+                    (f"fwd-{w.item_id}-moved-1", "DE", "Partner DE")]
+            else:
+                assert forwards == []
+            item = w.uow.items.get(w.item_id)
+            assert item is not None and item.state == state
+            if state == "awaiting_assessment":
+                assert "moved to Hoster US Inc." in item.reason and "no partner hotline" in item.reason
+        finally:
+            w.close()
+
+
+def test_the_new_notice_reopens_the_follow_up_for_the_new_hoster(mw: MovedWorld) -> None:
+    mw.run(hours=1)
+    mw.web.put("http://img.hoster-b.test/copy.jpg", IMAGE)
+    mw.web.put(PAGE, _html("http://img.hoster-b.test/copy.jpg"), "text/html")
+    mw.run(hours=1)
+    notice = mw.published("notices.ntd")[0]
+    open_followup(mw.uow, notice, mw.clock.now())  # what notify does when it sent it
+    mw.uow.commit()
+    f = mw.followup
+    assert (f.status, f.notice_id, f.hoster, f.abuse_email) == ("new", notice.notice_id, "Hoster B B.V.",
+                                                                "abuse@hoster-b.test")
+    assert f.first_notice_at == mw.clock.now() and f.checks == 0 and f.step == 0
+    assert [m["url"] for m in f.matched] == ["http://img.hoster-b.test/copy.jpg"]
+    mw.run(hours=26)  # B leaves it up: the reminder goes to B, under the new notice's step id
+    assert [(m["X-Hotline-Followup-Step"], m["To"], m["X-Hotline-Followup-Id"]) for m in mw.mailer.sent] == [
+        ("reminder", "abuse@hoster-b.test", f"{mw.item_id}:m1:1")]
+    assert mw.followup.last_result == "online"
