@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hashing.image import hash_image
 from hotline.config import Settings
 from hotline.kernel.clock import CURRENT, Clock
-from hotline.kernel.stage import Stage
+from hotline.kernel.stage import Periodic, Stage
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
@@ -28,6 +28,7 @@ from services.followup.mail import Contacts
 from services.followup.scheduler import FollowupScheduler
 from services.followup.stage import FollowupStage
 from services.ingest.stage import IngestStage
+from services.notify.grouper import NoticeGrouper
 from services.notify.mailer import Mailer, SmtpMailer
 from services.notify.stage import NotifyStage
 
@@ -102,6 +103,25 @@ class System:
             interval_seconds=s.followup_tick_seconds,
         )
 
+    def build_notice_grouper(self) -> NoticeGrouper:
+        """The notice grouper (``services.notify.grouper``), a periodic task beside notify."""
+        s = self.settings
+        return NoticeGrouper(
+            clock=self.clock,
+            batch=s.followup_batch,
+            interval_seconds=min(s.followup_tick_seconds, max(s.notice_group_seconds, 0.05)),
+        )
+
+    def periodic_for(self, names: tuple[str, ...]) -> list[Periodic]:
+        """The periodic tasks that go with the stages ``names`` run in one process: the
+        follow-up scheduler with followup, the notice grouper with notify (when grouping is on)."""
+        tasks: list[Periodic] = []
+        if "followup" in names:
+            tasks.append(self.build_scheduler())
+        if "notify" in names and self.settings.notice_group_seconds > 0:
+            tasks.append(self.build_notice_grouper())
+        return tasks
+
     def _mailer(self) -> Mailer:
         s = self.settings
         mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
@@ -128,7 +148,7 @@ class System:
             )
         if name == "notify":
             return NotifyStage(mailer=self._mailer(), sender=s.notice_from, hotline_name=s.hotline_name,
-                               notice_language=s.notice_language)
+                               notice_language=s.notice_language, group_seconds=s.notice_group_seconds)
         if name == "followup":
             max_pixels = s.fetch_max_pixels
             return FollowupStage(

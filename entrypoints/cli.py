@@ -64,7 +64,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
         if stage in STAGE_NAMES:
             from hotline.runtime.kafka import run_stage_worker
 
-            periodic = [system.build_scheduler()] if stage == "followup" else []
+            periodic = system.periodic_for((stage,))
             run_stage_worker(settings, system.sessions, system.build_stage(stage), periodic)
             return
         if stage not in (None, "web"):
@@ -84,7 +84,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
     runtime = EmbeddedRuntime(
         system.sessions,
         system.build_stages(names) if stage != "web" else [],
-        periodic=[system.build_scheduler()] if "followup" in names and stage != "web" else [],
+        periodic=system.periodic_for(names) if stage != "web" else [],
     )
     runtime.start()
     try:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     notice_from: str = "ntd@hotline.invalid"
     # Language of the notice text: "auto" = Dutch for a hoster in NL, English otherwise.
     notice_language: Literal["auto", "nl", "en"] = "auto"
+    # Grouping: later notices to one abuse address within this many seconds of the last e-mail
+    # to it go out together as one e-mail (services.notify.stage); 0 = every notice at once.
+    notice_group_seconds: float = Field(default=0.0, ge=0)
     hotline_name: str = "Hotline"
 
     home_country: str = "NL"

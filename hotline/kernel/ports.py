@@ -83,6 +83,19 @@ class NoticeRepository(Protocol):
     def in_status(self, *statuses: str) -> Sequence[Notice]:
         """Notices in any of ``statuses``, oldest first."""
         ...
+    def last_sent_to(self, abuse_email: str) -> datetime | None:
+        """When the latest ``sent`` notice to ``abuse_email`` went out (grouping's window)."""
+        ...
+    def held_for(self, abuse_email: str) -> Sequence[Notice]:
+        """The ``grouped`` notices held for ``abuse_email``, oldest first."""
+        ...
+    def in_group(self, message_id: str) -> Sequence[Notice]:
+        """The notices of one e-mail (they share its Message-ID), oldest first."""
+        ...
+    def claim_held(self, at: datetime, until: datetime, limit: int) -> list[Notice]:
+        """``grouped`` notices due (``held_until <= at``), oldest first; their ``held_until``
+        is set to ``until`` (claimed until then). PostgreSQL: SKIP LOCKED."""
+        ...
 
 
 class ForwardRepository(Protocol):

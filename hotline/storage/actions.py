@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -48,6 +48,30 @@ class SqlNotices:
     def in_status(self, *statuses: str) -> Sequence[Notice]:
         q = select(Notice).where(Notice.status.in_(statuses)).order_by(Notice.created_at, Notice.id)
         return self.session.scalars(q).all()
+
+    def last_sent_to(self, abuse_email: str) -> datetime | None:
+        q = select(func.max(Notice.sent_at)).where(Notice.abuse_email == abuse_email, Notice.status == "sent")
+        latest: datetime | None = self.session.scalar(q)
+        return latest
+
+    def held_for(self, abuse_email: str) -> Sequence[Notice]:
+        q = (select(Notice).where(Notice.abuse_email == abuse_email, Notice.status == "grouped")
+             .order_by(Notice.created_at, Notice.id))
+        return self.session.scalars(q).all()
+
+    def in_group(self, message_id: str) -> Sequence[Notice]:
+        q = select(Notice).where(Notice.message_id == message_id).order_by(Notice.created_at, Notice.id)
+        return self.session.scalars(q).all()
+
+    def claim_held(self, at: datetime, until: datetime, limit: int) -> list[Notice]:
+        q = (select(Notice).where(Notice.status == "grouped", Notice.held_until <= at)
+             .order_by(Notice.held_until, Notice.created_at, Notice.id).limit(limit))
+        if self.session.get_bind().dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        taken = list(self.session.scalars(q).all())
+        for notice in taken:
+            notice.held_until = until
+        return taken
 
 
 class SqlForwards:

@@ -172,6 +172,26 @@ class MemoryNotices:
         return sorted((n for n in self.state.notices.values() if n.status in statuses),
                       key=lambda n: (n.created_at, n.id))
 
+    def last_sent_to(self, abuse_email: str) -> datetime | None:
+        return max((n.sent_at for n in self.state.notices.values()
+                    if n.abuse_email == abuse_email and n.status == "sent" and n.sent_at is not None), default=None)
+
+    def held_for(self, abuse_email: str) -> Sequence[Notice]:
+        return sorted((n for n in self.state.notices.values() if n.abuse_email == abuse_email and n.status == "grouped"),
+                      key=lambda n: (n.created_at, n.id))
+
+    def in_group(self, message_id: str) -> Sequence[Notice]:
+        return sorted((n for n in self.state.notices.values() if n.message_id == message_id),
+                      key=lambda n: (n.created_at, n.id))
+
+    def claim_held(self, at: datetime, until: datetime, limit: int) -> list[Notice]:
+        taken = sorted((n for n in self.state.notices.values() if n.status == "grouped"
+                        and n.held_until is not None and n.held_until <= at),
+                       key=lambda n: (n.held_until or at, n.created_at, n.id))[:limit]
+        for notice in taken:
+            notice.held_until = until
+        return taken
+
 
 class MemoryForwards:
     def __init__(self, state: MemoryState) -> None:

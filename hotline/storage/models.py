@@ -131,7 +131,12 @@ class BankEntry(Base):
 class Notice(Base):
     """A takedown notice. ``status`` goes sending -> sent; a notice found in ``sending`` after a
     crash is never re-sent automatically (the hoster may already have it): it is marked
-    ``delivery_unknown`` for an operator to check against the SMTP log by Message-ID."""
+    ``delivery_unknown`` for an operator to check against the SMTP log by Message-ID.
+
+    Grouping (``HOTLINE_NOTICE_GROUP_SECONDS``, ``services.notify.stage``): a notice held to go
+    out with others to the same abuse address is ``grouped``, keeps its ``TakedownNotice`` in
+    ``payload`` and is due at ``held_until``; the notices of one e-mail share its
+    ``message_id``."""
 
     __tablename__ = "notices"
 
@@ -143,6 +148,10 @@ class Notice(Base):
     status: Mapped[str] = mapped_column(String(32), default="sending")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+    held_until: Mapped[datetime | None] = mapped_column(index=True)  # grouped: due then
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # grouped: its TakedownNotice
+
+    __table_args__ = (Index("ix_notices_abuse_email", "abuse_email"),)
 
 
 class Forward(Base):

@@ -44,20 +44,45 @@ def attachment_name(notice: TakedownNotice) -> str:
 
 def render_notice(notice: TakedownNotice, sender: str, hotline_name: str, language: str = "auto") -> EmailMessage:
     domain = sender.rsplit("@", 1)[-1]
-    report = build_report(notice, sender, hotline_name)  # raises if it would not validate
-    lang = notice_language(notice, language)
-    mid = message_id(notice.notice_id, domain)
+    return render_group([notice], sender, hotline_name, language, message_id(notice.notice_id, domain))
+
+
+def group_message_id(notices: list[TakedownNotice], domain: str) -> str:
+    """The Message-ID of one e-mail for ``notices``: a single notice's own, or one derived from
+    the group's first notice (a notice is in one e-mail only, so it names the group)."""
+    if len(notices) == 1:
+        return message_id(notices[0].notice_id, domain)
+    return message_id(f"group-{notices[0].notice_id}", domain)
+
+
+def render_group(
+    notices: list[TakedownNotice], sender: str, hotline_name: str, language: str, mid: str
+) -> EmailMessage:
+    """One e-mail for the notices to one abuse contact (grouping, ``services.notify.stage``):
+    the text names every URL, with one X-ARF report per notice, each validated (raises
+    ``XarfReportInvalid`` before anything is sent). One notice renders as ``render_notice``."""
+    if not notices:
+        raise ValueError("a notice e-mail needs at least one notice")
+    first = notices[0]
+    reports = [build_report(n, sender, hotline_name) for n in notices]  # raises if one would not validate
+    lang = notice_language(first, language)
     msg = EmailMessage()
     msg["From"] = sender
-    msg["To"] = notice.abuse_email
+    msg["To"] = first.abuse_email
     subject = "Notice-and-takedown-verzoek" if lang == "nl" else "Notice and takedown request"
-    msg["Subject"] = f"[{hotline_name}] {subject} {notice.notice_id}"
+    if len(notices) == 1:
+        msg["Subject"] = f"[{hotline_name}] {subject} {first.notice_id}"
+    else:
+        count = f"{len(notices)} URL's" if lang == "nl" else f"{len(notices)} URLs"
+        msg["Subject"] = f"[{hotline_name}] {subject}: {count} ({first.notice_id} …)"
     msg["Message-ID"] = mid
-    msg["Date"] = format_datetime(notice.created_at)
-    msg["X-Hotline-Notice-Id"] = notice.notice_id
-    lines = (_dutch if lang == "nl" else _english)(notice, hotline_name, sender, mid)
+    msg["Date"] = format_datetime(max(n.created_at for n in notices))
+    msg["X-Hotline-Notice-Id"] = " ".join(n.notice_id for n in notices)
+    lines = (_dutch if lang == "nl" else _english)(notices, hotline_name, sender, mid)
     msg.set_content("\n".join(lines))
-    msg.add_attachment(to_json(report), maintype="application", subtype="json", filename=attachment_name(notice))
+    for notice, report in zip(notices, reports, strict=True):
+        msg.add_attachment(to_json(report), maintype="application", subtype="json",
+                           filename=attachment_name(notice))
     return msg
 
 
@@ -92,9 +117,9 @@ def _match_line(img: ImageFacts, lang: str) -> str:
     return f"    match: {m.signal} distance {m.distance}, {label} {m.category} ({how})"
 
 
-def _files(notice: TakedownNotice, lang: str) -> list[str]:
+def _files(notices: list[TakedownNotice], lang: str) -> list[str]:
     lines: list[str] = []
-    for img in matched_images(notice):
+    for img in (i for n in notices for i in matched_images(n)):
         lines.append(f"  - {img.url}")
         lines.append(f"    sha256 {img.sha256}  md5 {img.md5}")
         if img.pdq:
@@ -103,30 +128,49 @@ def _files(notice: TakedownNotice, lang: str) -> list[str]:
     return lines
 
 
-def _urls(notice: TakedownNotice) -> list[str]:
-    urls = [notice.url] + [i.url for i in matched_images(notice) if i.url != notice.url]
+def _urls(notices: list[TakedownNotice]) -> list[str]:
+    urls = [u for n in notices for u in [n.url] + [i.url for i in matched_images(n) if i.url != n.url]]
     return [f"    {u}" for u in dict.fromkeys(urls)]
 
 
-def _dutch(notice: TakedownNotice, hotline_name: str, sender: str, mid: str) -> list[str]:
-    analyst = notice.basis != "known_material"
+def _why(notices: list[TakedownNotice], analyst_line: str, known_line: str) -> list[str]:
+    by_analyst = [n.basis != "known_material" for n in notices]
+    return ([analyst_line] if any(by_analyst) else []) + ([known_line] if not all(by_analyst) else [])
+
+
+def _attached(notices: list[TakedownNotice], one: str, many: str) -> list[str]:
+    names = [attachment_name(n) for n in notices]
+    if len(names) == 1:
+        return [one, f"{names[0]} (application/json)."]
+    return [many, *(f"    {n}" for n in names)]
+
+
+def _reference(notices: list[TakedownNotice], label: str, mid: str) -> list[str]:
+    if len(notices) == 1:
+        n = notices[0]
+        return [f"{label}: {n.notice_id} (item {n.item_id}), Message-ID {mid}"]
+    return [f"{label}: Message-ID {mid}", *(f"    {n.notice_id} (item {n.item_id}): {n.url}" for n in notices)]
+
+
+def _dutch(notices: list[TakedownNotice], hotline_name: str, sender: str, mid: str) -> list[str]:
+    notice = notices[0]
     return [
         f"Geachte abuse-afdeling van {notice.hoster},",
         "",
         f"{hotline_name} heeft vastgesteld dat op de volgende URL('s), gehost op uw netwerk,",
         "materiaal van seksueel misbruik van kinderen staat:",
         "",
-        *_urls(notice),
+        *_urls(notices),
         "",
         "Waarom dit illegaal is:",
-        ("Een analist van ons meldpunt heeft het materiaal beoordeeld en als illegaal bevestigd."
-         if analyst else
-         "Het gaat om bekend materiaal: de bestanden komen overeen (hash-match) met onze database van"
-         " eerder door analisten als illegaal bevestigd materiaal."),
+        *_why(notices,
+              "Een analist van ons meldpunt heeft het materiaal beoordeeld en als illegaal bevestigd.",
+              "Het gaat om bekend materiaal: de bestanden komen overeen (hash-match) met onze database van"
+              " eerder door analisten als illegaal bevestigd materiaal."),
         _legal_basis(notice, "nl"),
         "",
         "Gevonden bestanden (alleen hashes, nooit het beeldmateriaal zelf):",
-        *_files(notice, "nl"),
+        *_files(notices, "nl"),
         "",
         f"Wij verzoeken u deze inhoud te verwijderen, volgens de gedragscode binnen {REMOVAL_NORM} uur.",
         "Wij controleren de URL opnieuw totdat de inhoud verwijderd is.",
@@ -136,34 +180,34 @@ def _dutch(notice: TakedownNotice, hotline_name: str, sender: str, mid: str) -> 
         "in deze melding naar ons beste weten juist en volledig zijn (art. 16, lid 2, onder d,",
         "Digitaledienstenverordening (EU) 2022/2065).",
         "",
-        "Een machineleesbaar X-ARF v4-rapport (content/csam) is bijgevoegd als",
-        f"{attachment_name(notice)} (application/json).",
+        *_attached(notices, "Een machineleesbaar X-ARF v4-rapport (content/csam) is bijgevoegd als",
+                   "Per URL is een machineleesbaar X-ARF v4-rapport (content/csam) bijgevoegd (application/json):"),
         f"Contact: {hotline_name} <{sender}>",
-        f"Referentie: {notice.notice_id} (item {notice.item_id}), Message-ID {mid}",
+        *_reference(notices, "Referentie", mid),
         "",
         hotline_name,
     ]
 
 
-def _english(notice: TakedownNotice, hotline_name: str, sender: str, mid: str) -> list[str]:
-    analyst = notice.basis != "known_material"
+def _english(notices: list[TakedownNotice], hotline_name: str, sender: str, mid: str) -> list[str]:
+    notice = notices[0]
     return [
         f"Dear {notice.hoster} abuse team,",
         "",
         f"{hotline_name} has established that the following URL(s), hosted on your network,",
         "show child sexual abuse material:",
         "",
-        *_urls(notice),
+        *_urls(notices),
         "",
         "Why this content is illegal:",
-        ("An analyst of our hotline has assessed the material and confirmed it as illegal."
-         if analyst else
-         "It is known material: the files match (a hash match against) our database of material"
-         " previously confirmed as illegal by analysts."),
+        *_why(notices,
+              "An analyst of our hotline has assessed the material and confirmed it as illegal.",
+              "It is known material: the files match (a hash match against) our database of material"
+              " previously confirmed as illegal by analysts."),
         _legal_basis(notice, "en"),
         "",
         "Matched files (hashes only, never the images themselves):",
-        *_files(notice, "en"),
+        *_files(notices, "en"),
         "",
         f"Please remove this content as soon as possible; the code of conduct asks for removal within {REMOVAL_NORM} hours.",
         "We will check the URL again until it is gone.",
@@ -173,10 +217,10 @@ def _english(notice: TakedownNotice, hotline_name: str, sender: str, mid: str) -
         "in this notice are, to the best of our knowledge, accurate and complete (Article 16(2)(d)",
         "of the EU Digital Services Act, Regulation (EU) 2022/2065).",
         "",
-        "A machine-readable X-ARF v4 report (content/csam) is attached as",
-        f"{attachment_name(notice)} (application/json).",
+        *_attached(notices, "A machine-readable X-ARF v4 report (content/csam) is attached as",
+                   "A machine-readable X-ARF v4 report (content/csam) is attached for each URL (application/json):"),
         f"Contact: {hotline_name} <{sender}>",
-        f"Reference: {notice.notice_id} (item {notice.item_id}), Message-ID {mid}",
+        *_reference(notices, "Reference", mid),
         "",
         hotline_name,
     ]

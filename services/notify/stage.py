@@ -18,11 +18,34 @@ Reserve → act → record (``hotline.kernel.stage.SideEffect``): the notice is 
 An operator resolves ``delivery_unknown`` and ``refused`` notices (``services/operations``):
 a resend sets the notice back to ``failed`` and publishes it again; a notice sent to another
 address instead is ``superseded`` and never sent from here again.
+
+**Grouping** (``group_seconds``, ``HOTLINE_NOTICE_GROUP_SECONDS``; 0, the default, turns it
+off and every notice goes out on its own at once). One e-mail is the unit of the at-most-once
+rule: every notice in it is reserved ``sending`` in *one* transaction, they share the
+e-mail's Message-ID (``notice.group_message_id``), and the outcome is recorded on all of them
+together, so a group behaves exactly like a single notice:
+
+- a notice to an abuse address with no ``sent`` notice within the last ``group_seconds`` goes
+  out at once (the first notice to a contact is never delayed), together with any notices
+  still held for that address;
+- otherwise it is *held*: status ``grouped`` (the item stays ``notice_queued``), its
+  ``TakedownNotice`` kept in ``notices.payload`` (its X-ARF report validated now, so an
+  invalid one is parked now and never blocks a group), due at ``held_until`` = that last
+  e-mail + ``group_seconds``;
+- a held notice is flushed by the next notice to the address after the window, or by the
+  periodic ``NoticeGrouper`` (``services.notify.grouper``), which re-publishes the oldest
+  due held notice of each address on ``notices.ntd``: whatever ``grouped`` notices that
+  address has then go out as one e-mail with one X-ARF report per URL;
+- a crash between reserve and record leaves the whole group ``sending``: on redelivery every
+  notice of that Message-ID still ``sending`` becomes ``delivery_unknown``, none is re-sent;
+  a refusal or failure is recorded on all of them, and a retry of a ``failed`` notice sends
+  the ``failed`` notices of its Message-ID again as the same one e-mail.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from hotline.kernel.clock import now
@@ -30,11 +53,13 @@ from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
+from hotline.storage.models import Notice
 from schemas import Message
 from schemas.notices import NoticeEvent, TakedownNotice
 from services.followup.opening import open_followup
 from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
-from services.notify.notice import message_id, render_notice
+from services.notify.notice import group_message_id, render_group
+from services.notify.xarf_report import build_report
 
 UNKNOWN_AFTER_RESTART = "delivery outcome unknown after a restart"
 
@@ -46,6 +71,8 @@ class NotifyStage:
     hotline_name: str = "Hotline"
     notice_language: str = "auto"  # auto | nl | en (services.notify.notice.notice_language)
 
+    group_seconds: float = 0.0  # grouping window per abuse address; 0 = every notice at once
+
     name: ClassVar[str] = "notify"
     inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)
 
@@ -56,7 +83,7 @@ class NotifyStage:
             if notice.status == "sent":
                 return [self._event(message, "sent", f"notice sent to {notice.abuse_email}")]
             if notice.status == "sending":
-                return self._unknown(uow, message, UNKNOWN_AFTER_RESTART,
+                return self._unknown(uow, self._members(uow, notice, message, "sending"), UNKNOWN_AFTER_RESTART,
                                      f"the process stopped while sending {notice.message_id}")
             if notice.status == "delivery_unknown":
                 return [self._event(message, "delivery_unknown", UNKNOWN_AFTER_RESTART)]
@@ -66,19 +93,87 @@ class NotifyStage:
                 # An operator sent it to another address instead (services/operations): the
                 # message still on its way here (a retry, a redelivery) must not send it.
                 return []
+            if notice.status == "grouped":
+                # Held for a group (a redelivery, or the grouper's nudge): out once its window closed.
+                if self._window_end(uow, message.abuse_email) is not None:
+                    return []
+                return self._send(uow, [], message.abuse_email)
             # status "failed": the last attempt did not reach the server (or an operator found
-            # it was not delivered and asked for it again); try again.
-            notice.status = "sending"
-        else:
-            uow.notices.reserve(
-                message.notice_id, message.item_id, message.hoster, message.abuse_email,
-                message_id(message.notice_id, self.sender.rsplit("@", 1)[-1]),
-            )
-        email = render_notice(message, self.sender, self.hotline_name, self.notice_language)
+            # it was not delivered and asked for it again); try again, with the rest of its e-mail.
+            members = self._members(uow, notice, message, "failed")
+            for n, _ in members:
+                n.status = "sending"
+            return self._side_effect(members, notice.message_id)
+        if self.group_seconds > 0:
+            held_until = self._window_end(uow, message.abuse_email)
+            if held_until is not None:
+                return self._hold(uow, message, held_until)
+        return self._send(uow, [message], message.abuse_email)
+
+    # ------------------------------------------------------------------ grouping
+
+    def _window_end(self, uow: UnitOfWork, abuse_email: str) -> datetime | None:
+        """When the grouping window of ``abuse_email`` closes, if it is open now."""
+        if self.group_seconds <= 0:
+            return None
+        last = uow.notices.last_sent_to(abuse_email)
+        if last is None:
+            return None
+        end = last + timedelta(seconds=self.group_seconds)
+        return end if now() < end else None
+
+    def _hold(self, uow: UnitOfWork, message: TakedownNotice, held_until: datetime) -> list[Outgoing]:
+        build_report(message, self.sender, self.hotline_name)  # an invalid report is parked now, not in a group
+        notice = uow.notices.reserve(message.notice_id, message.item_id, message.hoster, message.abuse_email,
+                                     self._message_id([message]))
+        notice.status = "grouped"
+        notice.held_until = held_until
+        notice.payload = message.model_dump(mode="json")
+        uow.items.add_event(
+            message.item_id, self.name, "notice_grouped",
+            f"held to go out with other notices to {message.abuse_email} in one e-mail at {held_until.isoformat()}",
+        )
+        uow.audit.append(self.name, "notice_grouped", message.notice_id, message.abuse_email)
+        return []
+
+    def _send(self, uow: UnitOfWork, new: list[TakedownNotice], abuse_email: str) -> Result:
+        """Reserve ``new`` (not yet recorded) and every notice held for ``abuse_email`` as one
+        e-mail, all ``sending`` in this one transaction."""
+        held = list(uow.notices.held_for(abuse_email))  # none unless grouping is (or was) on
+        members: list[tuple[Notice, TakedownNotice]] = [(n, TakedownNotice.model_validate(n.payload)) for n in held]
+        if not members and not new:
+            return []
+        mid = self._message_id([m for _, m in members] + new)
+        for m in new:
+            members.append((uow.notices.reserve(m.notice_id, m.item_id, m.hoster, m.abuse_email, mid), m))
+        for n, m in members:
+            n.status, n.message_id, n.held_until = "sending", mid, None
+            if len(members) > 1:  # a redelivery or retry of any of them finds the others by Message-ID
+                n.payload = m.model_dump(mode="json")
+        return self._side_effect(members, mid)
+
+    def _members(
+        self, uow: UnitOfWork, notice: Notice, message: TakedownNotice, status: str
+    ) -> list[tuple[Notice, TakedownNotice]]:
+        """The notices of ``notice``'s e-mail in ``status`` (``notice`` first), with their messages."""
+        members = [(notice, message)]
+        for other in uow.notices.in_group(notice.message_id):
+            if other.id != notice.id and other.status == status and other.payload is not None:
+                members.append((other, TakedownNotice.model_validate(other.payload)))
+        return members
+
+    def _message_id(self, messages: list[TakedownNotice]) -> str:
+        return group_message_id(messages, self.sender.rsplit("@", 1)[-1])
+
+    # ------------------------------------------------------------------ one e-mail
+
+    def _side_effect(self, members: list[tuple[Notice, TakedownNotice]], mid: str) -> SideEffect:
+        messages = [m for _, m in members]
+        email = render_group(messages, self.sender, self.hotline_name, self.notice_language, mid)
         return SideEffect(
             act=lambda: self.mailer.send(email),
-            done=lambda u, _: self._sent(u, message),
-            failed=lambda u, exc: self._failed(u, message, exc),
+            done=lambda u, _: [o for m in messages for o in self._sent(u, m)],
+            failed=lambda u, exc: self._failed(u, messages, exc),
         )
 
     def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
@@ -92,35 +187,47 @@ class NotifyStage:
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)
         return [self._event(message, "sent", reason)]
 
-    def _failed(self, uow: UnitOfWork, message: TakedownNotice, exc: Exception) -> list[Outgoing] | RetryLater:
+    def _failed(self, uow: UnitOfWork, messages: list[TakedownNotice], exc: Exception) -> list[Outgoing] | RetryLater:
         if not isinstance(exc, NotDelivered):
             detail = "no final answer from the mail server" if isinstance(exc, DeliveryUnknown) else "the mailer failed"
-            return self._unknown(uow, message, f"{detail}: {exc}",
+            members = [(self._notice(uow, m), m) for m in messages]
+            return self._unknown(uow, members, f"{detail}: {exc}",
                                  f"the notice may have reached the mail server, which never confirmed it ({exc})")
-        notice = uow.notices.get(message.notice_id)
-        assert notice is not None
         if not exc.permanent:
             # Nothing reached the hoster: a retry is safe (the runtime backs off).
-            notice.status = "failed"
+            for m in messages:
+                self._notice(uow, m).status = "failed"
             return RetryLater(exc)
-        notice.status = "refused"
-        reason = (f"the mail server refused the notice to {message.abuse_email} for good ({exc}); "
-                  "an analyst decides how to reach the hoster")
-        move_item(uow, message.item_id, ItemState.AWAITING_ASSESSMENT, reason, self.name)
-        uow.audit.append(self.name, "notice_refused", message.notice_id, str(exc))
-        return [self._event(message, "bounced", reason)]
+        out: list[Outgoing] = []
+        for message in messages:
+            self._notice(uow, message).status = "refused"
+            reason = (f"the mail server refused the notice to {message.abuse_email} for good ({exc}); "
+                      "an analyst decides how to reach the hoster")
+            move_item(uow, message.item_id, ItemState.AWAITING_ASSESSMENT, reason, self.name)
+            uow.audit.append(self.name, "notice_refused", message.notice_id, str(exc))
+            out.append(self._event(message, "bounced", reason))
+        return out
 
-    def _unknown(self, uow: UnitOfWork, message: TakedownNotice, event_detail: str, why: str) -> list[Outgoing]:
+    def _unknown(
+        self, uow: UnitOfWork, members: list[tuple[Notice, TakedownNotice]], event_detail: str, why: str
+    ) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for notice, message in members:
+            notice.status = "delivery_unknown"
+            move_item(
+                uow, message.item_id, ItemState.NOTICE_UNCONFIRMED,
+                f"{why}; not re-sent to avoid a duplicate: an operator checks the SMTP log for {notice.message_id}",
+                self.name,
+            )
+            uow.audit.append(self.name, "notice_delivery_unknown", notice.id, notice.message_id)
+            out.append(self._event(message, "delivery_unknown", event_detail))
+        return out
+
+    @staticmethod
+    def _notice(uow: UnitOfWork, message: TakedownNotice) -> Notice:
         notice = uow.notices.get(message.notice_id)
         assert notice is not None
-        notice.status = "delivery_unknown"
-        move_item(
-            uow, message.item_id, ItemState.NOTICE_UNCONFIRMED,
-            f"{why}; not re-sent to avoid a duplicate: an operator checks the SMTP log for {notice.message_id}",
-            self.name,
-        )
-        uow.audit.append(self.name, "notice_delivery_unknown", notice.id, notice.message_id)
-        return [self._event(message, "delivery_unknown", event_detail)]
+        return notice
 
     def _event(self, notice: TakedownNotice, kind: str, detail: str) -> Outgoing:
         return Outgoing(
