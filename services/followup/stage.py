@@ -130,12 +130,18 @@ class FollowupStage:
         return [self._event(f, "removed", reason, removed_at, f"{f.notice_id}:removed")]
 
     def _decide_step(self, f: Followup, at: datetime) -> list[Outgoing]:
+        """Mark the step that is due as pending; the scheduler publishes its message at its next
+        tick, through the transactional outbox. Not as an output of this stage: on Kafka a
+        stage's outputs are produced after its commit, and a crash in between redelivers the
+        check, which is then a duplicate that produces nothing, so the step would wait for the
+        scheduler's redispatch (``redispatch_seconds``, 15 min by default) instead of going out
+        when due."""
         nxt = next_step(steps_taken=f.step, first_notice_at=f.first_notice_at, last_step_at=f.last_step_at,
                         at=at, policy=self.policy)
         if nxt is None:
             return []
-        f.step_pending, f.step_dispatched_at = nxt[0], at
-        return [Outgoing(TOPIC, RecheckDue(item_id=f.item_id, action="step", position=nxt[0], dispatched_at=at))]
+        f.step_pending, f.step_dispatched_at = nxt[0], None
+        return []
 
     # ------------------------------------------------------------------ reminders and the ladder
 
