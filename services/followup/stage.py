@@ -68,7 +68,7 @@ class FollowupStage:
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, RecheckDue)
-        f = uow.followups.get(message.item_id)
+        f = uow.followups.get_for_update(message.item_id)
         if f is None:
             raise InvalidMessage("unknown_followup", f"item {message.item_id} has no follow-up")
         if message.action == "check":
@@ -89,7 +89,11 @@ class FollowupStage:
         )
 
     def _record(self, uow: UnitOfWork, item_id: str, due: datetime, obs: Observation) -> list[Outgoing]:
-        f = uow.followups.get(item_id)
+        # Locked: two deliveries of one check (a partition moved to another process mid-event)
+        # may both fetch, but the second to record waits for the first, sees the due time
+        # recorded and records nothing. Unlocked, both read the row before either committed:
+        # the check counted once but its result, events and any step decided twice.
+        f = uow.followups.get_for_update(item_id)
         if f is None or f.status != "open" or f.next_check_at != due:
             return []  # recorded by another delivery of the same message meanwhile
         at = self.clock.now()
@@ -206,7 +210,7 @@ class FollowupStage:
         return out + self._decide_step(f, at)  # the next rung follows at once
 
     def _step_sent(self, uow: UnitOfWork, item_id: str, position: int, kind: str) -> list[Outgoing]:
-        f = uow.followups.get(item_id)
+        f = uow.followups.get_for_update(item_id)
         step = uow.followups.get_step(step_id(item_id, position))
         assert f is not None and step is not None
         at = self.clock.now()

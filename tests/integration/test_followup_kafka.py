@@ -15,6 +15,7 @@ goes out twice, no check is lost or done twice.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
@@ -318,3 +319,68 @@ def test_claims_skip_rows_another_scheduler_holds(empty_db_sessions: sessionmake
     finally:
         first.close()
         second.close()
+
+
+def test_two_deliveries_of_one_check_record_it_once(empty_db_sessions: sessionmaker[Session]) -> None:
+    """A partition moved to another followup process mid-event: both processes fetched the
+    URL for the same due time and now record at the same moment. The second waits for the
+    first's row lock (``get_for_update``), then sees the due time recorded and does nothing;
+    without the lock both read the row before either committed and both recorded."""
+    from hashing.image import hash_image
+    from hotline.kernel.stage import SideEffect
+    from schemas.followups import RecheckDue
+    from services.classify.fetcher import Fetcher, FetchPolicy
+    from services.followup.logic import CheckResult
+    from services.followup.recheck import Observation
+    from services.followup.stage import FollowupStage
+    from services.notify.mailer import RecordingMailer
+
+    sessions = empty_db_sessions
+    at = now().replace(microsecond=0)
+    item_id = f"twice-{at.timestamp():.0f}"
+    with sessions() as s:
+        s.add(Item(id=item_id, url=f"http://twice.test/{item_id}", state="notice_sent", reason=""))
+        s.flush()
+        f = new_followup(item_id=item_id, notice_id=f"ntd-{item_id}", url=f"http://twice.test/{item_id}",
+                         hoster="Hoster T", country="NL", abuse_email="abuse@twice.test", matched=[],
+                         first_report_at=at, first_notice_at=at)
+        f.status, f.next_check_at, f.dispatched_at = "open", at, at
+        s.add(f)
+        s.commit()
+    stage = FollowupStage(fetcher=Fetcher(FetchPolicy(), resolve=lambda host: []), hash_image=hash_image,
+                          mailer=RecordingMailer(), sender="ntd@hotline.test")
+    due = RecheckDue(item_id=item_id, action="check", due_at=at, dispatched_at=at)
+    seen = Observation(CheckResult.ONLINE, "the matched image is still online")
+
+    def fetched(session: Session) -> SideEffect:
+        effect = stage.handle("rechecks.due", due, SqlUnitOfWork(session))
+        assert isinstance(effect, SideEffect)
+        session.commit()  # the runtime commits before the side effect (the fetch), and records after it
+        return effect
+
+    first, second = sessions(), sessions()
+    outputs: dict[str, list[Any]] = {}
+    try:
+        effects = fetched(first), fetched(second)  # both deliveries fetched the URL
+        outputs["first"] = effects[0].done(SqlUnitOfWork(first), seen)  # recorded, not committed: locked
+        pid = second.scalar(text("SELECT pg_backend_pid()"))
+        runner = threading.Thread(
+            target=lambda: outputs.__setitem__("second", effects[1].done(SqlUnitOfWork(second), seen)))
+        runner.start()
+
+        def waiting() -> bool:
+            with sessions() as s:
+                blocked = s.scalar(text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})
+            return blocked == "Lock" or not runner.is_alive()
+
+        wait_for("the second recorder to wait for the lock, or to finish", waiting, 30, 0.05)
+        first.commit()
+        runner.join(30)
+        assert not runner.is_alive()
+        second.commit()
+    finally:
+        first.close()
+        second.close()
+    assert len(outputs["first"]) == 1
+    assert outputs["second"] == []  # the due time was recorded meanwhile: nothing to do
+    assert checks(sessions, item_id) == 1
