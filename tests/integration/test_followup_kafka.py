@@ -262,11 +262,15 @@ def test_two_followup_processes_share_the_work(
         for i, (u, item_id) in enumerate(zip(urls, ids, strict=True)):
             f = followup(sessions, item_id)
             assert f is not None and f.status == "open" and f.step == 4
+            # One fetch per recorded check (and classify's), give or take the fetches that
+            # at-least-once delivery repeats: a check in flight when its process stopped
+            # (two stops), or when a rebalance moved its partition (the two joins). A check
+            # done twice over would show as about twice the checks.
             hits = w.sites[hosts[i]].hits[f"/kf2/{i}.jpg"] - 1
-            assert f.checks <= hits <= f.checks + 2, (u, hits, f.checks)
-        # Neither process hit an error on the way.
-        for name in ("followup", "followup-2"):
-            assert "Traceback" not in procs.log_text(name), procs.log_text(name)
+            assert f.checks <= hits <= f.checks + 4, (u, hits, f.checks)
+        # Nothing failed for good on the way (a message the stage gave up on is parked here).
+        parked = [m for m in pipeline.published("reports.rejected") if m.get("stage") == "followup"]
+        assert parked == [], parked
 
 
 # ---------------------------------------------------------------- the claim, on PostgreSQL
