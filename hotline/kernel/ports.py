@@ -121,6 +121,10 @@ class FollowupRepository(Protocol):
     """Follow-ups after a notice (``hotline.storage.followups``)."""
 
     def get(self, item_id: str) -> Followup | None: ...
+    def get_for_update(self, item_id: str) -> Followup | None:
+        """``get``, holding the row until the transaction ends (PostgreSQL: ``FOR UPDATE``), so
+        two deliveries of one message recording at the same moment are done one after the other."""
+        ...
     def open(self, followup: Followup) -> Followup:
         """Start following an item up; an item already followed up keeps its row (returned)."""
         ...

@@ -79,6 +79,13 @@ class SqlFollowups:
     def get(self, item_id: str) -> Followup | None:
         return self.session.get(Followup, item_id)
 
+    def get_for_update(self, item_id: str) -> Followup | None:
+        """The row, locked until the transaction ends on PostgreSQL (SQLite has one writer at a
+        time anyway). In READ COMMITTED a second locker waits, then reads the committed row."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return self.session.get(Followup, item_id, with_for_update=True)
+        return self.session.get(Followup, item_id)
+
     def open(self, followup: Followup) -> Followup:
         """Start following an item up; an item already followed up keeps its row (``reopen``)."""
         existing = self.session.get(Followup, followup.item_id)

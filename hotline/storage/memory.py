@@ -242,6 +242,9 @@ class MemoryFollowups:
     def get(self, item_id: str) -> Followup | None:
         return self.state.followups.get(item_id)
 
+    def get_for_update(self, item_id: str) -> Followup | None:
+        return self.get(item_id)  # one writer at a time anyway
+
     def open(self, followup: Followup) -> Followup:
         existing = self.state.followups.get(followup.item_id)
         if existing is not None:

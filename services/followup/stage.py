@@ -93,7 +93,7 @@ class FollowupStage:
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, RecheckDue)
-        f = uow.followups.get(message.item_id)
+        f = uow.followups.get_for_update(message.item_id)
         if f is None:
             raise InvalidMessage("unknown_followup", f"item {message.item_id} has no follow-up")
         if message.action == "check":
@@ -116,7 +116,11 @@ class FollowupStage:
         )
 
     def _record(self, uow: UnitOfWork, item_id: str, due: datetime, obs: Observation) -> list[Outgoing]:
-        f = uow.followups.get(item_id)
+        # Locked: two deliveries of one check (a partition moved to another process mid-event)
+        # may both fetch, but the second to record waits for the first, sees the due time
+        # recorded and records nothing. Unlocked, both read the row before either committed:
+        # the check counted once but its result, events and any step decided twice.
+        f = uow.followups.get_for_update(item_id)
         if f is None or f.status != "open" or f.next_check_at != due:
             return []  # recorded by another delivery of the same message meanwhile
         at = self.clock.now()
@@ -210,12 +214,18 @@ class FollowupStage:
         return ImageFacts(url=moved.image_url, **moved.hashes, match=match)
 
     def _decide_step(self, f: Followup, at: datetime) -> list[Outgoing]:
+        """Mark the step that is due as pending; the scheduler publishes its message at its next
+        tick, through the transactional outbox. Not as an output of this stage: on Kafka a
+        stage's outputs are produced after its commit, and a crash in between redelivers the
+        check, which is then a duplicate that produces nothing, so the step would wait for the
+        scheduler's redispatch (``redispatch_seconds``, 15 min by default) instead of going out
+        when due."""
         nxt = next_step(steps_taken=f.step, first_notice_at=f.first_notice_at, last_step_at=f.last_step_at,
                         at=at, policy=self.policy)
         if nxt is None:
             return []
-        f.step_pending, f.step_dispatched_at = nxt[0], at
-        return [Outgoing(TOPIC, RecheckDue(item_id=f.item_id, action="step", position=nxt[0], dispatched_at=at))]
+        f.step_pending, f.step_dispatched_at = nxt[0], None
+        return []
 
     # ------------------------------------------------------------------ reminders and the ladder
 
@@ -280,7 +290,7 @@ class FollowupStage:
         return out + self._decide_step(f, at)  # the next rung follows at once
 
     def _step_sent(self, uow: UnitOfWork, item_id: str, position: int, kind: str) -> list[Outgoing]:
-        f = uow.followups.get(item_id)
+        f = uow.followups.get_for_update(item_id)
         assert f is not None
         step = uow.followups.get_step(step_id(item_id, position, f.notice_id))
         assert step is not None

@@ -167,7 +167,11 @@ class World:
         end = self.clock.now() + timedelta(hours=hours)
         while self.clock.now() < end:
             self.clock.advance(hours=step_hours)
-            queue = list(self.tick())
+            self.settle()
+
+    def settle(self) -> None:
+        """Tick and deliver until nothing more is due at this time (the scheduler ticks often)."""
+        while queue := list(self.tick()):
             while queue:
                 o = queue.pop(0)
                 produced = deliver(self.stage, o.topic, o.message, self.uow)
@@ -326,6 +330,29 @@ def test_scheduler_caps_checks_in_flight_per_hoster() -> None:
         assert len(first) == 2  # two in flight for hoster A
         assert scheduler.tick(uow) == []  # nothing more until those are recorded
         assert all(isinstance(o.message, RecheckDue) for o in first)
+
+
+def test_a_step_decided_by_a_check_survives_losing_that_checks_outputs(w: World) -> None:
+    """On Kafka a stage's outputs are produced after its commit: a crash in between loses them
+    and redelivers the check, which is then a duplicate that produces nothing. The reminder
+    that check decided must still go out when due (through the scheduler and its outbox),
+    not a redispatch interval later."""
+    w.run(hours=23.5)
+    assert w.mailer.sent == []
+    f = w.followup
+    while f.next_check_at is not None and f.next_check_at < T0 + timedelta(seconds=POLICY.deadline_seconds):
+        w.clock.set(f.next_check_at)
+        w.settle()
+        f = w.followup
+    w.clock.set(f.next_check_at)
+    [check] = w.tick()
+    lost = deliver(w.stage, "rechecks.due", check.message, w.uow)  # recorded, then the process dies
+    assert not [o for o in lost if o.topic == "rechecks.due"]  # a step is never a stage output
+    assert w.followup.step_pending == 1
+    assert deliver(w.stage, "rechecks.due", check.message, w.uow) == []  # the redelivery: a duplicate
+    w.settle()  # the scheduler's next tick, at the same time: the reminder goes out now
+    assert w.sent_to() == [("reminder", "abuse@hoster-a.test")]
+    assert w.followup.step == 1 and w.followup.step_pending is None
 
 
 # ------------------------------------------------------------------ moved to another hoster
