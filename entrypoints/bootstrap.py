@@ -101,6 +101,7 @@ class System:
             per_hoster=s.recheck_per_hoster,
             redispatch_seconds=s.recheck_redispatch_seconds,
             interval_seconds=s.followup_tick_seconds,
+            checks_per_message=s.followup_checks_per_message,
         )
 
     def build_notice_grouper(self) -> NoticeGrouper:
@@ -165,6 +166,8 @@ class System:
                 hosting=self.hosting,
                 home_country=s.home_country.upper(),
                 partner_names=self.partners.names(),
+                per_hoster=s.recheck_per_hoster,
+                workers=s.followup_fetch_workers,
             )
         if name == "escalate":
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(

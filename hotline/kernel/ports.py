@@ -125,6 +125,10 @@ class FollowupRepository(Protocol):
         """``get``, holding the row until the transaction ends (PostgreSQL: ``FOR UPDATE``), so
         two deliveries of one message recording at the same moment are done one after the other."""
         ...
+    def get_many_for_update(self, item_ids: Sequence[str]) -> dict[str, Followup]:
+        """``get_for_update`` for several rows in one statement (locked in ``item_id`` order,
+        so two lockers of overlapping batches never deadlock); missing ids are left out."""
+        ...
     def open(self, followup: Followup) -> Followup:
         """Start following an item up; an item already followed up keeps its row (returned)."""
         ...

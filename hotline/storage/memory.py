@@ -245,6 +245,9 @@ class MemoryFollowups:
     def get_for_update(self, item_id: str) -> Followup | None:
         return self.get(item_id)  # one writer at a time anyway
 
+    def get_many_for_update(self, item_ids: Sequence[str]) -> dict[str, Followup]:
+        return {i: f for i in sorted(set(item_ids)) if (f := self.get(i)) is not None}
+
     def open(self, followup: Followup) -> Followup:
         existing = self.state.followups.get(followup.item_id)
         if existing is not None:

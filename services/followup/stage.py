@@ -8,6 +8,13 @@ message and an audit row.
   hashing are a side effect outside any transaction; the result is recorded after it
   (``logic.after_check``). A confirmed removal moves the item to ``removed`` with the time
   to removal in its reason, the ``removed`` event at the time it was first seen gone.
+- a batch of checks (``RecheckDue.checks``, from the scheduler's ``checks_per_message``):
+  every check exactly as above, in one message: one transaction locks the follow-ups
+  (``get_many_for_update``) and keeps those still due at the message's due time; the act
+  step fetches and hashes them in parallel (``workers`` threads, at most ``per_hoster`` at
+  a time per hoster); one transaction records every result, each under its row lock and
+  only if its due time is still the follow-up's. A check whose act raised is left claimed
+  (the scheduler redispatches it) and the rest of the batch is recorded.
 - ``moved``: the matched content is served from another hoster now (``recheck``). This
   follow-up ends (no more checks, no more steps; not a removal) and the content goes where
   classify would have sent it (``classify.routing.decide_route`` on the new hoster's facts):
@@ -21,9 +28,13 @@ message and an audit row.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from hashing.signals import SIGNAL_TYPES
 from hotline.kernel.clock import CURRENT, Clock
@@ -58,6 +69,19 @@ from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
 
 TOPIC = "rechecks.due"
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A check reserved in a batch: what the act step needs, read under the row lock."""
+
+    item_id: str
+    due: datetime
+    url: str
+    matched: list[dict[str, Any]]
+    hoster: str
+
 
 def _reraise(uow: UnitOfWork, exc: Exception) -> list[Outgoing]:
     raise exc
@@ -87,12 +111,20 @@ class FollowupStage:
     hosting: HostingResolver | None = None
     home_country: str = "NL"
     partner_names: dict[str, str] = field(default_factory=dict)
+    # A batch of checks: at most ``per_hoster`` fetches of one hoster at a time (0 = no cap),
+    # at most ``workers`` at a time in all.
+    per_hoster: int = 2
+    workers: int = 8
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "followup"
     inputs: ClassVar[tuple[str, ...]] = (TOPIC,)
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, RecheckDue)
+        if message.action == "check" and message.checks:
+            return self._check_batch(uow, message)
         f = uow.followups.get_for_update(message.item_id)
         if f is None:
             raise InvalidMessage("unknown_followup", f"item {message.item_id} has no follow-up")
@@ -115,14 +147,95 @@ class FollowupStage:
             failed=_reraise,
         )
 
+    # ------------------------------------------------------------------ a batch of re-checks
+
+    def _check_batch(self, uow: UnitOfWork, message: RecheckDue) -> Result:
+        checks = message.due_checks()
+        rows = uow.followups.get_many_for_update([c.item_id for c in checks])
+        due: list[_Due] = []
+        seen: set[str] = set()
+        for c in checks:
+            f = rows.get(c.item_id)
+            if f is None or c.item_id in seen:
+                continue  # gone meanwhile (a batch never fails for one unknown item), or listed twice
+            if f.status != "open" or f.next_check_at is None or c.due_at != f.next_check_at:
+                continue  # done already (a duplicate), or overtaken
+            seen.add(c.item_id)
+            due.append(_Due(f.item_id, f.next_check_at, f.url, list(f.matched), f.hoster))
+        if not due:
+            return []
+        return SideEffect(
+            act=lambda: self._observe_all(due),
+            done=lambda u, results: self._record_all(u, due, results),
+            failed=_reraise,
+        )
+
+    def _observe_one(self, d: _Due) -> Observation:
+        hoster_of = self.hosting.facts if self.hosting is not None else None
+        return observe(self.fetcher, self.hash_image, d.url, d.matched, max_images=self.max_images,
+                       pdq_radius=self.pdq_radius, hoster=d.hoster, hoster_of=hoster_of)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="followup-fetch")
+            return self._pool
+
+    def _observe_all(self, due: list[_Due]) -> list[Observation | None]:
+        """Fetch and hash every check of a batch: one lane per allowed fetch per hoster (a lane
+        does its checks one after the other), the lanes on the pool. An error in one check is
+        its own (``None``: left for redispatch); the others are recorded."""
+        results: list[Observation | None] = [None] * len(due)
+        by_hoster: dict[str, list[int]] = defaultdict(list)
+        for n, d in enumerate(due):
+            by_hoster[d.hoster].append(n)
+        lanes: list[list[int]] = []
+        for indices in by_hoster.values():
+            width = len(indices) if self.per_hoster <= 0 else min(self.per_hoster, len(indices))
+            lanes += [indices[k::width] for k in range(width)]
+
+        def run(lane: list[int]) -> None:
+            for n in lane:
+                try:
+                    results[n] = self._observe_one(due[n])
+                except Exception:  # noqa: BLE001 - this check only; redispatched by the scheduler
+                    log.exception("re-check of %s failed; left for redispatch", due[n].item_id)
+
+        if len(lanes) == 1 or self.workers <= 1:
+            for lane in lanes:
+                run(lane)
+        else:
+            for future in [self._executor().submit(run, lane) for lane in lanes]:
+                future.result()
+        return results
+
+    def _record_all(self, uow: UnitOfWork, due: list[_Due], results: list[Observation | None]) -> list[Outgoing]:
+        rows = uow.followups.get_many_for_update([d.item_id for d, obs in zip(due, results, strict=True)
+                                                  if obs is not None])
+        out: list[Outgoing] = []
+        for d, obs in zip(due, results, strict=True):
+            f = rows.get(d.item_id)
+            if obs is not None and f is not None:
+                out += self._record_row(uow, f, d.due, obs)
+        return out
+
+    # ------------------------------------------------------------------ recording one re-check
+
     def _record(self, uow: UnitOfWork, item_id: str, due: datetime, obs: Observation) -> list[Outgoing]:
         # Locked: two deliveries of one check (a partition moved to another process mid-event)
         # may both fetch, but the second to record waits for the first, sees the due time
         # recorded and records nothing. Unlocked, both read the row before either committed:
         # the check counted once but its result, events and any step decided twice.
         f = uow.followups.get_for_update(item_id)
-        if f is None or f.status != "open" or f.next_check_at != due:
+        if f is None:
+            return []
+        return self._record_row(uow, f, due, obs)
+
+    def _record_row(self, uow: UnitOfWork, f: Followup, due: datetime, obs: Observation) -> list[Outgoing]:
+        """Record one check on its locked row, unless its due time was recorded meanwhile."""
+        if f.status != "open" or f.next_check_at != due:
             return []  # recorded by another delivery of the same message meanwhile
+        item_id = f.item_id
         at = self.clock.now()
         result = obs.result
         outcome = after_check(

@@ -5,6 +5,8 @@ guarded fetcher on an httpx mock transport and a recording mailer."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +17,7 @@ from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
 from hotline.kernel.clock import FakeClock, installed, now
 from hotline.kernel.messages import Outgoing
+from hotline.kernel.stage import SideEffect, run_stage
 from hotline.storage.memory import MemoryState, MemoryUnitOfWork
 from schemas.facts import ImageFacts
 from schemas.followups import RecheckDue
@@ -627,3 +630,195 @@ def test_the_new_notice_reopens_the_follow_up_for_the_new_hoster(mw: MovedWorld)
     assert [(m["X-Hotline-Followup-Step"], m["To"], m["X-Hotline-Followup-Id"]) for m in mw.mailer.sent] == [
         ("reminder", "abuse@hoster-b.test", f"{mw.item_id}:m1:1")]
     assert mw.followup.last_result == "online"
+
+
+# ------------------------------------------------------------------ a batch of checks in one message
+
+
+class Hosters:
+    """Several hosters behind one mock transport: ``gone`` URLs answer 404, ``broken`` ones
+    serve bytes that make the hash function fail; counts requests and the most fetches of one
+    hoster at a time."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.gone: set[str] = set()
+        self.broken: set[str] = set()
+        self.delay = 0.0
+        self._lock = threading.Lock()
+        self._now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        host = request.headers["host"]
+        url = f"http://{host}{request.url.path}"
+        with self._lock:
+            self.hits[url] = self.hits.get(url, 0) + 1
+            self._now[host] = self._now.get(host, 0) + 1
+            self.peak[host] = max(self.peak.get(host, 0), self._now[host])
+        try:
+            time.sleep(self.delay)
+            if url in self.gone:
+                return httpx.Response(404)
+            body = b"BROKEN" if url in self.broken else IMAGE
+            return httpx.Response(200, headers={"content-type": "image/jpeg"}, content=body)
+        finally:
+            with self._lock:
+                self._now[host] -= 1
+
+
+class BatchWorld:
+    """``n`` follow-ups over ``hosters`` hosters (item k at hoster k % hosters), one due check each."""
+
+    def __init__(self, n: int = 6, hosters: int = 2, per_hoster: int = 3, per_message: int = 50) -> None:
+        self.clock = FakeClock(T0)
+        self.sites = Hosters()
+        fetcher = Fetcher(FetchPolicy(allow_private=True), resolve=lambda host: ["192.0.2.10"],
+                          transport=httpx.MockTransport(self.sites.handle))
+
+        def hashing(data: bytes) -> Any:
+            if data == b"BROKEN":
+                raise RuntimeError("the decoder crashed")
+            return hash_image(data)
+
+        self.stage = FollowupStage(fetcher=fetcher, hash_image=hashing, mailer=RecordingMailer(),
+                                   sender="ntd@hotline.test", policy=POLICY, clock=self.clock,
+                                   per_hoster=per_hoster, workers=8)
+        self.scheduler = FollowupScheduler(policy=POLICY, clock=self.clock, per_hoster=per_hoster,
+                                           checks_per_message=per_message, batch=100)
+        self.state = MemoryState()
+        self.uow = MemoryUnitOfWork(self.state)
+        self._installed = installed(self.clock)
+        self._installed.__enter__()
+        h = hash_image(IMAGE)
+        self.ids: list[str] = []
+        self.urls: dict[str, str] = {}
+        for k in range(n):
+            item_id = make_item(self.uow, "notice_sent")
+            url = f"http://img.hoster-{k % hosters}.test/{k}.jpg"
+            notice = TakedownNotice(notice_id=f"ntd-{item_id}", item_id=item_id, url=url,
+                                    hoster=f"Hoster {k % hosters}", abuse_email=f"abuse@hoster-{k % hosters}.test",
+                                    images=[ImageFacts(url=url, sha256=h.sha256, md5=h.md5, pdq=h.pdq)])
+            open_followup(self.uow, notice, self.clock.now())
+            self.ids.append(item_id)
+            self.urls[item_id] = url
+        self.uow.commit()
+        assert self.tick() == []  # planned
+        self.clock.advance(hours=2)
+
+    def close(self) -> None:
+        self._installed.__exit__(None, None, None)
+
+    def tick(self) -> list[Outgoing]:
+        out = self.scheduler.tick(self.uow)
+        self.uow.enqueue(out)
+        self.uow.commit()
+        return out
+
+    def deliver(self, message: Any) -> list[Outgoing]:
+        return deliver(self.stage, "rechecks.due", message, self.uow)
+
+    def checks(self) -> list[int]:
+        return [self.uow.followups.get(i).checks for i in self.ids]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def bw() -> Any:
+    world = BatchWorld()
+    yield world
+    world.close()
+
+
+def test_the_scheduler_puts_due_checks_in_batches_and_old_single_messages_still_work(bw: BatchWorld) -> None:
+    out = bw.tick()
+    assert len(out) == 1  # six checks, one message
+    message = out[0].message
+    assert isinstance(message, RecheckDue) and len(message.checks) == 6
+    assert message.item_id == message.checks[0].item_id and message.due_at == message.checks[0].due_at
+    assert {c.item_id for c in message.checks} == set(bw.ids)
+    # A consumer still takes the single form (a producer before ``checks``) of the same check.
+    first = message.checks[0]
+    wire = json.loads(RecheckDue(item_id=first.item_id, due_at=first.due_at).model_dump_json())
+    del wire["checks"]
+    events = bw.deliver(json.dumps(wire))
+    assert [e.message.kind for e in events if e.topic == "notices.events"] == ["rechecked"]
+    bw.deliver(message)
+    assert bw.checks() == [1] * 6  # the one done already is a duplicate inside the batch
+
+
+def test_a_redelivered_batch_records_once(bw: BatchWorld) -> None:
+    bw.sites.gone.add(bw.urls[bw.ids[0]])
+    (batch,) = bw.tick()
+    first = bw.deliver(batch.message)
+    assert len([o for o in first if o.topic == "notices.events"]) == 6
+    hits = dict(bw.sites.hits)
+    assert bw.deliver(batch.message) == []  # redelivered: nothing fetched, nothing recorded
+    assert bw.sites.hits == hits
+    assert bw.checks() == [1] * 6
+    f = bw.uow.followups.get(bw.ids[0])
+    assert f is not None and f.misses == 1 and f.last_result == "gone"
+
+
+def test_a_crash_between_reserve_and_record_is_redispatched_and_recorded_once(bw: BatchWorld) -> None:
+    (batch,) = bw.tick()
+    result = run_stage(bw.stage, "rechecks.due", batch.message.model_dump_json(), bw.uow)
+    assert isinstance(result, SideEffect)
+    bw.uow.commit()  # the reservation is committed...
+    result.act()  # ...the fetches ran, and the process dies before the record transaction
+    bw.uow.rollback()
+    assert bw.checks() == [0] * 6
+    assert bw.tick() == []  # still in flight: not dispatched twice before it is stale
+    bw.clock.advance(seconds=bw.scheduler.redispatch_seconds + 1)
+    (again,) = bw.tick()
+    assert {c.item_id for c in again.message.checks} == set(bw.ids)  # every check comes back
+    bw.deliver(again.message)
+    bw.deliver(batch.message)  # the lost delivery turns up late: a duplicate
+    assert bw.checks() == [1] * 6
+    assert all(bw.uow.followups.get(i).dispatched_at is None for i in bw.ids)  # type: ignore[union-attr]
+    assert bw.stage.mailer.sent == []  # type: ignore[attr-defined]
+
+
+def test_the_per_hoster_cap_holds_inside_a_batch() -> None:
+    world = BatchWorld(n=12, hosters=2, per_hoster=3)
+    try:  # the claims let three of a hoster into the message...
+        world.sites.delay = 0.05
+        (batch,) = world.tick()
+        assert len(batch.message.checks) == 6
+        world.stage.per_hoster = 2  # ...the stage still fetches at most two of a hoster at a time
+        world.deliver(batch.message)
+        assert world.sites.peak == {"img.hoster-0.test": 2, "img.hoster-1.test": 2}
+        assert sorted(world.checks()) == [0] * 6 + [1] * 6
+    finally:
+        world.close()
+
+
+def test_the_scheduler_claims_within_the_cap_when_batching() -> None:
+    world = BatchWorld(n=12, hosters=3, per_hoster=2)
+    try:
+        out = world.tick()
+        assert len(out) == 1 and len(out[0].message.checks) == 6  # two per hoster in flight
+        hosters = [world.uow.followups.get(c.item_id).hoster for c in out[0].message.checks]  # type: ignore[union-attr]
+        assert sorted(hosters) == ["Hoster 0"] * 2 + ["Hoster 1"] * 2 + ["Hoster 2"] * 2
+        assert world.tick() == []
+    finally:
+        world.close()
+
+
+def test_one_checks_error_does_not_fail_the_batch(bw: BatchWorld) -> None:
+    broken, unreachable = bw.ids[0], bw.ids[1]
+    bw.sites.broken.add(bw.urls[broken])  # the hash function raises for this one
+    bw.urls[unreachable] = bw.uow.followups.get(unreachable).url = "http://img.hoster-1.test:99999/x.jpg"  # type: ignore[union-attr]
+    (batch,) = bw.tick()
+    out = bw.deliver(batch.message)
+    assert len([o for o in out if o.topic == "notices.events"]) == 5
+    assert bw.checks() == [0] + [1] * 5
+    f = bw.uow.followups.get(broken)
+    assert f is not None and f.dispatched_at is not None  # left claimed: the scheduler redispatches it
+    u = bw.uow.followups.get(unreachable)
+    assert u is not None and u.last_result == "unreachable"  # a fetch error is a result, as before
+    bw.sites.broken.clear()
+    bw.clock.advance(seconds=bw.scheduler.redispatch_seconds + 1)
+    (again,) = bw.tick()
+    assert [c.item_id for c in again.message.due_checks()] == [broken]  # one check: the single form
+    bw.deliver(again.message)
+    assert bw.uow.followups.get(broken).checks == 1  # type: ignore[union-attr]
