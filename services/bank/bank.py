@@ -565,15 +565,10 @@ class Bank:
         self.refresh()
         return self.matcher.match(**hashes)  # type: ignore[arg-type]
 
-    def retire(self, entry_id: int, reason: str, actor: str) -> bool:
-        """Retire in the database (reason kept) and stop matching at once in this process."""
-        with self.sessions() as session:
-            store = SqlUnitOfWork(session)
-            ok = retire(store, entry_id, reason, actor)
-            store.commit()
-        if ok:
-            self.matcher.retire([entry_id])
-        return ok
+    def forget(self, entry_ids: list[int]) -> None:
+        """Stop matching entries at once in this process, after the caller committed their
+        retirement (``retire``); other processes learn of it on their next refresh."""
+        self.matcher.retire(entry_ids)
 
 
 # --------------------------------------------------------------------------- CSV

@@ -24,6 +24,7 @@ from hashing.synthetic import generate_photo_like
 from hotline.config import Settings
 from hotline.storage.models import BusMessage
 from hotline.storage.unit_of_work import SqlUnitOfWork
+from services.bank.bank import retire
 from services.hashcheck.logic import iso_week
 
 SOURCE = "secret-source-7f3a"
@@ -179,7 +180,11 @@ def test_retired_entries_are_no_longer_known(app: App) -> None:
     h = app.known[5]
     c = app.client("hoster-c")
     assert [x["known"] for x in check(c, [("md5", h.md5), ("pdq", h.pdq)]).json()["results"]] == [True, True]
-    assert app.system.bank.retire(app.entry_ids[5], "test: wrongly added", "tester")
+    with app.system.sessions() as session:
+        store = SqlUnitOfWork(session)
+        assert retire(store, app.entry_ids[5], "test: wrongly added", "tester")
+        store.commit()
+    app.system.bank.forget([app.entry_ids[5]])
     assert [x["known"] for x in check(c, [("md5", h.md5), ("pdq", h.pdq)]).json()["results"]] == [False, False]
 
 

@@ -279,7 +279,11 @@ def test_bank_retire_is_immediate_in_this_process(
     do_import(csv_text(["md5"], rows))
     bank = make_bank(sessions, refresh_seconds=3600)
     assert bank.match(md5=rows[0]["md5"]) is not None
-    assert bank.retire(1, "withdrawn by partner", "admin")
+    with sessions() as s:
+        store = SqlUnitOfWork(s)
+        assert retire(store, 1, "withdrawn by partner", "admin")
+        store.commit()
+    bank.forget([1])
     assert bank.match(md5=rows[0]["md5"]) is None
 
 

@@ -60,18 +60,13 @@ def test_no_platform_source_imports_a_feature_even_lazily() -> None:
     assert offenders == []
 
 
-# The bank's bulk import (``hotline bank import``) is a command-line tool that commits in
-# batches by design; it is no stage and runs in no runtime.
 NOT_STAGES = ("routes.py", "pages.py")
 
 
 def _stage_modules() -> list[Path]:
-    """Stage logic and its steps: everything under services/ except web routes, pages and
-    the bank capability."""
-    return [
-        p for p in sorted((ROOT / "services").rglob("*.py"))
-        if p.name not in NOT_STAGES and p.parent.name != "bank"
-    ]
+    """Stage logic and its steps, and the capabilities they use: everything under services/
+    except web routes and pages (a web request is its own unit of work)."""
+    return [p for p in sorted((ROOT / "services").rglob("*.py")) if p.name not in NOT_STAGES]
 
 
 def test_no_stage_commits_rolls_back_or_sleeps() -> None:
