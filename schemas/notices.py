@@ -27,6 +27,9 @@ class TakedownNotice(Message):
     # Where the URL was fetched from (address, ASN, ...), for the notice's X-ARF report;
     # optional, so notices written before it was added still decode.
     hosting: HostingFacts | None = None
+    # What the material is, for the notice's X-ARF report when no bank entry says it
+    # (analyst-confirmed new material released by the police: the analyst's category).
+    category: str | None = None
 
 
 class AnalystClassification(Message):
@@ -51,6 +54,31 @@ class PoliceEscalation(Message):
     report_ids: list[str] = []
     classification: AnalystClassification
     escalated_at: datetime = Field(default_factory=utcnow)
+    # Why the police get it: ``new_material`` (an analyst confirmed it; the takedown waits for
+    # the police's release), ``no_partner`` (hosted in a country without a partner hotline:
+    # the hotline noticed the foreign hoster directly, this is the police's record of it).
+    reason: Literal["new_material", "no_partner"] = "new_material"
+    # When the takedown follows by itself unless the police hold it (HOTLINE_POLICE_HOLD_SECONDS);
+    # None: it waits for the police's release.
+    release_due_at: datetime | None = None
+
+
+PoliceActionKind = Literal["received", "hold", "release"]
+
+
+class PoliceAction(Message):
+    """What the police did with an escalation (topic ``escalations.actions``): ``received``
+    (acknowledged), ``hold`` (keep the takedown back, with a reason), ``release`` (the
+    takedown may go; ``by`` is ``hold-timer`` when the hold time passed without a hold).
+    ``action_id`` is deterministic per escalation and action, except for holds."""
+
+    action_id: str
+    escalation_id: str
+    item_id: str
+    action: PoliceActionKind
+    by: str
+    reason: str | None = None
+    at: datetime = Field(default_factory=utcnow)
 
 
 class PartnerForward(Message):
@@ -63,8 +91,9 @@ class PartnerForward(Message):
     partner_name: str
     images: list[ImageFacts] = []
     hosting: HostingFacts | None = None
-    basis: Literal["known_material", "analyst_confirmed"] = "known_material"
+    basis: Literal["known_material", "analyst_confirmed", "police_release"] = "known_material"
     from_hotline: str = "Hotline"
+    category: str | None = None  # the analyst's category, when an analyst confirmed it
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -80,6 +109,8 @@ NoticeEventKind = Literal[
     "forward_failed",
     "acknowledged",
     "delivery_unknown",
+    "released",
+    "partner_status",
 ]
 
 
@@ -92,5 +123,26 @@ class NoticeEvent(Message):
     kind: NoticeEventKind
     notice_id: str | None = None
     forward_id: str | None = None
+    detail: str = ""
+    at: datetime = Field(default_factory=utcnow)
+
+
+IccamAction = Literal["LEA", "ISP", "CR", "CU", "MO", "NI"]
+
+
+class PartnerStatusUpdate(Message):
+    """A status update to the partner hotline that forwarded a report to us (topic
+    ``partners.status``): what became of one URL of its report, as an ICCAM action code.
+    ``update_id`` is deterministic (report, item, step), the ``Idempotency-Key`` of every
+    delivery attempt."""
+
+    update_id: str
+    country: str
+    report_id: str
+    partner_reference: str | None = None
+    item_id: str | None = None
+    url: str | None = None
+    step: Literal["acknowledged", "notice_sent", "removed", "forwarded", "escalated", "not_illegal", "offline", "rejected"]
+    action: IccamAction | None = None
     detail: str = ""
     at: datetime = Field(default_factory=utcnow)

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from schemas.base import Message
 from schemas.followups import RecheckDue
 from schemas.items import ItemAccepted, ItemClassified
-from schemas.notices import NoticeEvent, PartnerForward, PoliceEscalation, TakedownNotice
+from schemas.notices import (
+    NoticeEvent,
+    PartnerForward,
+    PartnerStatusUpdate,
+    PoliceAction,
+    PoliceEscalation,
+    TakedownNotice,
+)
 from schemas.reports import ReportRejected, ReportSubmitted
 
 
@@ -29,8 +36,10 @@ _ALL = [
     Topic("items.classified", ItemClassified, "item_id", "hashes, bank match, hosting, route"),
     Topic("notices.ntd", TakedownNotice, "hoster", "one takedown notice to send"),
     Topic("escalations.police", PoliceEscalation, "item_id", "newly confirmed material for the police"),
+    Topic("escalations.actions", PoliceAction, "item_id", "what the police did: received, hold, release"),
     Topic("forwards.partner", PartnerForward, "item_id", "a forward to a partner hotline"),
     Topic("notices.events", NoticeEvent, "item_id", "what happened to notices and forwards"),
+    Topic("partners.status", PartnerStatusUpdate, "report_id", "a status update back to the partner that forwarded a report"),
     Topic("rechecks.due", RecheckDue, "item_id", "a follow-up re-check or reminder/ladder step that is due"),
 ]
 

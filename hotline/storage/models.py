@@ -51,6 +51,9 @@ class Report(Base):
     description: Mapped[str | None] = mapped_column(Text)
     reporter_email: Mapped[str | None] = mapped_column(String(320))
     partner_reference: Mapped[str | None] = mapped_column(String(200))
+    # The partner hotline that forwarded this report to us (its account's country): status
+    # updates on the report go back to it (``services.partners``).
+    partner_country: Mapped[str | None] = mapped_column(String(2))
     status: Mapped[str] = mapped_column(String(16), default="received")  # received|accepted|rejected
     reason: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -155,6 +158,15 @@ class Notice(Base):
 
 
 class Forward(Base):
+    """A forward to a partner hotline abroad, and the durable queue of its delivery.
+
+    ``status``: ``pending`` (not delivered yet: attempted again at ``next_attempt_at``,
+    doubling the wait after each failure, for as long as it takes), ``sent`` (the partner
+    answered 2xx), ``refused`` (the partner refused for good, e.g. HTTP 403: an operator
+    fixes the credentials and retries it). ``payload`` is the ``forwards.partner`` message,
+    so every attempt sends the same bytes with the same ``Idempotency-Key`` (the id).
+    ``partner_status`` is the last ICCAM action code the partner reported back."""
+
     __tablename__ = "forwards"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -165,10 +177,58 @@ class Forward(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column()
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime | None] = mapped_column()
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)  # pending: due then
+    dispatched_at: Mapped[datetime | None] = mapped_column()  # an attempt was handed to the stage
+    partner_status: Mapped[str | None] = mapped_column(String(8))
+    partner_status_at: Mapped[datetime | None] = mapped_column()
+
+
+class ForwardStatus(Base):
+    """What a partner hotline reported back about one forward (ICCAM action code), in order."""
+
+    __tablename__ = "forward_statuses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    forward_id: Mapped[str] = mapped_column(ForeignKey("forwards.id"), index=True)
+    action: Mapped[str] = mapped_column(String(8))
+    note: Mapped[str | None] = mapped_column(Text)
+    by: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PartnerUpdate(Base):
+    """A status update to send back to the partner hotline that forwarded a report to us
+    (acknowledged, notice sent, removed, ...), delivered like a forward: ``pending`` until
+    the partner's ``status_endpoint`` answers 2xx, retried with back-off, in order per
+    report. The id is deterministic (report, item, step), so a step is sent once."""
+
+    __tablename__ = "partner_updates"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    country: Mapped[str] = mapped_column(String(2), index=True)
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), index=True)
+    item_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(32), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+    sent_at: Mapped[datetime | None] = mapped_column()
 
 
 class Escalation(Base):
-    """Copy of every ``escalations.police`` message (the embedded police feed reads this)."""
+    """Every ``escalations.police`` message, and what the police did with it.
+
+    ``state``: ``new`` (sent to the police), ``received`` (the police acknowledged it),
+    ``on_hold`` (the police keep the takedown back, ``hold_reason`` says why), ``released``
+    (the takedown may go: ``released_by`` is a police account, or ``hold-timer`` when
+    ``release_due_at`` passed without a hold). Released is final. ``outcome`` records what
+    the release produced (the notice or forward id, or why neither was possible)."""
 
     __tablename__ = "escalations"
 
@@ -176,6 +236,16 @@ class Escalation(Base):
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    received_at: Mapped[datetime | None] = mapped_column()
+    received_by: Mapped[str | None] = mapped_column(String(100))
+    held_at: Mapped[datetime | None] = mapped_column()
+    held_by: Mapped[str | None] = mapped_column(String(100))
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    released_at: Mapped[datetime | None] = mapped_column()
+    released_by: Mapped[str | None] = mapped_column(String(100))
+    release_due_at: Mapped[datetime | None] = mapped_column(index=True)  # HOTLINE_POLICE_HOLD_SECONDS
+    outcome: Mapped[str | None] = mapped_column(Text)
 
 
 class Assessment(Base):
@@ -198,6 +268,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     role: Mapped[str] = mapped_column(String(16))
+    country: Mapped[str | None] = mapped_column(String(2))  # a partner account's country
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
