@@ -21,6 +21,7 @@ from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
 from services.classify.hosting import HostingDirectory, HostingResolver, Resolver
 from services.classify.stage import ClassifyStage
+from services.escalate.hold_timer import HoldTimer
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
 from services.escalate.stage import EscalateStage
 from services.followup.logic import Policy
@@ -121,7 +122,19 @@ class System:
             tasks.append(self.build_scheduler())
         if "notify" in names and self.settings.notice_group_seconds > 0:
             tasks.append(self.build_notice_grouper())
+        if "escalate" in names:
+            tasks.append(self.build_hold_timer())
         return tasks
+
+    def build_hold_timer(self) -> HoldTimer:
+        """The hold timer (``services.escalate.hold_timer``), a periodic task beside escalate. It
+        runs even with ``HOTLINE_POLICE_HOLD_SECONDS`` unset: escalations made while it was set
+        keep their due time. It looks a few times per hold time (at most every follow-up tick)."""
+        s = self.settings
+        interval = s.followup_tick_seconds
+        if s.police_hold_seconds:
+            interval = min(interval, max(s.police_hold_seconds / 4, 0.1))
+        return HoldTimer(clock=self.clock, batch=s.followup_batch, interval_seconds=interval)
 
     def _mailer(self) -> Mailer:
         s = self.settings
@@ -178,6 +191,8 @@ class System:
                 gateway=gateway,
                 max_attempts=s.forward_max_attempts,
                 retry_seconds=s.forward_retry_seconds,
+                home_country=s.home_country.upper(),
+                hotline_name=s.hotline_name,
             )
         raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGE_NAMES)}")
 

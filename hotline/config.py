@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     # on the operators' page (HOTLINE_NOTICE_FAILED_ALERT_SECONDS; services/operations).
     notice_failed_alert_seconds: int = 3600
 
+    # The police decide when (services/police, services/escalate/release.py): unset, the takedown
+    # of new material waits for the police's release; set, it follows automatically this many
+    # seconds after the escalation unless the police put it on hold (HOTLINE_POLICE_HOLD_SECONDS).
+    police_hold_seconds: float | None = Field(default=None, gt=0)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

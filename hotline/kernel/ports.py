@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hotline.kernel.messages import InvalidMessage, Outgoing
     from hotline.storage.models import (
         BankEntry,
+        Escalation,
         Followup,
         FollowupStep,
         Forward,
@@ -106,7 +107,23 @@ class ForwardRepository(Protocol):
 
 
 class EscalationRepository(Protocol):
-    def add(self, escalation_id: str, item_id: str, payload: dict[str, Any]) -> None: ...
+    def add(
+        self, escalation_id: str, item_id: str, payload: dict[str, Any], release_due_at: datetime | None = None,
+    ) -> None:
+        """A new escalation in state ``new``; ``release_due_at``: when the hold timer releases it."""
+        ...
+    def get(self, escalation_id: str) -> Escalation | None: ...
+    def lock(self, escalation_id: str) -> Escalation | None:
+        """The escalation as committed now, locked until the transaction ends (PostgreSQL: FOR
+        UPDATE), so a police action and the hold timer never both change one escalation."""
+        ...
+    def newest(self, limit: int = 200, start: datetime | None = None, end: datetime | None = None) -> Sequence[Escalation]:
+        """Escalations created in [start, end), newest first."""
+        ...
+    def claim_due(self, at: datetime, limit: int) -> list[Escalation]:
+        """Escalations in ``new``/``received`` whose ``release_due_at <= at``, oldest due first;
+        locked (PostgreSQL: SKIP LOCKED) so two hold timers never claim the same one."""
+        ...
 
 
 class AssessmentRepository(Protocol):

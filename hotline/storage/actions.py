@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session
 from hotline.kernel.clock import now
 from hotline.storage.models import Assessment, Escalation, Forward, Notice
 
+# Escalations the hold timer may release: never one on hold, never one already released.
+ESCALATION_OPEN_FOR_TIMER = ("new", "received")
+
 
 def new_notice(notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
     return Notice(
@@ -91,8 +94,11 @@ class SqlEscalations:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, escalation_id: str, item_id: str, payload: dict[str, Any]) -> None:
-        self.session.add(Escalation(id=escalation_id, item_id=item_id, payload=payload, created_at=now()))
+    def add(
+        self, escalation_id: str, item_id: str, payload: dict[str, Any], release_due_at: datetime | None = None,
+    ) -> None:
+        self.session.add(Escalation(id=escalation_id, item_id=item_id, payload=payload, created_at=now(),
+                                    state="new", release_due_at=release_due_at))
 
     def since(self, after: datetime | None = None) -> Sequence[Escalation]:
         q = select(Escalation).order_by(Escalation.created_at, Escalation.id)
@@ -109,3 +115,26 @@ class SqlAssessments:
         self.session.add(
             Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
         )
+
+    def get(self, escalation_id: str) -> Escalation | None:
+        return self.session.get(Escalation, escalation_id)
+
+    def lock(self, escalation_id: str) -> Escalation | None:
+        q = select(Escalation).where(Escalation.id == escalation_id).with_for_update()
+        return self.session.scalars(q.execution_options(populate_existing=True)).first()
+
+    def newest(self, limit: int = 200, start: datetime | None = None, end: datetime | None = None) -> Sequence[Escalation]:
+        q = select(Escalation).order_by(Escalation.created_at.desc(), Escalation.id.desc()).limit(limit)
+        if start is not None:
+            q = q.where(Escalation.created_at >= start)
+        if end is not None:
+            q = q.where(Escalation.created_at < end)
+        return self.session.scalars(q).all()
+
+    def claim_due(self, at: datetime, limit: int) -> list[Escalation]:
+        q = (select(Escalation).where(Escalation.state.in_(ESCALATION_OPEN_FOR_TIMER),
+                                      Escalation.release_due_at.is_not(None), Escalation.release_due_at <= at)
+             .order_by(Escalation.release_due_at, Escalation.id).limit(limit))
+        if self.session.get_bind().dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        return list(self.session.scalars(q).all())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hotline.kernel.clock import now
 from hotline.kernel.states import FINAL
-from hotline.storage.actions import new_forward, new_notice
+from hotline.storage.actions import ESCALATION_OPEN_FOR_TIMER, new_forward, new_notice
 from hotline.storage.followups import pick_within_cap, reopen
 from hotline.storage.items import apply_state, new_item
 from hotline.storage.models import (
@@ -209,10 +209,29 @@ class MemoryEscalations:
     def __init__(self, state: MemoryState) -> None:
         self.state = state
 
-    def add(self, escalation_id: str, item_id: str, payload: dict[str, Any]) -> None:
+    def add(
+        self, escalation_id: str, item_id: str, payload: dict[str, Any], release_due_at: datetime | None = None,
+    ) -> None:
         self.state.escalations[escalation_id] = Escalation(
-            id=escalation_id, item_id=item_id, payload=payload, created_at=now()
+            id=escalation_id, item_id=item_id, payload=payload, created_at=now(), state="new",
+            release_due_at=release_due_at,
         )
+
+    def get(self, escalation_id: str) -> Escalation | None:
+        return self.state.escalations.get(escalation_id)
+
+    def lock(self, escalation_id: str) -> Escalation | None:
+        return self.get(escalation_id)  # one writer at a time anyway
+
+    def newest(self, limit: int = 200, start: datetime | None = None, end: datetime | None = None) -> Sequence[Escalation]:
+        rows = [e for e in self.state.escalations.values()
+                if (start is None or e.created_at >= start) and (end is None or e.created_at < end)]
+        return sorted(rows, key=lambda e: (e.created_at, e.id), reverse=True)[:limit]
+
+    def claim_due(self, at: datetime, limit: int) -> list[Escalation]:
+        due = [e for e in self.state.escalations.values() if e.state in ESCALATION_OPEN_FOR_TIMER
+               and e.release_due_at is not None and e.release_due_at <= at]
+        return sorted(due, key=lambda e: (e.release_due_at or at, e.id))[:limit]
 
 
 class MemoryAssessments:

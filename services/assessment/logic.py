@@ -7,8 +7,10 @@ so every further copy is recognised automatically. Not illegal closes the item.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
+from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.states import ItemState
@@ -36,7 +38,12 @@ def assess(
     category: str | None,
     analyst: str,
     notes: str | None = None,
+    hold_seconds: float | None = None,
 ) -> list[Outgoing]:
+    """Apply the decision; returns the messages to publish with it (the caller commits).
+    ``hold_seconds`` (``HOTLINE_POLICE_HOLD_SECONDS``): the takedown of confirmed material then
+    follows that long after the escalation unless the police hold it; None: it waits for the
+    police's release."""
     item = uow.items.get(item_id)
     if item is None:
         raise AssessmentRefused(404, f"no item {item_id}")
@@ -65,8 +72,12 @@ def assess(
                 phash=img.phash,
             )
             added += 1
+    escalated_at = now()
+    release_due_at = escalated_at + timedelta(seconds=hold_seconds) if hold_seconds else None
     escalation = PoliceEscalation(
         escalation_id=f"pol-{item_id}",
+        escalated_at=escalated_at,
+        release_due_at=release_due_at,
         item_id=item_id,
         url=item.url,
         images=images,
@@ -76,12 +87,14 @@ def assess(
         report_ids=uow.items.report_ids(item_id),
         classification=AnalystClassification(analyst=analyst, verdict="illegal", category=category, notes=notes),
     )
-    uow.escalations.add(escalation.escalation_id, item_id, escalation.model_dump(mode="json"))
+    uow.escalations.add(escalation.escalation_id, item_id, escalation.model_dump(mode="json"), release_due_at)
     uow.items.set_state(
         item,
         ItemState.ESCALATED,
         f"confirmed new material ({category}) by {analyst}: escalated to the police; "
-        f"{added} hash set(s) added to the bank; takedown follows on police release",
+        f"{added} hash set(s) added to the bank; takedown follows on police release"
+        + (f" or automatically at {release_due_at.isoformat(timespec='seconds')} unless the police hold it"
+           if release_due_at else ""),
         "assessment",
     )
     return [Outgoing("escalations.police", escalation)]

@@ -353,7 +353,8 @@ def decide(
     try:
         outgoing = assess(store, item_id, verdict=verdict,  # type: ignore[arg-type]
                           category=category if verdict == "illegal" else None,
-                          analyst=caller.name, notes=notes.strip() or None)
+                          analyst=caller.name, notes=notes.strip() or None,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
     except AssessmentRefused as exc:
         store.rollback()
         return _with_flash(RedirectResponse("/analyst", status_code=303), "error", exc.reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from hotline.kernel.states import ItemState
@@ -43,6 +43,7 @@ def list_items(
 def post_assessment(
     item_id: str,
     body: AssessmentRequest,
+    request: Request,
     store: SqlUnitOfWork = Depends(get_store),
     caller: Caller = Depends(require_role("analyst")),
 ) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def post_assessment(
     item's hashes to the bank; ``not_illegal`` closes the item."""
     try:
         outgoing = assess(store, item_id, verdict=body.verdict, category=body.category,
-                          analyst=caller.name, notes=body.notes)
+                          analyst=caller.name, notes=body.notes,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
     except AssessmentRefused as exc:
         store.rollback()
         raise HTTPException(exc.status, exc.reason) from exc

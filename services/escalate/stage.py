@@ -1,4 +1,5 @@
-"""Escalate: deliver forwards to partner hotlines abroad.
+"""Escalate: deliver forwards to partner hotlines abroad, and turn police releases into
+takedowns (``escalations.actions``: ``services.escalate.release``).
 
 Police escalations need no delivery step: the police liaison consumes
 ``escalations.police`` directly (``hotline police feed``). Each delivery attempt is a
@@ -23,13 +24,14 @@ from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
 from hotline.storage.models import Forward
 from schemas import Message
-from schemas.notices import NoticeEvent, PartnerForward
+from schemas.notices import NoticeEvent, PartnerForward, PoliceAction
 from services.escalate.partners import (
     DeliveryFailed,
     PartnerDirectory,
     PartnerEntry,
     PartnerGateway,
 )
+from services.escalate.release import handle_action
 
 
 @dataclass
@@ -38,11 +40,17 @@ class EscalateStage:
     gateway: PartnerGateway
     max_attempts: int = 5
     retry_seconds: float = 2.0
+    home_country: str = "NL"  # police releases (services.escalate.release)
+    hotline_name: str = "Hotline"
 
     name: ClassVar[str] = "escalate"
-    inputs: ClassVar[tuple[str, ...]] = ("forwards.partner",)
+    inputs: ClassVar[tuple[str, ...]] = ("forwards.partner", "escalations.actions")
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
+        if topic == "escalations.actions":
+            assert isinstance(message, PoliceAction)
+            return handle_action(uow, message, home_country=self.home_country, partners=self.partners.names(),
+                                 hotline_name=self.hotline_name)
         assert isinstance(message, PartnerForward)
         fwd = uow.forwards.get(message.forward_id)
         if fwd is not None and fwd.status in ("sent", "failed"):

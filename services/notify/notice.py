@@ -18,7 +18,7 @@ from email.utils import format_datetime
 
 from schemas.facts import ImageFacts
 from schemas.notices import TakedownNotice
-from services.notify.xarf_report import build_report, is_exact, matched_images, to_json
+from services.notify.xarf_report import build_report, is_exact, reported_images, to_json
 
 LANGUAGES = ("auto", "nl", "en")
 DUTCH_COUNTRIES = frozenset({"NL"})  # BE: English (a Belgian abuse desk may well be French-speaking)
@@ -104,9 +104,12 @@ def _legal_basis(notice: TakedownNotice, lang: str) -> str:
             "state (article 5 of EU Directive 2011/93/EU) and under the law of the country where it is hosted.")
 
 
-def _match_line(img: ImageFacts, lang: str) -> str:
+def _match_line(img: ImageFacts, lang: str, notice: TakedownNotice | None = None) -> str:
     m = img.match
-    assert m is not None
+    if m is None:  # analyst-confirmed material (reported_images): no bank match to name
+        category = notice.category if notice is not None else None
+        return (f"    beoordeeld door een analist, categorie {category}" if lang == "nl"
+                else f"    assessed by an analyst, category {category}")
     if is_exact(m):
         how = (f"exacte {m.signal.upper()}-hash-overeenkomst" if lang == "nl"
                else f"exact {m.signal.upper()} hash match")
@@ -119,17 +122,17 @@ def _match_line(img: ImageFacts, lang: str) -> str:
 
 def _files(notices: list[TakedownNotice], lang: str) -> list[str]:
     lines: list[str] = []
-    for img in (i for n in notices for i in matched_images(n)):
+    for notice, img in ((n, i) for n in notices for i in reported_images(n)):
         lines.append(f"  - {img.url}")
         lines.append(f"    sha256 {img.sha256}  md5 {img.md5}")
         if img.pdq:
             lines.append(f"    pdq {img.pdq}")
-        lines.append(_match_line(img, lang))
+        lines.append(_match_line(img, lang, notice))
     return lines
 
 
 def _urls(notices: list[TakedownNotice]) -> list[str]:
-    urls = [u for n in notices for u in [n.url] + [i.url for i in matched_images(n) if i.url != n.url]]
+    urls = [u for n in notices for u in [n.url] + [i.url for i in reported_images(n) if i.url != n.url]]
     return [f"    {u}" for u in dict.fromkeys(urls)]
 
 

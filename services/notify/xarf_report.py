@@ -75,6 +75,25 @@ def matched_images(notice: TakedownNotice) -> list[ImageFacts]:
     return [i for i in notice.images if i.match is not None]
 
 
+def reported_images(notice: TakedownNotice) -> list[ImageFacts]:
+    """The images a notice is about: those the bank matched; when none did and the notice says
+    what the material is (``category``: an analyst confirmed it, the police released it), every
+    image with hashes."""
+    matched = matched_images(notice)
+    if matched or notice.category is None:
+        return matched
+    return [i for i in notice.images if i.error is None and (i.sha256 or i.sha1 or i.md5)]
+
+
+def category_of(notice: TakedownNotice, image: ImageFacts) -> str:
+    """What one reported image is: its bank entry's category, else the notice's (the analyst's)."""
+    if image.match is not None:
+        return image.match.category
+    if notice.category is None:
+        raise XarfReportInvalid(f"notice {notice.notice_id}: {image.url} has no bank match and the notice no category")
+    return notice.category
+
+
 def is_exact(match: BankMatch) -> bool:
     return match.signal in _EXACT_SIGNALS
 
@@ -95,10 +114,11 @@ def source_identifier(notice: TakedownNotice) -> str:
 
 def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict[str, Any]:
     """The X-ARF v4 report for ``notice``, validated; raises :class:`XarfReportInvalid`."""
-    images = matched_images(notice)
+    images = reported_images(notice)
     if not images:
-        raise XarfReportInvalid(f"notice {notice.notice_id} names no matched image: nothing to classify")
-    classes = [classification_of(i.match.category) for i in images if i.match is not None]
+        what = "no image with hashes" if notice.category is not None else "no matched image"
+        raise XarfReportInvalid(f"notice {notice.notice_id} names {what}: nothing to classify")
+    classes = [classification_of(category_of(notice, i)) for i in images]
     classification = min(classes, key=XARF_CLASSIFICATIONS.index)
     first = images[0]
     parts = urlsplit(notice.url)
@@ -118,7 +138,7 @@ def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict
         "verification_method": "automated_crawler",
         "source_port": parts.port or (443 if parts.scheme == "https" else 80),
         "description": _description(notice, hotline_name, images)[:1000],
-        "tags": _tags(images),
+        "tags": _tags(notice, images),
         "evidence": [_evidence(i, n, len(images)) for n, i in enumerate(images[:_MAX_EVIDENCE], 1)],
     }
     host = parts.hostname.lower()
@@ -167,20 +187,20 @@ def _evidence(image: ImageFacts, n: int, total: int) -> xarf.XARFEvidence:
         facts["phash"] = image.phash
     if match is not None:
         facts["match"] = {"signal": match.signal, "distance": match.distance, "category": match.category}
+    what = "Hashes and match of matched image" if match is not None else "Hashes of analyst-confirmed image"
     return xarf.create_evidence(
         "application/json",
         json.dumps(facts, sort_keys=True),
-        description=f"Hashes and match of matched image {n} of {total} (no image data)",
+        description=f"{what} {n} of {total} (no image data)",
     )
 
 
-def _tags(images: list[ImageFacts]) -> list[str]:
+def _tags(notice: TakedownNotice, images: list[ImageFacts]) -> list[str]:
     tags: list[str] = []
     for image in images:
-        assert image.match is not None
-        for tag in (f"category:{image.match.category.strip().lower()}",
-                    f"match:{'exact' if is_exact(image.match) else 'perceptual'}",
-                    f"signal:{image.match.signal}"):
+        how = ([f"match:{'exact' if is_exact(image.match) else 'perceptual'}", f"signal:{image.match.signal}"]
+               if image.match is not None else ["match:none", "review:analyst"])
+        for tag in (f"category:{category_of(notice, image).strip().lower()}", *how):
             if tag not in tags:
                 tags.append(tag)
     return tags[:20]
@@ -188,7 +208,10 @@ def _tags(images: list[ImageFacts]) -> list[str]:
 
 def _description(notice: TakedownNotice, hotline_name: str, images: list[ImageFacts]) -> str:
     how = "confirmed by an analyst of" if notice.basis != "known_material" else "identified by hash match against the database of confirmed material of"
-    categories = sorted({i.match.category for i in images if i.match is not None})
+    categories = sorted({category_of(notice, i) for i in images})
+    if not any(i.match is not None for i in images):
+        return (f"Child sexual abuse material ({len(images)} image(s), category {', '.join(categories)}) "
+                f"{how} {hotline_name}. Notice {notice.notice_id}.")
     return (f"Known child sexual abuse material ({len(images)} matched image(s), category "
             f"{', '.join(categories)}) {how} {hotline_name}. Notice {notice.notice_id}.")
 

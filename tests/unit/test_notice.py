@@ -207,3 +207,27 @@ def test_a_notice_that_would_not_validate_is_never_sent() -> None:
     item = uow.items.get(item_id)
     assert item is not None and item.state == "notice_queued"
     assert [o for o in state.published if o.topic == "notices.events"] == []
+
+
+# --------------------------------------------------------------------------- no bank match
+
+
+@pytest.mark.parametrize("basis", ["police_release", "analyst_confirmed"])
+def test_a_notice_without_a_bank_match_is_classified_by_its_category(basis: str) -> None:
+    """New material an analyst confirmed (released by the police): no bank entry matched the
+    item's images when classify saw them, so the notice's own category says what it is."""
+    unmatched = KNOWN_IMAGE.model_copy(update={"match": None})
+    msg = render(images=[unmatched, ImageFacts(url="http://img.hoster-a.test/x.jpg", error="not an image")],
+                 basis=basis, category="national")
+    report = xarf_of(msg)  # both validators
+    assert report["classification"] == "B2" and report["detection_method"] == "manual_review"
+    assert report["hash_values"]["sha256"] == KNOWN_IMAGE.sha256
+    assert "category:national" in report["tags"] and "match:none" in report["tags"]
+    assert len(report["evidence"]) == 1  # the broken image has no hashes: not reported
+    text = text_of(msg)
+    assert KNOWN_IMAGE.sha256 in text and "analist" in text  # Dutch, for a hoster in NL
+
+
+def test_a_notice_without_match_or_category_still_raises() -> None:
+    with pytest.raises(XarfReportInvalid, match="no matched image"):
+        build_report(notice_for("i1", images=[KNOWN_IMAGE.model_copy(update={"match": None})]), SENDER, "T")
