@@ -106,16 +106,6 @@ class SqlEscalations:
             q = q.where(Escalation.created_at >= after)
         return self.session.scalars(q).all()
 
-
-class SqlAssessments:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None:
-        self.session.add(
-            Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
-        )
-
     def get(self, escalation_id: str) -> Escalation | None:
         return self.session.get(Escalation, escalation_id)
 
@@ -138,3 +128,14 @@ class SqlAssessments:
         if self.session.get_bind().dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
         return list(self.session.scalars(q).all())
+
+
+class SqlAssessments:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None:
+        self.session.add(
+            Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
+        )
+

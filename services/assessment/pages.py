@@ -118,16 +118,40 @@ def _page_caller(request: Request, store: SqlUnitOfWork) -> Caller | None:
 def _gate(request: Request, store: SqlUnitOfWork, back_to: str | None = None) -> Caller | Response:
     """An analyst or admin, or the page to show instead (login redirect, 403). ``back_to`` is
     where to return after signing in, when that is not this URL (a form handler)."""
+    return page_gate(request, store, PAGE_ROLES, "the analyst pages", back_to)
+
+
+def page_gate(
+    request: Request, store: SqlUnitOfWork, roles: tuple[str, ...], what: str, back_to: str | None = None,
+) -> Caller | Response:
+    """The signed-in account if its role is one of ``roles``, or the page to show instead: the
+    login form (coming back here, or to ``back_to``), or a 403 saying it may not use ``what``.
+    Every page behind login (analyst, police) signs in through ``/login`` with this."""
     caller = _page_caller(request, store)
     if caller is None:
         response = RedirectResponse(f"/login?next={quote(back_to or request.url.path)}", status_code=303)
         if TOKEN_COOKIE in request.cookies:
             _clear_token(response)
         return response
-    if caller.role not in PAGE_ROLES:
-        return _error(request, 403, f"The account {caller.name} ({caller.role}) may not use the analyst pages.",
-                      caller)
+    if caller.role not in roles:
+        return _error(request, 403, f"The account {caller.name} ({caller.role}) may not use {what}.", caller)
     return caller
+
+
+def set_flash(response: Response, cookie: str, path: str, kind: str, message: str) -> Response:
+    """A one-shot message for the next view of ``path`` (a cookie, so no URL can fake one)."""
+    response.set_cookie(cookie, quote(f"{kind}:{message}"[:600]), max_age=120, path=path,
+                        httponly=True, samesite="strict")
+    return response
+
+
+def read_flash(request: Request, cookie: str) -> dict[str, str] | None:
+    """The one-shot message ``set_flash`` left, if any (the caller deletes the cookie)."""
+    raw = request.cookies.get(cookie)
+    if not raw:
+        return None
+    kind, _, message = unquote(raw).partition(":")
+    return {"kind": "error" if kind == "error" else "ok", "message": message}
 
 
 def same_origin(request: Request) -> bool:

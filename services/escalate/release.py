@@ -34,7 +34,13 @@ from hotline.kernel.states import FINAL, ItemState
 from hotline.storage.models import Escalation, Item
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
-from schemas.notices import NoticeEvent, PartnerForward, PoliceAction, PoliceEscalation, TakedownNotice
+from schemas.notices import (
+    NoticeEvent,
+    PartnerForward,
+    PoliceAction,
+    PoliceEscalation,
+    TakedownNotice,
+)
 from services.police.logic import HOLD_TIMER
 
 STAGE = "escalate"

@@ -140,7 +140,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         fetch_timeout_seconds=5,
     )
     system = bootstrap(settings, dns=NoDns())
-    tokens = {role: new_token() for role in ("admin", "analyst", "hoster")}
+    tokens = {role: new_token() for role in ("admin", "analyst", "hoster", "police")}
     with system.sessions() as session:
         store = SqlUnitOfWork(session)
         h = hash_image(photo_like_jpeg(640, 480, seed=known_seed))

@@ -23,7 +23,14 @@ from services.escalate.hold_timer import HoldTimer
 from services.notify.mailer import RecordingMailer
 from services.notify.xarf_report import build_report, validate
 from services.police.logic import PoliceRefused, act, describe, shown
-from tests.unit.stagekit import FakeGateway, deliver, escalate_stage, make_item, notify_stage, of_topic
+from tests.unit.stagekit import (
+    FakeGateway,
+    deliver,
+    escalate_stage,
+    make_item,
+    notify_stage,
+    of_topic,
+)
 
 IMG = ImageFacts(url="http://img.hoster-a.test/new.jpg", md5="a" * 32, sha1="b" * 40, sha256="c" * 64,
                  pdq="d" * 64, pdq_quality=100, phash="e" * 16)
