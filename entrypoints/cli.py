@@ -406,13 +406,49 @@ def police() -> None:
 
 @police.command("feed")
 @click.option("--follow", is_flag=True, help="Keep waiting for new escalations.")
-def police_feed(follow: bool) -> None:
+@click.option("--from-offset", "from_offset", default=None,
+              help="Embedded: skip the first N escalations. Kafka: N for every partition, or P:N[,P:N].")
+@click.option("--since", default=None, help="Only escalations from this ISO 8601 time on (UTC if no zone).")
+def police_feed(follow: bool, from_offset: str | None, since: str | None) -> None:
     """Print every escalations.police message so far as JSON lines."""
-    from entrypoints.police_feed import feed
+    from entrypoints.police_feed import feed, parse_offsets, parse_time
 
-    for line in feed(get_settings(), follow=follow):
-        click.echo(line)
-        sys.stdout.flush()
+    try:
+        parse_offsets(from_offset)
+        start = parse_time(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        for line in feed(get_settings(), follow=follow, from_offset=from_offset, since=start):
+            click.echo(line)
+            sys.stdout.flush()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@police.command("export")
+@click.option("--from", "start", required=True, help="Start of the period (ISO 8601, inclusive).")
+@click.option("--to", "end", required=True, help="End of the period (ISO 8601, exclusive).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here instead of standard output.")
+def police_export(start: str, end: str, fmt: str, output: Path | None) -> None:
+    """A period's escalations with their current state and the police's actions."""
+    import json
+
+    from entrypoints.police_feed import export_rows, parse_time, to_csv
+
+    try:
+        begin, until = parse_time(start), parse_time(end)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    rows = export_rows(get_settings(), begin, until)
+    text = to_csv(rows) if fmt == "csv" else json.dumps(rows, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"{len(rows)} escalation(s) written to {output}", err=True)
 
 
 @main.group()
