@@ -246,6 +246,97 @@ def _summary(after: AfterTheNotice) -> str:
             "monitor: " + "; ".join(parts))
 
 
+POLICE_OFFICER = "demo-police"
+
+
+@dataclass
+class PoliceRelease:
+    """What the demo's police officer did and what came of it."""
+
+    escalation_id: str | None = None
+    seen_state: str | None = None
+    steps: list[tuple[str, int, str]] = field(default_factory=list)  # (action, HTTP status, state after)
+    second_release: int | None = None
+    outcome: str | None = None
+    notices: int = 0
+    notice_to: str | None = None
+    item_state: str | None = None
+    release_to_notice_ms: float = 0.0
+    error: str | None = None
+
+
+def _police_release(
+    api: httpx.Client, police: dict[str, str], admin: dict[str, str], smtp: SmtpSink, runtime: EmbeddedRuntime,
+    item_id: str | None,
+) -> PoliceRelease:
+    """The police liaison through the API: see the escalation, mark it received, hold it, release
+    it; then wait for the NTD at the SMTP server (sent by escalate and notify)."""
+    result = PoliceRelease()
+    if item_id is None:
+        result.error = "no item was confirmed by the analyst"
+        return result
+    listed = api.get("/api/v1/escalations", headers=police).json()["escalations"]
+    mine = next((e for e in listed if e["item_id"] == item_id), None)
+    if mine is None:
+        result.error = f"the escalation of {item_id} is not in GET /api/v1/escalations"
+        return result
+    result.escalation_id, result.seen_state = mine["escalation_id"], mine["state"]
+    base = f"/api/v1/escalations/{result.escalation_id}"
+    released_at = time.monotonic()
+    for action, body in (("received", None), ("hold", {"reason": "demo: investigation, keep it online for now"}),
+                         ("release", None)):
+        released_at = time.monotonic()
+        r = api.post(f"{base}/{action}", headers=police, json=body)
+        result.steps.append((action, r.status_code, r.json().get("state", r.json().get("detail", ""))))
+    result.second_release = api.post(f"{base}/release", headers=police).status_code
+    notice_id = f"ntd-{item_id}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        arrived = [m for m in smtp.messages if m["X-Hotline-Notice-Id"] == notice_id]
+        if arrived:
+            result.release_to_notice_ms = (time.monotonic() - released_at) * 1000
+            result.notice_to = arrived[0]["To"]
+            break
+        time.sleep(0.02)
+    runtime.wait_idle(10)
+    result.notices = sum(1 for m in smtp.messages if m["X-Hotline-Notice-Id"] == notice_id)
+    after = next(e for e in api.get("/api/v1/escalations", headers=police).json()["escalations"]
+                 if e["item_id"] == item_id)
+    result.outcome = after["outcome"]
+    report = api.get(f"/api/v1/reports/{after['report_ids'][0]}", headers=admin) if after["report_ids"] else None
+    if report is not None and report.status_code == 200:
+        result.item_state = next((i["state"] for i in report.json()["items"] if i["item_id"] == item_id), None)
+    return result
+
+
+def _report_police(police: PoliceRelease, say: Callable[[str], None]) -> list[str]:
+    """Print what the police did and what came of it; return what went wrong."""
+    say("")
+    say("the police decide when (GET /api/v1/escalations, POST …/received, …/hold, …/release):")
+    if police.error:
+        return [f"police release: {police.error}"]
+    say(f"  {police.escalation_id}: seen as {police.seen_state} by {POLICE_OFFICER}")
+    for action, status, state in police.steps:
+        say(f"  POST {action:<8} -> HTTP {status}, {state}")
+    say(f"  POST release again -> HTTP {police.second_release} (released is final)")
+    say(f"  outcome: {police.outcome}")
+    say(f"  NTD at the SMTP server: {police.notices} e-mail to {police.notice_to}, "
+        f"{police.release_to_notice_ms:.0f} ms after the release; item {police.item_state}")
+    failures = []
+    if [(a, st) for a, st, _ in police.steps] != [("received", 200), ("hold", 200), ("release", 200)]:
+        failures.append(f"police actions should all succeed: {police.steps}")
+    if police.second_release != 409:
+        failures.append(f"a second release should be refused with 409, got {police.second_release}")
+    if police.notices != 1 or police.notice_to != "abuse@hoster-a.test":
+        failures.append(f"expected exactly one NTD to abuse@hoster-a.test after the police release, got "
+                        f"{police.notices} to {police.notice_to}")
+    if police.item_state != S.NOTICE_SENT:
+        failures.append(f"the released item should be notice_sent, is {police.item_state}")
+    if not (police.outcome or "").startswith("notice ntd-"):
+        failures.append(f"the escalation's outcome should name its notice: {police.outcome}")
+    return failures
+
+
 def _near_duplicate(seed: int) -> bytes:
     """A re-upload of a known picture: scaled to 70 % and re-encoded at low quality."""
     img = generate_photo_like(1024, 768, seed=seed)
@@ -345,6 +436,8 @@ def run_demo(quiet: bool = False) -> int:
             analyst_token, admin_token = new_token(), new_token()
             store.users.add("demo-analyst", "analyst", analyst_token)
             store.users.add("demo-admin", "admin", admin_token)
+            police_token = new_token()
+            store.users.add("demo-police", "police", police_token)
             store.commit()
         say(f"bank: {len(known)} known images (hashes only); 3 hosting providers on loopback; SMTP on {smtp.host}:{smtp.port}")
 
@@ -426,6 +519,10 @@ def run_demo(quiet: bool = False) -> int:
         finally:
             scheduler.stop()
             install(previous)
+        # The police release the new material (after the follow-up on the simulated clock, so
+        # its notice is not part of that story): hold, then release, then the NTD arrives.
+        confirmed = next((c.item_id for c in cases if c.analyst == "illegal" and c.item_id), None)
+        police = _police_release(api, {"Authorization": f"Bearer {police_token}"}, admin, smtp, runtime, confirmed)
         stage_errors = dict(runtime.errors)
         api.close()
         server.should_exit = True
@@ -461,9 +558,12 @@ def run_demo(quiet: bool = False) -> int:
         say(f"  {fwd.body['forward_id']} -> {fwd.body['partner_name']} ({fwd.body['url']})")
     say(f"police escalations: {len(escalations)}" + "".join(f"\n  {e.id} {e.payload['url']}" for e in escalations))
 
-    expected_notices = {"abuse@hoster-a.test": 1, "abuse@hoster-b.test": 2}
+    failures += _report_police(police, say)
+
+    # Hoster A: the known image's notice, and the police-released one of the new material.
+    expected_notices = {"abuse@hoster-a.test": 2, "abuse@hoster-b.test": 2}
     got = {to: sum(1 for t, _ in notices if t == to) for to in expected_notices}
-    if got != expected_notices or len(notices) != 3:
+    if got != expected_notices or len(notices) != 4:
         failures.append(f"expected NTD e-mails {expected_notices}, got {[t for t, _ in notices]}")
     if len(partner.received) != 2:
         failures.append(f"expected 2 partner forwards, got {len(partner.received)}")
@@ -486,5 +586,8 @@ def run_demo(quiet: bool = False) -> int:
         for f in failures:
             print("  - " + f)
         return 1
-    print("demo OK: every report ended where it should, and the follow-up did what it should")
+    print(f"police: {police.escalation_id} held, released by {POLICE_OFFICER}; its NTD reached "
+          f"{police.notice_to} {police.release_to_notice_ms:.0f} ms after the release")
+    print("demo OK: every report ended where it should, the follow-up did what it should, "
+          "and the police release led to the NTD")
     return 0

@@ -59,9 +59,9 @@ def parse_offsets(value: str | None) -> int | dict[int, int] | None:
         return n
     offsets: dict[int, int] = {}
     for part in value.split(","):
-        p, _, n = part.partition(":")
-        offsets[int(p)] = int(n)
-        if offsets[int(p)] < 0:
+        partition, _, offset = part.partition(":")
+        offsets[int(partition)] = int(offset)
+        if offsets[int(partition)] < 0:
             raise ValueError("an offset is never negative")
     return offsets
 

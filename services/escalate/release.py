@@ -142,8 +142,9 @@ def _payload(row: Escalation) -> dict[str, Any]:
     return dict(row.payload or {})
 
 
-def _event(escalation: PoliceEscalation, action: PoliceAction, outcome: str, **ids: str) -> Outgoing:
+def _event(escalation: PoliceEscalation, action: PoliceAction, outcome: str, notice_id: str | None = None,
+           forward_id: str | None = None) -> Outgoing:
     return Outgoing("notices.events", NoticeEvent(
         event_id=f"{escalation.escalation_id}:released", item_id=escalation.item_id, kind="released",
-        detail=f"{released_by(action)}: {outcome}", at=action.at, **ids,
+        notice_id=notice_id, forward_id=forward_id, detail=f"{released_by(action)}: {outcome}", at=action.at,
     ))

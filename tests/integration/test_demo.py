@@ -43,6 +43,9 @@ def test_hotline_demo_quiet_succeeds(tmp_path: Path) -> None:
                      r"1\. Hoster B B\.V\. removed 0 of 2, 2 open past the deadline; "
                      r"2\. Hoster A B\.V\. removed 1 of 1, median \d+ h", out), out
 
+    # the police release of the analyst-confirmed item led to its NTD
+    assert re.search(r"police: pol-\w+ held, released by demo-police; its NTD reached abuse@hoster-a\.test \d+ ms "
+                     r"after the release", out), out
     # --quiet: the summary only, not the per-report table
     assert "takedown notices received by the SMTP server" not in out
     assert len(out.strip().splitlines()) <= 5
