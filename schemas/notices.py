@@ -70,7 +70,8 @@ class PoliceAction(Message):
     """What the police did with an escalation (topic ``escalations.actions``): ``received``
     (acknowledged), ``hold`` (keep the takedown back, with a reason), ``release`` (the
     takedown may go; ``by`` is ``hold-timer`` when the hold time passed without a hold).
-    ``action_id`` is deterministic per escalation and action, except for holds."""
+    ``action_id`` is ``{escalation_id}:{action}``: each action happens at most once per
+    escalation (a hold cannot be repeated, released is final), so consumers dedupe by it."""
 
     action_id: str
     escalation_id: str
