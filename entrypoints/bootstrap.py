@@ -59,6 +59,11 @@ class System:
         """Sessions for HTTP requests (see ``make_engine(immediate=True)``)."""
         return self.web_sessions or self.sessions
 
+    def operator_hosts(self) -> frozenset[str]:
+        """Host names in the operator's hosting file: intake accepts them although they are not
+        under a public suffix (``services.ingest.hosts``)."""
+        return frozenset(self.hosting.directory.hosts)
+
     def build_fetcher(self) -> Fetcher:
         """The guarded fetcher with the configured policy. Classify and the analyst's live image
         view share it, so both refuse exactly the same addresses and resolve names alike."""
@@ -146,7 +151,7 @@ class System:
     def build_stage(self, name: str) -> Stage:
         s = self.settings
         if name == "ingest":
-            return IngestStage()
+            return IngestStage(operator_hosts=self.operator_hosts())
         if name == "classify":
             fetcher = self.build_fetcher()
             max_pixels = s.fetch_max_pixels

@@ -455,7 +455,7 @@ def run_demo(quiet: bool = False) -> int:
             Case("unknown image → analyst: not illegal", [f"{b}/holiday.jpg"], S.CLOSED_NOT_ILLEGAL, analyst="not_illegal"),
             Case("resized re-upload of known image (PDQ)", [f"{b}/re/known1-small.jpg"], S.NOTICE_SENT, expect_detail="abuse@hoster-b.test"),
             Case("removed page (HTTP 404)", [f"{a}/deleted.jpg"], S.CLOSED_OFFLINE),
-            Case("host that does not resolve", [f"http://gone.nowhere.test:{port}/x.jpg"], S.CLOSED_OFFLINE),
+            Case("local network name, not on the internet", [f"http://intranet:{port}/x.jpg"], REJECTED),
             Case("same URL as the first, spelled differently", [f"http://IMAGES.Hoster-A.test:{port}/img/./known1.jpg#top"], S.NOTICE_SENT, expect_detail="linked"),
             Case("two URLs, one a page in DE", [f"{de}/album.html", f"{b}/gallery.html"], S.FORWARDED),
             Case("ftp URL", ["ftp://files.example.test/x.jpg"], REJECTED),

@@ -30,6 +30,14 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property tests explore new random inputs on every developer run (and keep what failed in
+# .hypothesis/), but in CI they replay one fixed sequence, so a submission's CI result
+# depends on the code alone. A failure found locally becomes an @example.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 KAFKA_ENV = "HOTLINE_TEST_KAFKA_BROKERS"
 DATABASE_ENV = "HOTLINE_TEST_DATABASE_URL"

@@ -18,7 +18,7 @@ able to learn anything about the bank beyond "is this file known".
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,8 @@ import numpy as np
 
 from hashing.matcher import BankMatcher
 from hashing.signals import SIGNAL_TYPES, InvalidHash, UnknownSignalType, get_signal_type
-from services.ingest.urls import UrlRejected, normalize_url
+from services.ingest.hosts import accept_url
+from services.ingest.urls import UrlRejected
 
 MAX_BATCH = 10_000
 """Hashes per request. Larger batches must be split; the error says so."""
@@ -77,8 +78,10 @@ def _error(field_name: str, reason: str) -> dict[str, str]:
     return {"field": field_name, "reason": reason}
 
 
-def parse_batch(data: Any) -> Batch:
-    """Validate a decoded JSON body; raise ``BatchRejected`` naming every bad position."""
+def parse_batch(data: Any, operator_hosts: Collection[str] = ()) -> Batch:
+    """Validate a decoded JSON body; raise ``BatchRejected`` naming every bad position.
+    ``operator_hosts``: names of the hosting file, accepted in ``report_hits`` although not
+    under a public suffix (intake's rule, ``services.ingest.hosts``)."""
     if not isinstance(data, dict):
         raise BatchRejected(422, [_error("body", 'expected a JSON object {"hashes": [...]}')])
     unknown = [k for k in data if k not in TOP_LEVEL_FIELDS]
@@ -111,7 +114,7 @@ def parse_batch(data: Any) -> Batch:
 
     report_hits = data.get("report_hits")
     if report_hits is not None:
-        batch.report_urls = _parse_report_hits(report_hits, batch)
+        batch.report_urls = _parse_report_hits(report_hits, batch, operator_hosts)
     return batch
 
 
@@ -204,7 +207,7 @@ def _slow_check(item: Any) -> tuple[str, str] | list[str]:
         return [".value", str(exc)]
 
 
-def _parse_report_hits(report_hits: Any, batch: Batch) -> dict[str, str]:
+def _parse_report_hits(report_hits: Any, batch: Batch, operator_hosts: Collection[str]) -> dict[str, str]:
     if not isinstance(report_hits, dict):
         raise BatchRejected(
             422, [_error("report_hits", "expected an object mapping hash value -> URL")]
@@ -225,7 +228,7 @@ def _parse_report_hits(report_hits: Any, batch: Batch) -> dict[str, str]:
             errors.append(_error(where, "expected the URL where the file is served, as a string"))
         else:
             try:
-                normalize_url(url)
+                accept_url(url, operator_hosts)
             except UrlRejected as exc:
                 errors.append(_error(where, f"{url!r}: {exc.reason}"))
                 continue

@@ -232,7 +232,7 @@ def post_hashcheck(
         return JSONResponse({"detail": [{"field": "body", "reason": f"not valid JSON: {exc}"}]},
                             status_code=422)
     try:
-        batch = parse_batch(data)
+        batch = parse_batch(data, request.app.state.system.operator_hosts())
     except BatchRejected as exc:
         return JSONResponse({"detail": exc.errors}, status_code=exc.status)
 

@@ -5,10 +5,12 @@ ingest validates again for channels that bypass HTTP (Kafka, CSV, partners)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +21,7 @@ from hotline.kernel.states import COARSE, COARSE_REASON, REJECTED
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.reports import ReportSubmitted
+from services.ingest.hosts import accept_url
 from services.ingest.stage import MAX_URLS_PER_REPORT
 from services.ingest.urls import UrlRejected, normalize_url
 
@@ -26,17 +29,37 @@ router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
-def check_urls(urls: list[str]) -> list[str]:
-    """Every URL must be one ingest can process; the error names each bad position and why."""
+def url_problems(urls: list[str], operator_hosts: Collection[str] | None = None) -> list[str]:
+    """Why each URL ingest could not process is refused, naming its position. Without
+    ``operator_hosts`` only the URL's form is checked (the models' validator cannot see the
+    hosting file); with them, also that the host can be on the internet."""
     problems = []
     for i, url in enumerate(urls):
         try:
-            normalize_url(url)
+            if operator_hosts is None:
+                normalize_url(url)
+            else:
+                accept_url(url, operator_hosts)
         except UrlRejected as err:
             problems.append(f"urls[{i}] {url!r}: {err.reason}")
+    return problems
+
+
+def check_urls(urls: list[str]) -> list[str]:
+    """Every URL must be one ingest can process; the error names each bad position and why."""
+    problems = url_problems(urls)
     if problems:
         raise ValueError("; ".join(problems))
     return urls
+
+
+def refuse_unreachable(request: Request, urls: list[str]) -> None:
+    """422, in FastAPI's own error format, for URLs whose host cannot be on the internet."""
+    problems = url_problems(urls, request.app.state.system.operator_hosts())
+    if problems:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "urls"), "msg": "; ".join(problems), "input": urls}]
+        )
 
 
 class ReportRequest(BaseModel):
@@ -105,17 +128,22 @@ def submit(
 
 @router.post("/api/v1/reports", status_code=202, tags=["reports"])
 def post_report(
+    request: Request,
     body: ReportRequest,
     store: SqlUnitOfWork = Depends(get_store),
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> JSONResponse:
-    """Submit a report. A retried request with the same ``Idempotency-Key`` returns the first report."""
+    """Submit a report. A retried request with the same ``Idempotency-Key`` returns the first report.
+    A URL whose host cannot be on the internet (``intranet``, ``printer.local``) is refused
+    with 422 naming it and why."""
+    refuse_unreachable(request, body.urls)
     report_id = submit(store, body, "api", idempotency_key)
     return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
 
 
 @router.post("/api/v1/partner/reports", status_code=202, tags=["reports"])
 def post_partner_report(
+    request: Request,
     body: PartnerReportRequest,
     store: SqlUnitOfWork = Depends(get_store),
     caller: Caller = Depends(require_role("partner")),
@@ -123,6 +151,7 @@ def post_partner_report(
 ) -> JSONResponse:
     """Intake for partner hotlines (role ``partner``): same pipeline, channel ``partner``, with
     the partner's own case reference kept on the report. ``Idempotency-Key`` defaults to it."""
+    refuse_unreachable(request, body.urls)
     key = idempotency_key or f"partner:{caller.name}:{body.partner_reference}"
     report_id = submit(store, body, "partner", key)
     return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
@@ -192,6 +221,11 @@ def report_form_post(
         if not lines:
             errors = ["please enter at least one web address"]
         ctx = _form_context(request, urls=urls, description=description, reporter_email=reporter_email, errors=errors)
+        return templates.TemplateResponse(request, "report.html", ctx, status_code=422)
+    unreachable = url_problems(body.urls, request.app.state.system.operator_hosts())
+    if unreachable:
+        ctx = _form_context(request, urls=urls, description=description, reporter_email=reporter_email,
+                            errors=unreachable)
         return templates.TemplateResponse(request, "report.html", ctx, status_code=422)
     report_id = submit(store, body, "web", None)
     return templates.TemplateResponse(request, "report.html", _form_context(request, report_id=report_id))

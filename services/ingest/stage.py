@@ -8,6 +8,7 @@ are recorded on the report with the reason and published to
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from hotline.kernel.clock import now
@@ -17,12 +18,18 @@ from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.items import ItemAccepted
 from schemas.reports import ReportRejected, ReportSubmitted
-from services.ingest.urls import UrlRejected, normalize_url
+from services.ingest.hosts import accept_url
+from services.ingest.urls import UrlRejected
 
 MAX_URLS_PER_REPORT = 500
 
 
+@dataclass
 class IngestStage:
+    # Host names the operator's hosting file vouches for (accepted although not under a
+    # public suffix); see ``services.ingest.hosts``.
+    operator_hosts: frozenset[str] = field(default_factory=frozenset)
+
     name: ClassVar[str] = "ingest"
     inputs: ClassVar[tuple[str, ...]] = ("reports.submitted",)
 
@@ -46,7 +53,7 @@ class IngestStage:
         seen: dict[str, str] = {}
         for position, raw in enumerate(message.urls):
             try:
-                norm = normalize_url(raw)
+                norm, _kind = accept_url(raw, self.operator_hosts)
             except UrlRejected as err:
                 uow.reports.link_url(report.id, position, str(raw), None, err.reason)
                 out.append(

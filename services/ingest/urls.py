@@ -1,9 +1,12 @@
 """Validate and normalize reported URLs, so the same resource reported twice is one item.
 
-Pure functions, no I/O. Normalization is conservative: it only removes
-differences that cannot change what a server returns (case of scheme and host,
-default ports, fragments, dot segments, IDN spelling); query strings keep their
-order because some sites route on it.
+Pure functions, no I/O. The URL is parsed as a browser parses it (the WHATWG URL
+standard, through ``ada-url``): what a reporter saw in the address bar is what the
+hotline fetches, and the host spellings browsers accept (IDN, ``0x7f.1``,
+``2130706433``) become the one host they mean. On top of that, normalization is
+conservative: it only removes differences that cannot change what a server returns
+(case of scheme and host, default ports, fragments, dot segments, escapes of
+unreserved characters); query strings keep their order because some sites route on it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import string
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
+
+import ada_url
 
 MAX_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -35,7 +40,7 @@ class UrlRejected(ValueError):
 @dataclass(frozen=True)
 class NormalizedUrl:
     url: str
-    host: str
+    host: str  # ASCII: an IDN is in punycode; an IP literal in its compressed form, no brackets
 
 
 def _normalize_host(host: str) -> str:
@@ -103,7 +108,10 @@ def normalize_url(raw: str) -> NormalizedUrl:
             scheme = text.split(":", 1)[0].lower()
             raise UrlRejected("unsupported_scheme", f"only http and https URLs can be processed, not {scheme}:")
         text = "http://" + text  # reporters often paste "example.com/page"
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unbalanced "[" (found by hypothesis)
+        raise UrlRejected("invalid_host", f"{raw.strip()!r} is not a URL: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise UrlRejected("unsupported_scheme", f"only http and https URLs can be processed, not {scheme}:")
@@ -113,11 +121,17 @@ def normalize_url(raw: str) -> NormalizedUrl:
         port = parts.port
     except ValueError as exc:
         raise UrlRejected("invalid_port", "the port is not a number between 0 and 65535") from exc
-    host = _normalize_host(parts.hostname or "")
+    if not (parts.hostname or "").strip().rstrip("."):
+        raise UrlRejected("missing_host", "the URL has no host name")
+    try:
+        parsed = ada_url.URL(text)
+    except ValueError as exc:
+        raise UrlRejected("invalid_host", f"{raw.strip()!r} is not a URL a browser could open") from exc
+    host = _normalize_host(parsed.hostname)
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
     # Re-quote consistently (unreserved characters unescaped), then resolve dot segments.
-    path = _remove_dot_segments(_normalize_escapes(parts.path or "/"))
-    url = urlunsplit((scheme, netloc, path, parts.query, ""))
+    path = _remove_dot_segments(_normalize_escapes(parsed.pathname or "/"))
+    url = urlunsplit((scheme, netloc, path, parsed.search.removeprefix("?"), ""))
     return NormalizedUrl(url=url, host=host)

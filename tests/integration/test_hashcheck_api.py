@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -77,7 +79,11 @@ def start_app(database_url: str, seeds: range = range(1, 7), random_entries: int
 
     from entrypoints.web import create_app
 
-    system = bootstrap(Settings(database_url=database_url, index_dir="none"))
+    # The hosting file vouches for the test's host names (intake refuses names that are not
+    # under a public suffix otherwise: services/ingest/hosts.py).
+    hosting = Path(tempfile.mkdtemp(prefix="hashcheck-")) / "hosting.yaml"
+    hosting.write_text("hosts:\n  files.hoster-a.test: [127.0.0.2]\n")
+    system = bootstrap(Settings(database_url=database_url, index_dir="none", hosting_file=hosting))
     tokens = {}
     known = [png_hashes(s) for s in seeds]
     entry_ids = []
@@ -296,6 +302,9 @@ def test_report_hits_with_a_bad_url_or_foreign_hash_is_422(app: App) -> None:
     c = app.client("hoster-a")
     r = check(c, [("md5", h.md5)], report_hits={h.md5: "ftp://x.test/a.jpg"})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == f"report_hits[{h.md5!r}]"
+    # A host that cannot be on the internet is refused here, not silently at ingest.
+    r = check(c, [("md5", h.md5)], report_hits={h.md5: "http://nas/share/a.jpg"})
+    assert r.status_code == 422 and "cannot be on the internet" in r.json()["detail"][0]["reason"]
     r = check(c, [("md5", h.md5)], report_hits={"0" * 32: "http://x.test/a.jpg"})
     assert r.status_code == 422 and "not in this request" in r.json()["detail"][0]["reason"]
 

@@ -51,6 +51,7 @@ class FlakyIngest(IngestStage):
     name: ClassVar[str] = "ingest"
 
     def __init__(self, *errors: Callable[[], Exception]) -> None:
+        super().__init__(operator_hosts=frozenset({"a.test", "b.test"}))
         self.errors = list(errors) or [lambda: KeyError("tripped")]
         self.attempts = 0
 

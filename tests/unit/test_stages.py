@@ -57,6 +57,9 @@ from tests.unit.stagekit import (
     path_to,
 )
 
+# Names the tests' hosting file would list (intake accepts them; see services.ingest.hosts).
+TEST_HOSTS = frozenset({"site.test", "ok.test", "files.test", "a.test", "b.test"})
+
 
 @pytest.fixture
 def state() -> MemoryState:
@@ -71,7 +74,7 @@ def uow(state: MemoryState) -> MemoryUnitOfWork:
 
 def submit(uow: UnitOfWork, *urls: str, report_id: str | None = None) -> tuple[str, list[Outgoing]]:
     msg = ReportSubmitted(urls=list(urls)) if report_id is None else ReportSubmitted(urls=list(urls), report_id=report_id)
-    return msg.report_id, deliver(IngestStage(), "reports.submitted", msg, uow)
+    return msg.report_id, deliver(IngestStage(operator_hosts=TEST_HOSTS), "reports.submitted", msg, uow)
 
 
 def published(state: MemoryState, topic: str) -> list[Any]:
@@ -180,7 +183,7 @@ def test_report_without_urls_is_rejected_whole(uow: MemoryUnitOfWork) -> None:
 def test_malformed_message_becomes_a_rejection_with_the_payload(
     uow: MemoryUnitOfWork, state: MemoryState, raw: bytes, payload: object
 ) -> None:
-    out = deliver(IngestStage(), "reports.submitted", raw, uow)
+    out = deliver(IngestStage(operator_hosts=TEST_HOSTS), "reports.submitted", raw, uow)
     (rej,) = out
     assert rej.topic == "reports.rejected"
     msg = rej.message
@@ -201,8 +204,8 @@ def test_malformed_message_becomes_a_rejection_with_the_payload(
 
 def test_redelivered_report_creates_nothing_new(uow: MemoryUnitOfWork, state: MemoryState) -> None:
     msg = ReportSubmitted(urls=["http://site.test/a.jpg", "http://site.test/b.jpg"])
-    out1 = deliver(IngestStage(), "reports.submitted", msg, uow)
-    out2 = deliver(IngestStage(), "reports.submitted", msg, uow)
+    out1 = deliver(IngestStage(operator_hosts=TEST_HOSTS), "reports.submitted", msg, uow)
+    out2 = deliver(IngestStage(operator_hosts=TEST_HOSTS), "reports.submitted", msg, uow)
     ids1 = sorted(m.item_id for m in of_topic(out1, "items.accepted"))
     ids2 = sorted(m.item_id for m in of_topic(out2, "items.accepted"))
     assert ids1 == ids2 and len(ids1) == 2  # replayed for the stages after, same items
@@ -743,7 +746,7 @@ def test_sql_forward_retry_is_paced_and_counted(sessions: sessionmaker[Session])
 
 
 def test_sql_invalid_message_is_rejected(sessions: sessionmaker[Session]) -> None:
-    out = process(sessions, IngestStage(), "reports.submitted", b'{"report_id": "r-42", "urls": "not-a-list"}')
+    out = process(sessions, IngestStage(operator_hosts=TEST_HOSTS), "reports.submitted", b'{"report_id": "r-42", "urls": "not-a-list"}')
     (rej,) = of_topic(out, "reports.rejected")
     assert rej.reason_code == "malformed_message" and rej.report_id == "r-42"
     assert on_bus(sessions, "reports.rejected") == 1
@@ -775,7 +778,7 @@ def _scenario(run: Callable[[Any, str, Any], list[Outgoing]], unit: Callable[[],
         ReportSubmitted(report_id="r-1", urls=["http://site.test/a.jpg", "HTTP://SITE.test:80/a.jpg", "ftp://x.test/"]),
         ReportSubmitted(report_id="r-2", urls=["site.test/./a.jpg", "http://site.test/b.jpg"]),
     ]
-    outputs = [run(IngestStage(), "reports.submitted", r) for r in [*reports, reports[0]]]
+    outputs = [run(IngestStage(operator_hosts=TEST_HOSTS), "reports.submitted", r) for r in [*reports, reports[0]]]
     with unit() as uow:
         item_ids = sorted({u.item_id for r in reports for u in uow.reports.urls(r.report_id) if u.item_id})
         a = next(i for i in item_ids if uow.items.get(i).url == "http://site.test/a.jpg")
