@@ -10,7 +10,7 @@ from pydantic import Field
 from schemas.base import Message, utcnow
 from schemas.facts import HostingFacts, ImageFacts
 
-Route = Literal["ntd", "assessment", "forward", "closed_offline"]
+Route = Literal["ntd", "assessment", "forward", "closed_offline", "police"]
 
 
 class ItemAccepted(Message):

@@ -52,12 +52,16 @@ class PoliceEscalation(Message):
     first_seen: datetime
     last_seen: datetime
     report_ids: list[str] = []
-    classification: AnalystClassification
+    # The analyst's classification; None when no analyst was involved (a Tor hidden service,
+    # escalated by classify at once).
+    classification: AnalystClassification | None = None
     escalated_at: datetime = Field(default_factory=utcnow)
     # Why the police get it: ``new_material`` (an analyst confirmed it; the takedown waits for
     # the police's release), ``no_partner`` (hosted in a country without a partner hotline:
     # the hotline noticed the foreign hoster directly, this is the police's record of it).
-    reason: Literal["new_material", "no_partner"] = "new_material"
+    # ``onion``: a Tor hidden service, never fetched (no hoster can be noticed there); the
+    # police get it at once and a release sends nothing.
+    reason: Literal["new_material", "no_partner", "onion"] = "new_material"
     # When the takedown follows by itself unless the police hold it (HOTLINE_POLICE_HOLD_SECONDS);
     # None: it waits for the police's release.
     release_due_at: datetime | None = None

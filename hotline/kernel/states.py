@@ -63,7 +63,8 @@ COARSE_REASON: dict[str, str] = {
 # removed; final states never change.
 _ANY_OPEN_TO = {S.AWAITING_ASSESSMENT, S.REMOVED}
 TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
-    S.RECEIVED: frozenset({S.NOTICE_QUEUED, S.FORWARD_QUEUED, S.CLOSED_OFFLINE}),
+    # A Tor hidden service goes from classify straight to the police (escalated).
+    S.RECEIVED: frozenset({S.NOTICE_QUEUED, S.FORWARD_QUEUED, S.CLOSED_OFFLINE, S.ESCALATED}),
     S.AWAITING_ASSESSMENT: frozenset({S.ESCALATED, S.CLOSED_NOT_ILLEGAL, S.NOTICE_QUEUED, S.FORWARD_QUEUED}),
     S.NOTICE_QUEUED: frozenset({S.NOTICE_SENT, S.NOTICE_UNCONFIRMED}),
     S.FORWARD_QUEUED: frozenset({S.FORWARDED}),

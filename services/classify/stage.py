@@ -21,13 +21,20 @@ from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
-from schemas.notices import PartnerForward, TakedownNotice
+from schemas.notices import PartnerForward, PoliceEscalation, TakedownNotice
 from services.classify.fetcher import Fetched, Fetcher, FetchError
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import decide_route
+from services.ingest.hosts import is_onion
+
+ONION_REASON = (
+    "Tor hidden service (.onion): not fetched, since no hoster can be noticed there; "
+    "escalated to the police at once"
+)
 
 ROUTE_STATE = {
+    "police": ItemState.ESCALATED,
     "ntd": ItemState.NOTICE_QUEUED,
     "forward": ItemState.FORWARD_QUEUED,
     "assessment": ItemState.AWAITING_ASSESSMENT,
@@ -115,7 +122,7 @@ class ClassifyStage:
         if item.classification is not None:
             # Redelivery after a crash: publish the same results again (notify and escalate
             # deduplicate by notice/forward id), do no new work.
-            return self._outputs(ItemClassified.model_validate(item.classification))
+            return self._outputs(ItemClassified.model_validate(item.classification), uow)
         # Fetching and hashing is the slow part: it runs outside any transaction.
         item_id, url = item.id, item.url
         return SideEffect(
@@ -128,16 +135,26 @@ class ClassifyStage:
         item = uow.items.get(item_id)
         assert item is not None
         if item.classification is not None:  # another worker classified it meanwhile
-            return self._outputs(ItemClassified.model_validate(item.classification))
+            return self._outputs(ItemClassified.model_validate(item.classification), uow)
         item.classification = classified.model_dump(mode="json")
         if classified.hosting:
             item.country = classified.hosting.country
             item.hoster = classified.hosting.hoster
         uow.items.set_state(item, ROUTE_STATE[classified.route], classified.reason, self.name)
-        return self._outputs(classified)
+        if classified.route == "police":
+            escalation = PoliceEscalation(
+                escalation_id=f"pol-{item.id}", item_id=item.id, url=item.url, first_seen=item.first_seen,
+                last_seen=item.last_seen, report_ids=uow.items.report_ids(item.id), reason="onion",
+            )
+            uow.escalations.add(escalation.escalation_id, item.id, escalation.model_dump(mode="json"))
+            return [Outgoing("items.classified", classified), Outgoing("escalations.police", escalation)]
+        return self._outputs(classified, uow)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:
         host = urlsplit(url).hostname or ""  # "[fd00::1]" without a port has no ":port" to cut
+        if is_onion(host):  # never fetched: there is no hoster to notice, only the police
+            return ItemClassified(item_id=item_id, url=url, online=False, hosting=HostingFacts(host=host, source="onion"),
+                                  known=False, route="police", reason=ONION_REASON)
         hosting = self.hosting.facts(host)
         online = True
         offline_reason = ""
@@ -222,8 +239,13 @@ class ClassifyStage:
             match=match,
         )
 
-    def _outputs(self, c: ItemClassified) -> list[Outgoing]:
+    def _outputs(self, c: ItemClassified, uow: UnitOfWork) -> list[Outgoing]:
         out = [Outgoing("items.classified", c)]
+        if c.route == "police":
+            row = uow.escalations.get(f"pol-{c.item_id}")
+            if row is not None:
+                out.append(Outgoing("escalations.police", PoliceEscalation.model_validate(row.payload)))
+            return out
         hosting: HostingFacts | None = c.hosting
         notice = takedown_notice(c)
         if notice is not None:

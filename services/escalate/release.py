@@ -72,12 +72,15 @@ def decide(
     hosting: HostingFacts | None = (classified.hosting if classified and classified.hosting else escalation.hosting)
     images: list[ImageFacts] = [i for i in (classified.images if classified else escalation.images)
                                 if i.error is None and (i.sha256 or i.md5 or i.sha1)]
-    category = escalation.classification.category
+    category = escalation.classification.category if escalation.classification else None
     why = released_by(action)
     country = (hosting.country or "").upper() if hosting else ""
     abuse = hosting.abuse if hosting else None
     home = home_country.upper()
 
+    if escalation.reason == "onion":
+        outcome = "no takedown: a Tor hidden service has no hoster that could be noticed"
+        return Takedown(None, f"{why}; {outcome}", outcome, [_event(escalation, action, outcome)])
     if item.state in FINAL:
         outcome = f"no takedown: the item is already {item.state}"
         return Takedown(None, f"{why}; {outcome}", outcome, [_event(escalation, action, outcome)])

@@ -130,3 +130,37 @@ def test_hold_then_release_sends_one_notice_and_everything_is_audited(web: tuple
         assert ("test-police", "police_release") in actions and ("escalate", "police_release_outcome") in actions
         assert any(r.action == "police_viewed" and esc_id in r.detail for r in rows)
         assert SqlUnitOfWork(s).audit.verify() == []
+
+
+ONION = "http://" + "b" * 20 + "234567" * 6 + ".onion/gallery"
+
+
+def test_a_tor_hidden_service_goes_to_the_police_at_once_and_is_never_noticed(
+    web: tuple[Web, RecordingMailer],
+) -> None:
+    w, mailer = web
+    report_id = w.report(ONION)
+    item = w.wait_item(report_id, {"escalated", "closed_offline"})["items"][0]
+    # escalated, not "offline": the name was never looked up or fetched (NoDns would have failed it)
+    assert item["state"] == "escalated" and "Tor hidden service" in item["reason"], item
+    police = w.auth("police")
+    listed = w.client.get("/api/v1/escalations", headers=police).json()["escalations"]
+    mine = next(e for e in listed if e["item_id"] == item["item_id"])
+    assert mine["reason"] == "onion" and mine["url"] == ONION and mine["classification"] is None
+    assert mine["release_due_at"] is None  # no hold timer: there is nothing to take down
+    assert "onion" in w.client.get("/police", headers=police).text
+    released = w.client.post(f"/api/v1/escalations/{mine['escalation_id']}/release", headers=police)
+    assert released.status_code == 200
+
+    def outcome() -> str | None:
+        row = next(e for e in w.client.get("/api/v1/escalations", headers=police).json()["escalations"]
+                   if e["item_id"] == item["item_id"])
+        return row["outcome"]
+
+    deadline = time.monotonic() + 20
+    while outcome() is None:
+        assert time.monotonic() < deadline, "the release of the onion escalation was not processed"
+        time.sleep(0.05)
+    assert "no takedown" in (outcome() or "")
+    assert not [m for m in mailer.sent if item["item_id"] in m["X-Hotline-Notice-Id"]]
+    assert w.wait_item(report_id, {"escalated"})["items"][0]["state"] == "escalated"

@@ -126,3 +126,20 @@ def test_an_unrelated_animation_is_not_known(site: LoopbackSite) -> None:
     result = stage_with(bank, LoopbackOnly()).classify("item-3", f"http://img.hoster-a.test:{site.port}/anim.gif")
 
     assert result.route == "assessment" and result.images[0].match is None
+
+
+def test_a_tor_hidden_service_is_never_fetched_or_looked_up() -> None:
+    class NoLookups(HostingResolver):
+        def addresses(self, host: str) -> list[str]:
+            raise AssertionError(f"looked up {host}")
+
+    transport = LoopbackOnly()
+    stage = stage_with(BankMatcher(), transport)
+    stage.hosting = NoLookups(HostingDirectory.empty())
+    stage.fetcher = Fetcher(FetchPolicy(allow_private=True), resolve=stage.hosting.addresses, transport=transport)
+
+    result = stage.classify("item-onion", "http://" + "c" * 56 + ".onion/a.jpg")
+
+    assert result.route == "police" and "Tor hidden service" in result.reason and "police" in result.reason
+    assert result.images == [] and not result.known
+    assert transport.refused == []
