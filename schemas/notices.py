@@ -40,6 +40,14 @@ class AnalystClassification(Message):
     assessed_at: datetime = Field(default_factory=utcnow)
 
 
+class Copy(Message):
+    """Another item that showed the same image (by SHA-256) as an escalated one."""
+
+    item_id: str
+    url: str
+    hosting: HostingFacts | None = None
+
+
 class PoliceEscalation(Message):
     """Everything the police need about newly confirmed material, sent the moment an analyst
     confirms it (there may be a child in ongoing abuse)."""
@@ -65,6 +73,9 @@ class PoliceEscalation(Message):
     # When the takedown follows by itself unless the police hold it (HOTLINE_POLICE_HOLD_SECONDS);
     # None: it waits for the police's release.
     release_due_at: datetime | None = None
+    # The same image at other URLs, waiting for an analyst when this was confirmed: escalated
+    # with it (an analyst decides once), taken down with its release.
+    copies: list[Copy] = []
 
 
 PoliceActionKind = Literal["received", "hold", "release"]

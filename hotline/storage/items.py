@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
 from hotline.kernel.states import FINAL, ItemState, check_transition
-from hotline.storage.models import Item, ItemEvent, OpenUrl, ReportUrl
+from hotline.storage.models import Item, ItemEvent, ItemImage, OpenUrl, ReportUrl
 
 
 def url_digest(url: str) -> str:
@@ -77,6 +77,20 @@ class SqlItems:
     def report_ids(self, item_id: str) -> list[str]:
         rows = self.session.scalars(select(ReportUrl.report_id).where(ReportUrl.item_id == item_id).distinct()).all()
         return sorted(rows)
+
+    def add_images(self, item_id: str, images: Sequence[tuple[str, str]]) -> None:
+        """Record the (sha256, image URL) pairs an item showed."""
+        for sha256, url in images:
+            self.session.add(ItemImage(item_id=item_id, sha256=sha256, url=url, at=now()))
+
+    def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
+        if not sha256s:
+            return []
+        q = (select(ItemImage.item_id, ItemImage.sha256, ItemImage.url)
+             .where(ItemImage.sha256.in_(list(sha256s)), ItemImage.item_id != item_id)
+             .order_by(ItemImage.id))
+        return [(i, s, u) for i, s, u in self.session.execute(q)]
 
     def in_state(self, state: str) -> Sequence[Item]:
         return self.session.scalars(select(Item).where(Item.state == state).order_by(Item.first_seen)).all()

@@ -49,6 +49,7 @@ class MemoryState:
         self.items: dict[str, Item] = {}
         self.open_urls: dict[str, str] = {}
         self.events: list[ItemEvent] = []
+        self.item_images: list[tuple[str, str, str]] = []  # (item id, sha256, image URL)
         self.notices: dict[str, Notice] = {}
         self.forwards: dict[str, Forward] = {}
         self.escalations: dict[str, Escalation] = {}
@@ -148,6 +149,13 @@ class MemoryItems:
 
     def in_state(self, state: str) -> Sequence[Item]:
         return sorted((i for i in self.state.items.values() if i.state == state), key=lambda i: i.first_seen)
+
+    def add_images(self, item_id: str, images: Sequence[tuple[str, str]]) -> None:
+        self.state.item_images.extend((item_id, sha256, url) for sha256, url in images)
+
+    def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
+        wanted = set(sha256s)
+        return [row for row in self.state.item_images if row[0] != item_id and row[1] in wanted]
 
 
 class MemoryNotices:

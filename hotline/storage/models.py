@@ -113,6 +113,19 @@ class ItemEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ItemImage(Base):
+    """One image an item showed, by its SHA-256 (never its bytes): the same image reported
+    through different URLs is linked ("also seen at"), so an analyst decides once."""
+
+    __tablename__ = "item_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class BankEntry(Base):
     """A known hash set (any subset of the five types). Retired entries keep their reason."""
 

@@ -16,7 +16,7 @@ from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.states import ItemState
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
-from schemas.notices import AnalystClassification, PoliceEscalation
+from schemas.notices import AnalystClassification, Copy, PoliceEscalation
 
 Verdict = Literal["illegal", "not_illegal"]
 
@@ -72,6 +72,7 @@ def assess(
                 phash=img.phash,
             )
             added += 1
+    copies = _copies(uow, item_id, images, category, analyst)
     escalated_at = now()
     release_due_at = escalated_at + timedelta(seconds=hold_seconds) if hold_seconds else None
     escalation = PoliceEscalation(
@@ -86,6 +87,7 @@ def assess(
         last_seen=item.last_seen,
         report_ids=uow.items.report_ids(item_id),
         classification=AnalystClassification(analyst=analyst, verdict="illegal", category=category, notes=notes),
+        copies=copies,
     )
     uow.escalations.add(escalation.escalation_id, item_id, escalation.model_dump(mode="json"), release_due_at)
     uow.items.set_state(
@@ -93,8 +95,32 @@ def assess(
         ItemState.ESCALATED,
         f"confirmed new material ({category}) by {analyst}: escalated to the police; "
         f"{added} hash set(s) added to the bank; takedown follows on police release"
+        + (f"; {len(copies)} copy(ies) at other URLs escalated with it" if copies else "")
         + (f" or automatically at {release_due_at.isoformat(timespec='seconds')} unless the police hold it"
            if release_due_at else ""),
         "assessment",
     )
     return [Outgoing("escalations.police", escalation)]
+
+
+def _copies(uow: UnitOfWork, item_id: str, images: list[ImageFacts], category: str, analyst: str) -> list[Copy]:
+    """The other items showing one of these images that still wait for an analyst: the decision
+    covers them too (an analyst decides once). They are escalated with this item and taken down
+    with its police release (``services.escalate.release``), so the police's hold covers every
+    copy. Copies reported later match the bank by hash and are routed as known material."""
+    sha256s = [i.sha256 for i in images if i.error is None and i.sha256]
+    copies: list[Copy] = []
+    for other_id in dict.fromkeys(other for other, _sha, _url in uow.items.sharing_images(item_id, sha256s)):
+        other = uow.items.get(other_id)
+        if other is None or other.state != ItemState.AWAITING_ASSESSMENT:
+            continue
+        classified = ItemClassified.model_validate(other.classification) if other.classification else None
+        copies.append(Copy(item_id=other.id, url=other.url, hosting=classified.hosting if classified else None))
+        uow.items.set_state(
+            other, ItemState.ESCALATED,
+            f"shows the same image as item {item_id}, confirmed as new material ({category}) by {analyst}: "
+            "escalated to the police with it; takedown follows with its release",
+            "assessment",
+        )
+        uow.audit.append(analyst, "assessment_copy", other.id, f"same image as {item_id}")
+    return copies

@@ -26,6 +26,7 @@ from services.classify.fetcher import Fetched, Fetcher, FetchError
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import decide_route
+from services.classify.sightings import record_sightings
 from services.ingest.hosts import is_onion
 
 ONION_REASON = (
@@ -141,6 +142,7 @@ class ClassifyStage:
             item.country = classified.hosting.country
             item.hoster = classified.hosting.hoster
         uow.items.set_state(item, ROUTE_STATE[classified.route], classified.reason, self.name)
+        record_sightings(uow, item.id, classified)
         if classified.route == "police":
             escalation = PoliceEscalation(
                 escalation_id=f"pol-{item.id}", item_id=item.id, url=item.url, first_seen=item.first_seen,

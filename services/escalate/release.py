@@ -126,19 +126,29 @@ def handle_action(
     if item is None:
         raise InvalidMessage("unknown_item", f"escalation {row.id} names no known item {row.item_id}")
     escalation = PoliceEscalation.model_validate(_payload(row))
-    takedown = decide(escalation, item, action, home_country=home_country, partners=partners,
-                      hotline_name=hotline_name)
+    takedowns = [(item, decide(escalation, item, action, home_country=home_country, partners=partners,
+                               hotline_name=hotline_name))]
+    for copy in escalation.copies:  # the same image at other URLs, escalated with this item
+        other = uow.items.get(copy.item_id)
+        if other is None:
+            continue
+        as_copy = escalation.model_copy(update={"item_id": other.id, "url": other.url, "images": [],
+                                                "hosting": copy.hosting})
+        takedowns.append((other, decide(as_copy, other, action, home_country=home_country, partners=partners,
+                                        hotline_name=hotline_name)))
+    messages = [m for _, t in takedowns for m in t.messages]
     if row.outcome is not None:
-        return takedown.messages  # a redelivery: the same messages again, nothing changed twice
+        return messages  # a redelivery: the same messages again, nothing changed twice
     if row.state != "released":  # cannot happen through services.police.logic; keep the record true
         row.state, row.released_at, row.released_by = "released", action.at, action.by
-    row.outcome = takedown.outcome
-    if takedown.state is not None:
-        move_item(uow, item.id, takedown.state, takedown.reason, STAGE)
-    else:
-        uow.items.add_event(item.id, STAGE, "released", takedown.reason)
-    uow.audit.append(STAGE, "police_release_outcome", row.id, takedown.outcome)
-    return takedown.messages
+    row.outcome = "; ".join([takedowns[0][1].outcome] + [f"copy {i.id}: {t.outcome}" for i, t in takedowns[1:]])
+    for target, takedown in takedowns:
+        if takedown.state is not None:
+            move_item(uow, target.id, takedown.state, takedown.reason, STAGE)
+        else:
+            uow.items.add_event(target.id, STAGE, "released", takedown.reason)
+    uow.audit.append(STAGE, "police_release_outcome", row.id, row.outcome)
+    return messages
 
 
 def _payload(row: Escalation) -> dict[str, Any]:
@@ -148,6 +158,8 @@ def _payload(row: Escalation) -> dict[str, Any]:
 def _event(escalation: PoliceEscalation, action: PoliceAction, outcome: str, notice_id: str | None = None,
            forward_id: str | None = None) -> Outgoing:
     return Outgoing("notices.events", NoticeEvent(
-        event_id=f"{escalation.escalation_id}:released", item_id=escalation.item_id, kind="released",
+        event_id=f"{escalation.escalation_id}:released"
+        + ("" if escalation.escalation_id == f"pol-{escalation.item_id}" else f":{escalation.item_id}"),
+        item_id=escalation.item_id, kind="released",
         notice_id=notice_id, forward_id=forward_id, detail=f"{released_by(action)}: {outcome}", at=action.at,
     ))

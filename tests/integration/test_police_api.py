@@ -32,6 +32,9 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Web, Recordi
     site = LoopbackSite("127.0.0.2").start()
     for n in range(4):
         site.add(f"/new{n}.jpg", "image/jpeg", photo_like_jpeg(256, 192, seed=7100 + n))
+    same = photo_like_jpeg(256, 192, seed=7199)  # one picture at two URLs
+    site.add("/dup/a.jpg", "image/jpeg", same)
+    site.add("/dup/b.jpg", "image/jpeg", same)
     hosting = tmp / "hosting.yaml"
     hosting.write_text(yaml.safe_dump({
         "hosts": {"img.hoster-a.test": ["127.0.0.2"]},
@@ -164,3 +167,28 @@ def test_a_tor_hidden_service_goes_to_the_police_at_once_and_is_never_noticed(
     assert "no takedown" in (outcome() or "")
     assert not [m for m in mailer.sent if item["item_id"] in m["X-Hotline-Notice-Id"]]
     assert w.wait_item(report_id, {"escalated"})["items"][0]["state"] == "escalated"
+
+
+def test_one_picture_at_two_urls_is_decided_once(web: tuple[Web, RecordingMailer]) -> None:
+    w, mailer = web
+    first = w.wait_item(w.report(f"{w.site}/dup/a.jpg"), {"awaiting_assessment"})["items"][0]
+    second = w.wait_item(w.report(f"{w.site}/dup/b.jpg"), {"awaiting_assessment"})["items"][0]
+    seen = [e["detail"] for e in second["events"] if e["kind"] == "also_seen"]
+    assert seen and first["item_id"] in seen[0] and "/dup/a.jpg" in seen[0]
+    r = w.client.post(f"/api/v1/items/{first['item_id']}/assessment", headers=w.auth("analyst"),
+                      json={"verdict": "illegal", "category": "national"})
+    assert r.status_code == 200, r.text
+    queue = [i["item_id"] for i in w.client.get("/api/v1/items", headers=w.auth("analyst")).json()["items"]]
+    assert second["item_id"] not in queue  # the analyst decided once
+    police = w.auth("police")
+    esc = next(e for e in w.client.get("/api/v1/escalations", headers=police).json()["escalations"]
+               if e["item_id"] == first["item_id"])
+    assert [c["item_id"] for c in esc["copies"]] == [second["item_id"]]
+    assert w.client.post(f"/api/v1/escalations/{esc['escalation_id']}/release", headers=police).status_code == 200
+
+    wanted = {f"ntd-{first['item_id']}", f"ntd-{second['item_id']}"}
+    deadline = time.monotonic() + 20
+    while not wanted <= {m["X-Hotline-Notice-Id"] for m in mailer.sent}:
+        assert time.monotonic() < deadline, "the copy's notice did not follow the release"
+        time.sleep(0.05)
+    assert sum(m["X-Hotline-Notice-Id"] in wanted for m in mailer.sent) == 2

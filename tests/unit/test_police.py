@@ -221,3 +221,47 @@ def test_what_the_police_saw_is_audited(uow: MemoryUnitOfWork, state: MemoryStat
     view = describe(rows[0])
     assert view["state"] == "new" and view["images"][0]["sha256"] in ("c" * 64,)
     assert view["classification"]["category"] == "baseline" and view["hosting"]["country"] == "NL"
+
+
+# ------------------------------------------------------------ the same image at other URLs
+
+
+def test_copies_of_one_image_are_decided_once_and_taken_down_with_the_release(
+    uow: MemoryUnitOfWork, state: MemoryState,
+) -> None:
+    from services.classify.sightings import record_sightings
+
+    elsewhere = HostingFacts(host="www.hoster-b.test", ip="192.0.2.9", country="NL", asn=64502,
+                             hoster="Hoster B", abuse="abuse@hoster-b.test", source="hosting_file")
+    first = classified()
+    copy = first.model_copy(update={"url": "http://www.hoster-b.test/re/new.jpg", "hosting": elsewhere,
+                                    "images": [IMG.model_copy(update={"url": "http://www.hoster-b.test/re/new.jpg"})]})
+    other = classified().model_copy(update={"images": [IMG.model_copy(update={"sha256": "f" * 64})]})
+    item_a = make_item(uow, "awaiting_assessment", first)
+    item_b = make_item(uow, "awaiting_assessment", copy)
+    item_c = make_item(uow, "awaiting_assessment", other)
+    for item_id, c in ((item_a, first), (item_b, copy), (item_c, other)):
+        record_sightings(uow, item_id, c)
+    uow.commit()
+    # linked on both timelines: an analyst sees the picture is handled elsewhere too
+    assert any(e.kind == "also_seen" and item_a in e.detail for e in state.events if e.item_id == item_b)
+    assert any(e.kind == "also_seen" and item_b in e.detail for e in state.events if e.item_id == item_a)
+    assert not any(e.kind == "also_seen" for e in state.events if e.item_id == item_c)
+
+    (out,) = commit(uow, assess(uow, item_a, verdict="illegal", category="baseline", analyst="ann"))
+    assert [c.item_id for c in out.message.copies] == [item_b]  # type: ignore[attr-defined]
+    assert state.items[item_b].state == "escalated" and item_a in state.items[item_b].reason
+    assert state.items[item_c].state == "awaiting_assessment"  # a different picture: still an analyst's
+
+    action = police(uow, f"pol-{item_a}", "release")
+    out = release_out(uow, action)
+    notices = {n.item_id: n for n in of_topic(out, "notices.ntd")}
+    assert set(notices) == {item_a, item_b}
+    assert notices[item_b].abuse_email == "abuse@hoster-b.test" and notices[item_b].notice_id == f"ntd-{item_b}"
+    assert all(n.basis == "police_release" and n.category == "baseline" for n in notices.values())
+    assert state.items[item_b].state == "notice_queued"
+    events = [e.event_id for e in of_topic(out, "notices.events")]
+    assert len(events) == len(set(events)) == 2
+    # redelivered: the same two notices, nothing moved twice
+    again = release_out(uow, action)
+    assert sorted(n.notice_id for n in of_topic(again, "notices.ntd")) == sorted(n.notice_id for n in notices.values())
