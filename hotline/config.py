@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     # on the operators' page (HOTLINE_NOTICE_FAILED_ALERT_SECONDS; services/operations).
     notice_failed_alert_seconds: int = 3600
 
+    # Attribution (services.classify.hosting): DNS servers to ask instead of the system's
+    # ("127.0.0.1:5353,[::1]:53"; unset = /etc/resolv.conf), the RDAP base URL (unset = no RDAP
+    # look-ups: an address no hosting-file network covers is "hoster unknown"; e.g.
+    # https://rdap.org, a bootstrap redirector), and how long a DNS or RDAP answer is cached.
+    dns_servers: str | None = None
+    dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    rdap_url: str | None = None
+    rdap_timeout_seconds: float = Field(default=5.0, gt=0)
+    hosting_cache_seconds: float = Field(default=43200.0, ge=0)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
