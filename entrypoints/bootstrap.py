@@ -17,10 +17,16 @@ from hotline.config import Settings
 from hotline.kernel.clock import CURRENT, Clock
 from hotline.kernel.stage import Periodic, Stage
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.hosting_cache import SqlHostingCache
 from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
-from hotline.storage.hosting_cache import SqlHostingCache
-from services.classify.hosting import DnsResolver, HostingDirectory, HostingResolver, Resolver, parse_nameservers
+from services.classify.hosting import (
+    DnsResolver,
+    HostingDirectory,
+    HostingResolver,
+    Resolver,
+    parse_nameservers,
+)
 from services.classify.rdap import RdapClient
 from services.classify.stage import ClassifyStage
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway

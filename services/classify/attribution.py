@@ -80,7 +80,7 @@ def attribute(
             prefix = "ntd" if decision.route == "ntd" else "fwd"
             n = counters[decision.route]
             action_id = f"{prefix}-{item_id}" if n == 1 else f"{prefix}-{item_id}-h{n}"
-        routes.append(HosterRoute(hosting=facts, route=decision.route, reason=reason, page=is_page,
+        routes.append(HosterRoute(hosting=facts, route=decision.route, reason=reason, page=is_page,  # type: ignore[arg-type]
                                   image_urls=urls, action_id=action_id))
     overall = min(routes, key=lambda r: PRIORITY.index(r.route))
     if len(routes) == 1:

@@ -24,9 +24,8 @@ from hotline.kernel.stage import Result, SideEffect
 from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
-from schemas.items import ItemAccepted, ItemClassified
+from schemas.items import HosterRoute, ItemAccepted, ItemClassified
 from schemas.notices import PartnerForward, TakedownNotice
-from schemas.items import HosterRoute
 from services.classify.attribution import attribute
 from services.classify.fetcher import Fetched, Fetcher, FetchError
 from services.classify.hosting import HostingResolver

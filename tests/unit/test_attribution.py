@@ -27,7 +27,13 @@ from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.hosting_cache import MemoryHostingCache, SqlHostingCache
 from schemas.items import ItemClassified
 from services.classify.fetcher import Fetcher, FetchPolicy
-from services.classify.hosting import DnsResolver, FactCache, HostingDirectory, HostingFile, HostingResolver
+from services.classify.hosting import (
+    DnsResolver,
+    FactCache,
+    HostingDirectory,
+    HostingFile,
+    HostingResolver,
+)
 from services.classify.rdap import RdapClient
 from services.classify.stage import ClassifyStage, partner_forwards, takedown_notices
 from services.notify.notice import render_notice
