@@ -260,6 +260,8 @@ class HostingResolver:
         facts = self._attribute(host, addrs, addr_source, at)
         if facts.cdn is not None:
             facts = self._through_cdn(host, facts)
+        if facts.source != "rdap" and "RDAP" in (facts.reason or ""):
+            return facts  # the registry just failed us (or is off): no second wait for the registrar
         return self._with_registrar(host, facts)
 
     def _attribute(self, host: str, addrs: list[str], addr_source: str, at: datetime) -> HostingFacts:
