@@ -372,6 +372,10 @@ class Followup(Base):
     step_dispatched_at: Mapped[datetime | None] = mapped_column()
     removed_at: Mapped[datetime | None] = mapped_column()
     removal_reason: Mapped[str | None] = mapped_column(Text)
+    # The ladder's contacts from the notice's hosting facts (RDAP: the parent network's and the
+    # registrar's abuse desks; the hosting file's ``upstream``), null when no look-up found them.
+    upstream_abuse: Mapped[str | None] = mapped_column(String(320))
+    registrar_abuse: Mapped[str | None] = mapped_column(String(320))
 
     __table_args__ = (Index("ix_followups_hoster", "hoster"),)
 

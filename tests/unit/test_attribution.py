@@ -377,3 +377,19 @@ def test_an_old_hosting_file_stays_valid() -> None:
     directory = HostingDirectory.from_model(HostingFile.model_validate(old))
     h = HostingResolver(directory, DnsResolver([("127.0.0.1", 9)], 0.1)).facts("images.hoster-a.test")
     assert (h.abuse, h.cdn, h.source, h.address_source) == ("abuse@hoster-a.test", None, "hosting_file", "hosting_file")
+
+
+def test_the_ladder_gets_the_upstream_and_registrar_contacts_from_the_notice(world: World) -> None:
+    from hotline.storage.memory import MemoryUnitOfWork
+    from services.followup.mail import Contacts
+    from services.followup.opening import open_followup
+
+    c = world.stage().classify("item-ladder", world.url("r.test", "/k.jpg"))
+    [notice] = takedown_notices(c)
+    uow = MemoryUnitOfWork()
+    open_followup(uow, notice, FakeClock().now())
+    f = uow.followups.get("item-ladder")
+    assert f is not None
+    contacts = Contacts()
+    assert contacts.address("upstream", f) == ("abuse@transit.test", "")
+    assert contacts.address("registrar", f) == ("abuse@registrar.test", "")

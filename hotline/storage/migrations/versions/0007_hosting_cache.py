@@ -1,4 +1,5 @@
-"""hosting cache: DNS and RDAP answers with their time of look-up and expiry (issue 10)
+"""hosting cache: DNS and RDAP answers with their time of look-up and expiry; the ladder's
+upstream and registrar contacts on follow-ups (issue 10)
 
 Revision ID: 0007
 Revises: 0006
@@ -25,9 +26,15 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('hosting_cache', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_hosting_cache_expires_at'), ['expires_at'], unique=False)
+    with op.batch_alter_table('followups', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('upstream_abuse', sa.String(length=320), nullable=True))
+        batch_op.add_column(sa.Column('registrar_abuse', sa.String(length=320), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('followups', schema=None) as batch_op:
+        batch_op.drop_column('registrar_abuse')
+        batch_op.drop_column('upstream_abuse')
     with op.batch_alter_table('hosting_cache', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_hosting_cache_expires_at'))
     op.drop_table('hosting_cache')
