@@ -393,3 +393,21 @@ def test_the_ladder_gets_the_upstream_and_registrar_contacts_from_the_notice(wor
     contacts = Contacts()
     assert contacts.address("upstream", f) == ("abuse@transit.test", "")
     assert contacts.address("registrar", f) == ("abuse@registrar.test", "")
+
+
+def test_the_analyst_page_shows_each_hoster_and_how_we_know(world: World, rdap_mode: None) -> None:
+    from services.assessment.pages import templates
+
+    world.rdap.mode = "error"
+    url = world.page("a.test", "/why.html", ("b.test", "/k.jpg"), ("r.test", "/k.jpg"))
+    c = world.stage().classify("item-why", url)
+    item = type("ItemRow", (), {"id": "item-why", "url": url, "state": "awaiting_assessment", "reason": c.reason,
+                                "country": "NL", "hoster": "Hoster A", "first_seen": FakeClock().now(),
+                                "last_seen": FakeClock().now()})()
+    html = templates.env.get_template("item.html").render(
+        item=item, classified=c, hosting=c.hosting, images=c.images, events=[], report_ids=[], error=None,
+        form={"verdict": "", "category": "national", "notes": ""}, categories=["baseline"], caller=None,
+        flash=None, hotline_name="Hotline", nonce="n")
+    assert "ntd-item-why-h2" in html and "Hoster B" in html
+    assert "hoster unknown: RDAP error 500 for 127.0.0.10" in html
+    assert "hosting_file · 127.0.0.3/32 · looked up" in html
