@@ -229,5 +229,5 @@ def build_hosting(
     return HostingResolver(
         HostingDirectory.from_file(s.hosting_file), dns, rdap=rdap,
         cache=SqlHostingCache(sessions, clock) if s.hosting_cache_seconds > 0 else None,
-        ttl_seconds=s.hosting_cache_seconds, clock=clock,
+        ttl_seconds=s.hosting_cache_seconds, clock=clock, rdap_backoff_seconds=s.rdap_backoff_seconds,
     )

@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
     rdap_url: str | None = None
     rdap_timeout_seconds: float = Field(default=5.0, gt=0)
+    # After an RDAP outage (timeout, 5xx) RDAP is left alone this long (0 = ask every time).
+    rdap_backoff_seconds: float = Field(default=60.0, ge=0)
     hosting_cache_seconds: float = Field(default=43200.0, ge=0)
 
 

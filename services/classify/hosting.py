@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -195,7 +196,11 @@ class HostingResolver:
 
     ``rdap`` None: no RDAP look-ups (the default while ``HOTLINE_RDAP_URL`` is unset); an
     address no hosting-file network covers is then "hoster unknown". ``cache`` None: no cache
-    (every fact looked up again)."""
+    (every fact looked up again).
+
+    After an RDAP outage (timeout, 5xx, unreachable) RDAP is not asked for
+    ``rdap_backoff_seconds``: a page with fifty images on fifty hosts must not wait fifty
+    timeouts while the registry is down; those look-ups record the same reason."""
 
     def __init__(
         self,
@@ -206,6 +211,7 @@ class HostingResolver:
         cache: FactCache | None = None,
         ttl_seconds: float = 43200.0,
         clock: Clock | None = None,
+        rdap_backoff_seconds: float = 60.0,
     ) -> None:
         self.directory = directory
         self.dns: Resolver = dns or DnsResolver()
@@ -213,6 +219,9 @@ class HostingResolver:
         self.cache = cache
         self.ttl_seconds = ttl_seconds
         self.clock = clock or clocks.CURRENT
+        self.rdap_backoff_seconds = rdap_backoff_seconds
+        self._rdap_down: tuple[float, str] | None = None  # (monotonic time until, reason)
+        self._rdap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ addresses
 
@@ -326,6 +335,20 @@ class HostingResolver:
 
     # ------------------------------------------------------------------ RDAP, cached
 
+    def _ask_rdap(self, call: Any, *args: str) -> Any:
+        """One RDAP request, unless the registry is in back-off after an outage."""
+        with self._rdap_lock:
+            down = self._rdap_down
+        if down is not None and time.monotonic() < down[0]:
+            raise RdapFailure(f"{down[1]} a moment ago (RDAP not asked again for {self.rdap_backoff_seconds:g} s)", outage=True)
+        try:
+            return call(*args)
+        except RdapFailure as failure:
+            if failure.outage and self.rdap_backoff_seconds > 0:
+                with self._rdap_lock:
+                    self._rdap_down = (time.monotonic() + self.rdap_backoff_seconds, failure.reason)
+            raise
+
     def _rdap_ip(self, ip: str) -> tuple[NetworkFacts, datetime]:
         assert self.rdap is not None
         key = f"rdap-ip:{ip}"
@@ -333,7 +356,7 @@ class HostingResolver:
             hit = self.cache.get(key)
             if hit is not None:
                 return NetworkFacts.from_json(hit.value), hit.looked_up_at
-        facts = self.rdap.ip(ip)
+        facts: NetworkFacts = self._ask_rdap(self.rdap.ip, ip)
         at = self.clock.now()
         if self.cache is not None:
             self.cache.put(key, facts.to_json(), "rdap", self.ttl_seconds, at)
@@ -346,7 +369,7 @@ class HostingResolver:
             hit = self.cache.get(key)
             if hit is not None:
                 return DomainFacts.from_json(hit.value) if hit.value else None
-        domain = self.rdap.domain(host)
+        domain: DomainFacts | None = self._ask_rdap(self.rdap.domain, host)
         if self.cache is not None:
             self.cache.put(key, domain.to_json() if domain else {}, "rdap", self.ttl_seconds)
         return domain

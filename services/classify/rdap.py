@@ -24,9 +24,13 @@ MAX_PARENT_LABELS = 6  # images.cdn.example.co.uk: at most this many names tried
 
 
 class RdapFailure(Exception):
-    def __init__(self, reason: str) -> None:
+    """``outage``: the registry did not answer properly (timeout, 5xx, unreachable), as opposed
+    to an answer that says there is nothing (no such network)."""
+
+    def __init__(self, reason: str, outage: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.outage = outage
 
 
 @dataclass(frozen=True)
@@ -222,13 +226,13 @@ class RdapClient:
         try:
             response = self.client.get(url)
         except httpx.TimeoutException as exc:
-            raise RdapFailure("RDAP timed out") from exc
+            raise RdapFailure("RDAP timed out", outage=True) from exc
         except httpx.HTTPError as exc:
-            raise RdapFailure(f"RDAP unreachable ({type(exc).__name__})") from exc
+            raise RdapFailure(f"RDAP unreachable ({type(exc).__name__})", outage=True) from exc
         if response.status_code == 404:
             return None
         if response.status_code >= 500:
-            raise RdapFailure(f"RDAP error {response.status_code}")
+            raise RdapFailure(f"RDAP error {response.status_code}", outage=True)
         if response.status_code != 200:
             raise RdapFailure(f"RDAP answered HTTP {response.status_code}")
         try:

@@ -101,12 +101,12 @@ class World:
         return self.url(host, path)
 
     def resolver(self, cache: FactCache | None = None, clock: FakeClock | None = None,
-                 rdap: bool = True, ttl: float = 43200) -> HostingResolver:
+                 rdap: bool = True, ttl: float = 43200, backoff: float = 60.0) -> HostingResolver:
         return HostingResolver(
             HostingDirectory.from_model(HostingFile.model_validate(HOSTING)),
             DnsResolver([(self.dns.host, self.dns.port)], 2.0),
             rdap=RdapClient(self.rdap.url, RDAP_TIMEOUT) if rdap else None,
-            cache=cache, ttl_seconds=ttl, clock=clock,
+            cache=cache, ttl_seconds=ttl, clock=clock, rdap_backoff_seconds=backoff,
         )
 
     def stage(self, hosting: HostingResolver | None = None) -> ClassifyStage:
@@ -363,11 +363,21 @@ def test_facts_come_from_the_cache_within_the_ttl_and_are_looked_up_after_it(
 
 def test_a_failed_rdap_answer_is_not_cached(world: World, rdap_mode: None) -> None:
     clock = FakeClock()
-    hosting = world.resolver(MemoryHostingCache(clock), clock)
+    hosting = world.resolver(MemoryHostingCache(clock), clock, backoff=0)
     world.rdap.mode = "error"
     assert "RDAP error 500" in (hosting.facts("r.test").reason or "")
     world.rdap.mode = "normal"
     assert hosting.facts("r.test").abuse == "abuse@rdap-hoster.test"
+
+
+def test_after_an_rdap_outage_rdap_is_left_alone_for_a_while(world: World, rdap_mode: None) -> None:
+    hosting = world.resolver(backoff=600)
+    world.dns.add("other.test", "127.0.0.11")
+    world.rdap.mode = "error"
+    before = len(world.rdap.paths())
+    first, second = hosting.facts("r.test"), hosting.facts("other.test")
+    assert len(world.rdap.paths()) == before + 1  # one request: the second host waits for no registry
+    assert "RDAP error 500" in (first.reason or "") and "RDAP not asked again" in (second.reason or "")
 
 
 def test_an_old_hosting_file_stays_valid() -> None:
@@ -409,5 +419,5 @@ def test_the_analyst_page_shows_each_hoster_and_how_we_know(world: World, rdap_m
         form={"verdict": "", "category": "national", "notes": ""}, categories=["baseline"], caller=None,
         flash=None, hotline_name="Hotline", nonce="n")
     assert "ntd-item-why-h2" in html and "Hoster B" in html
-    assert "hoster unknown: RDAP error 500 for 127.0.0.10" in html
+    assert "hoster unknown: RDAP error 500" in html and "for 127.0.0.10" in html
     assert "hosting_file · 127.0.0.3/32 · looked up" in html
