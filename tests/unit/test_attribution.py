@@ -35,11 +35,11 @@ from services.classify.hosting import (
     HostingResolver,
 )
 from services.classify.rdap import RdapClient
-from services.classify.stage import ClassifyStage, partner_forwards, takedown_notices
+from services.classify.stage import ClassifyStage, partner_forwards, takedown_notice, takedown_notices
 from services.notify.notice import render_notice
 from services.notify.xarf_report import build_report
 
-RDAP_TIMEOUT = 2.0  # the slow mode answers after 30 s (released at the end)
+RDAP_TIMEOUT = 3.0  # the slow mode answers after 30 s (released at the end)
 
 SITES = {  # host -> address; each address is one LoopbackSite
     "a.test": "127.0.0.2", "b.test": "127.0.0.3", "c.test": "127.0.0.4", "d.test": "127.0.0.5",
@@ -104,7 +104,7 @@ class World:
                  rdap: bool = True, ttl: float = 43200, backoff: float = 60.0) -> HostingResolver:
         return HostingResolver(
             HostingDirectory.from_model(HostingFile.model_validate(HOSTING)),
-            DnsResolver([(self.dns.host, self.dns.port)], 2.0),
+            DnsResolver([(self.dns.host, self.dns.port)], 5.0),
             rdap=RdapClient(self.rdap.url, RDAP_TIMEOUT) if rdap else None,
             cache=cache, ttl_seconds=ttl, clock=clock, rdap_backoff_seconds=backoff,
         )
@@ -272,6 +272,11 @@ def test_a_page_on_one_hoster_showing_images_from_two_others(world: World) -> No
     # the stored classification rebuilds the same notices (operators resend them)
     again = ItemClassified.model_validate(c.model_dump(mode="json"))
     assert takedown_notices(again) == takedown_notices(c)
+    assert takedown_notice(again, "ntd-item-g-h3") == cc
+    # an operator's "send elsewhere" of B's notice rebuilds B's notice under the new id
+    elsewhere = takedown_notice(again, "ntd-item-g-2", "desk@b.test", based_on="ntd-item-g-h2")
+    assert elsewhere is not None
+    assert (elsewhere.notice_id, elsewhere.abuse_email, elsewhere.url) == ("ntd-item-g-2", "desk@b.test", b.url)
 
 
 # ------------------------------------------------------------------ CDNs
