@@ -35,7 +35,12 @@ from services.classify.hosting import (
     HostingResolver,
 )
 from services.classify.rdap import RdapClient
-from services.classify.stage import ClassifyStage, partner_forwards, takedown_notice, takedown_notices
+from services.classify.stage import (
+    ClassifyStage,
+    partner_forwards,
+    takedown_notice,
+    takedown_notices,
+)
 from services.notify.notice import render_notice
 from services.notify.xarf_report import build_report
 
