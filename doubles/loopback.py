@@ -2,7 +2,7 @@
 a web site serving synthetic images as if from a hosting provider, a partner
 hotline's forward endpoint, and an SMTP server that keeps what it receives.
 
-All of them bind to 127.0.0.0/8 addresses only; nothing here can be reached
+All of them bind to loopback addresses only (127.0.0.0/8, or ``::1``); nothing here can be reached
 from, or talk to, another machine.
 """
 
@@ -62,6 +62,12 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class _Server6(_Server):
+    """The same on an IPv6 loopback address (``::1``): attribution is tested on IPv6 too."""
+
+    address_family = socket.AF_INET6
+
+
 class _Quiet(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
@@ -72,7 +78,8 @@ class _HttpStandIn:
 
     def _bind(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
         _require_loopback(host)
-        self.server = _Server((host, port), handler)
+        server_cls = _Server6 if ipaddress.ip_address(host).version == 6 else _Server
+        self.server = server_cls((host, port), handler)
         self.host, self.port = host, int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -17,9 +17,17 @@ from hotline.config import Settings
 from hotline.kernel.clock import CURRENT, Clock
 from hotline.kernel.stage import Periodic, Stage
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.hosting_cache import SqlHostingCache
 from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
-from services.classify.hosting import HostingDirectory, HostingResolver, Resolver
+from services.classify.hosting import (
+    DnsResolver,
+    HostingDirectory,
+    HostingResolver,
+    Resolver,
+    parse_nameservers,
+)
+from services.classify.rdap import RdapClient
 from services.classify.stage import ClassifyStage
 from services.escalate.hold_timer import HoldTimer
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
@@ -217,7 +225,7 @@ def bootstrap(
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     bank = Bank.from_settings(settings, sessions)
-    hosting = HostingResolver(HostingDirectory.from_file(settings.hosting_file), dns)
+    hosting = build_hosting(settings, sessions, dns, overrides)
     partners = PartnerDirectory.from_file(settings.partners_file)
     web_sessions = None
     if settings.database_url.startswith("sqlite"):
@@ -225,3 +233,21 @@ def bootstrap(
     return System(settings, engine, sessions, bank, hosting, partners, overrides, web_sessions)
 
 
+
+
+def build_hosting(
+    settings: Settings, sessions: sessionmaker[Session], dns: Resolver | None, overrides: dict[str, Any]
+) -> HostingResolver:
+    """The hosting resolver: the hosting file, DNS (``HOTLINE_DNS_SERVERS`` or the system's),
+    RDAP when ``HOTLINE_RDAP_URL`` is set, and the ``hosting_cache`` table for its answers."""
+    s = settings
+    if dns is None:
+        servers = parse_nameservers(s.dns_servers) if s.dns_servers else None
+        dns = DnsResolver(servers, s.dns_timeout_seconds)
+    rdap = RdapClient(s.rdap_url, s.rdap_timeout_seconds, transport=overrides.get("rdap_transport")) if s.rdap_url else None
+    clock: Clock = overrides.get("clock") or CURRENT
+    return HostingResolver(
+        HostingDirectory.from_file(s.hosting_file), dns, rdap=rdap,
+        cache=SqlHostingCache(sessions, clock) if s.hosting_cache_seconds > 0 else None,
+        ttl_seconds=s.hosting_cache_seconds, clock=clock, rdap_backoff_seconds=s.rdap_backoff_seconds,
+    )

@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     # of new material waits for the police's release; set, it follows automatically this many
     # seconds after the escalation unless the police put it on hold (HOTLINE_POLICE_HOLD_SECONDS).
     police_hold_seconds: float | None = Field(default=None, gt=0)
+    # Attribution (services.classify.hosting): DNS servers to ask instead of the system's
+    # ("127.0.0.1:5353,[::1]:53"; unset = /etc/resolv.conf), the RDAP base URL (unset = no RDAP
+    # look-ups: an address no hosting-file network covers is "hoster unknown"; e.g.
+    # https://rdap.org, a bootstrap redirector), and how long a DNS or RDAP answer is cached.
+    dns_servers: str | None = None
+    dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    rdap_url: str | None = None
+    rdap_timeout_seconds: float = Field(default=5.0, gt=0)
+    # After an RDAP outage (timeout, 5xx) RDAP is left alone this long (0 = ask every time).
+    rdap_backoff_seconds: float = Field(default=60.0, ge=0)
+    hosting_cache_seconds: float = Field(default=43200.0, ge=0)
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -19,8 +21,46 @@ class BankMatch(Frozen):
     source: str
 
 
+class HostingFacts(Frozen):
+    """Where a URL is hosted, as far as the hosting file, DNS and RDAP could tell, and how we
+    know it (provenance), so an analyst sees why a notice went where it went.
+
+    ``source`` says where the attribution (hoster, abuse contact) came from: ``hosting_file``
+    (the operator's file), ``rdap`` (a live RDAP answer, RFC 9083), ``dns`` (the name resolved,
+    but no source named its hoster) or ``unknown`` (not even an address). ``address_source``
+    says where the address came from (``literal``, ``hosting_file``, ``dns``). ``looked_up_at``
+    is when the attributing fact was looked up (older than the classification when it came
+    from the hosting cache). ``reason`` says why a fact is missing ("RDAP timed out", "no
+    abuse contact in RDAP", "hoster unknown") or how a CDN was handled.
+
+    Behind a CDN: with the origin known (the hosting file's ``origins``) these are the
+    origin's facts and ``cdn``/``cdn_abuse`` name the CDN, which gets a copy of the notice;
+    without it these are the CDN's facts and ``cdn`` is its own name."""
+
+    host: str
+    ip: str | None = None
+    addresses: list[str] = []  # every address of the host (A and AAAA), in DNS/file order
+    prefix: str | None = None  # the network the address is in (CIDR, IPv4 or IPv6)
+    network: str | None = None  # the network's name (RDAP ``name``, or the file's ``name``)
+    country: str | None = None
+    asn: int | None = None
+    hoster: str | None = None
+    abuse: str | None = None
+    upstream_abuse: str | None = None  # the parent network's abuse contact (ladder: upstream)
+    registrar: str | None = None  # the domain's registrar (RDAP domain, role ``registrar``)
+    registrar_abuse: str | None = None  # the registrar's abuse contact (ladder: registrar)
+    cdn: str | None = None  # the CDN in front of the host, if any
+    cdn_abuse: str | None = None  # the CDN's abuse contact (a copy recipient when the origin is known)
+    source: str = "unknown"  # hosting_file | rdap | dns | unknown
+    address_source: str | None = None  # literal | hosting_file | dns
+    looked_up_at: datetime | None = None
+    reason: str | None = None
+
+
 class ImageFacts(Frozen):
-    """What classify learned about one image. Never the bytes: hashes and metadata only."""
+    """What classify learned about one image. Never the bytes: hashes and metadata only.
+    ``hosting``: the image's own hoster, looked up by the image's own URL (each image has its
+    own hoster: a page on hoster A may show images from hoster B)."""
 
     url: str
     md5: str | None = None
@@ -35,15 +75,4 @@ class ImageFacts(Frozen):
     byte_size: int | None = None
     error: str | None = None
     match: BankMatch | None = None
-
-
-class HostingFacts(Frozen):
-    """Where a URL is hosted, as far as the hosting file (or a live lookup) could tell."""
-
-    host: str
-    ip: str | None = None
-    country: str | None = None
-    asn: int | None = None
-    hoster: str | None = None
-    abuse: str | None = None
-    source: str = "unknown"  # hosting_file | dns | unknown
+    hosting: HostingFacts | None = None

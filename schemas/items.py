@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.base import Message, utcnow
-from schemas.facts import HostingFacts, ImageFacts
+from schemas.facts import Frozen, HostingFacts, ImageFacts
 
 Route = Literal["ntd", "assessment", "forward", "closed_offline", "police"]
 
@@ -20,6 +20,21 @@ class ItemAccepted(Message):
     url: str
     report_ids: list[str]
     accepted_at: datetime = Field(default_factory=utcnow)
+
+
+class HosterRoute(Frozen):
+    """Classify's decision for one hoster of an item (each image has its own hoster): where
+    the content this hoster serves goes, why, and by which one-time action. ``page``: the
+    decision covers the page URL itself (the page's hoster); ``image_urls``: the known images
+    it covers (served by this hoster, or shown by the page for the page's hoster).
+    ``action_id`` is the deterministic notice or forward id (None for an analyst)."""
+
+    hosting: HostingFacts
+    route: Route
+    reason: str
+    page: bool = False
+    image_urls: list[str] = []
+    action_id: str | None = None
 
 
 class ItemClassified(Message):
@@ -35,4 +50,7 @@ class ItemClassified(Message):
     known: bool = False
     route: Route
     reason: str
+    # One decision per hoster (the page's and every known image's own): ``route``/``reason``
+    # above are the item's overall outcome; empty in classifications written before it.
+    attribution: list[HosterRoute] = []
     classified_at: datetime = Field(default_factory=utcnow)

@@ -30,6 +30,11 @@ class TakedownNotice(Message):
     # What the material is, for the notice's X-ARF report when no bank entry says it
     # (analyst-confirmed new material released by the police: the analyst's category).
     category: str | None = None
+    # Who gets a copy (Cc): the CDN in front of the origin hoster this notice goes to.
+    copy_to: list[str] = []
+    # The page that shows the notice's images, when ``url`` is an image this hoster serves for
+    # a page elsewhere (each image has its own hoster); None when ``url`` is that page.
+    page_url: str | None = None
 
 
 class AnalystClassification(Message):

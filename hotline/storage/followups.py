@@ -25,11 +25,13 @@ from hotline.storage.models import Followup, FollowupStep
 def new_followup(
     item_id: str, notice_id: str, url: str, hoster: str, country: str | None, abuse_email: str,
     matched: list[dict[str, Any]], first_report_at: datetime, first_notice_at: datetime,
+    upstream_abuse: str | None = None, registrar_abuse: str | None = None,
 ) -> Followup:
     return Followup(
         item_id=item_id, notice_id=notice_id, url=url, hoster=hoster, country=country, abuse_email=abuse_email,
         matched=matched, status="new", first_report_at=first_report_at, first_notice_at=first_notice_at,
         next_check_at=None, dispatched_at=None, checks=0, misses=0, step=0,
+        upstream_abuse=upstream_abuse, registrar_abuse=registrar_abuse,
     )
 
 
@@ -43,7 +45,7 @@ def reopen(existing: Followup, new: Followup) -> Followup:
     for name in ("notice_id", "url", "hoster", "country", "abuse_email", "matched", "status", "first_notice_at",
                  "next_check_at", "dispatched_at", "checks", "misses", "first_gone_at", "last_result",
                  "last_checked_at", "step", "step_pending", "step_dispatched_at", "last_step_at", "removed_at",
-                 "removal_reason"):
+                 "removal_reason", "upstream_abuse", "registrar_abuse"):
         setattr(existing, name, getattr(new, name))
     return existing
 

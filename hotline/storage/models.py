@@ -385,6 +385,10 @@ class Followup(Base):
     step_dispatched_at: Mapped[datetime | None] = mapped_column()
     removed_at: Mapped[datetime | None] = mapped_column()
     removal_reason: Mapped[str | None] = mapped_column(Text)
+    # The ladder's contacts from the notice's hosting facts (RDAP: the parent network's and the
+    # registrar's abuse desks; the hosting file's ``upstream``), null when no look-up found them.
+    upstream_abuse: Mapped[str | None] = mapped_column(String(320))
+    registrar_abuse: Mapped[str | None] = mapped_column(String(320))
 
     __table_args__ = (Index("ix_followups_hoster", "hoster"),)
 
@@ -406,3 +410,18 @@ class FollowupStep(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class HostingCacheEntry(Base):
+    """One cached hosting fact (the architecture's "hosting cache"): a DNS answer or an RDAP
+    answer, under a key such as ``dns:images.hoster-a.test`` or ``rdap-ip:2001:db8::1``, kept
+    until ``expires_at`` (``HOTLINE_HOSTING_CACHE_SECONDS`` after ``looked_up_at``). ``value``
+    is the fact as JSON (addresses, or the parsed RDAP facts), never a raw response body."""
+
+    __tablename__ = "hosting_cache"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(32))  # dns | rdap
+    looked_up_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,7 +1,11 @@
-"""Classify: fetch an item's URL, hash every image, match against the bank, find the hoster,
-and route it (NTD, analyst assessment, partner forward, or closed as offline).
+"""Classify: fetch an item's URL, hash every image, match against the bank, find the hoster
+of the page and of every image (each by its own URL), and route it per hoster (NTD, analyst
+assessment, partner forward, or closed as offline; ``services.classify.attribution``).
 
-Image bytes live only in memory for the moment it takes to hash them.
+Image bytes live only in memory for the moment it takes to hash them. Hosting look-ups (DNS,
+RDAP) run in the act step with the fetching, outside any transaction; their cache keeps its
+own short transactions (``hotline.storage.hosting_cache``), and the facts the routing used
+are recorded with the classification in the record step.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from hotline.kernel.stage import Result, SideEffect
 from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
-from schemas.items import ItemAccepted, ItemClassified
+from schemas.items import HosterRoute, ItemAccepted, ItemClassified
 from schemas.notices import PartnerForward, PoliceEscalation, TakedownNotice
+from services.classify.attribution import attribute
 from services.classify.fetcher import Fetched, Fetcher, FetchError
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
-from services.classify.routing import decide_route
+from services.classify.routing import RouteDecision, decide_route
 from services.classify.sightings import record_sightings
 from services.ingest.hosts import is_onion
 
@@ -77,28 +82,100 @@ def looks_like_image(fetched: Fetched) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def _hoster_content(c: ItemClassified, r: HosterRoute) -> tuple[str, str | None, list[ImageFacts]]:
+    """(URL, page it is shown on, images) of one hoster's decision: the page's hoster gets the
+    page and every known image it shows; another hoster its own images, the first one's URL as
+    the notice's URL and the page as where they were shown."""
+    wanted = set(r.image_urls)
+    images = [i for i in c.images if i.match is not None and i.url in wanted]
+    if r.page or not images:
+        return c.url, None, images
+    return images[0].url, c.url, images
+
+
+def takedown_notices(c: ItemClassified) -> list[TakedownNotice]:
+    """Every takedown notice an item's classification calls for (one per hoster with an
+    ``ntd`` decision and an abuse contact), in order; rebuilt from the stored classification
+    they are the same notices every time (operators resend them: ``services.operations``).
+    ``created_at`` is when classify saw the content. A classification stored before per-hoster
+    attribution names one notice, to the page's hoster."""
+    if not c.attribution:
+        hosting: HostingFacts | None = c.hosting
+        if c.route != "ntd" or hosting is None or not hosting.abuse:
+            return []
+        routes = [HosterRoute(hosting=hosting, route="ntd", reason=c.reason, page=True,
+                              image_urls=[i.url for i in c.images if i.match is not None],
+                              action_id=f"ntd-{c.item_id}")]
+    else:
+        routes = [r for r in c.attribution if r.route == "ntd" and r.action_id and r.hosting.abuse]
+    out: list[TakedownNotice] = []
+    for r in routes:
+        h = r.hosting
+        url, page_url, images = _hoster_content(c, r)
+        copy_to = [h.cdn_abuse] if h.cdn_abuse and h.cdn_abuse.lower() != (h.abuse or "").lower() else []
+        out.append(TakedownNotice(
+            notice_id=r.action_id or f"ntd-{c.item_id}",
+            item_id=c.item_id,
+            url=url,
+            hoster=h.hoster or h.host,
+            abuse_email=h.abuse or "",
+            country=h.country,
+            images=images,
+            hosting=h,
+            created_at=c.classified_at,
+            copy_to=copy_to,
+            page_url=page_url,
+        ))
+    return out
+
+
 def takedown_notice(
-    c: ItemClassified, notice_id: str | None = None, abuse_email: str | None = None
+    c: ItemClassified, notice_id: str | None = None, abuse_email: str | None = None, based_on: str | None = None
 ) -> TakedownNotice | None:
-    """The takedown notice an item's classification calls for, or None (not routed to an NTD,
-    or no abuse contact). Rebuilt from the stored classification it is the same notice every
-    time (operators resend it: ``services.operations``); ``notice_id`` and ``abuse_email``
-    name another notice of the same item to another address. ``created_at`` is when classify
-    saw the content."""
-    hosting: HostingFacts | None = c.hosting
-    if c.route != "ntd" or hosting is None or not (abuse_email or hosting.abuse):
+    """One notice of the classification, or None (no notice called for): the one with
+    ``notice_id`` (default: the first), or, for an id the classification does not name (an
+    operator's "send elsewhere"), the one ``based_on`` names (default: the first) under that
+    new id; ``abuse_email`` sends it to another address."""
+    notices = takedown_notices(c)
+    if not notices:
         return None
-    return TakedownNotice(
-        notice_id=notice_id or f"ntd-{c.item_id}",
-        item_id=c.item_id,
-        url=c.url,
-        hoster=hosting.hoster or hosting.host,
-        abuse_email=abuse_email or hosting.abuse or "",
-        country=hosting.country,
-        images=[i for i in c.images if i.match is not None],
-        hosting=hosting,
-        created_at=c.classified_at,
-    )
+    by_id = {n.notice_id: n for n in notices}
+    notice = by_id.get(notice_id or "") or by_id.get(based_on or "") or notices[0]
+    update: dict[str, Any] = {}
+    if notice_id and notice_id != notice.notice_id:
+        update["notice_id"] = notice_id
+    if abuse_email:
+        update["abuse_email"] = abuse_email
+    return notice.model_copy(update=update) if update else notice
+
+
+def partner_forwards(c: ItemClassified, partner_names: dict[str, str], hotline_name: str) -> list[PartnerForward]:
+    """Every partner forward the classification calls for (one per hoster abroad with a
+    partner hotline), deterministic ids as the notices."""
+    if not c.attribution:
+        hosting: HostingFacts | None = c.hosting
+        if c.route != "forward" or hosting is None or not hosting.country:
+            return []
+        routes = [HosterRoute(hosting=hosting, route="forward", reason=c.reason, page=True,
+                              image_urls=[i.url for i in c.images if i.match is not None],
+                              action_id=f"fwd-{c.item_id}")]
+    else:
+        routes = [r for r in c.attribution if r.route == "forward" and r.action_id and r.hosting.country]
+    out: list[PartnerForward] = []
+    for r in routes:
+        country = r.hosting.country or ""
+        url, _page_url, images = _hoster_content(c, r)
+        out.append(PartnerForward(
+            forward_id=r.action_id or f"fwd-{c.item_id}",
+            item_id=c.item_id,
+            url=url,
+            country=country,
+            partner_name=partner_names.get(country, ""),
+            images=images,
+            hosting=r.hosting,
+            from_hotline=hotline_name,
+        ))
+    return out
 
 
 @dataclass
@@ -153,11 +230,19 @@ class ClassifyStage:
         return self._outputs(classified, uow)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:
-        host = urlsplit(url).hostname or ""  # "[fd00::1]" without a port has no ":port" to cut
-        if is_onion(host):  # never fetched: there is no hoster to notice, only the police
-            return ItemClassified(item_id=item_id, url=url, online=False, hosting=HostingFacts(host=host, source="onion"),
+        if is_onion((urlsplit(url).hostname or "").lower()):  # never fetched: no hoster to notice, only the police
+            return ItemClassified(item_id=item_id, url=url, online=False,
+                                  hosting=HostingFacts(host=(urlsplit(url).hostname or "").lower(), source="onion"),
                                   known=False, route="police", reason=ONION_REASON)
-        hosting = self.hosting.facts(host)
+        looked_up: dict[str, HostingFacts] = {}  # one look-up per host per item (failures too)
+
+        def hosting_of(any_url: str) -> HostingFacts:
+            host = (urlsplit(any_url).hostname or "").lower()  # "[fd00::1]": hostname has no brackets
+            if host not in looked_up:
+                looked_up[host] = self.hosting.facts(host)
+            return looked_up[host]
+
+        hosting = hosting_of(url)
         online = True
         offline_reason = ""
         status: int | None = None
@@ -169,25 +254,31 @@ class ClassifyStage:
             if page.status >= 400:
                 online, offline_reason = False, f"the URL answered HTTP {page.status}: content is not (or no longer) online"
             elif looks_like_image(page):
-                images.append(self._image_facts(url, page.body))
+                images.append(self._image_facts(url, page.body).model_copy(update={"hosting": hosting}))
             elif "html" in page.content_type:
                 html = page.body.decode("utf-8", "replace")
                 for img_url in image_urls(html, page.final_url, self.max_images):
-                    images.append(self._fetch_image(img_url))
+                    images.append(self._fetch_image(img_url).model_copy(update={"hosting": hosting_of(img_url)}))
         except FetchError as err:
             online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"
-        known = any(i.match is not None and not is_weak(i.match) for i in images)
+        strong = [i for i in images if i.match is not None and not is_weak(i.match)]
+        known = bool(strong)
         weak = any(i.match is not None and is_weak(i.match) for i in images)
-        decision = decide_route(
-            online=online,
-            offline_reason=offline_reason,
-            known=known,
-            weak_match=weak,
-            image_count=sum(1 for i in images if i.error is None),
-            hosting=hosting,
-            home_country=self.home_country,
-            partner_countries=set(self.partner_names),
-        )
+        routes: list[HosterRoute] = []
+        if online and known:
+            attribution = attribute(item_id, hosting, strong, self._decide_for_hoster)
+            decision, routes = attribution.decision, attribution.routes
+        else:
+            decision = decide_route(
+                online=online,
+                offline_reason=offline_reason,
+                known=known,
+                weak_match=weak,
+                image_count=sum(1 for i in images if i.error is None),
+                hosting=hosting,
+                home_country=self.home_country,
+                partner_countries=set(self.partner_names),
+            )
         return ItemClassified(
             item_id=item_id,
             url=url,
@@ -199,6 +290,14 @@ class ClassifyStage:
             known=known,
             route=decision.route,  # type: ignore[arg-type]
             reason=decision.reason,
+            attribution=routes,
+        )
+
+    def _decide_for_hoster(self, facts: HostingFacts, image_count: int) -> RouteDecision:
+        """The routing table for one hoster serving (or, for the page, showing) known material."""
+        return decide_route(
+            online=True, offline_reason="", known=True, image_count=image_count, hosting=facts,
+            home_country=self.home_country, partner_countries=set(self.partner_names),
         )
 
     def _fetch_image(self, url: str) -> ImageFacts:
@@ -248,24 +347,6 @@ class ClassifyStage:
             if row is not None:
                 out.append(Outgoing("escalations.police", PoliceEscalation.model_validate(row.payload)))
             return out
-        hosting: HostingFacts | None = c.hosting
-        notice = takedown_notice(c)
-        if notice is not None:
-            out.append(Outgoing("notices.ntd", notice))
-        elif c.route == "forward" and hosting and hosting.country:
-            out.append(
-                Outgoing(
-                    "forwards.partner",
-                    PartnerForward(
-                        forward_id=f"fwd-{c.item_id}",
-                        item_id=c.item_id,
-                        url=c.url,
-                        country=hosting.country,
-                        partner_name=self.partner_names.get(hosting.country, ""),
-                        images=[i for i in c.images if i.match is not None],
-                        hosting=hosting,
-                        from_hotline=self.hotline_name,
-                    ),
-                )
-            )
+        out += [Outgoing("notices.ntd", n) for n in takedown_notices(c)]
+        out += [Outgoing("forwards.partner", f) for f in partner_forwards(c, self.partner_names, self.hotline_name)]
         return out

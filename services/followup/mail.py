@@ -28,9 +28,10 @@ WHO = {
 
 @dataclass(frozen=True)
 class Contacts:
-    """Where each step goes. Upstream providers and registrars are not known yet (hosting
-    lookups come from the hosting file, which names only the hoster's own abuse contact):
-    those rungs are skipped, with this reason, until a lookup provides them."""
+    """Where each step goes. The upstream provider's and the registrar's abuse contacts come
+    from the notice's hosting facts (RDAP: the parent network, the domain's registrar; the
+    hosting file's ``upstream``), kept on the follow-up; a rung without one is skipped with
+    the reason."""
 
     authority_email: str | None = None
 
@@ -43,8 +44,12 @@ class Contacts:
                 return self.authority_email, ""
             return None, "no authority is configured (HOTLINE_AUTHORITY_EMAIL is unset)"
         if kind == "upstream":
+            if followup.upstream_abuse:
+                return followup.upstream_abuse, ""
             return None, f"no upstream provider contact is known for {followup.hoster}"
         if kind == "registrar":
+            if followup.registrar_abuse:
+                return followup.registrar_abuse, ""
             return None, "no registrar contact is known for the domain"
         return None, f"unknown step {kind}"
 

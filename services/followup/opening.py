@@ -24,5 +24,8 @@ def open_followup(uow: UnitOfWork, notice: TakedownNotice, sent_at: datetime) ->
             ],
             first_report_at=item.first_seen if item is not None else sent_at,
             first_notice_at=sent_at,
+            # the ladder's rungs, from the hosting look-up (RDAP or the hosting file)
+            upstream_abuse=notice.hosting.upstream_abuse if notice.hosting else None,
+            registrar_abuse=notice.hosting.registrar_abuse if notice.hosting else None,
         )
     )

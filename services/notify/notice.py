@@ -69,6 +69,9 @@ def render_group(
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = first.abuse_email
+    copies = list(dict.fromkeys(c for n in notices for c in n.copy_to if c.lower() != first.abuse_email.lower()))
+    if copies:  # the CDN in front of the origin hoster (services.classify.hosting)
+        msg["Cc"] = ", ".join(copies)
     subject = "Notice-and-takedown-verzoek" if lang == "nl" else "Notice and takedown request"
     if len(notices) == 1:
         msg["Subject"] = f"[{hotline_name}] {subject} {first.notice_id}"
@@ -136,6 +139,20 @@ def _urls(notices: list[TakedownNotice]) -> list[str]:
     return [f"    {u}" for u in dict.fromkeys(urls)]
 
 
+def _context(notices: list[TakedownNotice], lang: str) -> list[str]:
+    """Where the files were shown (an image served for a page elsewhere) and who gets a copy."""
+    lines: list[str] = []
+    for page in dict.fromkeys(n.page_url for n in notices if n.page_url):
+        lines.append(f"Deze bestanden werden getoond op {page} (elders gehost); verwijder de bestanden zelf."
+                     if lang == "nl" else
+                     f"These files were shown on {page} (hosted elsewhere); please remove the files themselves.")
+    for cdn in dict.fromkeys(c for n in notices for c in n.copy_to):
+        lines.append(f"Een kopie van deze melding gaat naar {cdn}, het CDN dat deze inhoud doorgeeft."
+                     if lang == "nl" else
+                     f"A copy of this notice goes to {cdn}, the CDN that serves this content.")
+    return [*lines, ""] if lines else []
+
+
 def _why(notices: list[TakedownNotice], analyst_line: str, known_line: str) -> list[str]:
     by_analyst = [n.basis != "known_material" for n in notices]
     return ([analyst_line] if any(by_analyst) else []) + ([known_line] if not all(by_analyst) else [])
@@ -165,6 +182,7 @@ def _dutch(notices: list[TakedownNotice], hotline_name: str, sender: str, mid: s
         "",
         *_urls(notices),
         "",
+        *_context(notices, "nl"),
         "Waarom dit illegaal is:",
         *_why(notices,
               "Een analist van ons meldpunt heeft het materiaal beoordeeld en als illegaal bevestigd.",
@@ -202,6 +220,7 @@ def _english(notices: list[TakedownNotice], hotline_name: str, sender: str, mid:
         "",
         *_urls(notices),
         "",
+        *_context(notices, "en"),
         "Why this content is illegal:",
         *_why(notices,
               "An analyst of our hotline has assessed the material and confirmed it as illegal.",

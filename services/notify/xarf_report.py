@@ -18,6 +18,7 @@ policy parks the message after its attempts).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import uuid
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 
 import xarf
 
-from schemas.facts import BankMatch, ImageFacts
+from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.notices import TakedownNotice
 
 CATEGORY, TYPE = "content", "csam"
@@ -106,9 +107,11 @@ def detection_method(notice: TakedownNotice) -> str:
 
 
 def source_identifier(notice: TakedownNotice) -> str:
-    """The address the content was fetched from; the host name if the notice has none."""
+    """The address the content was fetched from (IPv4 or IPv6, compressed form: X-ARF's
+    ``source_identifier`` is any address or name, there is no source type to set); the host
+    name if the notice has none."""
     if notice.hosting is not None and notice.hosting.ip:
-        return notice.hosting.ip
+        return ipaddress.ip_address(notice.hosting.ip).compressed
     return urlsplit(notice.url).hostname or notice.url
 
 
@@ -144,8 +147,8 @@ def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict
     host = parts.hostname.lower()
     if _is_domain(host):
         fields["domain"] = host
-    if notice.hosting is not None and notice.hosting.asn:
-        fields["asn"] = notice.hosting.asn
+    if notice.hosting is not None:
+        fields.update(_hosting_fields(notice.hosting))
     if notice.country:
         fields["country_code"] = notice.country.upper()
     created = xarf.create_report(
@@ -160,6 +163,24 @@ def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict
     report["timestamp"] = _iso(notice)
     validate(report, notice.notice_id)
     return report
+
+
+def _hosting_fields(h: HostingFacts) -> dict[str, Any]:
+    """ASN, the host's A and AAAA addresses (IPv4 and IPv6 alike) and the registrar, as far as
+    the hosting look-up found them."""
+    fields: dict[str, Any] = {}
+    if h.asn:
+        fields["asn"] = h.asn
+    addrs = [ipaddress.ip_address(a) for a in (h.addresses or ([h.ip] if h.ip else []))]
+    records = {"a": [a.compressed for a in addrs if a.version == 4],
+               "aaaa": [a.compressed for a in addrs if a.version == 6]}
+    if any(records.values()):
+        fields["dns_records"] = {k: v for k, v in records.items() if v}
+    if h.registrar:
+        fields["registrar"] = h.registrar
+    if h.registrar_abuse:
+        fields["whois"] = {"registrar_abuse_contact": h.registrar_abuse}
+    return fields
 
 
 def validate(report: dict[str, Any], what: str = "report") -> None:

@@ -131,9 +131,9 @@ def _claim(uow: UnitOfWork, notice_id: str, action: str) -> tuple[Notice, Item]:
     return notice, item
 
 
-def _rebuild(item: Item, notice_id: str, abuse_email: str | None = None) -> TakedownNotice:
+def _rebuild(item: Item, notice_id: str, abuse_email: str | None = None, based_on: str | None = None) -> TakedownNotice:
     classified = ItemClassified.model_validate(item.classification) if item.classification else None
-    message = takedown_notice(classified, notice_id, abuse_email) if classified else None
+    message = takedown_notice(classified, notice_id, abuse_email, based_on) if classified else None
     if message is None:
         raise OperationRefused(409, f"item {item.id} has no classification that calls for a takedown notice: "
                                     "it cannot be rebuilt")
@@ -196,7 +196,7 @@ def send_elsewhere(uow: UnitOfWork, notice_id: str, *, operator: str, abuse_emai
     while f"ntd-{item.id}-{n}" in taken:
         n += 1
     new_id = f"ntd-{item.id}-{n}"
-    message = _rebuild(item, new_id, address)
+    message = _rebuild(item, new_id, address, based_on=notice.id)  # an item may have a notice per hoster
     was = notice.status
     notice.status = "superseded"
     _queue_item(uow, item, f"{operator} sent the notice to {address} instead of {notice.abuse_email} "
