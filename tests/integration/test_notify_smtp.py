@@ -117,7 +117,10 @@ def test_a_temporary_refusal_is_retried_and_sent_once(sessions: sessionmaker[Ses
         notice = queued_notice(sessions, "http://images.hoster-a.test/b.jpg")
         with runtime(sessions, sink) as rt:
             assert wait_for(lambda: sink.refused >= 3), rt.errors
-            assert status_of(sessions, notice) == ("failed", "notice_queued")
+            # Between attempts the notice rests as failed (retried, never refused or bounced);
+            # during an attempt it is sending, so wait for the rest rather than sample once.
+            assert wait_for(lambda: status_of(sessions, notice) == ("failed", "notice_queued")), (
+                status_of(sessions, notice), rt.errors)
             sink.mode = "accept"
             assert wait_for(lambda: status_of(sessions, notice) == ("sent", "notice_sent")), rt.errors
             assert rt.wait_idle(10)
