@@ -21,6 +21,7 @@ from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
 from services.classify.hosting import HostingDirectory, HostingResolver, Resolver
 from services.classify.stage import ClassifyStage
+from services.escalate.forwards import Backoff, DeliveryDispatcher
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
 from services.escalate.stage import EscalateStage
 from services.followup.logic import Policy
@@ -113,6 +114,18 @@ class System:
             interval_seconds=min(s.followup_tick_seconds, max(s.notice_group_seconds, 0.05)),
         )
 
+    def build_delivery_dispatcher(self) -> DeliveryDispatcher:
+        """Publishes due forwards and partner status updates again (``services.escalate.forwards``),
+        a periodic task beside escalate."""
+        s = self.settings
+        return DeliveryDispatcher(clock=self.clock, batch=s.forward_batch,
+                                  redispatch_seconds=s.forward_redispatch_seconds,
+                                  interval_seconds=s.forward_tick_seconds)
+
+    def partner_gateway(self) -> HttpPartnerGateway:
+        """The HTTP gateway to partner hotlines (also used by ``hotline partners check``)."""
+        return HttpPartnerGateway(transport=self.overrides.get("partner_transport"))
+
     def periodic_for(self, names: tuple[str, ...]) -> list[Periodic]:
         """The periodic tasks that go with the stages ``names`` run in one process: the
         follow-up scheduler with followup, the notice grouper with notify (when grouping is on)."""
@@ -121,6 +134,8 @@ class System:
             tasks.append(self.build_scheduler())
         if "notify" in names and self.settings.notice_group_seconds > 0:
             tasks.append(self.build_notice_grouper())
+        if "escalate" in names:
+            tasks.append(self.build_delivery_dispatcher())
         return tasks
 
     def _mailer(self) -> Mailer:
@@ -176,8 +191,9 @@ class System:
             return EscalateStage(
                 partners=self.partners,
                 gateway=gateway,
-                max_attempts=s.forward_max_attempts,
-                retry_seconds=s.forward_retry_seconds,
+                backoff=Backoff(s.forward_retry_seconds, s.forward_retry_max_seconds),
+                lease_seconds=s.forward_redispatch_seconds,
+                clock=self.clock,
             )
         raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGE_NAMES)}")
 

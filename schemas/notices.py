@@ -52,7 +52,9 @@ class PoliceEscalation(Message):
     first_seen: datetime
     last_seen: datetime
     report_ids: list[str] = []
-    classification: AnalystClassification
+    # The analyst's decision; None only for reason ``no_partner`` (known material from the
+    # bank, routed without an analyst).
+    classification: AnalystClassification | None = None
     escalated_at: datetime = Field(default_factory=utcnow)
     # Why the police get it: ``new_material`` (an analyst confirmed it; the takedown waits for
     # the police's release), ``no_partner`` (hosted in a country without a partner hotline:

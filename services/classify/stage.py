@@ -21,11 +21,12 @@ from hotline.kernel.states import ItemState
 from schemas import Message
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemAccepted, ItemClassified
-from schemas.notices import PartnerForward, TakedownNotice
+from schemas.notices import PartnerForward, PoliceEscalation, TakedownNotice
 from services.classify.fetcher import Fetched, Fetcher, FetchError
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import decide_route
+from services.partners.logic import relookup_ids, relookups
 
 ROUTE_STATE = {
     "ntd": ItemState.NOTICE_QUEUED,
@@ -115,7 +116,7 @@ class ClassifyStage:
         if item.classification is not None:
             # Redelivery after a crash: publish the same results again (notify and escalate
             # deduplicate by notice/forward id), do no new work.
-            return self._outputs(ItemClassified.model_validate(item.classification))
+            return self._outputs(ItemClassified.model_validate(item.classification), uow)
         # Fetching and hashing is the slow part: it runs outside any transaction.
         item_id, url = item.id, item.url
         return SideEffect(
@@ -128,13 +129,18 @@ class ClassifyStage:
         item = uow.items.get(item_id)
         assert item is not None
         if item.classification is not None:  # another worker classified it meanwhile
-            return self._outputs(ItemClassified.model_validate(item.classification))
+            return self._outputs(ItemClassified.model_validate(item.classification), uow)
         item.classification = classified.model_dump(mode="json")
         if classified.hosting:
             item.country = classified.hosting.country
             item.hoster = classified.hosting.hoster
         uow.items.set_state(item, ROUTE_STATE[classified.route], classified.reason, self.name)
-        return self._outputs(classified)
+        record = self._police_record(classified, uow)
+        if record is not None:
+            notice_id, _ = relookup_ids(item_id, relookups(uow, item_id))
+            uow.escalations.add_released(record.escalation_id, item_id, record.model_dump(mode="json"), self.name,
+                                         f"takedown notice {notice_id} to {classified.hosting.abuse if classified.hosting else ''}")
+        return self._outputs(classified, uow)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:
         host = urlsplit(url).hostname or ""  # "[fd00::1]" without a port has no ":port" to cut
@@ -222,18 +228,39 @@ class ClassifyStage:
             match=match,
         )
 
-    def _outputs(self, c: ItemClassified) -> list[Outgoing]:
+    def _police_record(self, c: ItemClassified, uow: UnitOfWork) -> PoliceEscalation | None:
+        """Known material noticed at a hoster abroad (no partner hotline there): the police's
+        record of it (reason ``no_partner``; nothing to release, it is informational)."""
+        h = c.hosting
+        if c.route != "ntd" or h is None or not h.country or h.country.upper() == self.home_country.upper():
+            return None
+        item = uow.items.get(c.item_id)
+        if item is None:
+            return None
+        return PoliceEscalation(
+            escalation_id=f"pol-{c.item_id}-no-partner", item_id=c.item_id, url=c.url,
+            images=[i for i in c.images if i.match is not None], hosting=h, first_seen=item.first_seen,
+            last_seen=item.last_seen, report_ids=uow.items.report_ids(c.item_id), classification=None,
+            escalated_at=c.classified_at, reason="no_partner",
+        )
+
+    def _outputs(self, c: ItemClassified, uow: UnitOfWork) -> list[Outgoing]:
         out = [Outgoing("items.classified", c)]
         hosting: HostingFacts | None = c.hosting
-        notice = takedown_notice(c)
+        # A new lookup after a partner said the content moved (MO) gets ids of its own.
+        notice_id, forward_id = relookup_ids(c.item_id, relookups(uow, c.item_id))
+        notice = takedown_notice(c, notice_id)
         if notice is not None:
             out.append(Outgoing("notices.ntd", notice))
+            record = self._police_record(c, uow)
+            if record is not None:
+                out.append(Outgoing("escalations.police", record))
         elif c.route == "forward" and hosting and hosting.country:
             out.append(
                 Outgoing(
                     "forwards.partner",
                     PartnerForward(
-                        forward_id=f"fwd-{c.item_id}",
+                        forward_id=forward_id,
                         item_id=c.item_id,
                         url=c.url,
                         country=hosting.country,
