@@ -68,7 +68,7 @@ EFFECT: dict[str, str] = {
 
 def table_rows() -> list[tuple[str, str, str]]:
     """(what, our state or step, ICCAM code) for the README and ``hotline partners iccam``."""
-    rows = [("item state", str(state), STATE_ACTION[state] or "-") for state in ItemState]
+    rows: list[tuple[str, str, str]] = [("item state", str(state), STATE_ACTION[state] or "-") for state in ItemState]
     rows += [("status update", step, STEP_ACTION[step] or "-") for step in STEP_ACTION]
     return rows
 

@@ -28,7 +28,7 @@ from hotline.kernel.clock import FakeClock, installed
 from hotline.kernel.failures import Failure, classify
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import RetryLater, SideEffect, complete, run_stage
+from hotline.kernel.stage import SideEffect, complete, run_stage
 from hotline.runtime.steps import RetryRequested, StepRunner
 from hotline.storage.memory import MemoryState, MemoryUnitOfWork
 from hotline.storage.unit_of_work import SqlUnitOfWork
@@ -38,10 +38,10 @@ from schemas.notices import NoticeEvent, PoliceEscalation
 from schemas.reports import ReportRejected, ReportSubmitted
 from services.assessment.logic import AssessmentRefused, assess
 from services.escalate.forwards import Backoff, DeliveryDispatcher
-from services.escalate.partners import DeliveryFailed, HttpPartnerGateway, PartnerDirectory
-from services.operations.logic import OperationRefused, retry_delivery
+from services.escalate.partners import HttpPartnerGateway, PartnerDirectory
 from services.ingest.stage import IngestStage
 from services.notify.mailer import DeliveryUnknown, NotDelivered, RecordingMailer
+from services.operations.logic import OperationRefused, retry_delivery
 from tests.unit.stagekit import (
     DE,
     DyingGateway,
