@@ -91,6 +91,10 @@ def record_status(uow: UnitOfWork, forward_id: str, *, action: Action, note: str
         return StatusRecorded(fwd, item, True, "already recorded: nothing changed")
     uow.forwards.add_status(fwd.id, action, note, by, at)
     fwd.partner_status, fwd.partner_status_at = action, at
+    if fwd.status != "sent":
+        # The partner has it (its answer to an attempt was lost, or it came another way): no
+        # more attempts.
+        fwd.status, fwd.sent_at, fwd.next_attempt_at, fwd.dispatched_at = "sent", at, None, None
     said = f"{fwd.partner or fwd.country} reported {action} ({ACTIONS[action]}) on forward {fwd.id}"
     if note:
         said += f": {note}"

@@ -275,3 +275,15 @@ def test_known_material_abroad_without_partner_is_noticed_there_and_recorded_for
     again = stage._outputs(classified, uow)
     assert [o.topic for o in again] == [o.topic for o in out] and len(state.escalations) == 1
     assert of_topic(again, "escalations.police")[0].escalation_id == record.escalation_id
+
+
+def test_a_status_on_a_forward_still_pending_ends_its_delivery(uow: MemoryUnitOfWork, state: MemoryState,
+                                                               clock: FakeClock) -> None:
+    item_id = make_item(uow, "forward_queued")
+    deliver(escalate_stage(FakeGateway(fail_times=1)), "forwards.partner", forward_for(item_id), uow)
+    assert state.forwards[f"fwd-{item_id}"].status == "pending"
+    report(uow, f"fwd-{item_id}", "ISP")
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert (fwd.status, fwd.next_attempt_at) == ("sent", None)
+    clock.advance(3600)
+    assert DeliveryDispatcher().tick(uow) == []
