@@ -42,9 +42,8 @@ class EscalateStage:
     )
 
     def __post_init__(self) -> None:
-        common = dict(partners=self.partners, backoff=self.backoff, lease_seconds=self.lease_seconds, clock=self.clock)
-        self.forwards = ForwardDelivery(gateway=self.gateway, **common)  # type: ignore[arg-type]
-        self.updates = UpdateDelivery(gateway=self.gateway, **common)  # type: ignore[arg-type]
+        self.forwards = ForwardDelivery(self.partners, self.backoff, self.lease_seconds, self.clock, self.gateway)
+        self.updates = UpdateDelivery(self.partners, self.backoff, self.lease_seconds, self.clock, self.gateway)
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         if topic == "forwards.partner":
