@@ -145,12 +145,21 @@ class ReceivedForward:
     authorization: str | None
     body: dict[str, Any]
     idempotency_key: str | None = None
+    status: int = 0  # what the endpoint answered (in ``posts``: every POST, failed ones too)
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 class PartnerEndpoint(_HttpStandIn):
-    """A partner hotline's forward intake: accepts JSON POSTs bearing the expected token
-    (``accept_status``), refuses others with 401 (counted in ``refused``), and answers the
-    first ``fail_first`` good ones with 503."""
+    """A partner hotline's API on loopback: forwards at ``url`` (``/api/forwards``), status
+    updates at ``status_url`` (``/api/status``).
+
+    Every POST is recorded in ``posts`` with its headers and the answer. A POST without the
+    expected bearer token gets 401 (counted in ``refused``); the first ``fail_first`` good ones
+    get 503 (a partner that is down, then recovers); while ``down`` is set every request gets
+    503. The partner dedupes by ``Idempotency-Key`` as the contract asks: a key it has handled
+    is answered 200 again without being handled twice (``handled`` counts per key, ``received``
+    holds each handled forward once, ``status_updates`` each handled status update once).
+    ``OPTIONS`` (``hotline partners check``) answers 204 with a good token, 401 without."""
 
     def __init__(
         self, token: str, host: str = "127.0.0.1", fail_first: int = 0, accept_status: int = 201
@@ -158,27 +167,17 @@ class PartnerEndpoint(_HttpStandIn):
         self.token = token
         self.accept_status = accept_status
         self.received: list[ReceivedForward] = []
+        self.status_updates: list[ReceivedForward] = []
+        self.posts: list[ReceivedForward] = []
+        self.handled: Counter[str] = Counter()
         self.refused = 0
+        self.down = False
         self._fail_left = fail_first
         self._lock = threading.Lock()
         endpoint = self
 
         class Handler(_Quiet):
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                auth = self.headers.get("Authorization")
-                with endpoint._lock:
-                    if auth != f"Bearer {endpoint.token}":
-                        endpoint.refused += 1
-                        status = 401
-                    elif endpoint._fail_left > 0:
-                        endpoint._fail_left -= 1
-                        status = 503
-                    else:
-                        key = self.headers.get("Idempotency-Key")
-                        endpoint.received.append(ReceivedForward(self.path, auth, json.loads(raw), key))
-                        status = endpoint.accept_status
+            def _answer(self, status: int) -> None:
                 if status >= 400:
                     self.send_error(status)
                     return
@@ -186,13 +185,68 @@ class PartnerEndpoint(_HttpStandIn):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            def do_OPTIONS(self) -> None:  # noqa: N802
+                with endpoint._lock:
+                    if endpoint.down:
+                        status = 503
+                    elif self.headers.get("Authorization") != f"Bearer {endpoint.token}":
+                        status = 401
+                    else:
+                        status = 204
+                self._answer(status)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                auth = self.headers.get("Authorization")
+                key = self.headers.get("Idempotency-Key")
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {}
+                with endpoint._lock:
+                    if endpoint.down:
+                        status = 503
+                    elif auth != f"Bearer {endpoint.token}":
+                        endpoint.refused += 1
+                        status = 401
+                    elif endpoint._fail_left > 0:
+                        endpoint._fail_left -= 1
+                        status = 503
+                    elif key is not None and endpoint.handled[key] > 0:
+                        status = 200  # already handled: the same answer, no second case
+                    else:
+                        status = endpoint.accept_status
+                        if key is not None:
+                            endpoint.handled[key] += 1
+                        got = ReceivedForward(self.path, auth, body, key, status, time.monotonic())
+                        (endpoint.status_updates if self.path.endswith("/status") else endpoint.received).append(got)
+                    endpoint.posts.append(ReceivedForward(self.path, auth, body, key, status, time.monotonic()))
+                self._answer(status)
+
         self._bind(host, 0, Handler)
         self.url = f"http://{host}:{self.port}/api/forwards"
+        self.status_url = f"http://{host}:{self.port}/api/status"
+
+    def fail_next(self, n: int) -> None:
+        """The next ``n`` good POSTs get 503."""
+        with self._lock:
+            self._fail_left = n
 
     def forwards_for(self, item_id: str) -> list[ReceivedForward]:
         """What was accepted for ``item_id`` so far."""
         with self._lock:
             return [f for f in self.received if f.body.get("item_id") == item_id]
+
+    def updates_for(self, report_id: str) -> list[ReceivedForward]:
+        """The status updates accepted about ``report_id`` so far, in the order they came."""
+        with self._lock:
+            return [u for u in self.status_updates if u.body.get("report_id") == report_id]
+
+    def snapshot(self) -> list[ReceivedForward]:
+        """Every POST so far (failed ones too)."""
+        with self._lock:
+            return list(self.posts)
 
 
 @dataclass

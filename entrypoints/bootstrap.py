@@ -29,6 +29,7 @@ from services.classify.hosting import (
 )
 from services.classify.rdap import RdapClient
 from services.classify.stage import ClassifyStage
+from services.escalate.forwards import Backoff, DeliveryDispatcher
 from services.escalate.hold_timer import HoldTimer
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
 from services.escalate.stage import EscalateStage
@@ -127,6 +128,18 @@ class System:
             interval_seconds=min(s.followup_tick_seconds, max(s.notice_group_seconds, 0.05)),
         )
 
+    def build_delivery_dispatcher(self) -> DeliveryDispatcher:
+        """Publishes due forwards and partner status updates again (``services.escalate.forwards``),
+        a periodic task beside escalate."""
+        s = self.settings
+        return DeliveryDispatcher(clock=self.clock, batch=s.forward_batch,
+                                  redispatch_seconds=s.forward_redispatch_seconds,
+                                  interval_seconds=s.forward_tick_seconds)
+
+    def partner_gateway(self) -> HttpPartnerGateway:
+        """The HTTP gateway to partner hotlines (also used by ``hotline partners check``)."""
+        return HttpPartnerGateway(transport=self.overrides.get("partner_transport"))
+
     def periodic_for(self, names: tuple[str, ...]) -> list[Periodic]:
         """The periodic tasks that go with the stages ``names`` run in one process: the
         follow-up scheduler with followup, the notice grouper with notify (when grouping is on)."""
@@ -137,6 +150,7 @@ class System:
             tasks.append(self.build_notice_grouper())
         if "escalate" in names:
             tasks.append(self.build_hold_timer())
+            tasks.append(self.build_delivery_dispatcher())
         return tasks
 
     def build_hold_timer(self) -> HoldTimer:
@@ -202,8 +216,9 @@ class System:
             return EscalateStage(
                 partners=self.partners,
                 gateway=gateway,
-                max_attempts=s.forward_max_attempts,
-                retry_seconds=s.forward_retry_seconds,
+                backoff=Backoff(s.forward_retry_seconds, s.forward_retry_max_seconds),
+                lease_seconds=s.forward_redispatch_seconds,
+                clock=self.clock,
                 home_country=s.home_country.upper(),
                 hotline_name=s.hotline_name,
             )

@@ -360,19 +360,30 @@ def users() -> None:
 @users.command("add")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner"]))
-def users_add(name: str, role: str) -> None:
+@click.option("--country", default=None, help="A partner account's country (ISO 3166-1 alpha-2, e.g. DE); "
+              "required for --role partner, refused for other roles.")
+def users_add(name: str, role: str, country: str | None) -> None:
     """Create an account and print its API token (shown only once)."""
+    import re
+
     from hotline.storage.unit_of_work import SqlUnitOfWork
     from hotline.web.auth import new_token
 
+    if role == "partner":
+        if not country or not re.fullmatch(r"[A-Za-z]{2}", country):
+            raise click.BadParameter("a partner account names its country: --country DE (two letters)",
+                                     param_hint="--country")
+        country = country.upper()
+    elif country:
+        raise click.BadParameter(f"only partner accounts have a country, not {role} accounts", param_hint="--country")
     system = _system()
     token = new_token()
     with system.sessions() as session:
         store = SqlUnitOfWork(session)
         if store.users.by_name(name) is not None:
             raise click.ClickException(f"a user named {name!r} already exists")
-        store.users.add(name, role, token)
-        store.audit.append("cli", "user_added", name, role)
+        store.users.add(name, role, token, country)
+        store.audit.append("cli", "user_added", name, f"{role} {country}" if country else role)
         store.commit()
     click.echo(token)
 
@@ -449,6 +460,64 @@ def police_export(start: str, end: str, fmt: str, output: Path | None) -> None:
     else:
         output.write_text(text)
         click.echo(f"{len(rows)} escalation(s) written to {output}", err=True)
+
+
+@main.group()
+def partners() -> None:
+    """The partner hotlines of HOTLINE_PARTNERS_FILE."""
+
+
+def _partner_directory():  # type: ignore[no-untyped-def]
+    from services.escalate.partners import PartnerDirectory
+
+    return PartnerDirectory.from_file(get_settings().partners_file)
+
+
+@partners.command("list")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def partners_list(fmt: str) -> None:
+    """Each partner: country, name, endpoint, whether its token variable is set, status endpoint."""
+    import json
+
+    rows = [{"country": c, "name": p.name, "endpoint": p.endpoint, "token_env": p.token_env,
+             "token_set": p.token_set(), "status_endpoint": p.status_endpoint}
+            for c, p in sorted(_partner_directory().by_country.items())]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no partner hotlines (HOTLINE_PARTNERS_FILE is unset or lists none)")
+        return
+    for r in rows:
+        token = "-" if not r["token_env"] else f"{r['token_env']} ({'set' if r['token_set'] else 'NOT SET'})"
+        click.echo(f"{r['country']}  {r['name']}\n    endpoint:        {r['endpoint']}\n    token:           {token}"
+                   f"\n    status endpoint: {r['status_endpoint'] or '-'}")
+
+
+@partners.command("check")
+@click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds per request.")
+def partners_check(timeout: float) -> None:
+    """Reachability and credentials of every partner endpoint, without sending a report: an
+    authenticated OPTIONS request. ok = the server answered and took the token (any answer but
+    401/403/5xx); credentials_refused = 401/403; unreachable = no answer, timeout or 5xx;
+    not_configured = the token variable is unset. Exits 1 when any is not ok."""
+    from services.escalate.partners import HttpPartnerGateway
+
+    gateway = HttpPartnerGateway(timeout=timeout)
+    directory = _partner_directory()
+    if not directory.by_country:
+        raise click.ClickException("no partner hotlines to check (HOTLINE_PARTNERS_FILE is unset or lists none)")
+    failed = 0
+    for country, partner in sorted(directory.by_country.items()):
+        urls = [partner.endpoint] + ([partner.status_endpoint] if partner.status_endpoint else [])
+        for url in urls:
+            result = gateway.check(partner, url)
+            failed += not result.ok
+            click.echo(f"{country}  {partner.name}  {url}  {result.outcome}  ({result.detail})")
+    if failed:
+        click.echo(f"{failed} endpoint(s) failed the check", err=True)
+        sys.exit(1)
+    click.echo("every partner endpoint is reachable and takes its credentials")
 
 
 @main.group()

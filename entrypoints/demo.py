@@ -88,6 +88,7 @@ class Case:
     state: str = ""
     reason: str = ""
     item_id: str | None = None
+    partner: bool = False  # forwarded to us by the partner hotline DE (POST /api/v1/partner/reports)
 
 
 @dataclass
@@ -218,7 +219,8 @@ def _report_after_the_notice(
         failures.append(f"stages failing at the end: {stage_errors}")
     a_items = [it for it in after.items if it.hoster == HOSTER_A]
     b_items = [it for it in after.items if it.hoster == HOSTER_B]
-    if len(a_items) != 1 or a_items[0].state != S.REMOVED or " after the first notice" not in a_items[0].reason:
+    # Hoster A: the first report's item and the partner hotline DE's; both taken down.
+    if len(a_items) != 2 or any(it.state != S.REMOVED or " after the first notice" not in it.reason for it in a_items):
         failures.append(f"{HOSTER_A}'s item should be removed with a time to removal: "
                         f"{[(it.state, it.reason) for it in a_items]}")
     # One reminder e-mail per notice that was ignored (hoster B has two), counted on the SMTP server
@@ -231,6 +233,59 @@ def _report_after_the_notice(
     ranked = [h["hoster"] for h in hosters]
     if HOSTER_A not in ranked or HOSTER_B not in ranked or ranked.index(HOSTER_B) > ranked.index(HOSTER_A):
         failures.append(f"the monitor should rank {HOSTER_B} before {HOSTER_A}, got {ranked}")
+    return failures
+
+
+@dataclass
+class BothWays:
+    """The partner hotline DE and us, both ways."""
+
+    forward_id: str
+    item_state: str
+    partner_status: str  # what GET /api/v1/partner/forwards shows the partner
+    answer: dict[str, Any]
+    report_id: str | None
+    updates: list[tuple[str, str | None, str]]  # (step, ICCAM code, Idempotency-Key) as the partner got them
+
+
+def _partners_both_ways(
+    runtime: EmbeddedRuntime, api: httpx.Client, partner: PartnerEndpoint, token: str, cases: list[Case],
+) -> BothWays:
+    """The partner hotline DE reports back on our forward (CR: the content is removed there),
+    and has had status updates on the report it forwarded to us (acknowledged, notice sent,
+    removed: the follow-up saw hoster A take it down)."""
+    as_partner = {"Authorization": f"Bearer {token}"}
+    forwarded = next(c for c in cases if c.label == "known image, hoster in DE")
+    forward_id = f"fwd-{forwarded.item_id}"
+    r = api.post(f"/api/v1/partner/forwards/{forward_id}/status", headers=as_partner,
+                 json={"action": "CR", "note": "removed by Hoster DE GmbH after our notice"})
+    answer = r.json() if r.status_code == 200 else {"error": r.status_code, "detail": r.text}
+    theirs = next(c for c in cases if c.partner)
+    runtime.wait_idle(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(partner.updates_for(theirs.report_id or "")) < 3:
+        time.sleep(0.05)
+    mine = api.get("/api/v1/partner/forwards", headers=as_partner).json()
+    state: dict[str, Any] = next((f for f in mine["forwards"] if f["forward_id"] == forward_id), {})
+    updates = [(u.body["step"], u.body["action"], u.idempotency_key or "") for u in partner.updates_for(theirs.report_id or "")]
+    return BothWays(forward_id, str(answer.get("item_state", "?")), str(state.get("partner_status")), answer,
+                    theirs.report_id, updates)
+
+
+def _report_both_ways(both: BothWays, say: Callable[[str], None]) -> list[str]:
+    say("")
+    say("partner hotlines, both ways:")
+    say(f"  Partner hotline DE reports CR on {both.forward_id} (POST /api/v1/partner/forwards/{{id}}/status): "
+        f"the item is {both.item_state}; the partner's own list shows {both.partner_status}")
+    say(f"  status updates to Partner hotline DE on the report it forwarded to us ({both.report_id}):")
+    for step, code, key in both.updates:
+        say(f"    {step:<13} ICCAM {code or '-':<4} Idempotency-Key {key}")
+    failures = []
+    if both.item_state != S.REMOVED or both.partner_status != "CR":
+        failures.append(f"the partner's CR should mark its forwarded item removed, got {both.answer}")
+    steps = [step for step, _, _ in both.updates]
+    if steps != ["acknowledged", "notice_sent", "removed"]:
+        failures.append(f"expected status updates acknowledged, notice_sent, removed to the partner, got {steps}")
     return failures
 
 
@@ -386,6 +441,7 @@ def run_demo(quiet: bool = False) -> int:
         site_a.add("/new/4.jpg", "image/jpeg", photo_like_jpeg(1024, 768, seed=4))
         site_b.add("/holiday.jpg", "image/jpeg", photo_like_jpeg(800, 600, seed=5))
         site_b.add("/re/known1-small.jpg", "image/jpeg", _near_duplicate(1))
+        site_a.add("/img/de-case.jpg", "image/jpeg", known[1])  # the case the partner hotline DE sends us
 
         hosting_file = tmpdir / "hosting.yaml"
         hosting_file.write_text(yaml.safe_dump({
@@ -399,7 +455,8 @@ def run_demo(quiet: bool = False) -> int:
         }))
         partners_file = tmpdir / "partners.yaml"
         partners_file.write_text(yaml.safe_dump({"partners": [
-            {"country": "DE", "name": "Partner hotline DE", "endpoint": partner.url, "token_env": "HOTLINE_PARTNER_DE_TOKEN"},
+            {"country": "DE", "name": "Partner hotline DE", "endpoint": partner.url, "token_env": "HOTLINE_PARTNER_DE_TOKEN",
+             "status_endpoint": partner.status_url},
         ]}))
         settings = Settings(
             database_url=f"sqlite:///{tmpdir / 'hotline.db'}",
@@ -438,10 +495,13 @@ def run_demo(quiet: bool = False) -> int:
             store.users.add("demo-admin", "admin", admin_token)
             police_token = new_token()
             store.users.add("demo-police", "police", police_token)
+            partner_account_token = new_token()  # the partner hotline DE's account with us
+            store.users.add("demo-partner-de", "partner", partner_account_token, "DE")
             store.commit()
         say(f"bank: {len(known)} known images (hashes only); 3 hosting providers on loopback; SMTP on {smtp.host}:{smtp.port}")
 
-        runtime = EmbeddedRuntime(system.sessions, system.build_stages())
+        # With the dispatcher that retries forwards and partner status updates (escalate's periodic task).
+        runtime = EmbeddedRuntime(system.sessions, system.build_stages(), periodic=[system.build_delivery_dispatcher()])
         runtime.start()
         web_port = free_port()
         server, thread = serve_app(create_app(system), web_port)
@@ -460,11 +520,17 @@ def run_demo(quiet: bool = False) -> int:
             Case("two URLs, one a page in DE", [f"{de}/album.html", f"{b}/gallery.html"], S.FORWARDED),
             Case("ftp URL", ["ftp://files.example.test/x.jpg"], REJECTED),
             Case("no URL at all", [], REJECTED),
+            Case("forwarded to us by the partner hotline DE", [f"{a}/img/de-case.jpg"], S.NOTICE_SENT,
+                 expect_detail="abuse@hoster-a.test", partner=True),
         ]
         say(f"submitting {len(cases)} reports through POST /api/v1/reports ...")
         for case in cases:
             case.submitted = time.monotonic()
-            r = api.post("/api/v1/reports", json={"urls": case.urls, "description": f"demo: {case.label}"})
+            if case.partner:
+                r = api.post("/api/v1/partner/reports", headers={"Authorization": f"Bearer {partner_account_token}"},
+                             json={"urls": case.urls, "partner_reference": "DE-DEMO-1", "description": case.label})
+            else:
+                r = api.post("/api/v1/reports", json={"urls": case.urls, "description": f"demo: {case.label}"})
             if r.status_code == 422:
                 case.state, case.done = "rejected", time.monotonic()
                 case.reason = "; ".join(f"{e['field']}: {e['reason']}" for e in r.json()["detail"])
@@ -515,7 +581,8 @@ def run_demo(quiet: bool = False) -> int:
         scheduler = PeriodicRunner(system.sessions, system.build_scheduler()).start()
         try:
             follow = _after_the_notice(runtime, system.sessions, api, clock, notified,
-                                      take_down=lambda: site_a.remove("/img/known1.jpg"))
+                                      take_down=lambda: (site_a.remove("/img/known1.jpg"),
+                                                         site_a.remove("/img/de-case.jpg")))
         finally:
             scheduler.stop()
             install(previous)
@@ -523,6 +590,7 @@ def run_demo(quiet: bool = False) -> int:
         # its notice is not part of that story): hold, then release, then the NTD arrives.
         confirmed = next((c.item_id for c in cases if c.analyst == "illegal" and c.item_id), None)
         police = _police_release(api, {"Authorization": f"Bearer {police_token}"}, admin, smtp, runtime, confirmed)
+        both_ways = _partners_both_ways(runtime, api, partner, partner_account_token, cases)
         stage_errors = dict(runtime.errors)
         api.close()
         server.should_exit = True
@@ -560,10 +628,11 @@ def run_demo(quiet: bool = False) -> int:
 
     failures += _report_police(police, say)
 
-    # Hoster A: the known image's notice, and the police-released one of the new material.
-    expected_notices = {"abuse@hoster-a.test": 2, "abuse@hoster-b.test": 2}
+    # Hoster A: the known image's notice, the police-released one of the new material and the
+    # one for the partner's report.
+    expected_notices = {"abuse@hoster-a.test": 3, "abuse@hoster-b.test": 2}
     got = {to: sum(1 for t, _ in notices if t == to) for to in expected_notices}
-    if got != expected_notices or len(notices) != 4:
+    if got != expected_notices or len(notices) != 5:
         failures.append(f"expected NTD e-mails {expected_notices}, got {[t for t, _ in notices]}")
     if len(partner.received) != 2:
         failures.append(f"expected 2 partner forwards, got {len(partner.received)}")
@@ -571,6 +640,7 @@ def run_demo(quiet: bool = False) -> int:
         failures.append(f"expected 1 police escalation, got {len(escalations)}")
 
     failures += _report_after_the_notice(follow, steps_mailed, stage_errors, say)
+    failures += _report_both_ways(both_ways, say)
 
     counts: dict[str, int] = {}
     for case in cases:

@@ -12,6 +12,7 @@ from services.hashcheck.routes import router as hashcheck_router
 from services.ingest.routes import router as ingest_router
 from services.monitor.routes import router as monitor_router
 from services.operations.routes import router as operations_router
+from services.partners.routes import router as partners_router
 from services.police.pages import router as police_pages_router
 from services.police.routes import router as police_router
 
@@ -21,5 +22,5 @@ def create_app(system: System) -> FastAPI:
         system,
         system.sessions,
         [ingest_router, assessment_router, analyst_pages_router, hashcheck_router, monitor_router,
-         operations_router, police_router, police_pages_router],
+         operations_router, police_router, police_pages_router, partners_router],
     )

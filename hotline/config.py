@@ -57,8 +57,16 @@ class Settings(BaseSettings):
     pdq_radius: int = Field(default=_PDQ.default_radius, ge=0, le=_PDQ.bits // 2)
     phash_radius: int = Field(default=_PHASH.default_radius, ge=0, le=_PHASH.bits // 2)
 
-    forward_max_attempts: int = 5
-    forward_retry_seconds: float = 2.0
+    # Forwards and status updates to partner hotlines (services.escalate.forwards): a failed
+    # attempt is retried after forward_retry_seconds, doubling per attempt up to
+    # forward_retry_max_seconds, for as long as it takes. The dispatcher looks for due attempts
+    # every forward_tick_seconds; an attempt not recorded within forward_redispatch_seconds
+    # (a crashed process) is made again.
+    forward_retry_seconds: float = Field(default=2.0, gt=0)
+    forward_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    forward_tick_seconds: float = Field(default=1.0, gt=0)
+    forward_redispatch_seconds: float = Field(default=300.0, gt=0)
+    forward_batch: int = Field(default=100, gt=0)
 
     # Where the bank matcher's snapshot lives (services.bank.bank): "auto" = ``var/index``
     # next to the SQLite file (or the working directory for other databases);

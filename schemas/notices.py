@@ -65,8 +65,9 @@ class PoliceEscalation(Message):
     first_seen: datetime
     last_seen: datetime
     report_ids: list[str] = []
-    # The analyst's classification; None when no analyst was involved (a Tor hidden service,
-    # escalated by classify at once).
+    # The analyst's classification; None when no analyst was involved: a Tor hidden service
+    # (reason ``onion``, escalated by classify at once) or known material from the bank noticed
+    # to a foreign hoster directly (reason ``no_partner``).
     classification: AnalystClassification | None = None
     escalated_at: datetime = Field(default_factory=utcnow)
     # Why the police get it: ``new_material`` (an analyst confirmed it; the takedown waits for

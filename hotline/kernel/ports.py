@@ -22,9 +22,11 @@ if TYPE_CHECKING:
         Followup,
         FollowupStep,
         Forward,
+        ForwardStatus,
         Item,
         ItemEvent,
         Notice,
+        PartnerUpdate,
         Report,
         ReportUrl,
     )
@@ -110,6 +112,42 @@ class ForwardRepository(Protocol):
     def open(self, forward_id: str, item_id: str, country: str, partner: str) -> Forward:
         """A new forward in status ``pending`` with no attempts."""
         ...
+    # The forward as a delivery queue (``hotline.storage.deliveries``, ``services.escalate.forwards``).
+    def lock(self, forward_id: str) -> Forward | None:
+        """The forward as committed now, locked until the transaction ends (PostgreSQL: FOR UPDATE)."""
+        ...
+    def for_item(self, item_id: str) -> Sequence[Forward]:
+        """Every forward of an item, oldest first."""
+        ...
+    def for_country(self, country: str) -> Sequence[Forward]:
+        """The forwards to one country's partner, newest first."""
+        ...
+    def in_status(self, *statuses: str) -> Sequence[Forward]: ...
+    def older_pending(self, forward: Forward) -> bool:
+        """Whether an older forward of the same item is still pending (forwards go in order per item)."""
+        ...
+    def claim_due(self, at: datetime, limit: int, stale_before: datetime) -> list[Forward]:
+        """Pending forwards due at ``at``, not in flight (``dispatched_at`` unset or before
+        ``stale_before``) and without an older pending forward of their item; marked dispatched.
+        Never the same row to two concurrent claimers (PostgreSQL: SKIP LOCKED)."""
+        ...
+    def add_status(self, forward_id: str, action: str, note: str | None, by: str, at: datetime) -> ForwardStatus: ...
+    def statuses(self, forward_id: str) -> Sequence[ForwardStatus]:
+        """What the partner reported back about a forward, in order."""
+        ...
+
+
+class PartnerUpdateRepository(Protocol):
+    """Status updates back to the partner that forwarded a report (same queue as forwards,
+    in order per report)."""
+
+    def get(self, update_id: str) -> PartnerUpdate | None: ...
+    def lock(self, update_id: str) -> PartnerUpdate | None: ...
+    def add(self, update: PartnerUpdate) -> PartnerUpdate: ...
+    def for_report(self, report_id: str) -> Sequence[PartnerUpdate]: ...
+    def in_status(self, *statuses: str) -> Sequence[PartnerUpdate]: ...
+    def older_pending(self, update: PartnerUpdate) -> bool: ...
+    def claim_due(self, at: datetime, limit: int, stale_before: datetime) -> list[PartnerUpdate]: ...
 
 
 class EscalationRepository(Protocol):
@@ -129,6 +167,10 @@ class EscalationRepository(Protocol):
     def claim_due(self, at: datetime, limit: int) -> list[Escalation]:
         """Escalations in ``new``/``received`` whose ``release_due_at <= at``, oldest due first;
         locked (PostgreSQL: SKIP LOCKED) so two hold timers never claim the same one."""
+        ...
+    def add_released(self, escalation_id: str, item_id: str, payload: dict[str, Any], by: str, outcome: str) -> None:
+        """A record for the police that needs no release (reason ``no_partner``: the hotline
+        noticed a foreign hoster directly): added in state ``released``."""
         ...
 
 
@@ -191,6 +233,8 @@ class UnitOfWork(Protocol):
     def followups(self) -> FollowupRepository: ...
     @property
     def audit(self) -> AuditTrail: ...
+    @property
+    def partner_updates(self) -> PartnerUpdateRepository: ...
 
     def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
         """Publish messages *with* this unit of work (transactional outbox)."""

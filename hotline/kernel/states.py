@@ -74,7 +74,9 @@ TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     # finds it was not delivered and sends it again, to the same or another address
     # (-> notice_queued; services/operations).
     S.NOTICE_UNCONFIRMED: frozenset({S.NOTICE_SENT, S.NOTICE_QUEUED}),
-    S.FORWARDED: frozenset(),
+    # A partner reports the content moved (ICCAM MO): the item is looked up again, from the
+    # start (services/partners/logic.py).
+    S.FORWARDED: frozenset({S.RECEIVED}),
     S.REMOVED: frozenset(),
     S.CLOSED_OFFLINE: frozenset(),
     S.CLOSED_NOT_ILLEGAL: frozenset(),

@@ -19,8 +19,9 @@ class SqlUsers:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, name: str, role: str, token: str) -> User:
-        user = User(name=name, role=role, token_sha256=token_digest(token), created_at=now())
+    def add(self, name: str, role: str, token: str, country: str | None = None) -> User:
+        user = User(name=name, role=role, token_sha256=token_digest(token), created_at=now(),
+                    country=country.upper() if country else None)
         self.session.add(user)
         self.session.flush()
         return user

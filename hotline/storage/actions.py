@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
+from hotline.storage.deliveries import SqlForwardQueue
 from hotline.storage.models import Assessment, Escalation, Forward, Notice
 
 # Escalations the hold timer may release: never one on hold, never one already released.
@@ -77,7 +78,7 @@ class SqlNotices:
         return taken
 
 
-class SqlForwards:
+class SqlForwards(SqlForwardQueue):
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -99,6 +100,11 @@ class SqlEscalations:
     ) -> None:
         self.session.add(Escalation(id=escalation_id, item_id=item_id, payload=payload, created_at=now(),
                                     state="new", release_due_at=release_due_at))
+
+    def add_released(self, escalation_id: str, item_id: str, payload: dict[str, Any], by: str, outcome: str) -> None:
+        at = now()
+        self.session.add(Escalation(id=escalation_id, item_id=item_id, payload=payload, created_at=at,
+                                    state="released", released_at=at, released_by=by, outcome=outcome))
 
     def since(self, after: datetime | None = None) -> Sequence[Escalation]:
         q = select(Escalation).order_by(Escalation.created_at, Escalation.id)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hotline.kernel.clock import now
 from hotline.kernel.states import FINAL
 from hotline.storage.actions import ESCALATION_OPEN_FOR_TIMER, new_forward, new_notice
+from hotline.storage.deliveries import claim_in, older_pending_in, queue_order
 from hotline.storage.followups import pick_within_cap, reopen
 from hotline.storage.items import apply_state, new_item
 from hotline.storage.models import (
@@ -27,9 +28,11 @@ from hotline.storage.models import (
     Followup,
     FollowupStep,
     Forward,
+    ForwardStatus,
     Item,
     ItemEvent,
     Notice,
+    PartnerUpdate,
     Report,
     ReportUrl,
 )
@@ -59,6 +62,8 @@ class MemoryState:
         self.followup_steps: dict[str, FollowupStep] = {}
         self.audit: list[tuple[str, str, str, str]] = []
         self.published: list[Outgoing] = []
+        self.forward_statuses: list[ForwardStatus] = []
+        self.partner_updates: dict[str, PartnerUpdate] = {}
 
 
 _ids = itertools.count(1)
@@ -212,6 +217,69 @@ class MemoryForwards:
         forward = self.state.forwards[forward_id] = new_forward(forward_id, item_id, country, partner)
         return forward
 
+    def lock(self, forward_id: str) -> Forward | None:
+        return self.get(forward_id)
+
+    def _sorted(self, rows: Iterable[Forward]) -> list[Forward]:
+        return sorted(rows, key=queue_order)
+
+    def for_item(self, item_id: str) -> Sequence[Forward]:
+        return self._sorted(f for f in self.state.forwards.values() if f.item_id == item_id)
+
+    def for_country(self, country: str) -> Sequence[Forward]:
+        return list(reversed(self._sorted(f for f in self.state.forwards.values() if f.country == country.upper())))
+
+    def in_status(self, *statuses: str) -> Sequence[Forward]:
+        return self._sorted(f for f in self.state.forwards.values() if f.status in statuses)
+
+    def older_pending(self, forward: Forward) -> bool:
+        return older_pending_in(self.state.forwards.values(), forward, lambda f: f.item_id)
+
+    def claim_due(self, at: datetime, limit: int, stale_before: datetime) -> list[Forward]:
+        return claim_in(list(self.state.forwards.values()), lambda f: f.item_id, at, limit, stale_before)
+
+    def add_status(self, forward_id: str, action: str, note: str | None, by: str, at: datetime) -> ForwardStatus:
+        row = ForwardStatus(id=next(_ids), forward_id=forward_id, action=action, note=note, by=by, at=at)
+        self.state.forward_statuses.append(row)
+        return row
+
+    def statuses(self, forward_id: str) -> Sequence[ForwardStatus]:
+        return [s for s in self.state.forward_statuses if s.forward_id == forward_id]
+
+
+class MemoryPartnerUpdates:
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+
+    def get(self, update_id: str) -> PartnerUpdate | None:
+        return self.state.partner_updates.get(update_id)
+
+    def lock(self, update_id: str) -> PartnerUpdate | None:
+        return self.get(update_id)
+
+    def add(self, update: PartnerUpdate) -> PartnerUpdate:
+        if update.id in self.state.partner_updates:
+            from sqlalchemy.exc import IntegrityError
+
+            raise IntegrityError("INSERT INTO partner_updates", {}, Exception(f"update {update.id} exists"))
+        self.state.partner_updates[update.id] = update
+        return update
+
+    def _sorted(self, rows: Iterable[PartnerUpdate]) -> list[PartnerUpdate]:
+        return sorted(rows, key=queue_order)
+
+    def for_report(self, report_id: str) -> Sequence[PartnerUpdate]:
+        return self._sorted(u for u in self.state.partner_updates.values() if u.report_id == report_id)
+
+    def in_status(self, *statuses: str) -> Sequence[PartnerUpdate]:
+        return self._sorted(u for u in self.state.partner_updates.values() if u.status in statuses)
+
+    def older_pending(self, update: PartnerUpdate) -> bool:
+        return older_pending_in(self.state.partner_updates.values(), update, lambda u: u.report_id)
+
+    def claim_due(self, at: datetime, limit: int, stale_before: datetime) -> list[PartnerUpdate]:
+        return claim_in(list(self.state.partner_updates.values()), lambda u: u.report_id, at, limit, stale_before)
+
 
 class MemoryEscalations:
     def __init__(self, state: MemoryState) -> None:
@@ -240,6 +308,13 @@ class MemoryEscalations:
         due = [e for e in self.state.escalations.values() if e.state in ESCALATION_OPEN_FOR_TIMER
                and e.release_due_at is not None and e.release_due_at <= at]
         return sorted(due, key=lambda e: (e.release_due_at or at, e.id))[:limit]
+
+    def add_released(self, escalation_id: str, item_id: str, payload: dict[str, Any], by: str, outcome: str) -> None:
+        at = now()
+        self.state.escalations[escalation_id] = Escalation(
+            id=escalation_id, item_id=item_id, payload=payload, created_at=at, state="released", released_at=at,
+            released_by=by, outcome=outcome,
+        )
 
 
 class MemoryAssessments:
@@ -346,6 +421,7 @@ class MemoryUnitOfWork:
         self.assessments = MemoryAssessments(state)
         self.bank = MemoryBank(state)
         self.followups = MemoryFollowups(state)
+        self.partner_updates = MemoryPartnerUpdates(state)
 
     def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
         self.pending.extend(outgoing)

@@ -85,6 +85,7 @@ def new_report(msg: ReportSubmitted, idempotency_key: str | None) -> Report:
         description=msg.description,
         reporter_email=msg.reporter_email,
         partner_reference=msg.partner_reference,
+        partner_country=msg.partner_country.upper() if msg.channel == "partner" and msg.partner_country else None,
         status="received",
         idempotency_key=idempotency_key,
         submitted_at=msg.submitted_at,

@@ -15,6 +15,7 @@ from hotline.storage.accounts import SqlHashCheckStats, SqlUsers
 from hotline.storage.actions import SqlAssessments, SqlEscalations, SqlForwards, SqlNotices
 from hotline.storage.audit import SqlAuditTrail
 from hotline.storage.bank_entries import SqlBankEntries
+from hotline.storage.deliveries import SqlPartnerUpdates
 from hotline.storage.followups import SqlFollowups
 from hotline.storage.items import SqlItems
 from hotline.storage.models import BusMessage
@@ -46,6 +47,7 @@ class SqlUnitOfWork:
         self.followups = SqlFollowups(session)
         self.users = SqlUsers(session)
         self.hashcheck = SqlHashCheckStats(session)
+        self.partner_updates = SqlPartnerUpdates(session)
 
     def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
         """Publish messages *with* this unit of work (transactional outbox): they reach the bus

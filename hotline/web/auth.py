@@ -22,6 +22,7 @@ class Caller:
     user_id: int
     name: str
     role: str
+    country: str | None = None  # a partner account's country (``hotline users add --country``)
 
 
 def new_token() -> str:
@@ -47,7 +48,7 @@ def optional_caller(request: Request, store: SqlUnitOfWork = Depends(get_store))
     user = store.users.by_token(token)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-    return Caller(user.id, user.name, user.role)
+    return Caller(user.id, user.name, user.role, user.country)
 
 
 def require_role(*roles: str) -> Callable[..., Caller]:

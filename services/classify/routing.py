@@ -42,8 +42,16 @@ def decide_route(
             return RouteDecision("assessment", f"known material hosted in {country} but no abuse contact is known for it: an analyst must find the hoster")
         if country and country in partner_countries:
             return RouteDecision("forward", f"known material hosted in {country}: forwarded to the partner hotline there", country)
+        if country and hosting and hosting.abuse:
+            # SCART's "assign to hosting country": no partner there to take it down locally, so
+            # the hoster gets our notice directly, and the police a record of it.
+            return RouteDecision(
+                "ntd",
+                f"known material hosted in {country}, where no partner hotline is registered: takedown notice "
+                f"to {hosting.hoster or hosting.host} ({hosting.abuse}) directly; recorded for the police",
+            )
         if country:
-            return RouteDecision("assessment", f"known material hosted in {country}, where no partner hotline is registered: an analyst decides")
+            return RouteDecision("assessment", f"known material hosted in {country}, where no partner hotline is registered and no abuse contact is known: an analyst decides")
         return RouteDecision("assessment", "known material, but the hosting country could not be determined: an analyst decides")
     if image_count == 0:
         return RouteDecision("assessment", "no images found at the URL: an analyst looks at the page")

@@ -33,6 +33,7 @@ from services.classify.page import image_urls
 from services.classify.routing import RouteDecision, decide_route
 from services.classify.sightings import record_sightings
 from services.ingest.hosts import is_onion
+from services.partners.logic import relookup_ids, relookups
 
 ONION_REASON = (
     "Tor hidden service (.onion): not fetched, since no hoster can be noticed there; "
@@ -178,6 +179,27 @@ def partner_forwards(c: ItemClassified, partner_names: dict[str, str], hotline_n
     return out
 
 
+def with_lookup_ids(c: ItemClassified, lookup: int) -> ItemClassified:
+    """The classification of the ``lookup``-th new lookup of an item (0: the first), with the
+    notice and forward ids of that lookup (``services.partners.logic.relookup_ids``: the
+    first lookup's ``ntd-<item>`` becomes ``ntd-<item>-mo-<n>``, a second hoster's
+    ``ntd-<item>-h2`` becomes ``ntd-<item>-mo-<n>-h2``), stored with it so that every rebuild
+    of its notices names the same ids."""
+    if lookup <= 0 or not c.attribution:
+        return c
+    notice_base, forward_base = relookup_ids(c.item_id, lookup)
+    renamed = {f"ntd-{c.item_id}": notice_base, f"fwd-{c.item_id}": forward_base}
+
+    def rename(action_id: str | None) -> str | None:
+        for old, new in renamed.items():
+            if action_id == old or (action_id or "").startswith(old + "-h"):
+                return new + (action_id or "")[len(old):]
+        return action_id
+
+    return c.model_copy(update={"attribution": [r.model_copy(update={"action_id": rename(r.action_id)})
+                                                for r in c.attribution]})
+
+
 @dataclass
 class ClassifyStage:
     fetcher: Fetcher
@@ -214,6 +236,8 @@ class ClassifyStage:
         assert item is not None
         if item.classification is not None:  # another worker classified it meanwhile
             return self._outputs(ItemClassified.model_validate(item.classification), uow)
+        # A new lookup after a partner said the content moved (MO) gets ids of its own.
+        classified = with_lookup_ids(classified, relookups(uow, item_id))
         item.classification = classified.model_dump(mode="json")
         if classified.hosting:
             item.country = classified.hosting.country
@@ -227,6 +251,12 @@ class ClassifyStage:
             )
             uow.escalations.add(escalation.escalation_id, item.id, escalation.model_dump(mode="json"))
             return [Outgoing("items.classified", classified), Outgoing("escalations.police", escalation)]
+        record = self._police_record(classified, uow)
+        if record is not None:
+            first = takedown_notice(classified)
+            uow.escalations.add_released(record.escalation_id, item_id, record.model_dump(mode="json"), self.name,
+                                         f"takedown notice {first.notice_id if first else ''} to "
+                                         f"{classified.hosting.abuse if classified.hosting else ''}")
         return self._outputs(classified, uow)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:
@@ -340,6 +370,22 @@ class ClassifyStage:
             match=match,
         )
 
+    def _police_record(self, c: ItemClassified, uow: UnitOfWork) -> PoliceEscalation | None:
+        """Known material noticed at a hoster abroad (no partner hotline there): the police's
+        record of it (reason ``no_partner``; nothing to release, it is informational)."""
+        h = c.hosting
+        if c.route != "ntd" or h is None or not h.country or h.country.upper() == self.home_country.upper():
+            return None
+        item = uow.items.get(c.item_id)
+        if item is None:
+            return None
+        return PoliceEscalation(
+            escalation_id=f"pol-{c.item_id}-no-partner", item_id=c.item_id, url=c.url,
+            images=[i for i in c.images if i.match is not None], hosting=h, first_seen=item.first_seen,
+            last_seen=item.last_seen, report_ids=uow.items.report_ids(c.item_id), classification=None,
+            escalated_at=c.classified_at, reason="no_partner",
+        )
+
     def _outputs(self, c: ItemClassified, uow: UnitOfWork) -> list[Outgoing]:
         out = [Outgoing("items.classified", c)]
         if c.route == "police":
@@ -347,6 +393,11 @@ class ClassifyStage:
             if row is not None:
                 out.append(Outgoing("escalations.police", PoliceEscalation.model_validate(row.payload)))
             return out
-        out += [Outgoing("notices.ntd", n) for n in takedown_notices(c)]
+        notices = takedown_notices(c)
+        out += [Outgoing("notices.ntd", n) for n in notices]
         out += [Outgoing("forwards.partner", f) for f in partner_forwards(c, self.partner_names, self.hotline_name)]
+        if notices:
+            record = self._police_record(c, uow)
+            if record is not None:
+                out.append(Outgoing("escalations.police", record))
         return out

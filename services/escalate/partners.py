@@ -1,19 +1,26 @@
 """Partner hotlines: the directory from ``HOTLINE_PARTNERS_FILE`` and the HTTP gateway that
-delivers forwards to them. Tokens are read from the environment variable each entry names."""
+talks to them (forwards to ``endpoint``, status updates to ``status_endpoint``, and the
+credentials check of ``hotline partners check``). Tokens are read from the environment
+variable each entry names, at the moment of each call, so a fixed token needs no restart."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hotline.kernel.failures import ExternalFailure
-from schemas.notices import PartnerForward
+from schemas.base import Message
+from schemas.notices import PartnerForward, PartnerStatusUpdate
+
+# Answers after which retrying the same request cannot help: the request or the credentials
+# are wrong (an operator fixes them and retries the forward from the operations page).
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 422})
 
 
 class PartnerEntry(BaseModel):
@@ -23,6 +30,21 @@ class PartnerEntry(BaseModel):
     name: str
     endpoint: str
     token_env: str | None = None
+    # Where status updates about reports this partner forwarded to us go (optional).
+    status_endpoint: str | None = None
+
+    def token(self) -> str | None:
+        """The bearer token, or None when no variable is named; raises DeliveryFailed
+        (permanent) when the named variable is unset or empty."""
+        if not self.token_env:
+            return None
+        token = os.environ.get(self.token_env)
+        if not token:
+            raise DeliveryFailed(f"the token variable {self.token_env} for {self.name} is not set", permanent=True)
+        return token
+
+    def token_set(self) -> bool:
+        return not self.token_env or bool(os.environ.get(self.token_env))
 
 
 class PartnersFile(BaseModel):
@@ -45,33 +67,90 @@ class PartnerDirectory:
     def names(self) -> dict[str, str]:
         return {c: p.name for c, p in self.by_country.items()}
 
+    def get(self, country: str | None) -> PartnerEntry | None:
+        return self.by_country.get((country or "").upper())
+
 
 class DeliveryFailed(ExternalFailure):
     """The partner did not accept the forward; ``permanent`` says whether retrying can help."""
 
 
-class PartnerGateway(Protocol):
+CheckOutcome = Literal["ok", "credentials_refused", "unreachable", "not_configured"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What ``hotline partners check`` found about one endpoint of one partner."""
+
+    country: str
+    name: str
+    endpoint: str
+    outcome: CheckOutcome
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class StatusGateway(Protocol):
+    def send_status(self, partner: PartnerEntry, update: PartnerStatusUpdate) -> int: ...
+
+
+class PartnerGateway(StatusGateway, Protocol):
+    """Forwards to ``endpoint``, status updates to ``status_endpoint``."""
+
     def deliver(self, partner: PartnerEntry, forward: PartnerForward) -> int: ...
 
 
 class HttpPartnerGateway:
-    """POSTs the ``forwards.partner`` message as JSON; any 2xx answer is success."""
+    """POSTs the ``forwards.partner`` message (or a ``partners.status`` update) as JSON with
+    ``Idempotency-Key`` = its id and the partner's bearer token; any 2xx answer is success."""
 
     def __init__(self, timeout: float = 15.0, transport: httpx.BaseTransport | None = None) -> None:
         self.client = httpx.Client(timeout=timeout, transport=transport)
 
     def deliver(self, partner: PartnerEntry, forward: PartnerForward) -> int:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": forward.forward_id}
-        if partner.token_env:
-            token = os.environ.get(partner.token_env)
-            if not token:
-                raise DeliveryFailed(f"the token variable {partner.token_env} for {partner.name} is not set", permanent=True)
+        return self._post(partner, partner.endpoint, forward, forward.forward_id)
+
+    def send_status(self, partner: PartnerEntry, update: PartnerStatusUpdate) -> int:
+        if not partner.status_endpoint:
+            raise DeliveryFailed(f"{partner.name} has no status_endpoint in the partners file", permanent=True)
+        return self._post(partner, partner.status_endpoint, update, update.update_id)
+
+    def _post(self, partner: PartnerEntry, url: str, message: Message, key: str) -> int:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        token = partner.token()
+        if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            response = self.client.post(partner.endpoint, content=forward.to_bytes(), headers=headers)
+            response = self.client.post(url, content=message.to_bytes(), headers=headers)
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{partner.name} unreachable: {exc}") from exc
         if 200 <= response.status_code < 300:
             return response.status_code
-        permanent = response.status_code in (400, 401, 403, 404, 422)
+        permanent = response.status_code in PERMANENT_STATUSES
         raise DeliveryFailed(f"{partner.name} answered HTTP {response.status_code}", permanent=permanent)
+
+    def check(self, partner: PartnerEntry, url: str | None = None) -> CheckResult:
+        """Reachability and credentials of ``url`` (default the forward endpoint) without
+        sending a report: an authenticated ``OPTIONS``. 401/403 = credentials refused; no
+        answer, a timeout or a 5xx = unreachable; any other answer (2xx, 404, 405, ...) = ok,
+        the server is there and took the token."""
+        url = url or partner.endpoint
+        row = (partner.country, partner.name, url)
+        try:
+            token = partner.token()
+        except DeliveryFailed as exc:
+            return CheckResult(*row, "not_configured", exc.reason)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            response = self.client.options(url, headers=headers)
+        except httpx.HTTPError as exc:
+            return CheckResult(*row, "unreachable", f"{type(exc).__name__}: {exc}")
+        code = response.status_code
+        if code in (401, 403):
+            return CheckResult(*row, "credentials_refused", f"HTTP {code}")
+        if code >= 500:
+            return CheckResult(*row, "unreachable", f"HTTP {code}")
+        return CheckResult(*row, "ok", f"HTTP {code}")

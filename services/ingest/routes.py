@@ -150,8 +150,19 @@ def post_partner_report(
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> JSONResponse:
     """Intake for partner hotlines (role ``partner``): same pipeline, channel ``partner``, with
-    the partner's own case reference kept on the report. ``Idempotency-Key`` defaults to it."""
+    the partner's own case reference kept on the report. ``Idempotency-Key`` defaults to it.
+    The report's country is the partner account's (``hotline users add --country``); a body
+    ``partner_country`` naming another country is refused (403). Status updates on the report
+    go back to that country's partner (``services.partners.updates``)."""
     refuse_unreachable(request, body.urls)
+    if caller.role == "partner":
+        if not caller.country:
+            raise HTTPException(403, f"the partner account {caller.name} has no country: "
+                                     "create it with hotline users add NAME --role partner --country XX")
+        if body.partner_country and body.partner_country.upper() != caller.country.upper():
+            raise HTTPException(403, f"partner_country {body.partner_country!r}: this account reports for "
+                                     f"{caller.country} only")
+        body = body.model_copy(update={"partner_country": caller.country.upper()})
     key = idempotency_key or f"partner:{caller.name}:{body.partner_reference}"
     report_id = submit(store, body, "partner", key)
     return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)

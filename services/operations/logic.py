@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
@@ -39,6 +40,7 @@ from hotline.storage.models import Item, Notice
 from schemas.items import ItemClassified
 from schemas.notices import NoticeEvent, TakedownNotice
 from services.classify.stage import takedown_notice
+from services.escalate.forwards import retry
 
 STAGE = "operations"
 ACTIONS = ("mark_delivered", "resend", "send_elsewhere")
@@ -203,3 +205,69 @@ def send_elsewhere(uow: UnitOfWork, notice_id: str, *, operator: str, abuse_emai
                            f"(it was {was}): new notice {new_id}")
     uow.audit.append(operator, "notice_sent_elsewhere", notice.id, f"{was} -> superseded by {new_id} to {address}")
     return [Outgoing("notices.ntd", message)]
+
+
+# -- deliveries to partner hotlines ------------------------------------------------------
+#
+# Forwards and status updates to partners are queues (``services.escalate.forwards``): a
+# ``pending`` one is being retried with back-off (nothing to do but watch its last error); a
+# ``refused`` one waits for an operator, who fixes the partner's credentials (the token
+# variable, the partners file) and **retries** it: it goes back to pending, due at once.
+
+DeliveryKind = Literal["forward", "update"]
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """One forward or status update not delivered (yet) to a partner hotline."""
+
+    kind: DeliveryKind
+    id: str
+    country: str
+    partner: str
+    status: str
+    attempts: int
+    last_error: str
+    next_attempt_at: datetime | None
+    created_at: datetime | None
+    item_id: str | None
+    what: str  # the item URL (forward) or the step (update)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "id": self.id, "country": self.country, "partner": self.partner,
+            "status": self.status, "attempts": self.attempts, "last_error": self.last_error,
+            "next_attempt_at": self.next_attempt_at.isoformat() if self.next_attempt_at else None,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "item_id": self.item_id, "what": self.what, "actions": ["retry"] if self.status == "refused" else [],
+        }
+
+
+def undelivered(uow: UnitOfWork) -> list[PendingDelivery]:
+    """Pending and refused forwards and partner status updates: refused first, then oldest first."""
+    rows: list[PendingDelivery] = []
+    for f in uow.forwards.in_status("pending", "refused"):
+        item = uow.items.get(f.item_id)
+        rows.append(PendingDelivery("forward", f.id, f.country, f.partner, f.status, f.attempts, f.last_error or "",
+                                    f.next_attempt_at, f.created_at, f.item_id, item.url if item else ""))
+    for u in uow.partner_updates.in_status("pending", "refused"):
+        rows.append(PendingDelivery("update", u.id, u.country, u.country, u.status, u.attempts, u.last_error or "",
+                                    u.next_attempt_at, u.created_at, u.item_id, u.action))
+    return sorted(rows, key=lambda r: (r.status != "refused", r.created_at is None, r.created_at or datetime.min, r.id))
+
+
+def retry_delivery(uow: UnitOfWork, kind: str, delivery_id: str, *, operator: str, at: datetime) -> list[Outgoing]:
+    """A refused forward or status update goes back to pending, due at once (the escalate
+    dispatcher publishes it at its next tick). Only a refused one: 409 otherwise."""
+    row = uow.forwards.lock(delivery_id) if kind == "forward" else uow.partner_updates.lock(delivery_id)
+    if row is None:
+        raise OperationRefused(404, f"no {kind} {delivery_id}")
+    if row.status != "refused":
+        raise OperationRefused(409, f"{kind} {delivery_id} is {row.status}: only a refused one can be retried")
+    retry(row, at)
+    uow.audit.append(operator, f"{kind}_retried", delivery_id, "refused -> pending")
+    item_id = row.item_id
+    if kind == "forward" and item_id:
+        uow.items.add_event(item_id, STAGE, "forward_retried", f"{operator} retried forward {delivery_id} "
+                                                              f"(last error: {row.last_error or '-'})")
+    return []

@@ -34,7 +34,9 @@ from services.operations.logic import (
     mark_delivered,
     needing_operator,
     resend,
+    retry_delivery,
     send_elsewhere,
+    undelivered,
 )
 
 router = APIRouter(tags=["operations"])
@@ -179,7 +181,8 @@ def operations_page(request: Request, store: StoreDep) -> Response:
         kind, _, message = unquote(raw).partition(":")
         flash = {"kind": "error" if kind == "error" else "ok", "message": message}
     response = _render(request, {"caller": caller, "pending": _pending(request, store), "flash": flash,
-                                 "can_act": caller.role == ACT_ROLE, "now": now()})
+                                 "can_act": caller.role == ACT_ROLE, "now": now(),
+                                 "deliveries": undelivered(store)})
     if raw:
         response.delete_cookie(FLASH_COOKIE, path="/operations", httponly=True, samesite="strict")
     return response
@@ -201,5 +204,61 @@ def operations_action(
         kind, message = "error", exc.reason
     response = RedirectResponse("/operations", status_code=303)
     response.set_cookie(FLASH_COOKIE, quote(f"{kind}:{message}"[:600]), max_age=120, path="/operations",
+                        httponly=True, samesite="strict")
+    return response
+
+
+# -- deliveries to partner hotlines (forwards, status updates) -----------------------------
+
+DeliveryKind = Literal["forward", "update"]
+
+
+def _retry(store: SqlUnitOfWork, kind: str, delivery_id: str, operator: str) -> str:
+    try:
+        retry_delivery(store, kind, delivery_id, operator=operator, at=now())
+    except OperationRefused:
+        store.rollback()
+        raise
+    store.commit()
+    return f"{kind} {delivery_id} queued to be delivered again"
+
+
+@router.get("/api/v1/operations/deliveries")
+def list_deliveries(
+    store: StoreDep, caller: Annotated[Caller, Depends(require_role(*VIEW_ROLES))],
+) -> dict[str, Any]:
+    """Pending and refused forwards and partner status updates (attempts, last error, next
+    attempt); a refused one allows ``retry`` (admins)."""
+    return {"deliveries": [d.as_json() for d in undelivered(store)]}
+
+
+@router.post("/api/v1/operations/{kind}s/{delivery_id}/retry")
+def api_retry_delivery(kind: DeliveryKind, delivery_id: str, request: Request, store: StoreDep,
+                       caller: Admin) -> dict[str, Any]:
+    """A refused forward or status update goes back to pending (after the credentials were fixed)."""
+    if "authorization" not in request.headers and not same_origin(request):
+        raise HTTPException(403, "a call signed in by cookie must come from a page of this site; "
+                                 "send Authorization: Bearer TOKEN")
+    try:
+        done = _retry(store, kind, delivery_id, caller.name)
+    except OperationRefused as exc:
+        raise HTTPException(exc.status, exc.reason) from exc
+    return {"kind": kind, "id": delivery_id, "status": "pending", "done": done}
+
+
+@router.post("/operations/deliveries/{kind}/{delivery_id}/retry", response_class=HTMLResponse,
+             include_in_schema=False)
+def operations_retry_delivery(kind: DeliveryKind, delivery_id: str, request: Request, store: StoreDep) -> Response:
+    caller = _gate(request, store, (ACT_ROLE,))
+    if isinstance(caller, Response):
+        return caller
+    if not same_origin(request):
+        return _error(request, 403, "Action refused: the form was not sent from this site.", caller)
+    try:
+        kind_, message = "ok", _retry(store, kind, delivery_id, caller.name)
+    except OperationRefused as exc:
+        kind_, message = "error", exc.reason
+    response = RedirectResponse("/operations", status_code=303)
+    response.set_cookie(FLASH_COOKIE, quote(f"{kind_}:{message}"[:600]), max_age=120, path="/operations",
                         httponly=True, samesite="strict")
     return response

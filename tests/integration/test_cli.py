@@ -195,3 +195,69 @@ def test_police_feed_on_kafka_reads_the_topic(env: dict[str, str], kafka_brokers
     assert done.returncode == 0, done.stderr
     got = [json.loads(line)["item_id"] for line in done.stdout.strip().splitlines()]
     assert got == ["item-0", "item-1", "item-2"]
+
+
+def test_partner_accounts_name_their_country(env: dict[str, str]) -> None:
+    missing = run(env, "users", "add", "p-de", "--role", "partner")
+    assert missing.returncode != 0 and "--country" in missing.stderr
+    wrong = run(env, "users", "add", "ann2", "--role", "analyst", "--country", "DE")
+    assert wrong.returncode != 0 and "only partner accounts" in wrong.stderr
+    done = run(env, "users", "add", "p-de", "--role", "partner", "--country", "de")
+    assert done.returncode == 0, done.stderr
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(env["HOTLINE_DATABASE_URL"])
+    with engine.connect() as c:
+        assert c.execute(text("select role, country from users where name = 'p-de'")).one() == ("partner", "DE")
+    engine.dispose()
+
+
+def test_partners_list_and_check_against_loopback_partners(env: dict[str, str], tmp_path: Path) -> None:
+    import yaml
+
+    from doubles.loopback import PartnerEndpoint
+
+    good, bad_token, down = (PartnerEndpoint("tok-de").start(), PartnerEndpoint("tok-fr").start(),
+                             PartnerEndpoint("tok-be").start())
+    down.down = True
+    dead_port = free_port()  # nothing listens there
+    partners = tmp_path / "partners.yaml"
+    partners.write_text(yaml.safe_dump({"partners": [
+        {"country": "DE", "name": "Partner DE", "endpoint": good.url, "token_env": "T_DE",
+         "status_endpoint": good.status_url},
+        {"country": "FR", "name": "Partner FR", "endpoint": bad_token.url, "token_env": "T_FR"},
+        {"country": "BE", "name": "Partner BE", "endpoint": down.url, "token_env": "T_BE"},
+        {"country": "AT", "name": "Partner AT", "endpoint": f"http://127.0.0.1:{dead_port}/x", "token_env": "T_AT"},
+        {"country": "IT", "name": "Partner IT", "endpoint": good.url, "token_env": "T_IT_UNSET"},
+    ]}))
+    env = {**env, "HOTLINE_PARTNERS_FILE": str(partners), "T_DE": "tok-de", "T_FR": "wrong", "T_BE": "tok-be",
+           "T_AT": "x"}
+    try:
+        listed = run(env, "partners", "list", "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {r["country"]: r for r in json.loads(listed.stdout)}
+        assert rows["DE"]["status_endpoint"] == good.status_url and rows["DE"]["token_set"] is True
+        assert rows["IT"]["token_set"] is False and rows["IT"]["token_env"] == "T_IT_UNSET"
+        text_out = run(env, "partners", "list")
+        assert "T_IT_UNSET (NOT SET)" in text_out.stdout and "Partner DE" in text_out.stdout
+
+        checked = run(env, "partners", "check", "--timeout", "5")
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        lines = checked.stdout.splitlines()
+
+        def of(country: str) -> list[str]:
+            return [ln.split("  ")[3] for ln in lines if ln.startswith(country + "  ")]
+
+        assert of("DE") == ["ok", "ok"]  # forward and status endpoint
+        assert of("FR") == ["credentials_refused"]
+        assert of("BE") == ["unreachable"]
+        assert of("AT") == ["unreachable"]
+        assert of("IT") == ["not_configured"]
+        assert good.posts == [] and good.received == []  # checking sends no report
+        ok_only = {**env, "HOTLINE_PARTNERS_FILE": str(tmp_path / "ok.yaml")}
+        (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"partners": [
+            {"country": "DE", "name": "Partner DE", "endpoint": good.url, "token_env": "T_DE"}]}))
+        assert run(ok_only, "partners", "check").returncode == 0
+    finally:
+        for p in (good, bad_token, down):
+            p.stop()

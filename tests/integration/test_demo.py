@@ -33,7 +33,7 @@ def test_hotline_demo_quiet_succeeds(tmp_path: Path) -> None:
 
     counts_line = next(line for line in out.splitlines() if line.startswith("counts: "))
     counts = {state: int(n) for state, n in re.findall(r"(\w+) (\d+)", counts_line.removeprefix("counts: "))}
-    assert sum(counts.values()) == 12  # the demo's twelve reports, each with one outcome
+    assert sum(counts.values()) == 13  # the demo's thirteen reports (one from the partner DE), one outcome each
     for outcome in ("notice_sent", "forwarded", "escalated", "closed_offline", "closed_not_illegal", "rejected"):
         assert counts.get(outcome, 0) >= 1, counts
     assert "no outcome" not in counts_line
@@ -41,7 +41,7 @@ def test_hotline_demo_quiet_succeeds(tmp_path: Path) -> None:
     # after the notice: hoster B (two notices ignored) is ranked before hoster A (removed)
     assert re.search(r"after the notice \(\+\d+ h simulated in [\d.]+ s\): 2 reminders; monitor: "
                      r"1\. Hoster B B\.V\. removed 0 of 2, 2 open past the deadline; "
-                     r"2\. Hoster A B\.V\. removed 1 of 1, median \d+ h", out), out
+                     r"2\. Hoster A B\.V\. removed 2 of 2, median \d+ h", out), out
 
     # the police release of the analyst-confirmed item led to its NTD
     assert re.search(r"police: pol-\w+ held, released by demo-police; its NTD reached abuse@hoster-a\.test \d+ ms "
@@ -74,4 +74,11 @@ def test_hotline_demo_shows_the_follow_up(tmp_path: Path) -> None:
     ranked = [line.split()[1:4] for line in table[2:4]]
     assert ranked == [["Hoster", "B", "B.V."], ["Hoster", "A", "B.V."]], table
     assert re.match(r"\s+1\s+Hoster B B\.V\.\s+2\s+0\s+–\s+0 %\s+2$", table[2]), table
-    assert re.match(r"\s+2\s+Hoster A B\.V\.\s+1\s+1\s+\d+ h\s+100 %\s+0$", table[3]), table
+    # hoster A: the first report's notice and the one for the partner hotline DE's report
+    assert re.match(r"\s+2\s+Hoster A B\.V\.\s+2\s+2\s+\d+ h\s+100 %\s+0$", table[3]), table
+    # partner hotlines, both ways: the DE partner's CR removes its forwarded item, and it got status
+    # updates on the report it forwarded to us, in order
+    both = out[out.index("partner hotlines, both ways:"):].splitlines()
+    assert "reports CR on fwd-" in both[1] and "the item is removed" in both[1], both
+    assert [line.split()[0] for line in both[3:6]] == ["acknowledged", "notice_sent", "removed"], both
+    assert [line.split()[2] for line in both[3:6]] == ["-", "ISP", "CR"], both

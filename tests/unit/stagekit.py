@@ -13,13 +13,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hotline.kernel.clock import CURRENT, Clock
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Stage, complete, run_stage
 from hotline.kernel.states import TRANSITIONS, ItemState
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import ItemClassified
-from schemas.notices import PartnerForward, TakedownNotice
+from schemas.notices import PartnerForward, PartnerStatusUpdate, TakedownNotice
+from services.escalate.forwards import Backoff
 from services.escalate.partners import DeliveryFailed, PartnerDirectory, PartnerEntry
 from services.escalate.stage import EscalateStage
 from services.notify.stage import NotifyStage
@@ -132,22 +134,34 @@ class RaisingMailer:
 
 # --------------------------------------------------------------------------- escalate
 
-DE = PartnerEntry(country="DE", name="Partner hotline DE", endpoint="http://partner.invalid/api")
+DE = PartnerEntry(country="DE", name="Partner hotline DE", endpoint="http://partner.invalid/api",
+                  status_endpoint="http://partner.invalid/status")
+FR = PartnerEntry(country="FR", name="Partner hotline FR", endpoint="http://partner-fr.invalid/api")
 
 
 class FakeGateway:
-    """Fails ``fail_times`` times (permanently or not), then accepts; records every call."""
+    """Fails ``fail_times`` times (permanently or not), then accepts; records every call
+    (forwards as (partner name, forward id), status updates as (partner name, update id))."""
 
-    def __init__(self, fail_times: int = 0, permanent: bool = False) -> None:
+    def __init__(self, fail_times: int = 0, permanent: bool = False, failing: set[str] | None = None) -> None:
         self.fail_times, self.permanent = fail_times, permanent
+        self.failing = failing  # only these partner names fail (None: every partner)
         self.calls: list[tuple[str, str]] = []
+        self.failures = 0
 
-    def deliver(self, partner: PartnerEntry, forward: PartnerForward) -> int:
-        self.calls.append((partner.name, forward.forward_id))
-        if len(self.calls) <= self.fail_times:
-            raise DeliveryFailed(f"HTTP 503 on attempt {len(self.calls)}" if not self.permanent else "HTTP 401",
+    def _call(self, partner: PartnerEntry, key: str) -> int:
+        self.calls.append((partner.name, key))
+        if (self.failing is None or partner.name in self.failing) and self.failures < self.fail_times:
+            self.failures += 1
+            raise DeliveryFailed(f"HTTP 503 on attempt {self.failures}" if not self.permanent else "HTTP 401",
                                  permanent=self.permanent)
         return 201
+
+    def deliver(self, partner: PartnerEntry, forward: PartnerForward) -> int:
+        return self._call(partner, forward.forward_id)
+
+    def send_status(self, partner: PartnerEntry, update: PartnerStatusUpdate) -> int:
+        return self._call(partner, update.update_id)
 
 
 class DyingGateway:
@@ -160,14 +174,19 @@ class DyingGateway:
         self.calls += 1
         raise ProcessKilled
 
+    def send_status(self, partner: PartnerEntry, update: PartnerStatusUpdate) -> int:
+        self.calls += 1
+        raise ProcessKilled
 
-def escalate_stage(gateway: object, attempts: int = 5, retry_seconds: float = 0) -> EscalateStage:
+
+def escalate_stage(gateway: object, retry_seconds: float = 2, max_seconds: float = 3600,
+                   clock: Clock | None = None, partners: PartnerDirectory | None = None) -> EscalateStage:
     return EscalateStage(
-        partners=PartnerDirectory({"DE": DE}), gateway=gateway,  # type: ignore[arg-type]
-        max_attempts=attempts, retry_seconds=retry_seconds,
+        partners=partners or PartnerDirectory({"DE": DE, "FR": FR}), gateway=gateway,  # type: ignore[arg-type]
+        backoff=Backoff(retry_seconds, max_seconds), lease_seconds=300, clock=clock or CURRENT,
     )
 
 
-def forward_for(item_id: str, country: str = "DE") -> PartnerForward:
-    return PartnerForward(forward_id=f"fwd-{item_id}", item_id=item_id, url="http://cdn.hoster-de.test/k3.jpg",
-                          country=country, partner_name="Partner hotline DE")
+def forward_for(item_id: str, country: str = "DE", forward_id: str | None = None) -> PartnerForward:
+    return PartnerForward(forward_id=forward_id or f"fwd-{item_id}", item_id=item_id,
+                          url="http://cdn.hoster-de.test/k3.jpg", country=country, partner_name="Partner hotline DE")

@@ -185,7 +185,7 @@ ROUTES: dict[str, Row] = {
     "known_home": Row("a.test/k.jpg", "ntd", {"abuse@a.test": []}),
     "known_no_abuse_contact": Row("n.test/k.jpg", "assessment", {}, reason="no abuse contact"),
     "known_partner_country": Row("d.test/k.jpg", "forward", {}, ("DE",)),
-    "known_no_partner": Row("f.test/k.jpg", "assessment", {}, reason="no partner hotline"),
+    "known_no_partner": Row("f.test/k.jpg", "ntd", {"abuse@f.test": []}, reason="no partner hotline is registered"),
     "hoster_unknown": Row("u.test/k.jpg", "assessment", {}, reason="hoster unknown"),
     "rdap_attributed": Row("r.test/k.jpg", "ntd", {"abuse@rdap-hoster.test": []}),
     "rdap_timed_out": Row("r.test/k.jpg", "assessment", {}, reason="RDAP timed out", rdap="slow"),

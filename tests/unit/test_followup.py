@@ -369,6 +369,7 @@ HOSTS = {  # host -> (address, country, hoster, abuse)
     "img.hoster-b.test": ("198.51.100.10", "NL", "Hoster B B.V.", "abuse@hoster-b.test"),
     "img.hoster-de.test": ("203.0.113.10", "DE", "Hoster DE GmbH", "abuse@hoster-de.test"),
     "img.hoster-us.test": ("203.0.113.130", "US", "Hoster US Inc.", "abuse@hoster-us.test"),
+    "img.hoster-br.test": ("203.0.113.140", "BR", "Hoster BR Ltda.", None),  # no abuse contact known
 }
 
 
@@ -495,7 +496,9 @@ def test_moved_ids_are_deterministic_and_count_the_moves() -> None:
 
 
 @pytest.mark.parametrize(("host", "route"), [
-    ("img.hoster-b.test", "ntd"), ("img.hoster-de.test", "forward"), ("img.hoster-us.test", "assessment"),
+    ("img.hoster-b.test", "ntd"), ("img.hoster-de.test", "forward"),
+    # no partner hotline in the US: the notice goes to the hoster there directly (issue 9)
+    ("img.hoster-us.test", "ntd"), ("img.hoster-br.test", "assessment"),
 ])
 def test_where_moved_content_goes(host: str, route: str) -> None:
     from services.followup.recheck import MovedTo
@@ -590,7 +593,7 @@ def test_the_same_moved_result_twice_publishes_one_notice(mw: MovedWorld) -> Non
 
 def test_moved_abroad_is_forwarded_and_nowhere_goes_to_an_analyst() -> None:
     for host, topic, state in (("img.hoster-de.test", "forwards.partner", "notice_sent"),
-                               ("img.hoster-us.test", None, "awaiting_assessment")):
+                               ("img.hoster-br.test", None, "awaiting_assessment")):
         w = MovedWorld()
         try:
             w.run(hours=1)
@@ -608,7 +611,7 @@ def test_moved_abroad_is_forwarded_and_nowhere_goes_to_an_analyst() -> None:
             item = w.uow.items.get(w.item_id)
             assert item is not None and item.state == state
             if state == "awaiting_assessment":
-                assert "moved to Hoster US Inc." in item.reason and "no partner hotline" in item.reason
+                assert "moved to Hoster BR Ltda." in item.reason and "no partner hotline" in item.reason
         finally:
             w.close()
 

@@ -180,13 +180,13 @@ def test_abroad_with_a_partner_is_forwarded(uow: MemoryUnitOfWork, state: Memory
 
 
 def test_abroad_without_a_partner_gets_a_foreign_ntd(uow: MemoryUnitOfWork, state: MemoryState) -> None:
-    item_id, esc_id = escalated(uow, country="FR", abuse="abuse@hoster-fr.test")
+    item_id, esc_id = escalated(uow, country="US", abuse="abuse@hoster-us.test")
     out = release_out(uow, police(uow, esc_id, "release"))
     (notice,) = of_topic(out, "notices.ntd")
-    assert notice.abuse_email == "abuse@hoster-fr.test" and notice.country == "FR"
+    assert notice.abuse_email == "abuse@hoster-us.test" and notice.country == "US"
     assert of_topic(out, "forwards.partner") == []
     outcome = state.escalations[esc_id].outcome or ""
-    assert "no partner hotline in FR" in outcome and "foreign hoster" in outcome
+    assert "no partner hotline in US" in outcome and "foreign hoster" in outcome
     item = uow.items.get(item_id)
     assert item is not None and item.state == "notice_queued"
 

@@ -54,11 +54,20 @@ def test_known_abroad_with_partner_is_forwarded_to_that_country() -> None:
     assert "DE" in d.reason
 
 
-def test_known_abroad_without_partner_needs_an_analyst() -> None:
+def test_known_abroad_without_partner_is_noticed_at_the_foreign_hoster() -> None:
+    # SCART's "assign to hosting country": an NTD to the hoster there (classify adds the
+    # police's record, reason no_partner).
     d = route(known=True, hosting=US, partner_countries={"DE"})
+    assert d.route == "ntd"
+    assert "US" in d.reason and "no partner" in d.reason and "abuse@d.test" in d.reason
+    assert d.partner_country is None
+
+
+def test_known_abroad_without_partner_or_abuse_contact_needs_an_analyst() -> None:
+    us_no_abuse = US.model_copy(update={"abuse": None})
+    d = route(known=True, hosting=us_no_abuse, partner_countries={"DE"})
     assert d.route == "assessment"
     assert "US" in d.reason and "no partner" in d.reason
-    assert d.partner_country is None
 
 
 def test_known_with_unknown_country_needs_an_analyst() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from hotline.kernel.clock import FakeClock, installed
 from hotline.kernel.failures import Failure, classify
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import RetryLater, SideEffect, complete, run_stage
+from hotline.kernel.stage import SideEffect, complete, run_stage
 from hotline.runtime.steps import RetryRequested, StepRunner
 from hotline.storage.memory import MemoryState, MemoryUnitOfWork
 from hotline.storage.unit_of_work import SqlUnitOfWork
@@ -36,9 +37,11 @@ from schemas.items import ItemAccepted, ItemClassified
 from schemas.notices import NoticeEvent, PoliceEscalation
 from schemas.reports import ReportRejected, ReportSubmitted
 from services.assessment.logic import AssessmentRefused, assess
-from services.escalate.partners import DeliveryFailed, HttpPartnerGateway
+from services.escalate.forwards import Backoff, DeliveryDispatcher
+from services.escalate.partners import HttpPartnerGateway, PartnerDirectory
 from services.ingest.stage import IngestStage
 from services.notify.mailer import DeliveryUnknown, NotDelivered, RecordingMailer
+from services.operations.logic import OperationRefused, retry_delivery
 from tests.unit.stagekit import (
     DE,
     DyingGateway,
@@ -372,41 +375,82 @@ def test_delivery_unknown_is_recorded_and_never_resent(uow: MemoryUnitOfWork, st
 
 # --------------------------------------------------------------------------- escalate
 #
-# Escalate makes one attempt per delivery of the message. A failed attempt asks for a retry
-# (RetryLater: deliver() raises the DeliveryFailed, as the runtime's failure policy sees it);
-# the runtime then delivers the same message again, as these tests do.
+# Forwards are a durable queue (services/escalate/forwards.py): each delivery of a
+# forwards.partner message makes at most one attempt and returns normally, whatever the
+# partner answered; a failed attempt is recorded with its next attempt time, and the
+# dispatcher (a periodic task) publishes the stored message again when it is due.
 
 
-def test_forward_retries_then_succeeds(uow: MemoryUnitOfWork, state: MemoryState) -> None:
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    with installed(FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))) as c:
+        assert isinstance(c, FakeClock)
+        yield c
+
+
+def dispatch(uow: MemoryUnitOfWork) -> list[Outgoing]:
+    """One tick of the dispatcher, committed (what the periodic runner does)."""
+    out = DeliveryDispatcher(redispatch_seconds=300).tick(uow)
+    uow.enqueue(out)
+    uow.commit()
+    return out
+
+
+def test_backoff_doubles_per_attempt_and_is_capped() -> None:
+    assert [Backoff(2, 60).delay(n) for n in range(1, 9)] == [2, 4, 8, 16, 32, 60, 60, 60]
+    assert Backoff(2, 3600).delay(200) == 3600  # no overflow after a very long outage
+
+
+def test_failed_forward_is_queued_with_backoff_and_delivered_later(
+    uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock
+) -> None:
     item_id = make_item(uow, "forward_queued")
     gateway = FakeGateway(fail_times=2)
-    stage = escalate_stage(gateway)
-    for attempt in (1, 2):
-        with pytest.raises(DeliveryFailed):
-            deliver(stage, "forwards.partner", forward_for(item_id), uow)
-        fwd = state.forwards[f"fwd-{item_id}"]
-        assert (fwd.status, fwd.attempts) == ("pending", attempt)  # every attempt counted, committed
-        assert fwd.last_error == f"HTTP 503 on attempt {attempt}"
-        item = uow.items.get(item_id)
-        assert item is not None and item.state == "forward_queued"
-    assert state.published == []
-
-    out = deliver(stage, "forwards.partner", forward_for(item_id), uow)
-    # the same forward id (the Idempotency-Key) on every attempt
-    assert gateway.calls == [("Partner hotline DE", f"fwd-{item_id}")] * 3
-    assert kinds(out) == ["forwarded"]
+    stage = escalate_stage(gateway, retry_seconds=2)
+    out = deliver(stage, "forwards.partner", forward_for(item_id), uow)  # no exception: the stage goes on
     fwd = state.forwards[f"fwd-{item_id}"]
-    assert (fwd.status, fwd.attempts) == ("sent", 3) and fwd.sent_at is not None
-    item = uow.items.get(item_id)
-    assert item is not None and item.state == "forwarded" and "Partner hotline DE" in item.reason
+    assert out == [] and (fwd.status, fwd.attempts, fwd.last_error) == ("pending", 1, "HTTP 503 on attempt 1")
+    assert fwd.next_attempt_at == clock.now() + timedelta(seconds=2)
+    assert fwd.payload is not None and fwd.payload["forward_id"] == f"fwd-{item_id}"
+    assert state.items[item_id].state == "forward_queued"
+    assert "forward_retrying" in [e.kind for e in uow.items.events(item_id)]
+
+    # A redelivery before it is due makes no attempt; the dispatcher has nothing due either.
+    assert deliver(stage, "forwards.partner", forward_for(item_id), uow) == []
+    assert dispatch(uow) == [] and len(gateway.calls) == 1
+
+    clock.advance(2)
+    (again,) = dispatch(uow)
+    assert again.topic == "forwards.partner" and again.message.forward_id == f"fwd-{item_id}"
+    assert dispatch(uow) == []  # claimed: not published twice
+    deliver(stage, again.topic, again.message, uow)
+    assert (fwd.attempts, fwd.next_attempt_at) == (2, clock.now() + timedelta(seconds=4))  # doubled
+
+    clock.advance(4)
+    (third,) = dispatch(uow)
+    assert kinds(deliver(stage, third.topic, third.message, uow)) == ["forwarded"]
+    assert (fwd.status, fwd.attempts, fwd.next_attempt_at) == ("sent", 3, None) and fwd.sent_at is not None
+    assert gateway.calls == [("Partner hotline DE", f"fwd-{item_id}")] * 3  # one key on every attempt
+    item = state.items[item_id]
+    assert item.state == "forwarded" and "Partner hotline DE" in item.reason and "attempt 3" in item.reason
     assert ("escalate", "forwarded", f"fwd-{item_id}", "Partner hotline DE") in state.audit
 
-    again = deliver(stage, "forwards.partner", forward_for(item_id), uow)  # redelivery: no second POST
-    assert len(gateway.calls) == 3
-    assert kinds(again) == ["forwarded"]
+    assert kinds(deliver(stage, "forwards.partner", forward_for(item_id), uow)) == ["forwarded"]  # no second POST
+    assert len(gateway.calls) == 3 and dispatch(uow) == []
 
 
-def test_every_attempt_carries_the_same_idempotency_key(uow: MemoryUnitOfWork) -> None:
+def test_a_failing_partner_does_not_hold_up_another(uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock) -> None:
+    gateway = FakeGateway(fail_times=99, failing={"Partner hotline FR"})
+    stage = escalate_stage(gateway)
+    to_fr, to_de = make_item(uow, "forward_queued"), make_item(uow, "forward_queued")
+    assert deliver(stage, "forwards.partner", forward_for(to_fr, "FR"), uow) == []
+    assert kinds(deliver(stage, "forwards.partner", forward_for(to_de, "DE"), uow)) == ["forwarded"]
+    assert state.forwards[f"fwd-{to_fr}"].status == "pending" and state.items[to_de].state == "forwarded"
+
+
+def test_every_attempt_carries_the_same_idempotency_key_and_token(
+    uow: MemoryUnitOfWork, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The real HTTP gateway against a fake partner endpoint: 503, 503, then 201.
     seen: list[httpx.Request] = []
 
@@ -414,108 +458,123 @@ def test_every_attempt_carries_the_same_idempotency_key(uow: MemoryUnitOfWork) -
         seen.append(request)
         return httpx.Response(503 if len(seen) <= 2 else 201)
 
+    monkeypatch.setenv("HOTLINE_TEST_PARTNER_TOKEN", "s3cret")
+    de = DE.model_copy(update={"token_env": "HOTLINE_TEST_PARTNER_TOKEN"})
     item_id = make_item(uow, "forward_queued")
-    stage = escalate_stage(HttpPartnerGateway(transport=httpx.MockTransport(partner)))
-    for _ in range(2):
-        with pytest.raises(DeliveryFailed, match="HTTP 503"):
-            deliver(stage, "forwards.partner", forward_for(item_id), uow)
-    assert kinds(deliver(stage, "forwards.partner", forward_for(item_id), uow)) == ["forwarded"]
+    stage = escalate_stage(HttpPartnerGateway(transport=httpx.MockTransport(partner)),
+                           partners=PartnerDirectory({"DE": de}))
+    msg = forward_for(item_id)
+    for _ in range(3):
+        deliver(stage, "forwards.partner", msg, uow)
+        clock.advance(3600)
+        msg = next(iter(of_topic(dispatch(uow), "forwards.partner")), msg)
     assert [r.headers["Idempotency-Key"] for r in seen] == [f"fwd-{item_id}"] * 3
+    assert {r.headers["Authorization"] for r in seen} == {"Bearer s3cret"}
     assert {str(r.url) for r in seen} == {DE.endpoint}
+    assert len({r.content for r in seen}) == 1  # the same bytes every time (the stored payload)
+    assert uow.forwards.get(f"fwd-{item_id}").status == "sent"  # type: ignore[union-attr]
 
 
-def test_forward_retry_pace_doubles_and_is_capped(uow: MemoryUnitOfWork) -> None:
-    # The steps of one delivery by hand, to read the RetryLater the runtime gets.
-    item_id = make_item(uow, "forward_queued")
-    stage = escalate_stage(FakeGateway(fail_times=99), attempts=10, retry_seconds=2)
-    paces = []
-    for _ in range(7):
-        effect = run_stage(stage, "forwards.partner", forward_for(item_id).model_dump_json(), uow)
-        assert isinstance(effect, SideEffect)
-        uow.commit()
-        with pytest.raises(DeliveryFailed) as info:
-            effect.act()
-        retry = effect.failed(uow, info.value)
-        assert isinstance(retry, RetryLater) and retry.error is info.value
-        uow.commit()
-        paces.append(retry.after_seconds)
-    assert paces == [2, 4, 8, 16, 32, 60, 60]
-
-
-def test_forward_permanent_failure_returns_item_to_analyst(uow: MemoryUnitOfWork, state: MemoryState) -> None:
-    item_id = make_item(uow, "forward_queued")
-    gateway = FakeGateway(fail_times=99, permanent=True)
-    out = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id), uow)  # gives up at once
-    assert len(gateway.calls) == 1  # retrying cannot help
-    assert kinds(out) == ["forward_failed"]
-    fwd = state.forwards[f"fwd-{item_id}"]
-    assert fwd.status == "failed" and "HTTP 401" in (fwd.last_error or "")
-    item = uow.items.get(item_id)
-    assert item is not None and item.state == "awaiting_assessment"
-    assert "HTTP 401" in item.reason and "analyst" in item.reason
-    again = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id), uow)
-    assert len(gateway.calls) == 1 and kinds(again) == ["forward_failed"]
-
-
-def test_forward_gives_up_after_max_attempts(uow: MemoryUnitOfWork, state: MemoryState) -> None:
-    item_id = make_item(uow, "forward_queued")
-    gateway = FakeGateway(fail_times=99)
-    stage = escalate_stage(gateway, attempts=3)
-    for _ in range(2):
-        with pytest.raises(DeliveryFailed):
-            deliver(stage, "forwards.partner", forward_for(item_id), uow)
-    out = deliver(stage, "forwards.partner", forward_for(item_id), uow)  # the last attempt gives up
-    assert len(gateway.calls) == 3
-    assert kinds(out) == ["forward_failed"]
-    assert state.forwards[f"fwd-{item_id}"].status == "failed"
-    item = uow.items.get(item_id)
-    assert item is not None and item.state == "awaiting_assessment" and "3 attempt(s)" in item.reason
-    deliver(stage, "forwards.partner", forward_for(item_id), uow)  # a redelivery: no fourth POST
-    assert len(gateway.calls) == 3
-
-
-def test_forward_crash_during_the_last_attempt_gives_up_on_redelivery(
-    uow: MemoryUnitOfWork, state: MemoryState
+def test_a_refusal_is_kept_visible_and_an_operator_retries_it(
+    uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock
 ) -> None:
     item_id = make_item(uow, "forward_queued")
-    with pytest.raises(DeliveryFailed):
-        deliver(escalate_stage(FakeGateway(fail_times=1), attempts=2), "forwards.partner", forward_for(item_id), uow)
+    gateway = FakeGateway(fail_times=1, permanent=True)
+    stage = escalate_stage(gateway)
+    out = deliver(stage, "forwards.partner", forward_for(item_id), uow)
+    assert kinds(out) == ["forward_failed"] and len(gateway.calls) == 1  # retrying cannot help
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert (fwd.status, fwd.next_attempt_at) == ("refused", None) and "HTTP 401" in (fwd.last_error or "")
+    assert state.items[item_id].state == "forward_queued"  # stays where it is, never lost
+    clock.advance(86400)
+    assert dispatch(uow) == [] and deliver(stage, "forwards.partner", forward_for(item_id), uow) == []
+    assert len(gateway.calls) == 1
+
+    retry_delivery(uow, "forward", fwd.id, operator="ops", at=clock.now())  # credentials fixed
+    uow.commit()
+    (again,) = dispatch(uow)
+    assert kinds(deliver(stage, again.topic, again.message, uow)) == ["forwarded"]
+    assert fwd.status == "sent" and state.items[item_id].state == "forwarded"
+    assert ("ops", "forward_retried", fwd.id, "refused -> pending") in state.audit
+    with pytest.raises(OperationRefused) as info:
+        retry_delivery(uow, "forward", fwd.id, operator="ops", at=clock.now())
+    assert info.value.status == 409
+
+
+def test_an_unset_token_variable_is_a_refusal(uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOTLINE_TEST_UNSET_TOKEN", raising=False)
+    calls: list[httpx.Request] = []
+    de = DE.model_copy(update={"token_env": "HOTLINE_TEST_UNSET_TOKEN"})
+    gateway = HttpPartnerGateway(transport=httpx.MockTransport(lambda r: calls.append(r) or httpx.Response(201)))
+    item_id = make_item(uow, "forward_queued")
+    deliver(escalate_stage(gateway, partners=PartnerDirectory({"DE": de})), "forwards.partner", forward_for(item_id), uow)
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert calls == [] and fwd.status == "refused" and "HOTLINE_TEST_UNSET_TOKEN" in (fwd.last_error or "")
+
+
+def test_forwards_of_one_item_go_in_order(uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock) -> None:
+    item_id = make_item(uow, "forward_queued")
+    gateway = FakeGateway(fail_times=1)
+    stage = escalate_stage(gateway)
+    first, moved = forward_for(item_id), forward_for(item_id, forward_id=f"fwd-{item_id}-moved-1")
+    deliver(stage, "forwards.partner", first, uow)  # fails: pending
+    clock.advance(1)
+    assert deliver(stage, "forwards.partner", moved, uow) == []  # waits for the older one
+    assert [c[1] for c in gateway.calls] == [first.forward_id]
+    assert state.forwards[moved.forward_id].status == "pending"
+    clock.advance(2)
+    assert [o.message.forward_id for o in dispatch(uow)] == [first.forward_id]  # only the oldest
+    deliver(stage, "forwards.partner", first, uow)
+    assert [o.message.forward_id for o in dispatch(uow)] == [moved.forward_id]
+    deliver(stage, "forwards.partner", moved, uow)
+    assert [c[1] for c in gateway.calls] == [first.forward_id, first.forward_id, moved.forward_id]
+    assert {state.forwards[f].status for f in (first.forward_id, moved.forward_id)} == {"sent"}
+
+
+def test_a_crash_during_an_attempt_is_counted_and_attempted_again_after_the_lease(
+    uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock
+) -> None:
+    item_id = make_item(uow, "forward_queued")
     dying = DyingGateway()
     with pytest.raises(ProcessKilled):
-        deliver(escalate_stage(dying, attempts=2), "forwards.partner", forward_for(item_id), uow)
-    assert dying.calls == 1
-    assert state.forwards[f"fwd-{item_id}"].attempts == 2  # the crash did not hide the attempt
-
+        deliver(escalate_stage(dying), "forwards.partner", forward_for(item_id), uow)
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert dying.calls == 1 and (fwd.status, fwd.attempts) == ("pending", 1)  # the crash hid nothing
     gateway = FakeGateway()
-    out = deliver(escalate_stage(gateway, attempts=2), "forwards.partner", forward_for(item_id), MemoryUnitOfWork(state))
-    assert gateway.calls == []  # out of attempts: not tried a third time
-    assert kinds(out) == ["forward_failed"]
-    item = state.items[item_id]
-    assert item.state == "awaiting_assessment" and "2 attempt(s)" in item.reason
+    stage = escalate_stage(gateway)
+    after = MemoryUnitOfWork(state)  # the restarted process
+    assert deliver(stage, "forwards.partner", forward_for(item_id), after) == []  # in flight: not yet
+    assert dispatch(after) == []
+    clock.advance(301)  # the lease (forward_redispatch_seconds) is over
+    (again,) = dispatch(after)
+    assert kinds(deliver(stage, again.topic, again.message, after)) == ["forwarded"]
+    assert gateway.calls == [("Partner hotline DE", f"fwd-{item_id}")] and fwd.attempts == 2
 
 
-def test_gateway_bug_is_left_to_the_failure_policy(uow: MemoryUnitOfWork, state: MemoryState) -> None:
-    class BrokenGateway:
-        def deliver(self, partner: object, forward: object) -> int:
+def test_gateway_bug_is_left_to_the_failure_policy(uow: MemoryUnitOfWork, state: MemoryState, clock: FakeClock) -> None:
+    class BrokenGateway(FakeGateway):
+        def deliver(self, partner: object, forward: object) -> int:  # type: ignore[override]
             raise TypeError("a bug in the gateway")
 
     item_id = make_item(uow, "forward_queued")
     with pytest.raises(TypeError):
         deliver(escalate_stage(BrokenGateway()), "forwards.partner", forward_for(item_id), uow)
     fwd = state.forwards[f"fwd-{item_id}"]
-    assert (fwd.status, fwd.attempts) == ("pending", 1)
+    assert (fwd.status, fwd.attempts) == ("pending", 1)  # still queued: attempted again after the lease
     assert state.items[item_id].state == "forward_queued"
     assert state.published == []
 
 
-def test_forward_to_country_without_partner(uow: MemoryUnitOfWork) -> None:
+def test_forward_to_country_without_partner_is_refused(uow: MemoryUnitOfWork, state: MemoryState,
+                                                       clock: FakeClock) -> None:
     item_id = make_item(uow, "forward_queued")
     gateway = FakeGateway()
-    out = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id, country="FR"), uow)
-    assert gateway.calls == []
-    assert kinds(out) == ["forward_failed"]
-    item = uow.items.get(item_id)
-    assert item is not None and item.state == "awaiting_assessment" and "FR" in item.reason
+    out = deliver(escalate_stage(gateway), "forwards.partner", forward_for(item_id, country="BE"), uow)
+    assert gateway.calls == [] and kinds(out) == ["forward_failed"]
+    fwd = state.forwards[f"fwd-{item_id}"]
+    assert fwd.status == "refused" and "BE" in (fwd.last_error or "")
+    assert state.items[item_id].state == "forward_queued"
 
 
 # --------------------------------------------------------------------------- assessment
@@ -726,23 +785,39 @@ def test_sql_not_delivered_requests_a_retry_and_the_retry_sends_once(sessions: s
         assert notice is not None and notice.status == "sent"
 
 
-def test_sql_forward_retry_is_paced_and_counted(sessions: sessionmaker[Session]) -> None:
+def test_sql_forward_queue_backs_off_keeps_order_and_is_claimed_once(
+    sessions: sessionmaker[Session], clock: FakeClock
+) -> None:
     item_id = sql_item(sessions, "forward_queued")
     gateway = FakeGateway(fail_times=1)
     stage = escalate_stage(gateway, retry_seconds=2)
-    with pytest.raises(RetryRequested) as info:
-        process(sessions, stage, "forwards.partner", forward_for(item_id))
-    assert isinstance(info.value.error, DeliveryFailed) and info.value.after_seconds == 2
+    first, moved = forward_for(item_id), forward_for(item_id, forward_id=f"fwd-{item_id}-moved-1")
+    assert process(sessions, stage, "forwards.partner", first) == []  # failed: queued, no RetryLater
+    clock.advance(1)
+    assert process(sessions, stage, "forwards.partner", moved) == []  # waits for the older one
     with sql(sessions) as uow:
-        fwd = uow.forwards.get(f"fwd-{item_id}")
+        fwd = uow.forwards.get(first.forward_id)
         assert fwd is not None and (fwd.status, fwd.attempts) == ("pending", 1)
-    assert kinds(process(sessions, stage, "forwards.partner", forward_for(item_id))) == ["forwarded"]
-    assert gateway.calls == [("Partner hotline DE", f"fwd-{item_id}")] * 2
+        assert fwd.next_attempt_at == clock.now() - timedelta(seconds=1) + timedelta(seconds=2)
+        assert uow.forwards.older_pending(uow.forwards.get(moved.forward_id))  # type: ignore[arg-type]
+    dispatcher = DeliveryDispatcher(redispatch_seconds=300)
+
+    def tick() -> list[str]:
+        with sql(sessions) as uow:
+            return [o.message.forward_id for o in dispatcher.tick(uow)]  # type: ignore[attr-defined]
+
+    assert tick() == []  # nothing due yet
+    clock.advance(1)
+    assert tick() == [first.forward_id]  # the oldest of the item only
+    assert tick() == []  # claimed
+    assert kinds(process(sessions, stage, "forwards.partner", first)) == ["forwarded"]
+    assert tick() == [moved.forward_id]
+    assert kinds(process(sessions, stage, "forwards.partner", moved)) == ["forwarded"]
+    assert [c[1] for c in gateway.calls] == [first.forward_id, first.forward_id, moved.forward_id]
     with sql(sessions) as uow:
-        fwd = uow.forwards.get(f"fwd-{item_id}")
-        assert fwd is not None and (fwd.status, fwd.attempts) == ("sent", 2)
         item = uow.items.get(item_id)
         assert item is not None and item.state == "forwarded"
+        assert [f.status for f in uow.forwards.for_item(item_id)] == ["sent", "sent"]
 
 
 def test_sql_invalid_message_is_rejected(sessions: sessionmaker[Session]) -> None:

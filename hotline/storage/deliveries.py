@@ -1,0 +1,171 @@
+"""Durable delivery queues to partner hotlines: forwards (``forwards``) and status updates
+back to a partner (``partner_updates``). Both tables have the same queue columns
+(``status`` pending|sent|refused, ``next_attempt_at``, ``dispatched_at``, ``created_at``) and
+are delivered *in order per group*: a row waits while an older row of its group (the
+forward's item, the update's report) is still pending. The claim helpers here are shared by
+both repositories; the delivery logic is ``services.escalate.forwards``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+
+from hotline.storage.models import Forward, ForwardStatus, PartnerUpdate
+
+
+class Queued(Protocol):
+    id: Any
+    status: Any
+    created_at: Any
+    next_attempt_at: Any
+    dispatched_at: Any
+
+
+Q = TypeVar("Q", bound=Queued)
+
+_EPOCH = datetime.min
+
+
+def queue_order(row: Queued) -> tuple[Any, str]:
+    created = row.created_at
+    return (created.replace(tzinfo=None) if created is not None else _EPOCH, str(row.id))
+
+
+def older_pending_in(rows: Iterable[Q], row: Q, group_of: Any) -> bool:
+    """Whether an older row of ``row``'s group is still pending (in-memory form)."""
+    key = queue_order(row)
+    group = group_of(row)
+    return any(r.status == "pending" and r.id != row.id and group_of(r) == group and queue_order(r) < key for r in rows)
+
+
+def claim_in(rows: Sequence[Q], group_of: Any, at: datetime, limit: int, stale_before: datetime) -> list[Q]:
+    """Due pending rows not in flight, without an older pending row in their group, oldest
+    due first; marked dispatched at ``at`` (in-memory form of ``claim_sql``)."""
+    due = sorted(
+        (r for r in rows if r.status == "pending" and r.next_attempt_at is not None and r.next_attempt_at <= at
+         and (r.dispatched_at is None or r.dispatched_at < stale_before) and not older_pending_in(rows, r, group_of)),
+        key=lambda r: (r.next_attempt_at, str(r.id)),
+    )[:limit]
+    for r in due:
+        r.dispatched_at = at
+    return due
+
+
+M = TypeVar("M", Forward, PartnerUpdate)
+
+
+def _older_clause(model: type[M], group: InstrumentedAttribute[Any]) -> Any:
+    older = aliased(model)
+    return exists().where(
+        getattr(older, group.key) == group,
+        older.status == "pending",
+        or_(older.created_at < model.created_at, and_(older.created_at == model.created_at, older.id < model.id)),
+    )
+
+
+def claim_sql(session: Session, model: type[M], group: InstrumentedAttribute[Any], at: datetime, limit: int,
+              stale_before: datetime) -> list[M]:
+    """Due pending rows, one claimer each (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), none while
+    an older row of its group is pending; ``dispatched_at`` set to ``at``."""
+    q = (select(model)
+         .where(model.status == "pending", model.next_attempt_at <= at,
+                or_(model.dispatched_at.is_(None), model.dispatched_at < stale_before),
+                ~_older_clause(model, group))
+         .order_by(model.next_attempt_at, model.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True, of=model)
+    taken = list(session.scalars(q).all())
+    for row in taken:
+        row.dispatched_at = at
+    return taken
+
+
+def older_pending_sql(session: Session, row: M, group: InstrumentedAttribute[Any]) -> bool:
+    model = type(row)
+    older = aliased(model)
+    created = row.created_at
+    q = select(older.id).where(getattr(older, group.key) == getattr(row, group.key), older.status == "pending",
+                               older.id != row.id)
+    if created is not None:
+        q = q.where(or_(older.created_at < created, and_(older.created_at == created, older.id < row.id)))
+    else:
+        q = q.where(older.created_at.is_(None), older.id < row.id)
+    return session.scalar(q.limit(1)) is not None
+
+
+def lock_sql(session: Session, model: type[M], row_id: str) -> M | None:
+    q = select(model).where(model.id == row_id)
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    return session.scalars(q.execution_options(populate_existing=True)).first()
+
+
+class SqlForwardQueue:
+    """The queue and partner-status half of the forwards repository (mixed into ``SqlForwards``)."""
+
+    session: Session
+
+    def lock(self, forward_id: str) -> Forward | None:
+        return lock_sql(self.session, Forward, forward_id)
+
+    def for_item(self, item_id: str) -> Sequence[Forward]:
+        q = select(Forward).where(Forward.item_id == item_id).order_by(Forward.created_at, Forward.id)
+        return self.session.scalars(q).all()
+
+    def for_country(self, country: str) -> Sequence[Forward]:
+        q = select(Forward).where(Forward.country == country.upper()).order_by(Forward.created_at.desc(), Forward.id)
+        return self.session.scalars(q).all()
+
+    def in_status(self, *statuses: str) -> Sequence[Forward]:
+        q = select(Forward).where(Forward.status.in_(statuses)).order_by(Forward.created_at, Forward.id)
+        return self.session.scalars(q).all()
+
+    def older_pending(self, forward: Forward) -> bool:
+        return older_pending_sql(self.session, forward, Forward.item_id)
+
+    def claim_due(self, at: datetime, limit: int, stale_before: datetime) -> list[Forward]:
+        return claim_sql(self.session, Forward, Forward.item_id, at, limit, stale_before)
+
+    def add_status(self, forward_id: str, action: str, note: str | None, by: str, at: datetime) -> ForwardStatus:
+        row = ForwardStatus(forward_id=forward_id, action=action, note=note, by=by, at=at)
+        self.session.add(row)
+        return row
+
+    def statuses(self, forward_id: str) -> Sequence[ForwardStatus]:
+        q = select(ForwardStatus).where(ForwardStatus.forward_id == forward_id).order_by(ForwardStatus.id)
+        return self.session.scalars(q).all()
+
+
+class SqlPartnerUpdates:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, update_id: str) -> PartnerUpdate | None:
+        return self.session.get(PartnerUpdate, update_id)
+
+    def lock(self, update_id: str) -> PartnerUpdate | None:
+        return lock_sql(self.session, PartnerUpdate, update_id)
+
+    def add(self, update: PartnerUpdate) -> PartnerUpdate:
+        self.session.add(update)
+        return update
+
+    def for_report(self, report_id: str) -> Sequence[PartnerUpdate]:
+        q = select(PartnerUpdate).where(PartnerUpdate.report_id == report_id).order_by(
+            PartnerUpdate.created_at, PartnerUpdate.id)
+        return self.session.scalars(q).all()
+
+    def in_status(self, *statuses: str) -> Sequence[PartnerUpdate]:
+        q = select(PartnerUpdate).where(PartnerUpdate.status.in_(statuses)).order_by(
+            PartnerUpdate.created_at, PartnerUpdate.id)
+        return self.session.scalars(q).all()
+
+    def older_pending(self, update: PartnerUpdate) -> bool:
+        return older_pending_sql(self.session, update, PartnerUpdate.report_id)
+
+    def claim_due(self, at: datetime, limit: int, stale_before: datetime) -> list[PartnerUpdate]:
+        return claim_sql(self.session, PartnerUpdate, PartnerUpdate.report_id, at, limit, stale_before)
