@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hashing.signals import SIGNAL_TYPES, radii
@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     # of new material waits for the police's release; set, it follows automatically this many
     # seconds after the escalation unless the police put it on hold (HOTLINE_POLICE_HOLD_SECONDS).
     police_hold_seconds: float | None = Field(default=None, gt=0)
+
+    # The public form and the API (services/ingest/routes.py, README "The public report form"):
+    # the key that seals reporters' e-mail addresses (32 random bytes, URL-safe base64; unset:
+    # addresses are not kept and the form does not ask for one), and how many reports one
+    # client address may submit per minute (a token bucket per process; 0 switches it off).
+    reporter_key: SecretStr | None = None
+    report_rate_per_minute: int = Field(default=30, ge=0)
+    # The public form's language when the browser's Accept-Language names neither nl nor en.
+    form_default_language: Literal["en", "nl"] = "en"
 
 
 @lru_cache(maxsize=1)
