@@ -296,7 +296,8 @@ def reports_import(file: Path) -> None:
 def reports_seal_addresses() -> None:
     """Seal every reporter address still stored in clear (databases from before addresses were
     sealed); without HOTLINE_REPORTER_KEY, erase them. Sealed ones are left alone, so running
-    it again changes nothing."""
+    it again changes nothing. Then the table is rewritten (VACUUM) so no old copy remains;
+    backups taken before still hold the clear addresses."""
     from sqlalchemy import select
 
     from hotline.storage.models import Report
@@ -312,6 +313,15 @@ def reports_seal_addresses() -> None:
             report.reporter_email = keep_address(seal, report.reporter_email)
             sealed, erased = (sealed + 1, erased) if report.reporter_email else (sealed, erased + 1)
         session.commit()
+    if sealed or erased:
+        # An UPDATE leaves the old row's bytes in free pages (SQLite) or dead tuples
+        # (PostgreSQL) until the table is rewritten: rewrite it, so the clear text is gone.
+        with system.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("VACUUM")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages may sit in the WAL
+            else:
+                conn.exec_driver_sql("VACUUM FULL reports")
     click.echo(f"sealed {sealed}, erased {erased} reporter address(es)")
 
 
