@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hashing.signals import SIGNAL_TYPES, radii
@@ -140,6 +140,15 @@ class Settings(BaseSettings):
     # After an RDAP outage (timeout, 5xx) RDAP is left alone this long (0 = ask every time).
     rdap_backoff_seconds: float = Field(default=60.0, ge=0)
     hosting_cache_seconds: float = Field(default=43200.0, ge=0)
+
+    # The public form and the API (services/ingest/routes.py, README "The public report form"):
+    # the key that seals reporters' e-mail addresses (32 random bytes, URL-safe base64; unset:
+    # addresses are not kept and the form does not ask for one), and how many reports one
+    # client address may submit per minute (a token bucket per process; 0 switches it off).
+    reporter_key: SecretStr | None = None
+    report_rate_per_minute: int = Field(default=30, ge=0)
+    # The public form's language when the browser's Accept-Language names neither nl nor en.
+    form_default_language: Literal["en", "nl"] = "en"
 
 
 @lru_cache(maxsize=1)
