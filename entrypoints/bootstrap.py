@@ -193,6 +193,8 @@ class System:
                 home_country=s.home_country.upper(),
                 max_images=s.fetch_max_images_per_page,
                 hotline_name=s.hotline_name,
+                item_deadline_seconds=s.fetch_item_deadline_seconds,
+                image_concurrency=s.fetch_image_concurrency,
             )
         if name == "notify":
             return NotifyStage(mailer=self._mailer(), sender=s.notice_from, hotline_name=s.hotline_name,
@@ -215,6 +217,8 @@ class System:
                 partner_names=self.partners.names(),
                 per_hoster=s.recheck_per_hoster,
                 workers=s.followup_fetch_workers,
+                item_deadline_seconds=s.fetch_item_deadline_seconds,
+                image_concurrency=s.fetch_image_concurrency,
             )
         if name == "escalate":
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(

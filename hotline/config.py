@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     fetch_max_pixels: int = 60_000_000
     fetch_max_images_per_page: int = 50
     fetch_max_redirects: int = 5
+    # One item's page and all its images are fetched within this many seconds (connect, TLS,
+    # headers, body and every redirect hop included; one URL also within 2 x
+    # fetch_timeout_seconds), its images this many at a time (services.classify.fetcher).
+    fetch_item_deadline_seconds: float = Field(default=30.0, gt=0)
+    fetch_image_concurrency: int = Field(default=4, gt=0)
     user_agent: str = "hotline-classifier/0.1 (+abuse report processing)"
 
     # Match radii; the defaults are the registry's (hashing.signals), not repeated here.

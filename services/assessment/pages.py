@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from hashing.image import ImageError, check_viewable
 from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
@@ -341,6 +342,10 @@ def item_image(
     if mime is None:
         return PlainTextResponse(f"{url} no longer serves a raster image ({fetched.content_type or 'no type'})",
                                  502, headers=_NO_STORE)
+    try:  # classify's pixel caps (the fetcher applied its size cap): no bomb reaches the browser
+        check_viewable(fetched.body, max_pixels=request.app.state.system.settings.fetch_max_pixels)
+    except ImageError as exc:
+        return PlainTextResponse(f"not shown: {exc}", 502, headers=_NO_STORE)
     return Response(fetched.body, media_type=mime, headers={
         **_NO_STORE,
         "X-Content-Type-Options": "nosniff",
