@@ -42,7 +42,7 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 TOKEN_COOKIE = "hotline_token"  # the name hotline.web.auth reads
 FLASH_COOKIE = "hotline_flash"
-PAGE_ROLES = ("analyst", "admin")
+PAGE_ROLES = ("analyst", "admin", "senior")
 VERDICTS = ("illegal", "not_illegal")
 CATEGORIES = ("baseline", "national")
 
