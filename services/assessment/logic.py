@@ -16,11 +16,16 @@ from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.states import ItemState
+from hotline.storage.models import Escalation, Item
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
-from hotline.storage.models import Escalation, Item
 from schemas.notices import AnalystClassification, Answer, Copy, PoliceEscalation
-from services.assessment.classification import ILLEGAL, ClassificationInvalid, ImageDecision, resolve
+from services.assessment.classification import (
+    ILLEGAL,
+    ClassificationInvalid,
+    ImageDecision,
+    resolve,
+)
 
 Verdict = Literal["illegal", "not_illegal"]
 WITHDRAWN = "withdrawn"  # escalation state: a senior analyst found it not illegal before the takedown

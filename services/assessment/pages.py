@@ -32,7 +32,12 @@ from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
+from services.assessment import questions
+from services.assessment.classification import ClassificationInvalid
+from services.assessment.decision_form import DecisionForm, decision_context, form_fields
+from services.assessment.decision_form import read as read_decision_form
 from services.assessment.logic import AssessmentRefused, assess
+from services.assessment.routes import hotline_questions
 from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)
@@ -298,6 +303,7 @@ def _item_page(
         "error": error,
         "form": form or {"verdict": "", "category": "national", "notes": ""},
         "categories": CATEGORIES,
+        **decision_context(request, _images(classified)),
     }, status_code)
 
 
@@ -356,6 +362,7 @@ def decide(
     item_id: str,
     request: Request,
     store: StoreDep,
+    fields: Annotated[dict[str, str], Depends(form_fields)],
     verdict: Annotated[str, Form()] = "",
     category: Annotated[str, Form()] = "",
     notes: Annotated[str, Form()] = "",
@@ -367,7 +374,12 @@ def decide(
         return caller
     if not same_origin(request):
         return _error(request, 403, "Decision refused: the form was not sent from this site.", caller)
-    form = {"verdict": verdict, "category": category, "notes": notes}
+    form = {**fields, "verdict": verdict, "category": category, "notes": notes}
+    item = store.items.get(item_id)
+    parsed = read_decision_form(fields, _images(_classified(item.classification)) if item else [],
+                                hotline_questions(request))
+    if item is not None and (parsed.images or parsed.answers or hotline_questions(request)):
+        return _decide_per_image(request, store, caller, item_id, parsed, form, notes)
     if verdict not in VERDICTS:
         return _item_page(request, store, caller, item_id, "Choose a verdict: illegal or not illegal.", 422, form)
     if verdict == "illegal" and category not in CATEGORIES:
@@ -379,6 +391,33 @@ def decide(
                           category=category if verdict == "illegal" else None,
                           analyst=caller.name, notes=notes.strip() or None,
                           hold_seconds=request.app.state.system.settings.police_hold_seconds)
+    except AssessmentRefused as exc:
+        store.rollback()
+        return _with_flash(RedirectResponse("/analyst", status_code=303), "error", exc.reason)
+    store.enqueue(outgoing)
+    store.commit()
+    item = store.items.get(item_id)
+    assert item is not None
+    return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
+                       f"{item.url} is now {item.state}: {item.reason}")
+
+
+def _decide_per_image(
+    request: Request, store: SqlUnitOfWork, caller: Caller, item_id: str, parsed: DecisionForm,
+    form: dict[str, str], notes: str,
+) -> Response:
+    """The form with per-image rows or the hotline's questions: checked exactly as the API
+    checks them; a refused decision shows the page again with every problem and the values."""
+    try:
+        answers = questions.answers(hotline_questions(request), parsed.answers)
+        outgoing = assess(store, item_id, verdict=None if parsed.images else (form.get("verdict") or None),
+                          category=None if parsed.images else (form.get("category") or None),
+                          analyst=caller.name, notes=notes.strip()[:10_000] or None,
+                          images=parsed.images or None, answers=answers,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+    except (questions.AnswersInvalid, ClassificationInvalid) as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, form)
     except AssessmentRefused as exc:
         store.rollback()
         return _with_flash(RedirectResponse("/analyst", status_code=303), "error", exc.reason)
