@@ -129,3 +129,37 @@ def test_a_bad_questions_file_is_refused(text: str, message: str) -> None:
 
 def test_no_file_no_questions() -> None:
     assert questions.load(None) == ()
+
+
+@pytest.mark.parametrize(("country", "topic"), [("NL", "notices.ntd"), ("DE", "forwards.partner")])
+def test_the_release_carries_each_images_classification(country: str, topic: str) -> None:
+    """The police release builds the notice (home) or the forward (a partner's country) from the
+    item's record: each image's classification goes along, and the notice's X-ARF report uses it."""
+    from schemas.facts import HostingFacts
+    from schemas.notices import PoliceAction
+    from services.escalate.release import decide
+
+    uow = MemoryUnitOfWork()
+    hosting = HostingFacts(host="img.hoster-a.test", ip="127.0.0.2", country=country, hoster="Hoster A",
+                           abuse="abuse@hoster-a.test")
+    item_id = make_item(uow, ItemState.AWAITING_ASSESSMENT, two_images().model_copy(update={"hosting": hosting}))
+    out = assess(uow, item_id, verdict=None, category=None, analyst="ann",
+                 images=[{"sha256": SHA_A, "classification": "national", "age_group": "pre_pubescent",
+                          "act": "lascivious_exhibition"},
+                         {"sha256": SHA_B, "classification": "not_illegal"}])
+    escalation = out[0].message
+    item = uow.items.get(item_id)
+    assert isinstance(escalation, PoliceEscalation) and item is not None
+    action = PoliceAction(action_id=f"{escalation.escalation_id}:release", escalation_id=escalation.escalation_id,
+                          item_id=item_id, action="release", by="officer-1")
+    takedown = decide(escalation, item, action, home_country="NL", partners={"DE": "Partner DE"},
+                      hotline_name="Test Hotline")
+    [message] = [o.message for o in takedown.messages if o.topic == topic]
+    assert [(i.sha256, i.assessment.xarf if i.assessment else None) for i in message.images] == [
+        (SHA_A, "A2"), (SHA_B, None)]
+    if topic == "notices.ntd":
+        from services.notify.xarf_report import build_report, validate
+
+        report = build_report(message, "ntd@hotline.test", "Test Hotline")
+        validate(report)
+        assert report["classification"] == "A2" and len(report["evidence"]) == 1
