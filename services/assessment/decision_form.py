@@ -87,12 +87,21 @@ async def form_fields(request: Request) -> dict[str, str]:
     return {k: v for k, v in form.multi_items() if isinstance(v, str)}
 
 
-def decision_context(request: Request, images: Sequence[ImageFacts]) -> dict[str, Any]:
+def decision_context(
+    request: Request, images: Sequence[ImageFacts], *, current: Any = None, caller_role: str | None = None,
+    decided: bool = False,
+) -> dict[str, Any]:
     """What the decision form's template needs beside the item: the choices of each field,
-    which images need a decision, the hotline's questions."""
+    which images need a decision, the hotline's questions, and whether the caller may change
+    the decision in force (``current``: the newest assessment; a senior analyst or an admin)."""
     return {
         "selects": SELECTS,
         "flags": FLAGS,
         "needs": [needs_decision(i) for i in images],
         "questions": questions.load(request.app.state.system.settings.assessment_questions_file),
+        "current": current,
+        "can_change": decided and current is not None and caller_role in CHANGE_ROLES,
     }
+
+
+CHANGE_ROLES = ("senior", "admin")

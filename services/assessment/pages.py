@@ -34,10 +34,16 @@ from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
 from services.assessment import questions
 from services.assessment.classification import ClassificationInvalid
-from services.assessment.decision_form import DecisionForm, decision_context, form_fields
+from services.assessment.decision_form import (
+    CHANGE_ROLES,
+    DecisionForm,
+    decision_context,
+    form_fields,
+)
 from services.assessment.decision_form import read as read_decision_form
-from services.assessment.logic import AssessmentRefused, assess
+from services.assessment.logic import AssessmentRefused, assess, revise
 from services.assessment.routes import hotline_questions
+from services.bank.bank import retire
 from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)
@@ -303,7 +309,8 @@ def _item_page(
         "error": error,
         "form": form or {"verdict": "", "category": "national", "notes": ""},
         "categories": CATEGORIES,
-        **decision_context(request, _images(classified)),
+        **decision_context(request, _images(classified), current=store.assessments.latest(item_id),
+                           caller_role=caller.role, decided=item.state != ItemState.AWAITING_ASSESSMENT),
     }, status_code)
 
 
@@ -427,3 +434,50 @@ def _decide_per_image(
     assert item is not None
     return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
                        f"{item.url} is now {item.state}: {item.reason}")
+
+
+@router.post("/analyst/items/{item_id}/change", response_class=HTMLResponse)
+def change(
+    item_id: str,
+    request: Request,
+    store: StoreDep,
+    fields: Annotated[dict[str, str], Depends(form_fields)],
+    notes: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    """A senior analyst's change of a decision, exactly as the API does it (``revise``)."""
+    caller = _gate(request, store, back_to=f"/analyst/items/{item_id}")
+    if isinstance(caller, Response):
+        return caller
+    if caller.role not in CHANGE_ROLES:
+        return _error(request, 403, f"The account {caller.name} ({caller.role}) may not change decisions: "
+                      "that needs a senior analyst.", caller)
+    if not same_origin(request):
+        return _error(request, 403, "Change refused: the form was not sent from this site.", caller)
+    form = {**fields, "notes": notes, "reason": reason}
+    item = store.items.get(item_id)
+    if item is None:
+        return _error(request, 404, f"There is no item {item_id}.", caller)
+    parsed = read_decision_form(fields, _images(_classified(item.classification)), hotline_questions(request))
+    try:
+        answers = questions.answers(hotline_questions(request), parsed.answers)
+        revision = revise(store, item_id, senior=caller.name, reason=reason[:2_000],
+                          retire=lambda entry_id, why: retire(store, entry_id, why, caller.name),
+                          verdict=None if parsed.images else (fields.get("verdict") or None),
+                          category=None if parsed.images else (fields.get("category") or None),
+                          images=parsed.images or None, answers=answers, notes=notes.strip()[:10_000] or None,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+    except (questions.AnswersInvalid, ClassificationInvalid) as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, form)
+    except AssessmentRefused as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, exc.reason, exc.status, form)
+    store.enqueue(revision.outgoing)
+    store.commit()
+    if revision.retired:
+        request.app.state.system.bank.forget(revision.retired)
+    item = store.items.get(item_id)
+    assert item is not None
+    return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
+                       f"decision changed ({revision.old} -> {revision.new}): {item.url} is now {item.state}")

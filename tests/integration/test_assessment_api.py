@@ -26,7 +26,7 @@ from hotline.web.auth import new_token
 from schemas.notices import PoliceEscalation
 from tests.integration.test_web_api import NoDns, Web, _serve
 
-PAGES = 7
+PAGES = 8
 BASELINE = {"classification": "baseline", "age_group": "pre_pubescent", "act": "sexual_activity",
             "gender": "female", "site_type": "image_host", "commerciality": "non_commercial"}
 
@@ -266,3 +266,31 @@ def test_the_item_page_decides_a_pages_images_together_without_javascript(web: W
         (images[0]["sha256"], "baseline", "baseline"), (images[1]["sha256"], "baseline", "baseline")]
     assert assessment.answers == [{"id": "victim_identifiable", "label": "Could the victim be identified?",
                                    "value": "no"}]
+
+
+def test_a_senior_changes_a_decision_on_the_item_page(web: Web) -> None:
+    item_id, images = page_item(web, 7)
+    r = post(web, item_id, {"images": [{"sha256": i["sha256"], **BASELINE} for i in images], "answers": ANSWERS})
+    assert r.status_code == 200, r.text
+
+    def headers(role: str) -> dict[str, str]:
+        return {"Cookie": f"hotline_token={web.tokens[role]}", "Origin": str(web.client.base_url)}
+
+    analyst_view = web.client.get(f"/analyst/items/{item_id}", headers=headers("analyst"))
+    assert 'id="change-form"' not in analyst_view.text
+    senior_view = web.client.get(f"/analyst/items/{item_id}", headers=headers("senior"))
+    assert senior_view.status_code == 200
+    assert 'id="change-form"' in senior_view.text and 'id="current-decision"' in senior_view.text
+    assert "baseline/baseline" in senior_view.text
+    form = {"same_for_all": "1", "all-classification": "not_illegal", "answer-victim_identifiable": "no"}
+    refused = web.client.post(f"/analyst/items/{item_id}/change", headers=headers("analyst"),
+                              data={**form, "reason": "x"})
+    assert refused.status_code == 403
+    no_reason = web.client.post(f"/analyst/items/{item_id}/change", headers=headers("senior"), data=form)
+    assert no_reason.status_code == 422 and "reason: say why the decision changes" in no_reason.text
+    done = web.client.post(f"/analyst/items/{item_id}/change", headers=headers("senior"),
+                           data={**form, "reason": "drawings, not a real child"})
+    assert done.status_code == 303, done.text
+    [change] = [a for a in rows(web, AuditLog, action="assessment_change") if a.subject == item_id]
+    assert change.actor == "test-senior" and "drawings, not a real child" in change.detail
+    assert rows(web, Escalation, item_id=item_id)[0].state == "withdrawn"
