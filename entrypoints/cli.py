@@ -403,7 +403,7 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner"]))
+@click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner", "senior"]))
 @click.option("--country", default=None, help="A partner account's country (ISO 3166-1 alpha-2, e.g. DE); "
               "required for --role partner, refused for other roles.")
 def users_add(name: str, role: str, country: str | None) -> None:

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # of new material waits for the police's release; set, it follows automatically this many
     # seconds after the escalation unless the police put it on hold (HOTLINE_POLICE_HOLD_SECONDS).
     police_hold_seconds: float | None = Field(default=None, gt=0)
+    # The hotline's own questions on every assessment (services/assessment/questions.py: id,
+    # label, type yes_no|choice|text, required); unset: none (HOTLINE_ASSESSMENT_QUESTIONS_FILE).
+    assessment_questions_file: str | None = None
     # Attribution (services.classify.hosting): DNS servers to ask instead of the system's
     # ("127.0.0.1:5353,[::1]:53"; unset = /etc/resolv.conf), the RDAP base URL (unset = no RDAP
     # look-ups: an address no hosting-file network covers is "hoster unknown"; e.g.

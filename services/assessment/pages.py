@@ -33,7 +33,18 @@ from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
-from services.assessment.logic import AssessmentRefused, assess
+from services.assessment import questions
+from services.assessment.classification import ClassificationInvalid
+from services.assessment.decision_form import (
+    CHANGE_ROLES,
+    DecisionForm,
+    decision_context,
+    form_fields,
+)
+from services.assessment.decision_form import read as read_decision_form
+from services.assessment.logic import AssessmentRefused, assess, revise
+from services.assessment.routes import hotline_questions
+from services.bank.bank import retire
 from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)
@@ -43,7 +54,7 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 TOKEN_COOKIE = "hotline_token"  # the name hotline.web.auth reads
 FLASH_COOKIE = "hotline_flash"
-PAGE_ROLES = ("analyst", "admin")
+PAGE_ROLES = ("analyst", "admin", "senior")
 VERDICTS = ("illegal", "not_illegal")
 CATEGORIES = ("baseline", "national")
 
@@ -299,6 +310,8 @@ def _item_page(
         "error": error,
         "form": form or {"verdict": "", "category": "national", "notes": ""},
         "categories": CATEGORIES,
+        **decision_context(request, _images(classified), current=store.assessments.latest(item_id),
+                           caller_role=caller.role, decided=item.state != ItemState.AWAITING_ASSESSMENT),
     }, status_code)
 
 
@@ -361,6 +374,7 @@ def decide(
     item_id: str,
     request: Request,
     store: StoreDep,
+    fields: Annotated[dict[str, str], Depends(form_fields)],
     verdict: Annotated[str, Form()] = "",
     category: Annotated[str, Form()] = "",
     notes: Annotated[str, Form()] = "",
@@ -372,7 +386,12 @@ def decide(
         return caller
     if not same_origin(request):
         return _error(request, 403, "Decision refused: the form was not sent from this site.", caller)
-    form = {"verdict": verdict, "category": category, "notes": notes}
+    form = {**fields, "verdict": verdict, "category": category, "notes": notes}
+    item = store.items.get(item_id)
+    parsed = read_decision_form(fields, _images(_classified(item.classification)) if item else [],
+                                hotline_questions(request))
+    if item is not None and (parsed.images or parsed.answers or hotline_questions(request)):
+        return _decide_per_image(request, store, caller, item_id, parsed, form, notes)
     if verdict not in VERDICTS:
         return _item_page(request, store, caller, item_id, "Choose a verdict: illegal or not illegal.", 422, form)
     if verdict == "illegal" and category not in CATEGORIES:
@@ -393,3 +412,77 @@ def decide(
     assert item is not None
     return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
                        f"{item.url} is now {item.state}: {item.reason}")
+
+
+def _decide_per_image(
+    request: Request, store: SqlUnitOfWork, caller: Caller, item_id: str, parsed: DecisionForm,
+    form: dict[str, str], notes: str,
+) -> Response:
+    """The form with per-image rows or the hotline's questions: checked exactly as the API
+    checks them; a refused decision shows the page again with every problem and the values."""
+    try:
+        answers = questions.answers(hotline_questions(request), parsed.answers)
+        outgoing = assess(store, item_id, verdict=None if parsed.images else (form.get("verdict") or None),
+                          category=None if parsed.images else (form.get("category") or None),
+                          analyst=caller.name, notes=notes.strip()[:10_000] or None,
+                          images=parsed.images or None, answers=answers,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+    except (questions.AnswersInvalid, ClassificationInvalid) as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, form)
+    except AssessmentRefused as exc:
+        store.rollback()
+        return _with_flash(RedirectResponse("/analyst", status_code=303), "error", exc.reason)
+    store.enqueue(outgoing)
+    store.commit()
+    item = store.items.get(item_id)
+    assert item is not None
+    return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
+                       f"{item.url} is now {item.state}: {item.reason}")
+
+
+@router.post("/analyst/items/{item_id}/change", response_class=HTMLResponse)
+def change(
+    item_id: str,
+    request: Request,
+    store: StoreDep,
+    fields: Annotated[dict[str, str], Depends(form_fields)],
+    notes: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    """A senior analyst's change of a decision, exactly as the API does it (``revise``)."""
+    caller = _gate(request, store, back_to=f"/analyst/items/{item_id}")
+    if isinstance(caller, Response):
+        return caller
+    if caller.role not in CHANGE_ROLES:
+        return _error(request, 403, f"The account {caller.name} ({caller.role}) may not change decisions: "
+                      "that needs a senior analyst.", caller)
+    if not same_origin(request):
+        return _error(request, 403, "Change refused: the form was not sent from this site.", caller)
+    form = {**fields, "notes": notes, "reason": reason}
+    item = store.items.get(item_id)
+    if item is None:
+        return _error(request, 404, f"There is no item {item_id}.", caller)
+    parsed = read_decision_form(fields, _images(_classified(item.classification)), hotline_questions(request))
+    try:
+        answers = questions.answers(hotline_questions(request), parsed.answers)
+        revision = revise(store, item_id, senior=caller.name, reason=reason[:2_000],
+                          retire=lambda entry_id, why: retire(store, entry_id, why, caller.name),
+                          verdict=None if parsed.images else (fields.get("verdict") or None),
+                          category=None if parsed.images else (fields.get("category") or None),
+                          images=parsed.images or None, answers=answers, notes=notes.strip()[:10_000] or None,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+    except (questions.AnswersInvalid, ClassificationInvalid) as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, form)
+    except AssessmentRefused as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, exc.reason, exc.status, form)
+    store.enqueue(revision.outgoing)
+    store.commit()
+    if revision.retired:
+        request.app.state.system.bank.forget(revision.retired)
+    item = store.items.get(item_id)
+    assert item is not None
+    return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
+                       f"decision changed ({revision.old} -> {revision.new}): {item.url} is now {item.state}")
