@@ -4,7 +4,6 @@ ingest validates again for channels that bypass HTTP (Kafka, CSV, partners)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,13 @@ from hotline.kernel.states import COARSE, COARSE_REASON, REJECTED
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.reports import ReportSubmitted
+from services.ingest.fields import check_email, check_text
 from services.ingest.hosts import accept_url
 from services.ingest.stage import MAX_URLS_PER_REPORT
 from services.ingest.urls import UrlRejected, normalize_url
 
 router = APIRouter()
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 def url_problems(urls: list[str], operator_hosts: Collection[str] | None = None) -> list[str]:
     """Why each URL ingest could not process is refused, naming its position. Without
@@ -71,14 +70,8 @@ class ReportRequest(BaseModel):
 
     _valid_urls = field_validator("urls")(check_urls)
 
-    @field_validator("reporter_email")
-    @classmethod
-    def _valid_email(cls, value: str | None) -> str | None:
-        if value is not None and value.strip() == "":
-            return None
-        if value is not None and not EMAIL.match(value.strip()):
-            raise ValueError("not a valid e-mail address")
-        return value.strip() if value else value
+    _valid_email = field_validator("reporter_email")(check_email)
+    _plain_text = field_validator("description")(check_text)
 
 
 class PartnerReportRequest(BaseModel):
@@ -92,6 +85,7 @@ class PartnerReportRequest(BaseModel):
     description: str | None = Field(default=None, max_length=10_000)
 
     _valid_urls = field_validator("urls")(check_urls)
+    _plain_text = field_validator("description", "partner_reference")(check_text)
 
 
 def submit(
@@ -100,6 +94,10 @@ def submit(
     channel: str,
     idempotency_key: str | None,
 ) -> str:
+    # An empty or blank Idempotency-Key is no key (as if the header were absent): stored, it
+    # would make every later blank-key request collide with the first (a 500, a lost report).
+    if idempotency_key is not None and not idempotency_key.strip():
+        idempotency_key = None
     if idempotency_key:
         existing = store.reports.by_idempotency_key(idempotency_key)
         if existing is not None:
