@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
@@ -23,12 +24,13 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.storage.models import BusMessage, Item
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import CredentialGuard, check_bearer, get_store, optional_caller
-from hotline.web.middleware import BodySizeLimit, SecurityHeaders
+from hotline.web.middleware import BodySizeLimit, RefuseControlCharacters, SecurityHeaders
 from hotline.web.openapi import document_errors
 from hotline.web.ratelimit import Lockout, RateLimiter
 
@@ -69,7 +71,9 @@ def create_shell(
     )
     for router in routers:
         app.include_router(router)
-    # Added innermost first: the headers go on the body limit's 413s too.
+    # Added innermost first: the headers go on the body limit's 413s too, and the body is cut
+    # off at its limit before anything buffers it.
+    app.add_middleware(RefuseControlCharacters, skip=tuple(body_limits or ()))
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes, per_path=dict(body_limits or {}))
     app.add_middleware(SecurityHeaders, hsts_always=settings.hsts_always)
     document_errors(app)
@@ -87,6 +91,14 @@ def create_shell(
     @app.get("/docs/init.js", include_in_schema=False)
     def docs_init() -> Response:
         return Response((_DOCS / "init.js").read_text(), media_type="text/javascript")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # One 422 shape everywhere: a route's own 422 with a sentence becomes a field list too.
+        if exc.status_code == 422 and isinstance(exc.detail, str):
+            return JSONResponse({"detail": [{"field": "body", "reason": exc.detail}]}, status_code=422,
+                                headers=exc.headers)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

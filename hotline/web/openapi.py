@@ -39,6 +39,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"ty
 _COMMON: dict[str, dict[str, Any]] = {
     "401": {"description": "unknown, revoked or missing token (an unknown token is refused on "
                            "every route, public ones too)", "content": _ref("ErrorBody")},
+    "403": {"description": "the token's role may not call this (or not on this resource)",
+            "content": _ref("ErrorBody")},
     "429": {"description": "too many unknown tokens from this address (lockout), or over a "
                            "per-key rate limit or budget", "headers": _RETRY_AFTER,
             "content": _ref("ErrorBody")},
