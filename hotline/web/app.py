@@ -24,8 +24,8 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hotline.storage.models import BusMessage, Item
 from hotline.storage.unit_of_work import SqlUnitOfWork

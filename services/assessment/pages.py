@@ -248,10 +248,10 @@ def login(
     if guard is not None:
         wait = guard.lockout.blocked(address) or guard.logins.acquire(address)
         if wait is not None:
-            response = _render(request, "login.html", {"next": target, "error": "Too many sign-in attempts "
-                               f"from this address; try again in {retry_after(wait)} s."}, 429)
-            response.headers["Retry-After"] = retry_after(wait)
-            return response
+            refused = _render(request, "login.html", {"next": target, "error": "Too many sign-in attempts "
+                              f"from this address; try again in {retry_after(wait)} s."}, 429)
+            refused.headers["Retry-After"] = retry_after(wait)
+            return refused
     token = token.strip()
     user = store.users.by_token(token) if token else None
     if user is None:

@@ -755,8 +755,8 @@ def import_csv(
                         bad = f"line {lineno}: column {col}: {exc}"
                         break
             if bad is None:
-                for col, value in zip(HASH_COLUMNS, out[:_N_HASHES], strict=True):
-                    reason = degenerate_hash(col, value) if value is not None else None
+                for col, cell in zip(HASH_COLUMNS, out[:_N_HASHES], strict=True):
+                    reason = degenerate_hash(col, cell) if cell is not None else None
                     if reason is not None:
                         bad = f"line {lineno}: column {col}: {reason}"
                         break
