@@ -102,7 +102,9 @@ def serve(args: argparse.Namespace) -> None:
         routes.JSON_LIBRARY = "json (stdlib)"
     _loads, _dumps, JSON_LIBRARY = routes._loads, routes._dumps, routes.JSON_LIBRARY
 
-    system = bootstrap(Settings(database_url=args.db, index_dir="none"), run_migrations=False)
+    # A benchmark measures throughput: the per-account limits (issue 12) would throttle it.
+    system = bootstrap(Settings(database_url=args.db, index_dir="none", hashcheck_requests_per_minute=0,
+                                hashcheck_daily_hashes=0), run_migrations=False)
     t0 = time.perf_counter()
     system.bank.refresh(force=True)
     load_s = time.perf_counter() - t0
@@ -144,7 +146,8 @@ def build_bank(db_url: str, n: int, seed: int) -> tuple[list[str], list[str], li
     from hotline.storage.models import BankEntry
     from hotline.storage.unit_of_work import SqlUnitOfWork
 
-    system = bootstrap(Settings(database_url=db_url, index_dir="none"))
+    system = bootstrap(Settings(database_url=db_url, index_dir="none", hashcheck_requests_per_minute=0,
+                                hashcheck_daily_hashes=0))
     rng = np.random.default_rng(seed)
     md5, sha256, pdq = hex_rows(rng, n, 16), hex_rows(rng, n, 32), hex_rows(rng, n, 32)
     stamp = now()

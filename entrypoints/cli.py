@@ -157,7 +157,8 @@ def bank_import(
     started = time.perf_counter()
     with (
         system.sessions() as session,
-        file.open(newline="", encoding="utf-8-sig") as fh,
+        # Undecodable bytes become surrogates the import refuses row by row ("not UTF-8").
+        file.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh,
         tqdm(total=total, unit="rows", unit_scale=True, disable=total < 10_000 or not sys.stderr.isatty()) as bar,
     ):
         store = SqlUnitOfWork(session)
@@ -253,30 +254,19 @@ def reports_import(file: Path) -> None:
     Rows with the same ``report`` value form one report; without that column every row is a
     report. URLs are validated by ingest, which records a reason for every one it refuses.
     """
-    import csv
-
     from hotline.storage.reporter_address import ReporterSeal, keep_address
-    from schemas.reports import ReportSubmitted
+    from services.ingest.bulk import read_report_rows
 
+    with file.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        messages, rows, errors = read_report_rows(fh)
+    for e in errors:
+        click.echo(f"refused {e}", err=True)
+    if not messages:
+        raise click.ClickException(errors[0] if errors else "no rows")
     settings = get_settings()
     # Sealed here, at the edge, like the form's: the topic and the database only see it sealed.
     seal = ReporterSeal(settings.reporter_key.get_secret_value()) if settings.reporter_key else None
-    with file.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "url" not in rows[0]:
-        raise click.ClickException("the CSV needs a 'url' column")
-    grouped: dict[str, list[dict[str, str]]] = {}
-    for i, row in enumerate(rows):
-        grouped.setdefault(row.get("report") or f"row-{i}", []).append(row)
-    messages = [
-        ReportSubmitted(
-            channel="csv",
-            urls=[r["url"] for r in group],
-            description=group[0].get("description") or None,
-            reporter_email=keep_address(seal, group[0].get("reporter_email")),
-        )
-        for group in grouped.values()
-    ]
+    messages = [m.model_copy(update={"reporter_email": keep_address(seal, m.reporter_email)}) for m in messages]
     if settings.kafka_brokers:
         from kafka import KafkaProducer
 
@@ -289,7 +279,7 @@ def reports_import(file: Path) -> None:
         submit_reports(_system(settings).sessions, messages)
     for m in messages:
         click.echo(m.report_id)
-    click.echo(f"submitted {len(messages)} report(s) with {len(rows)} URL(s)", err=True)
+    click.echo(f"submitted {len(messages)} report(s) with {rows} URL(s), refused {len(errors)} row(s)", err=True)
 
 
 @reports.command("seal-addresses")

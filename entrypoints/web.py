@@ -23,4 +23,5 @@ def create_app(system: System) -> FastAPI:
         system.sessions,
         [ingest_router, assessment_router, analyst_pages_router, hashcheck_router, monitor_router,
          operations_router, police_router, police_pages_router, partners_router],
+        body_limits={"/api/v1/hashcheck": system.settings.hashcheck_max_body_bytes},
     )

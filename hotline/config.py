@@ -157,6 +157,31 @@ class Settings(BaseSettings):
     report_rate_per_minute: int = Field(default=30, ge=0)
     # The public form's language when the browser's Accept-Language names neither nl nor en.
     form_default_language: Literal["en", "nl"] = "en"
+    # Web hardening (hotline/web; docs/reliability.md "Hostile callers"). Request bodies over
+    # max_body_bytes are refused with 413 before they are read (HashCheck's route has its own,
+    # larger limit: 10,000 hashes plus report URLs).
+    max_body_bytes: int = Field(default=2_000_000, gt=0)
+    hashcheck_max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Unknown tokens (bearer, cookie, sign-in form) from one client address: after
+    # auth_max_failures within auth_lockout_seconds the address gets 429 until the window
+    # passes (0 = no lockout); sign-in attempts per address per minute (0 = no limit).
+    auth_max_failures: int = Field(default=10, ge=0)
+    auth_lockout_seconds: float = Field(default=300.0, gt=0)
+    login_per_minute: int = Field(default=20, ge=0)
+    # Strict-Transport-Security on every response, not only those served over https (set it
+    # when TLS ends at a proxy in front of the app).
+    hsts_always: bool = False
+    # /metrics: an admin's token, or this one (a scraper's; from the environment only).
+    metrics_token: str | None = None
+    # HashCheck: account names (comma-separated) that get PDQ/pHash distances; every other
+    # hoster gets known / not known only. Requests per minute and hashes per UTC day per
+    # account (0 = unlimited).
+    hashcheck_trusted: str = ""
+    hashcheck_requests_per_minute: int = Field(default=60, ge=0)
+    hashcheck_daily_hashes: int = Field(default=2_000_000, ge=0)
+
+    def hashcheck_trusted_names(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.hashcheck_trusted.split(",") if n.strip())
 
 
 @lru_cache(maxsize=1)

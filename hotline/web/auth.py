@@ -13,10 +13,39 @@ from dataclasses import dataclass
 from fastapi import Depends, HTTPException, Request, status
 
 from hotline.storage.unit_of_work import SqlUnitOfWork
+from hotline.web.ratelimit import Lockout, RateLimiter, retry_after
 
 ROLES = ("admin", "analyst", "police", "hoster", "partner", "senior")
 # A role that includes others: a senior analyst is an analyst who may also change decisions.
 INCLUDES: dict[str, frozenset[str]] = {"senior": frozenset({"analyst"})}
+ROLES_WITH_PAGES = ("admin", "analyst", "police", "senior")
+"""The roles some page is for (analyst, operations, police, monitor): only these get a session
+cookie from ``/login``; hosters and partners use the API with their token."""
+
+
+@dataclass
+class CredentialGuard:
+    """Brakes on guessing tokens, per client address: after ``lockout.failures`` unknown tokens
+    (bearer, cookie or the sign-in form) within ``lockout.seconds`` the address gets 429 for
+    every presented token until the window passes; ``logins`` limits sign-in attempts a minute."""
+
+    lockout: Lockout
+    logins: RateLimiter
+
+
+def client_address(request: Request) -> str:
+    """The peer address. Behind a reverse proxy every caller shares the proxy's: the limits
+    then apply to all of them together (no forwarded header is trusted)."""
+    return request.client.host if request.client else "unknown"
+
+
+def credential_guard(request: Request) -> CredentialGuard | None:
+    return getattr(request.app.state, "credential_guard", None)
+
+
+def too_many(seconds: float, what: str) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, f"too many {what} from this address; "
+                         f"try again in {retry_after(seconds)} s", headers={"Retry-After": retry_after(seconds)})
 
 
 @dataclass(frozen=True)
@@ -43,14 +72,55 @@ def _token(request: Request) -> str | None:
     return request.cookies.get("hotline_token")
 
 
+def _caller_for(request: Request, store: SqlUnitOfWork, token: str) -> Caller:
+    """The account of ``token``, once per request (cached on ``request.state``); 401 for an
+    unknown token (counted against the address), 429 while the address is locked out."""
+    cached = getattr(request.state, "hotline_caller", None)
+    if isinstance(cached, Caller):
+        return cached
+    guard = credential_guard(request)
+    address = client_address(request)
+    if guard is not None and (wait := guard.lockout.blocked(address)) is not None:
+        raise too_many(wait, "unknown tokens")
+    user = store.users.by_token(token)
+    if user is None:
+        if guard is not None:
+            guard.lockout.failed(address)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    caller = Caller(user.id, user.name, user.role, user.country)
+    request.state.hotline_caller = caller
+    return caller
+
+
 def optional_caller(request: Request, store: SqlUnitOfWork = Depends(get_store)) -> Caller | None:
     token = _token(request)
     if token is None:
         return None
-    user = store.users.by_token(token)
-    if user is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-    return Caller(user.id, user.name, user.role, user.country)
+    return _caller_for(request, store, token)
+
+
+def check_bearer(request: Request, store: SqlUnitOfWork = Depends(get_store)) -> None:
+    """An app-wide dependency: a request that sends ``Authorization: Bearer`` with an unknown
+    token is refused (401) on every route, public ones included, as it is on the routes that
+    need a role; a wrong token is a caller's mistake to be told about, not silently ignored.
+    (A stale ``hotline_token`` cookie is not refused here: the public form stays usable.)"""
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        token = header[7:].strip()
+        if not token:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "empty bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if any(secrets.compare_digest(token.encode(), t.encode())
+               for t in getattr(request.app.state, "service_tokens", ())):
+            return  # a token that is no account's (the metrics scraper's): its route checks it
+        _caller_for(request, store, token)
+
+
+def has_role(role: str, roles: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether an account of ``role`` may do what needs one of ``roles``: admins may do
+    everything, and a role includes the roles of ``INCLUDES`` (a senior analyst is an analyst).
+    The one rule for the API (``require_role``) and the pages (``page_gate``)."""
+    return role == "admin" or role in roles or bool(INCLUDES.get(role, frozenset()) & set(roles))
 
 
 def require_role(*roles: str) -> Callable[..., Caller]:
@@ -60,7 +130,7 @@ def require_role(*roles: str) -> Callable[..., Caller]:
                 status.HTTP_401_UNAUTHORIZED, "authentication required: send Authorization: Bearer TOKEN",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if caller.role not in roles and caller.role != "admin" and not INCLUDES.get(caller.role, frozenset()) & set(roles):
+        if not has_role(caller.role, roles):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the role {' or '.join(roles)}")
         return caller
 

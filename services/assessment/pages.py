@@ -30,7 +30,17 @@ from fastapi.templating import Jinja2Templates
 from hashing.image import ImageError, check_viewable
 from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from hotline.web.auth import Caller, get_store, optional_caller, require_role
+from hotline.web.auth import (
+    ROLES_WITH_PAGES,
+    Caller,
+    client_address,
+    credential_guard,
+    get_store,
+    has_role,
+    optional_caller,
+    require_role,
+)
+from hotline.web.ratelimit import retry_after
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
 from services.assessment import questions
@@ -145,7 +155,7 @@ def page_gate(
         if TOKEN_COOKIE in request.cookies:
             _clear_token(response)
         return response
-    if caller.role not in roles:
+    if not has_role(caller.role, roles):
         return _error(request, 403, f"The account {caller.name} ({caller.role}) may not use {what}.", caller)
     return caller
 
@@ -247,11 +257,25 @@ def login(
     if not same_origin(request):
         return _render(request, "login.html", {"next": target, "error": "Sign-in refused: the form was not "
                        "sent from this site."}, 403)
+    guard, address = credential_guard(request), client_address(request)
+    if guard is not None:
+        wait = guard.lockout.blocked(address) or guard.logins.acquire(address)
+        if wait is not None:
+            refused = _render(request, "login.html", {"next": target, "error": "Too many sign-in attempts "
+                              f"from this address; try again in {retry_after(wait)} s."}, 429)
+            refused.headers["Retry-After"] = retry_after(wait)
+            return refused
     token = token.strip()
     user = store.users.by_token(token) if token else None
     if user is None:
+        if guard is not None:
+            guard.lockout.failed(address)
         # The token is not echoed back: it is a secret, and a wrong one is useless to show.
         return _render(request, "login.html", {"next": target, "error": "Unknown or revoked token."}, 401)
+    if user.role not in ROLES_WITH_PAGES:
+        # No page is for this role: a cookie would only be a second copy of an API token.
+        return _render(request, "login.html", {"next": target, "error": f"The account {user.name} "
+                       f"({user.role}) has no pages; use the API with its token."}, 403)
     log.info("page sign-in by %s (%s)", user.name, user.role)
     response = RedirectResponse(target, status_code=303)
     _set_token(response, token, secure=request.url.scheme == "https")

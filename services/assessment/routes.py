@@ -71,13 +71,14 @@ def checked_answers(request: Request, given: dict[str, str | bool]) -> list[Answ
     try:
         return questions.answers(hotline_questions(request), given)
     except questions.AnswersInvalid as exc:
-        raise HTTPException(422, [{"loc": ["body", "answers", qid], "msg": msg} for qid, msg in exc.errors]) from exc
+        raise HTTPException(422, [{"field": f"answers.{qid}", "reason": msg} for qid, msg in exc.errors]) from exc
 
 
 def invalid(exc: ClassificationInvalid) -> HTTPException:
-    """422 in FastAPI's own shape: where (``body.images.N.field``) and what."""
-    return HTTPException(422, [{"loc": ["body", *(["images"] if loc and isinstance(loc[0], int) else []), *loc],
-                                "msg": msg} for loc, msg in exc.errors])
+    """422 in the app's one shape (``{"field", "reason"}``, as for every other 422): where
+    (``images.N.field``) and what."""
+    return HTTPException(422, [{"field": ".".join(str(p) for p in [*(["images"] if loc and isinstance(loc[0], int) else []), *loc]),
+                                "reason": msg} for loc, msg in exc.errors])
 
 
 @router.post("/api/v1/items/{item_id}/assessment")

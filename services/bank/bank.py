@@ -646,6 +646,31 @@ def _copy_text(v: str | None) -> str:
     return v
 
 
+BANK_CATEGORIES = ("baseline", "national", "A1", "A2", "B1", "B2")
+"""What a bank entry's category may be: INTERPOL baseline, illegal under national law, or an
+ICCAM class (services.notify.xarf_report maps each onto X-ARF). Compared case-insensitively."""
+_CATEGORY_SPELLING = {c.lower(): c for c in BANK_CATEGORIES}
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def degenerate_hash(kind: str, value: str) -> str | None:
+    """Why a hash (valid hex of the right length) is useless or harmful in the bank, or None.
+
+    One repeated digit (all zeros, all ``f``) is what a blank or failed hasher writes, not a
+    file's hash; a PDQ or pHash with very few or very many bits set comes from a flat image
+    (both hashes threshold at the median, so a real picture's is near half ones) and would
+    match every other flat picture within the radius."""
+    if len(set(value)) == 1:
+        return f"degenerate hash (every digit {value[0]!r})"
+    signal = SIGNAL_TYPES[kind]
+    if not signal.exact:
+        ones = bin(int(value, 16)).count("1")
+        if not signal.bits // 8 <= ones <= 7 * signal.bits // 8:
+            return (f"degenerate {kind} hash ({ones} of {signal.bits} bits set; an image's has about "
+                    "half): it would match unrelated flat images")
+    return None
+
+
 def import_csv(
     stream: TextIO,
     store: SqlUnitOfWork,
@@ -729,6 +754,14 @@ def import_csv(
                     except InvalidHash as exc:
                         bad = f"line {lineno}: column {col}: {exc}"
                         break
+            if bad is None:
+                for col, cell in zip(HASH_COLUMNS, out[:_N_HASHES], strict=True):
+                    reason = degenerate_hash(col, cell) if cell is not None else None
+                    if reason is not None:
+                        bad = f"line {lineno}: column {col}: {reason}"
+                        break
+            if bad is None and (m := _SURROGATE.search("".join(row))):
+                bad = f"line {lineno}: not UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02X})"
             if bad is None and all(v is None for v in out[:_N_HASHES]):
                 bad = f"line {lineno}: no hash in any of the columns {', '.join(h[1] for h in hash_pos)}"
             if bad is None:
@@ -736,10 +769,13 @@ def import_csv(
                 source = (row[src_pos].strip() if src_pos is not None else "") or default_source
                 if len(category) > _CATEGORY_MAX:
                     bad = f"line {lineno}: column category: longer than {_CATEGORY_MAX} characters"
+                elif category.lower() not in _CATEGORY_SPELLING:
+                    bad = (f"line {lineno}: column category: unknown category {category!r}; "
+                           f"expected one of {', '.join(BANK_CATEGORIES)}")
                 elif len(source) > _SOURCE_MAX:
                     bad = f"line {lineno}: column source: longer than {_SOURCE_MAX} characters"
                 else:
-                    out[_N_HASHES], out[_N_HASHES + 1] = category, source
+                    out[_N_HASHES], out[_N_HASHES + 1] = _CATEGORY_SPELLING[category.lower()], source
             if bad is not None:
                 errors.append(bad)
                 continue

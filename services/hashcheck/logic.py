@@ -10,9 +10,12 @@ one, and the bank look-up is one vectorised index probe per hash type
 (``BankMatcher.lookup_batch``).
 
 What an answer may reveal is deliberately minimal: for each hash only
-whether it is known and how far the nearest known hash is (0 for exact
-types). Never a category, entry id, source or bank size: a hoster must not be
-able to learn anything about the bank beyond "is this file known".
+whether it is known. The distance to the nearest known hash goes only to
+accounts the operator trusts (``HOTLINE_HASHCHECK_TRUSTED``): with distances, a
+caller holding one near miss recovers the bank's exact PDQ in one request of 257
+hashes (flip each bit, keep the flips that lower the distance). Never a
+category, entry id, source or bank size: a hoster must not be able to learn
+anything about the bank beyond "is this file known".
 """
 
 from __future__ import annotations
@@ -240,8 +243,9 @@ def _parse_report_hits(report_hits: Any, batch: Batch, operator_hosts: Collectio
     return urls
 
 
-def check(matcher: BankMatcher, batch: Batch) -> Answer:
-    """Answer every hash of ``batch`` in input order, with nothing but known/distance."""
+def check(matcher: BankMatcher, batch: Batch, *, reveal_distance: bool = False) -> Answer:
+    """Answer every hash of ``batch`` in input order, with nothing but known (and the distance,
+    for a trusted caller: ``reveal_distance``)."""
     results: list[dict[str, Any]] = [{}] * batch.size
     known = 0
     hit_values: set[str] = set()
@@ -252,8 +256,10 @@ def check(matcher: BankMatcher, batch: Batch) -> Answer:
             if distance is not None:
                 known += 1
                 hit_values.add(value)
-            results[pos] = {"type": kind, "value": value, "known": distance is not None,
-                            "distance": distance}
+            result = {"type": kind, "value": value, "known": distance is not None}
+            if reveal_distance:
+                result["distance"] = distance
+            results[pos] = result
     hit_urls: list[str] = []
     if batch.report_urls and hit_values:
         seen: set[str] = set()

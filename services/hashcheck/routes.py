@@ -10,7 +10,9 @@ range; the pydantic models below only document the shape in OpenAPI.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -24,6 +26,7 @@ from hashing.signals import NEAR_SIGNALS, SIGNAL_TYPES
 from hotline.kernel.clock import now
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, require_role
+from hotline.web.ratelimit import DailyBudget, RateLimiter, retry_after
 from services.hashcheck.logic import (
     MAX_BATCH,
     BatchRejected,
@@ -95,8 +98,10 @@ class HashResult(BaseModel):
     value: str = Field(description="the hash as checked (lowercase hex)")
     known: bool
     distance: int | None = Field(
-        description=f"0 for an exact match; for {_NEAR} the Hamming distance to the nearest "
-        "known hash (within the hotline's radius); null when not known"
+        default=None,
+        description="only for accounts the operator trusts (HOTLINE_HASHCHECK_TRUSTED), absent "
+        f"otherwise: 0 for an exact match; for {_NEAR} the Hamming distance to the nearest "
+        "known hash (within the hotline's radius); null when not known",
     )
 
 
@@ -164,11 +169,15 @@ Which of these hashes are known material? For hosting providers, authenticated b
 
 Body: `{{"hashes": [{{"type": "md5", "value": "..."}}, {{"type": "pdq", "value": "..."}}]}}`,
 1 to {MAX_BATCH:,} hashes of types {_type_list()}, mixed
-freely. Answer: one result per hash, in input order:
-`{{"type", "value", "known": bool, "distance": int|null}}`: `distance` is 0 for exact hashes and
-the Hamming distance to the nearest known hash for {_NEAR} (near matches are found within
-the hotline's fixed radius, {_default_radii()} by default; a caller cannot widen it). Nothing else
-about the bank is ever returned.
+freely. Answer: one result per hash, in input order: `{{"type", "value", "known": bool}}`
+(near matches for {_NEAR} are found within the hotline's fixed radius, {_default_radii()} by
+default; a caller cannot widen it). Only accounts the operator names in
+`HOTLINE_HASHCHECK_TRUSTED` also get `"distance"`: 0 for exact hashes, the Hamming distance
+to the nearest known hash for {_NEAR} (distances let a caller walk a near miss to the bank's
+exact hash). Nothing else about the bank is ever returned.
+
+Limits per account: `HOTLINE_HASHCHECK_REQUESTS_PER_MINUTE` requests a minute and
+`HOTLINE_HASHCHECK_DAILY_HASHES` hashes a UTC day; over either → 429 with `Retry-After`.
 
 Optional `"report_hits": {{"<hash value>": "<url>"}}`: for each hash that is known, the hotline
 opens a report of that URL (as `POST /api/v1/reports` would), follows up its removal, and the
@@ -203,6 +212,38 @@ Admin = Annotated[Caller, Depends(require_role("admin"))]
 StoreDep = Annotated[SqlUnitOfWork, Depends(get_store)]
 
 
+@dataclass
+class Limits:
+    """Per account: a request rate and a daily budget of hashes (``hotline.web.ratelimit``;
+    per web process, see there)."""
+
+    requests: RateLimiter
+    hashes: DailyBudget
+    trusted: frozenset[str]
+
+
+_LIMITS_LOCK = threading.Lock()
+
+
+def limits(request: Request) -> Limits:
+    """The app's HashCheck limits, made from its settings on first use."""
+    state = request.app.state
+    with _LIMITS_LOCK:
+        found = getattr(state, "hashcheck_limits", None)
+        if found is None:
+            settings = state.system.settings
+            found = Limits(RateLimiter(settings.hashcheck_requests_per_minute),
+                           DailyBudget(settings.hashcheck_daily_hashes),
+                           settings.hashcheck_trusted_names())
+            state.hashcheck_limits = found
+    return found  # type: ignore[no-any-return]
+
+
+def _over(seconds: float, reason: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"field": "hashes", "reason": reason}]}, status_code=429,
+                        headers={"Retry-After": retry_after(seconds)})
+
+
 @router.post(
     "/api/v1/hashcheck",
     tags=["hashcheck"],
@@ -218,6 +259,8 @@ StoreDep = Annotated[SqlUnitOfWork, Depends(get_store)]
                                     "request, got 10001; split the batch"}]}}}},
         422: {"description": "empty batch, invalid hash or URL", "content": {
             "application/json": {"example": _ERROR_EXAMPLE}}},
+        429: {"description": "over the account's requests a minute or hashes a day",
+              "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}},
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": _inline_schema(HashCheckRequest),
@@ -226,6 +269,11 @@ StoreDep = Annotated[SqlUnitOfWork, Depends(get_store)]
 def post_hashcheck(
     request: Request, caller: HosterOrAdmin, store: StoreDep, raw: RawBody
 ) -> Response:
+    limit = limits(request)
+    key = str(caller.user_id)
+    if (wait := limit.requests.acquire(key)) is not None:
+        return _over(wait, f"over {limit.requests.per_minute} requests a minute for this account; "
+                           f"try again in {retry_after(wait)} s")
     try:
         data = _loads(raw)
     except ValueError as exc:
@@ -236,9 +284,13 @@ def post_hashcheck(
     except BatchRejected as exc:
         return JSONResponse({"detail": exc.errors}, status_code=exc.status)
 
+    if (wait := limit.hashes.spend(key, batch.size)) is not None:
+        return _over(wait, f"over {limit.hashes.per_day} hashes a day for this account "
+                           f"({limit.hashes.remaining(key)} left today); the budget renews at 00:00 UTC")
+
     bank = request.app.state.system.bank
     bank.refresh()  # a cheap version check at most once a second, not a query per hash
-    answer = check(bank.matcher, batch)
+    answer = check(bank.matcher, batch, reveal_distance=caller.name in limit.trusted)
 
     store.hashcheck.record(caller.user_id, iso_week(now()), batch.size, answer.known)
     reports: list[dict[str, Any]] = []

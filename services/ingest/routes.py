@@ -5,7 +5,6 @@ ingest validates again for channels that bypass HTTP (Kafka, CSV, partners)."""
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.base import new_id
 from schemas.reports import ReportSubmitted
 from services.ingest import i18n
+from services.ingest.fields import check_email, check_text
 from services.ingest.hosts import accept_url
 from services.ingest.ratelimit import Decision, RateLimiter
 from services.ingest.stage import MAX_URLS_PER_REPORT
@@ -36,7 +36,6 @@ router = APIRouter()
 log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_DESCRIPTION = 10_000
 HONEYPOT = "website"  # a name form-filling bots cannot resist; people never see the field
 
@@ -89,16 +88,15 @@ class ReportRequest(BaseModel):
 
     _valid_urls = field_validator("urls")(check_urls)
 
+    _plain_text = field_validator("description")(check_text)
+
     @field_validator("reporter_email")
     @classmethod
     def _valid_email(cls, value: str | None) -> str | None:
-        if value is not None and value.strip() == "":
-            return None
-        if value is not None and not EMAIL.match(value.strip()):
-            raise ValueError("not a valid e-mail address")
-        if value is not None and len(value.strip().encode("utf-8")) > MAX_ADDRESS_BYTES:
+        value = check_email(value)
+        if value is not None and len(value.encode("utf-8")) > MAX_ADDRESS_BYTES:
             raise ValueError(f"the e-mail address is longer than {MAX_ADDRESS_BYTES} bytes")
-        return value.strip() if value else value
+        return value
 
 
 class PartnerReportRequest(BaseModel):
@@ -112,6 +110,7 @@ class PartnerReportRequest(BaseModel):
     description: str | None = Field(default=None, max_length=10_000)
 
     _valid_urls = field_validator("urls")(check_urls)
+    _plain_text = field_validator("description", "partner_reference")(check_text)
 
 
 def submit(
@@ -124,6 +123,10 @@ def submit(
     """Record the report and put it on ``reports.submitted`` in one transaction. The reporter's
     address is sealed first (``seal``; without one it is not kept), so neither the message,
     the outbox nor the report row ever holds it in clear."""
+    # An empty or blank Idempotency-Key is no key (as if the header were absent): stored, it
+    # would make every later blank-key request collide with the first (a 500, a lost report).
+    if idempotency_key is not None and not idempotency_key.strip():
+        idempotency_key = None
     if idempotency_key:
         existing = store.reports.by_idempotency_key(idempotency_key)
         if existing is not None:
@@ -330,7 +333,12 @@ def _form_errors(request: Request, lang: i18n.Language, lines: list[str], descri
         errors.append(FieldError(i18n.text(lang, "description_too_long", max_chars=MAX_DESCRIPTION,
                                            count=len(description)), "description"))
     address = reporter_email.strip()
-    if address and not EMAIL.match(address):
+    try:
+        check_email(address)
+        valid = True
+    except ValueError:
+        valid = False
+    if address and not valid:
         errors.append(FieldError(i18n.text(lang, "email_invalid"), "reporter_email"))
     elif len(address.encode("utf-8")) > MAX_ADDRESS_BYTES:
         errors.append(FieldError(i18n.text(lang, "email_too_long", max_chars=MAX_ADDRESS_BYTES), "reporter_email"))

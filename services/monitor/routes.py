@@ -114,7 +114,13 @@ def _csv_response(text: str, filename: str) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@router.get("/api/v1/monitor/hosters", tags=["monitor"], response_model=None)
+# What the OpenAPI document says these answer (JSON, or CSV with ?format=csv).
+_JSON_OR_CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}}
+_CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/api/v1/monitor/hosters", tags=["monitor"], response_model=None, responses=_JSON_OR_CSV)
 def get_hosters(request: Request, store: StoreDep, format: Format = "json", by: By = "hoster") -> Response:
     """Per hoster, slowest first: notices, removals, median and 90th-percentile time to removal
     (from first notice and from first report; nearest-rank), share removed within the deadline,
@@ -126,7 +132,7 @@ def get_hosters(request: Request, store: StoreDep, format: Format = "json", by: 
     return JSONResponse(data)
 
 
-@router.get("/api/v1/monitor/hosters.csv", tags=["monitor"], response_model=None)
+@router.get("/api/v1/monitor/hosters.csv", tags=["monitor"], response_model=None, responses=_CSV)
 def get_hosters_csv(request: Request, store: StoreDep, by: By = "hoster") -> Response:
     """The same as ``/api/v1/monitor/hosters?format=csv``."""
     return _csv_response(hosters_csv(public_monitor(_rows(store), now(), _deadline(request)), by),
@@ -199,7 +205,7 @@ def open_cases(rows: list[NoticedItem], at: datetime, deadline: int) -> dict[str
     }
 
 
-@router.get("/api/v1/monitor/open", tags=["monitor"], response_model=None)
+@router.get("/api/v1/monitor/open", tags=["monitor"], response_model=None, responses=_JSON_OR_CSV)
 def get_open(request: Request, caller: Analyst, store: StoreDep, format: Format = "json") -> Response:
     """Analysts and admins: the open cases past their deadline, oldest first (item id, URL,
     hoster, age since the first notice)."""

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from hotline.web.auth import Caller, get_store, optional_caller, require_role
+from hotline.web.auth import Caller, get_store, has_role, optional_caller, require_role
 from services.assessment.pages import TOKEN_COOKIE, protect, same_origin
 from services.operations.logic import (
     OperationRefused,
@@ -164,7 +164,7 @@ def _gate(request: Request, store: SqlUnitOfWork, roles: tuple[str, ...]) -> Cal
         if TOKEN_COOKIE in request.cookies:
             response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
         return response
-    if caller.role not in roles:
+    if not has_role(caller.role, roles):
         what = "act on notices" if roles == (ACT_ROLE,) else "use the operations page"
         return _error(request, 403, f"The account {caller.name} ({caller.role}) may not {what}.", caller)
     return caller

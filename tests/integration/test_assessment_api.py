@@ -154,28 +154,28 @@ def test_errors_name_the_image_and_the_field(web: Web) -> None:
         {"sha256": images[1]["sha256"], "classification": "not_illegal", "gender": "male"}], "answers": ANSWERS})
     assert r.status_code == 422
     detail = r.json()["detail"]
-    assert [d["loc"] for d in detail] == [["body", "images", 0, "age_group"], ["body", "images", 1, "gender"]]
-    assert "baseline needs the age group" in detail[0]["msg"] and "image 1" in detail[0]["msg"]
+    assert [d["field"] for d in detail] == ["images.0.age_group", "images.1.gender"]
+    assert "baseline needs the age group" in detail[0]["reason"] and "image 1" in detail[0]["reason"]
     r = post(web, item_id, {"images": [{"sha256": images[0]["sha256"], **BASELINE}], "answers": ANSWERS})
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "images"]
-    assert "image 2" in r.json()["detail"][0]["msg"] and "has no decision" in r.json()["detail"][0]["msg"]
+    assert r.json()["detail"][0]["field"] == "images"
+    assert "image 2" in r.json()["detail"][0]["reason"] and "has no decision" in r.json()["detail"][0]["reason"]
     r = post(web, item_id, {"images": [{"sha256": images[0]["sha256"], "classification": "illegal"}]})
     assert r.status_code == 422  # not one of ICCAM's values: pydantic says so
     r = post(web, item_id, {"verdict": "not_illegal", "images": [
         {"sha256": i["sha256"], **BASELINE} for i in images], "answers": ANSWERS})
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "verdict"]
+    assert r.json()["detail"][0]["field"] == "verdict"
     # The questions: required, known ids, values they take.
     r = post(web, item_id, {"verdict": "not_illegal"})
     assert r.status_code == 422
-    assert r.json()["detail"] == [{"loc": ["body", "answers", "victim_identifiable"],
-                                   "msg": "answers.victim_identifiable: 'Could the victim be identified?' "
-                                          "needs an answer"}]
+    assert r.json()["detail"] == [{"field": "answers.victim_identifiable",
+                                   "reason": "answers.victim_identifiable: 'Could the victim be identified?' "
+                                             "needs an answer"}]
     r = post(web, item_id, {"verdict": "not_illegal", "answers": {"victim_identifiable": "maybe", "source": "irc",
                                                                   "colour": "red"}})
     assert r.status_code == 422
-    assert [d["loc"][-1] for d in r.json()["detail"]] == ["colour", "victim_identifiable", "source"]
+    assert [d["field"].rsplit(".", 1)[-1] for d in r.json()["detail"]] == ["colour", "victim_identifiable", "source"]
     # Nothing of the refused attempts was kept; the old body still works.
     assert rows(web, Assessment, item_id=item_id) == []
     r = post(web, item_id, {"verdict": "not_illegal", "answers": {"victim_identifiable": False}})

@@ -69,7 +69,7 @@ def test_bank_import_export_and_refused_rows(env: dict[str, str], tmp_path: Path
     csv_in.write_text(
         "md5,sha256,pdq,phash,category,source\n"
         f"{h.md5},{h.sha256},{h.pdq},{h.phash},baseline,test-bank\n"
-        f"{'0' * 32},,,,national,test-bank\n"
+        f"{'0123456789abcdef' * 2},,,,national,test-bank\n"
         "not-a-hash,,,,baseline,test-bank\n"
     )
     done = run(env, "bank", "import", str(csv_in))

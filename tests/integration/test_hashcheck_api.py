@@ -83,7 +83,8 @@ def start_app(database_url: str, seeds: range = range(1, 7), random_entries: int
     # under a public suffix otherwise: services/ingest/hosts.py).
     hosting = Path(tempfile.mkdtemp(prefix="hashcheck-")) / "hosting.yaml"
     hosting.write_text("hosts:\n  files.hoster-a.test: [127.0.0.2]\n")
-    system = bootstrap(Settings(database_url=database_url, index_dir="none", hosting_file=hosting))
+    system = bootstrap(Settings(database_url=database_url, index_dir="none", hosting_file=hosting,
+                                hashcheck_trusted="hoster-a,admin"))
     tokens = {}
     known = [png_hashes(s) for s in seeds]
     entry_ids = []

@@ -396,7 +396,8 @@ def test_report_form_escapes_what_it_echoes(web: Web) -> None:
 def test_metrics_expose_items_by_state(web: Web) -> None:
     rid = web.report(f"{web.site}/missing.jpg?metrics=1")
     web.wait_item(rid, {"closed_offline"})
-    r = web.client.get("/metrics")
+    assert web.client.get("/metrics").status_code == 401  # behind a token (issue 12)
+    r = web.client.get("/metrics", headers=web.auth("admin"))
     assert r.status_code == 200
     assert "# TYPE hotline_items gauge" in r.text
     m = re.search(r'^hotline_items\{state="closed_offline"\} (\d+(?:\.\d+)?)$', r.text, re.M)
