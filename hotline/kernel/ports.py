@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from hotline.kernel.messages import InvalidMessage, Outgoing
     from hotline.storage.models import (
+        Assessment,
         BankEntry,
         Escalation,
         Followup,
@@ -176,6 +177,9 @@ class EscalationRepository(Protocol):
 
 class AssessmentRepository(Protocol):
     def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None: ...
+    def latest(self, item_id: str) -> Assessment | None:
+        """The item's most recent decision."""
+        ...
 
 
 class BankRepository(Protocol):

@@ -145,3 +145,9 @@ class SqlAssessments:
             Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
         )
 
+    def latest(self, item_id: str) -> Assessment | None:
+        """The item's most recent decision (what a second analyst confirms)."""
+        return self.session.scalars(
+            select(Assessment).where(Assessment.item_id == item_id).order_by(Assessment.id.desc()).limit(1)
+        ).first()
+

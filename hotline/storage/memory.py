@@ -326,6 +326,10 @@ class MemoryAssessments:
             Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
         )
 
+    def latest(self, item_id: str) -> Assessment | None:
+        mine = [a for a in self.state.assessments if a.item_id == item_id]
+        return mine[-1] if mine else None
+
 
 class MemoryBank:
     def __init__(self, state: MemoryState) -> None:

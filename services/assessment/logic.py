@@ -39,16 +39,18 @@ def assess(
     analyst: str,
     notes: str | None = None,
     hold_seconds: float | None = None,
+    states: tuple[str, ...] = (ItemState.AWAITING_ASSESSMENT,),
 ) -> list[Outgoing]:
     """Apply the decision; returns the messages to publish with it (the caller commits).
     ``hold_seconds`` (``HOTLINE_POLICE_HOLD_SECONDS``): the takedown of confirmed material then
     follows that long after the escalation unless the police hold it; None: it waits for the
-    police's release."""
+    police's release. ``states``: where the item may be (services/assessment/confirmation.py
+    passes awaiting_confirmation)."""
     item = uow.items.get(item_id)
     if item is None:
         raise AssessmentRefused(404, f"no item {item_id}")
-    if item.state != ItemState.AWAITING_ASSESSMENT:
-        raise AssessmentRefused(409, f"item {item_id} is {item.state}, not awaiting assessment")
+    if item.state not in states:  # ``states``: a second analyst confirms from awaiting_confirmation
+        raise AssessmentRefused(409, f"item {item_id} is {item.state}, not {' or '.join(str(st).replace('_', ' ') for st in states)}")
     uow.assessments.add(item_id, analyst, verdict, category, notes)
     uow.audit.append(analyst, "assessment", item_id, f"{verdict} {category or ''}".strip())
     if verdict == "not_illegal":

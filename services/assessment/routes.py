@@ -7,10 +7,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from hotline.kernel.clock import now
 from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, require_role
-from services.assessment.logic import AssessmentRefused, assess
+from services.assessment.confirmation import decide
+from services.assessment.logic import AssessmentRefused
 
 router = APIRouter(tags=["assessment"])
 
@@ -48,11 +50,16 @@ def post_assessment(
     caller: Caller = Depends(require_role("analyst")),
 ) -> dict[str, Any]:
     """Record an analyst's decision. ``illegal`` escalates to the police at once and adds the
-    item's hashes to the bank; ``not_illegal`` closes the item."""
+    item's hashes to the bank (with ``HOTLINE_SECOND_ANALYST``: once a second analyst confirms
+    it); ``not_illegal`` closes the item. 409 while another analyst holds the item's lease."""
+    settings = request.app.state.system.settings
     try:
-        outgoing = assess(store, item_id, verdict=body.verdict, category=body.category,
-                          analyst=caller.name, notes=body.notes,
-                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+        # As the page does: refused (409) while another analyst holds the item's lease; with
+        # HOTLINE_SECOND_ANALYST an "illegal" waits for a second analyst (services/assessment/confirmation.py).
+        outgoing = decide(store, item_id, verdict=body.verdict, category=body.category,
+                          analyst=caller.name, notes=body.notes, hold_seconds=settings.police_hold_seconds,
+                          second_analyst=bool(settings.second_analyst), at=now(),
+                          lease_seconds=float(settings.assessment_lease_seconds))
     except AssessmentRefused as exc:
         store.rollback()
         raise HTTPException(exc.status, exc.reason) from exc
