@@ -48,14 +48,15 @@ class SqlLeases:
         when every one is taken."""
         if not candidates:
             return None
-        ids = list(candidates)
-        if self.session.get_bind().dialect.name == "postgresql":
-            q = (select(Item.id)
-                 .where(Item.id.in_(ids), Item.state.in_(list(states)), self._free_for(analyst, at))  # type: ignore[arg-type]
-                 .with_for_update(skip_locked=True))
-            free = set(self.session.scalars(q))
-            ids = [i for i in ids if i in free]
-        for item_id in ids:
+        postgres = self.session.get_bind().dialect.name == "postgresql"
+        for item_id in candidates:
+            if postgres:
+                # Lock this one row if nobody else is claiming it right now; else move on at once.
+                q = (select(Item.id)
+                     .where(Item.id == item_id, Item.state.in_(list(states)), self._free_for(analyst, at))  # type: ignore[arg-type]
+                     .with_for_update(skip_locked=True))
+                if self.session.scalar(q) is None:
+                    continue
             if self.claim(item_id, analyst, until, at, states):
                 return item_id
         return None

@@ -40,7 +40,7 @@ from schemas.items import ItemClassified
 from services.assessment.confirmation import decide as decide_item
 from services.assessment.confirmation import second_opinion
 from services.assessment.logic import AssessmentRefused
-from services.assessment.queue import FILTERS, QUEUES, claim_next, is_known, lease_until, view
+from services.assessment.queue import FILTERS, QUEUES, claim_next, decided_by, is_known, lease_until, view
 from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,9 @@ def _item_page(
     at = now()
     settings = _settings(request)
     held_by_other = None
-    if item.state in QUEUES.values():
+    own_decision = (item.state == ItemState.AWAITING_CONFIRMATION
+                    and decided_by(store, item_id) == caller.name)
+    if item.state in QUEUES.values() and not own_decision:  # never hold your own decision from the confirmer
         # Re-claim on every load: the lease is renewed without JavaScript, and a page opened by
         # URL takes a free item like "next" does.
         if claim and not store.leases.claim(item_id, caller.name,

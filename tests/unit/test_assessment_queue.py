@@ -6,6 +6,7 @@ without the lease, the second-analyst confirmation, and the operators' rejection
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +49,7 @@ def add_item(s: Sessions, n: int, *, new: bool = True, channel: str = "web", age
     """An item waiting in a queue: its image unknown to the bank (``new``) or a pHash match."""
     with s() as session:
         store = SqlUnitOfWork(session)
-        url = f"http://site-{n}.test/page"
+        url = f"http://site-{n}.test/{uuid.uuid4().hex[:8]}"
         msg = ReportSubmitted(channel=channel, urls=[url])  # type: ignore[arg-type]
         report = store.reports.create(msg)
         item = store.items.create(url)
@@ -126,7 +127,7 @@ def test_a_lease_excludes_others_until_it_expires(sessions: Sessions) -> None:
     assert holder is not None and holder[0] == "bob"  # type: ignore[index]
 
 
-def concurrent_claims(sessions: Sessions, analysts: int, rounds: int) -> list[list[str]]:
+def concurrent_claims(sessions: Sessions, analysts: int, rounds: int, prefix: str) -> list[list[str]]:
     """``analysts`` threads each ask for the next item ``rounds`` times, all at once."""
     got: list[list[str]] = [[] for _ in range(analysts)]
     errors: list[BaseException] = []
@@ -136,7 +137,7 @@ def concurrent_claims(sessions: Sessions, analysts: int, rounds: int) -> list[li
         try:
             barrier.wait(10)
             for _ in range(rounds):
-                item = _next(sessions, f"analyst-{k}")
+                item = _next(sessions, f"{prefix}-{k}")
                 if item is not None:
                     got[k].append(item)
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -152,15 +153,22 @@ def concurrent_claims(sessions: Sessions, analysts: int, rounds: int) -> list[li
 
 
 def check_never_shared(sessions: Sessions, items: int = 12, analysts: int = 4) -> None:
-    ids = {add_item(sessions, n) for n in range(items)}
-    got = concurrent_claims(sessions, analysts, rounds=items)
-    claimed = [i for per in got for i in per]
-    # Renewals hand an analyst their own item again; across analysts no item is shared.
+    """Fresh items, fresh analysts, all asking at once: no item goes to two of them, and each
+    claimed item's lease names the one analyst who got it."""
+    prefix = uuid.uuid4().hex[:6]
+    ids = [add_item(sessions, n) for n in range(items)]
+    got = concurrent_claims(sessions, analysts, rounds=2, prefix=prefix)
     per_analyst = [set(per) for per in got]
     for a in range(analysts):
+        assert per_analyst[a], f"analyst {a} got nothing while items were free"
         for b in range(a + 1, analysts):
             assert not per_analyst[a] & per_analyst[b]
-    assert set(claimed) <= ids
+        for item in per_analyst[a]:
+            holder = in_store(sessions, lambda st, i=item: st.leases.holder(i, T0), commit=False)
+            assert holder is not None and holder[0] == f"{prefix}-{a}"  # type: ignore[index]
+    assert set().union(*per_analyst) <= set(ids) | set(
+        in_store(sessions, lambda st: [i.id for i in st.items.in_state(ItemState.AWAITING_ASSESSMENT)],
+                 commit=False))  # type: ignore[arg-type]
 
 
 def test_two_concurrent_claimers_never_get_the_same_item(sessions: Sessions) -> None:
