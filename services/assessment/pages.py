@@ -40,7 +40,15 @@ from schemas.items import ItemClassified
 from services.assessment.confirmation import decide as decide_item
 from services.assessment.confirmation import second_opinion
 from services.assessment.logic import AssessmentRefused
-from services.assessment.queue import FILTERS, QUEUES, claim_next, decided_by, is_known, lease_until, view
+from services.assessment.queue import (
+    FILTERS,
+    QUEUES,
+    claim_next,
+    decided_by,
+    is_known,
+    lease_until,
+    view,
+)
 from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)

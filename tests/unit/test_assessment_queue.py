@@ -266,3 +266,26 @@ def test_rejections_are_kept_and_resolved_once(sessions: Sessions) -> None:
     audit = in_store(sessions, lambda st: [(a.actor, a.action) for a in st.session.query(AuditLog)], commit=False)
     assert {("olga", "rejection_resubmitted"), ("olga", "parked_redriven")} <= set(audit)  # type: ignore[arg-type]
     assert in_store(sessions, rejections.unresolved, commit=False) == []
+
+
+def test_known_images_are_listed_not_shown_and_copies_linked() -> None:
+    from services.assessment.pages import still_frame, templates
+
+    known = ImageFacts(url="http://a.test/known.jpg", sha256="a" * 64,
+                       match=BankMatch(entry_id=7, signal="sha256", distance=0, category="baseline", source="t"))
+    weak = ImageFacts(url="http://a.test/weak.jpg", sha256="b" * 64,
+                      match=BankMatch(entry_id=8, signal="phash", distance=9, category="baseline", source="t"))
+    new = ImageFacts(url="http://a.test/new.gif", sha256="c" * 64, format="GIF")
+    item = type("ItemRow", (), {"id": "i-1", "url": "http://a.test/", "state": "awaiting_assessment", "reason": "r",
+                                "country": "NL", "hoster": "H", "first_seen": T0, "last_seen": T0})()
+    html = templates.env.get_template("item.html").render(
+        item=item, classified=None, hosting=None, images=[known, weak, new], events=[], report_ids=[], error=None,
+        form={"verdict": "", "category": "national", "notes": ""}, categories=["baseline", "national"],
+        caller=None, flash=None, hotline_name="H", nonce="n",
+        copies={"c" * 64: [{"item_id": "i-2", "url": "http://b.test/copy.gif", "state": "awaiting_assessment"}]})
+    assert 'id="img-0"' not in html and "/images/0" not in html  # known: never fetched, never shown
+    assert 'id="img-1"' in html and 'id="img-2"' in html  # a pHash-only match still needs a person
+    assert 'id="known-images"' in html and "bank entry 7" in html
+    assert 'href="/analyst/items/i-2" class="copy"' in html  # also seen at
+    assert 'id="animate-2"' in html and 'id="animate-1"' not in html
+    assert still_frame(b"not an image") is None
