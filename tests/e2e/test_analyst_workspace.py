@@ -268,3 +268,44 @@ def test_views_are_audited_and_animations_start_still(stack: Stack) -> None:
         assert ("e2e-analyst", "image_viewed", "image 0") in views
         assert ("e2e-analyst", "image_viewed", "image 0 animated") in views
         assert SqlUnitOfWork(session).audit.verify() == []  # in the hash chain, not beside it
+
+
+def test_operator_resubmits_a_rejected_report_from_the_page(stack: Stack, browser: Any) -> None:
+    from hotline.kernel.messages import Outgoing
+    from hotline.storage.models import Rejection
+    from schemas.reports import ReportSubmitted
+
+    # A channel that bypasses the HTTP check (a CSV import, Kafka): ingest rejects it.
+    bad = ReportSubmitted(channel="csv", urls=["http://printer.local/x.jpg"], description="e2e: fix me")
+    with stack.system.sessions() as session:
+        store = SqlUnitOfWork(session)
+        store.reports.create(bad)
+        store.enqueue([Outgoing("reports.submitted", bad)])
+        store.commit()
+
+    def kept() -> Rejection | None:
+        with stack.system.sessions() as session:
+            return session.scalars(select(Rejection).where(Rejection.report_id == bad.report_id)).first()
+
+    row = stack.wait_for(kept, what="ingest's rejection on the operators' page")
+    assert row.reason_code == "not_on_internet" and row.payload["url"] == "http://printer.local/x.jpg"
+
+    _sign_in(browser, stack, stack.tokens["admin"], "/operations")
+    tr = browser.find_element(By.CSS_SELECTOR, f'tr.rejection[data-rejection-id="{row.id}"]')
+    assert "not_on_internet" in tr.text and "printer.local" in tr.get_attribute("innerHTML")
+    fixed = f"{stack.site_url}/ws-fixed-{uuid.uuid4().hex[:6]}.jpg"
+    stack.site.add(fixed.removeprefix(stack.site_url), "image/jpeg", photo_like_jpeg(300, 200, seed=651))
+    box = tr.find_element(By.CSS_SELECTOR, "textarea.urls")
+    box.clear()
+    box.send_keys(fixed)
+    click_and_wait(browser, tr.find_element(By.CSS_SELECTOR, "button.resubmit"))
+    flash = browser.find_element(By.ID, "flash").text
+    assert f"rejection {row.id} resubmitted as report" in flash
+    new_report = flash.rsplit(" ", 1)[-1]
+    (item,) = stack.report_items(new_report, 1, {"awaiting_assessment"})
+    assert item["url"] == fixed
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr.rejection[data-rejection-id="{row.id}"]')
+    with stack.system.sessions() as session:
+        audit = session.scalars(select(AuditLog).where(AuditLog.action == "rejection_resubmitted",
+                                                       AuditLog.subject == str(row.id))).all()
+        assert [a.actor for a in audit] == ["e2e-admin"]
