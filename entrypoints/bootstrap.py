@@ -18,6 +18,7 @@ from hotline.kernel.clock import CURRENT, Clock
 from hotline.kernel.stage import Periodic, Stage
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.hosting_cache import SqlHostingCache
+from hotline.storage.reporter_address import ReporterSeal
 from services.bank.bank import Bank
 from services.classify.fetcher import Fetcher, FetchPolicy
 from services.classify.hosting import (
@@ -72,6 +73,12 @@ class System:
         """Host names in the operator's hosting file: intake accepts them although they are not
         under a public suffix (``services.ingest.hosts``)."""
         return frozenset(self.hosting.directory.hosts)
+
+    def reporter_seal(self) -> ReporterSeal | None:
+        """What seals reporters' e-mail addresses (``HOTLINE_REPORTER_KEY``); None without a
+        key: then no address is kept (``hotline.storage.reporter_address``)."""
+        key = self.settings.reporter_key
+        return ReporterSeal(key.get_secret_value()) if key is not None else None
 
     def build_fetcher(self) -> Fetcher:
         """The guarded fetcher with the configured policy. Classify and the analyst's live image
@@ -173,7 +180,7 @@ class System:
     def build_stage(self, name: str) -> Stage:
         s = self.settings
         if name == "ingest":
-            return IngestStage(operator_hosts=self.operator_hosts())
+            return IngestStage(operator_hosts=self.operator_hosts(), reporter_seal=self.reporter_seal())
         if name == "classify":
             fetcher = self.build_fetcher()
             max_pixels = s.fetch_max_pixels
@@ -186,6 +193,8 @@ class System:
                 home_country=s.home_country.upper(),
                 max_images=s.fetch_max_images_per_page,
                 hotline_name=s.hotline_name,
+                item_deadline_seconds=s.fetch_item_deadline_seconds,
+                image_concurrency=s.fetch_image_concurrency,
             )
         if name == "notify":
             return NotifyStage(mailer=self._mailer(), sender=s.notice_from, hotline_name=s.hotline_name,
@@ -208,6 +217,8 @@ class System:
                 partner_names=self.partners.names(),
                 per_hoster=s.recheck_per_hoster,
                 workers=s.followup_fetch_workers,
+                item_deadline_seconds=s.fetch_item_deadline_seconds,
+                image_concurrency=s.fetch_image_concurrency,
             )
         if name == "escalate":
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(
@@ -245,7 +256,9 @@ def bootstrap(
     web_sessions = None
     if settings.database_url.startswith("sqlite"):
         web_sessions = make_sessionmaker(make_engine(settings.database_url, immediate=True))
-    return System(settings, engine, sessions, bank, hosting, partners, overrides, web_sessions)
+    system = System(settings, engine, sessions, bank, hosting, partners, overrides, web_sessions)
+    system.reporter_seal()  # a malformed HOTLINE_REPORTER_KEY stops the start, not the first report
+    return system
 
 
 

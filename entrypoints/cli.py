@@ -255,8 +255,12 @@ def reports_import(file: Path) -> None:
     """
     import csv
 
+    from hotline.storage.reporter_address import ReporterSeal, keep_address
     from schemas.reports import ReportSubmitted
 
+    settings = get_settings()
+    # Sealed here, at the edge, like the form's: the topic and the database only see it sealed.
+    seal = ReporterSeal(settings.reporter_key.get_secret_value()) if settings.reporter_key else None
     with file.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or "url" not in rows[0]:
@@ -269,11 +273,10 @@ def reports_import(file: Path) -> None:
             channel="csv",
             urls=[r["url"] for r in group],
             description=group[0].get("description") or None,
-            reporter_email=group[0].get("reporter_email") or None,
+            reporter_email=keep_address(seal, group[0].get("reporter_email")),
         )
         for group in grouped.values()
     ]
-    settings = get_settings()
     if settings.kafka_brokers:
         from kafka import KafkaProducer
 
@@ -287,6 +290,47 @@ def reports_import(file: Path) -> None:
     for m in messages:
         click.echo(m.report_id)
     click.echo(f"submitted {len(messages)} report(s) with {len(rows)} URL(s)", err=True)
+
+
+@reports.command("seal-addresses")
+def reports_seal_addresses() -> None:
+    """Seal every reporter address still stored in clear (databases from before addresses were
+    sealed); without HOTLINE_REPORTER_KEY, erase them. Sealed ones are left alone, so running
+    it again changes nothing. Then the table is rewritten (VACUUM) so no old copy remains;
+    backups taken before still hold the clear addresses."""
+    from sqlalchemy import select
+
+    from hotline.storage.models import Report
+    from hotline.storage.reporter_address import is_sealed, keep_address
+
+    system = _system()
+    seal = system.reporter_seal()
+    sealed = erased = 0
+    with system.sessions() as session:
+        for report in session.scalars(select(Report).where(Report.reporter_email.is_not(None))):
+            if is_sealed(report.reporter_email):
+                continue
+            report.reporter_email = keep_address(seal, report.reporter_email)
+            sealed, erased = (sealed + 1, erased) if report.reporter_email else (sealed, erased + 1)
+        session.commit()
+    if sealed or erased:
+        # An UPDATE leaves the old row's bytes in free pages (SQLite) or dead tuples
+        # (PostgreSQL) until the table is rewritten: rewrite it, so the clear text is gone.
+        with system.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("VACUUM")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages may sit in the WAL
+            else:
+                conn.exec_driver_sql("VACUUM FULL reports")
+    click.echo(f"sealed {sealed}, erased {erased} reporter address(es)")
+
+
+@reports.command("new-reporter-key")
+def reports_new_reporter_key() -> None:
+    """Print a fresh key for HOTLINE_REPORTER_KEY (keep it with the other secrets)."""
+    from hotline.storage.reporter_address import new_key
+
+    click.echo(new_key())
 
 
 @bank.group("index")
@@ -359,7 +403,7 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner"]))
+@click.option("--role", required=True, type=click.Choice(["admin", "analyst", "police", "hoster", "partner", "senior"]))
 @click.option("--country", default=None, help="A partner account's country (ISO 3166-1 alpha-2, e.g. DE); "
               "required for --role partner, refused for other roles.")
 def users_add(name: str, role: str, country: str | None) -> None:

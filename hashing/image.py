@@ -53,6 +53,7 @@ __all__ = [
     "MAX_JPEG_SCANS",
     "MAX_REDUCED_SIDE",
     "MIN_REDUCED_SIDE",
+    "check_viewable",
     "FrameHashes",
     "ImageError",
     "ImageHashes",
@@ -325,6 +326,30 @@ def hash_image(
         frame_count=frame_count,
         frames=frames,
     )
+
+
+def check_viewable(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Refuse (``ImageError``) a picture that ``hash_image`` would refuse from its header, or
+    whose frames together exceed the decode budget of an animation: what may be handed to an
+    analyst's browser, which decodes every frame at full size. Returns the format. Reads the
+    header and the frame headers only, no pixels."""
+    image = _open(data, max_pixels)
+    try:
+        fmt = image.format or "unknown"
+        width, height = image.size
+        frames = int(getattr(image, "n_frames", 1))  # GIF: walks the frame headers, decodes nothing
+        if frames > _MAX_SEEK_FRAMES or frames * width * height > _FRAME_DECODE_BUDGET * max_pixels:
+            raise ImageError(
+                f"animation too large: {frames} frames of "
+                f"{width}x{height} exceed {_FRAME_DECODE_BUDGET} x {max_pixels} pixels (possible decompression bomb)"
+            )
+    except ImageError:
+        raise
+    except Exception as error:  # broken frame headers
+        raise _decode_error(error) from error
+    finally:
+        image.close()
+    return fmt
 
 
 def _reference_pdq(rgb: Image.Image) -> tuple[str, int]:

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hashing.signals import SIGNAL_TYPES, radii
@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     fetch_max_pixels: int = 60_000_000
     fetch_max_images_per_page: int = 50
     fetch_max_redirects: int = 5
+    # One item's page and all its images are fetched within this many seconds (connect, TLS,
+    # headers, body and every redirect hop included; one URL also within 2 x
+    # fetch_timeout_seconds), its images this many at a time (services.classify.fetcher).
+    fetch_item_deadline_seconds: float = Field(default=30.0, gt=0)
+    fetch_image_concurrency: int = Field(default=4, gt=0)
     user_agent: str = "hotline-classifier/0.1 (+abuse report processing)"
 
     # Match radii; the defaults are the registry's (hashing.signals), not repeated here.
@@ -129,6 +134,9 @@ class Settings(BaseSettings):
     # of new material waits for the police's release; set, it follows automatically this many
     # seconds after the escalation unless the police put it on hold (HOTLINE_POLICE_HOLD_SECONDS).
     police_hold_seconds: float | None = Field(default=None, gt=0)
+    # The hotline's own questions on every assessment (services/assessment/questions.py: id,
+    # label, type yes_no|choice|text, required); unset: none (HOTLINE_ASSESSMENT_QUESTIONS_FILE).
+    assessment_questions_file: str | None = None
     # Attribution (services.classify.hosting): DNS servers to ask instead of the system's
     # ("127.0.0.1:5353,[::1]:53"; unset = /etc/resolv.conf), the RDAP base URL (unset = no RDAP
     # look-ups: an address no hosting-file network covers is "hoster unknown"; e.g.
@@ -140,6 +148,15 @@ class Settings(BaseSettings):
     # After an RDAP outage (timeout, 5xx) RDAP is left alone this long (0 = ask every time).
     rdap_backoff_seconds: float = Field(default=60.0, ge=0)
     hosting_cache_seconds: float = Field(default=43200.0, ge=0)
+
+    # The public form and the API (services/ingest/routes.py, README "The public report form"):
+    # the key that seals reporters' e-mail addresses (32 random bytes, URL-safe base64; unset:
+    # addresses are not kept and the form does not ask for one), and how many reports one
+    # client address may submit per minute (a token bucket per process; 0 switches it off).
+    reporter_key: SecretStr | None = None
+    report_rate_per_minute: int = Field(default=30, ge=0)
+    # The public form's language when the browser's Accept-Language names neither nl nor en.
+    form_default_language: Literal["en", "nl"] = "en"
 
     # The analyst workspace (services/assessment/queue.py, pages.py). An analyst's claim on an
     # item lasts this long unless renewed (each page load; the page's heartbeat while open).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,6 +58,39 @@ class HostingFacts(Frozen):
     reason: str | None = None
 
 
+# ICCAM's per-image fields (INHOPE's case system), as the network exchanges them. The rules
+# that tie them together and the mapping to X-ARF live in services/assessment/classification.py.
+Classification = Literal["baseline", "national", "doubtful", "not_illegal"]
+AgeGroup = Literal["infant", "pre_pubescent", "pubescent", "not_determined"]
+Gender = Literal["female", "male", "both", "not_determined"]
+# What the image shows, the second axis of the industry/X-ARF scheme (1: sexual activity,
+# 2: lascivious exhibition, i.e. posing with a focus on the genital or anal region).
+Act = Literal["sexual_activity", "lascivious_exhibition"]
+SiteType = Literal[
+    "website", "image_host", "file_host", "forum", "image_board", "blog", "social_network",
+    "video_platform", "chat", "p2p", "redirector", "banner", "search_engine", "webmail", "other",
+]
+Commerciality = Literal["commercial", "non_commercial", "unknown"]
+XarfClassification = Literal["baseline", "A1", "A2", "B1", "B2"]
+
+
+class ImageClassification(Frozen):
+    """An analyst's classification of one image (ICCAM's fields). ``xarf`` is the X-ARF v4
+    ``classification`` it maps to (None: no notice is sent for it: doubtful, not illegal),
+    filled in by the assessment so consumers (police, partners) need not know the mapping."""
+
+    classification: Classification
+    age_group: AgeGroup | None = None
+    gender: Gender | None = None
+    act: Act | None = None
+    site_type: SiteType | None = None
+    commerciality: Commerciality | None = None
+    virtual: bool = False
+    child_modelling: bool = False
+    user_generated: bool = False
+    xarf: XarfClassification | None = None
+
+
 class ImageFacts(Frozen):
     """What classify learned about one image. Never the bytes: hashes and metadata only.
     ``hosting``: the image's own hoster, looked up by the image's own URL (each image has its
@@ -76,3 +110,7 @@ class ImageFacts(Frozen):
     error: str | None = None
     match: BankMatch | None = None
     hosting: HostingFacts | None = None
+    # The analyst's classification of this image, once an analyst decided it (optional: images
+    # of known material and messages written before it was added have none).
+    assessment: ImageClassification | None = None
+

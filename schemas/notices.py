@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.base import Message, new_id, utcnow
-from schemas.facts import HostingFacts, ImageFacts
+from schemas.facts import Frozen, HostingFacts, ImageFacts
 
 
 class TakedownNotice(Message):
@@ -37,12 +37,27 @@ class TakedownNotice(Message):
     page_url: str | None = None
 
 
+class Answer(Frozen):
+    """An analyst's answer to one of the hotline's own questions (HOTLINE_ASSESSMENT_QUESTIONS_FILE)."""
+
+    id: str
+    label: str
+    value: str
+
+
 class AnalystClassification(Message):
+    """The analyst's decision on the item. Each image's own classification (ICCAM's fields and
+    its X-ARF value) is on the image (``ImageFacts.assessment``)."""
+
     analyst: str
     verdict: Literal["illegal"]
     category: str
     notes: str | None = None
     assessed_at: datetime = Field(default_factory=utcnow)
+    # The answers to the hotline's own questions, in the file's order.
+    answers: list[Answer] = []
+    # Set when a senior analyst changed the decision: who, and the decision before.
+    changed_by: str | None = None
 
 
 class Copy(Message):

@@ -20,7 +20,7 @@ class ReportSubmitted(Message):
     channel: Channel = "api"
     urls: list[str]
     description: str | None = None
-    reporter_email: str | None = None
+    reporter_email: str | None = None  # sealed ("v1:…", hotline.storage.reporter_address), never clear from our channels
     partner_reference: str | None = None
     partner_country: str | None = None
     submitted_at: datetime = Field(default_factory=utcnow)

@@ -176,9 +176,13 @@ class EscalationRepository(Protocol):
 
 
 class AssessmentRepository(Protocol):
-    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None: ...
+    def add(
+        self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None, *,
+        images: list[Any] | None = None, answers: list[Any] | None = None,
+        bank_entry_ids: list[int] | None = None, replaces_id: int | None = None,
+    ) -> Assessment: ...
     def latest(self, item_id: str) -> Assessment | None:
-        """The item's most recent decision."""
+        """The item's decision in force: its newest assessment (a senior's change is newer)."""
         ...
 
 

@@ -75,7 +75,9 @@ TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     S.AWAITING_CONFIRMATION: frozenset({S.ESCALATED}),
     S.NOTICE_QUEUED: frozenset({S.NOTICE_SENT, S.NOTICE_UNCONFIRMED}),
     S.FORWARD_QUEUED: frozenset({S.FORWARDED}),
-    S.ESCALATED: frozenset({S.NOTICE_QUEUED, S.FORWARD_QUEUED}),
+    # A senior analyst who finds escalated material not illegal before the takedown closes it
+    # (services/assessment/logic.py ``revise``).
+    S.ESCALATED: frozenset({S.NOTICE_QUEUED, S.FORWARD_QUEUED, S.CLOSED_NOT_ILLEGAL}),
     S.NOTICE_SENT: frozenset(),
     # An operator who checked the SMTP log either confirms the delivery (-> notice_sent) or
     # finds it was not delivered and sends it again, to the same or another address
@@ -86,7 +88,9 @@ TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     S.FORWARDED: frozenset({S.RECEIVED}),
     S.REMOVED: frozenset(),
     S.CLOSED_OFFLINE: frozenset(),
-    S.CLOSED_NOT_ILLEGAL: frozenset(),
+    # The one change out of a final state: a senior analyst finds it illegal after all, and it is
+    # escalated (the URL's open slot is taken again; refused while another item holds it).
+    S.CLOSED_NOT_ILLEGAL: frozenset({S.ESCALATED}),
 }
 TRANSITIONS = {
     state: (targets | _ANY_OPEN_TO) if state in OPEN else targets for state, targets in TRANSITIONS.items()

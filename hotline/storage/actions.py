@@ -140,13 +140,18 @@ class SqlAssessments:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None:
-        self.session.add(
-            Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
-        )
+    def add(
+        self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None, *,
+        images: list[Any] | None = None, answers: list[Any] | None = None,
+        bank_entry_ids: list[int] | None = None, replaces_id: int | None = None,
+    ) -> Assessment:
+        row = Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now(),
+                         images=images, answers=answers, bank_entry_ids=bank_entry_ids, replaces_id=replaces_id)
+        self.session.add(row)
+        self.session.flush()
+        return row
 
     def latest(self, item_id: str) -> Assessment | None:
-        """The item's most recent decision (what a second analyst confirms)."""
         return self.session.scalars(
             select(Assessment).where(Assessment.item_id == item_id).order_by(Assessment.id.desc()).limit(1)
         ).first()

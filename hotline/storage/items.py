@@ -60,11 +60,16 @@ class SqlItems:
         return item
 
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
+        was_final = item.state in FINAL
         new = apply_state(item, state, reason)
         self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
             self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
+        elif was_final:
+            # Reopened (a senior analyst's change): the item holds its URL's slot again.
+            self.session.add(OpenUrl(url_sha256=url_digest(item.url), item_id=item.id))
+            self.session.flush()
 
     def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
         self.session.add(ItemEvent(item_id=item_id, stage=stage, kind=str(kind), detail=detail, at=at or now()))

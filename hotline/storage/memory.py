@@ -136,10 +136,13 @@ class MemoryItems:
         return item
 
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
+        was_final = item.state in FINAL
         new = apply_state(item, state, reason)
         self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             self.state.open_urls = {u: i for u, i in self.state.open_urls.items() if i != item.id}
+        elif was_final:
+            self.state.open_urls[item.url] = item.id
 
     def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
         self.state.events.append(
@@ -321,14 +324,20 @@ class MemoryAssessments:
     def __init__(self, state: MemoryState) -> None:
         self.state = state
 
-    def add(self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None) -> None:
-        self.state.assessments.append(
-            Assessment(item_id=item_id, analyst=analyst, verdict=verdict, category=category, notes=notes, at=now())
-        )
+    def add(
+        self, item_id: str, analyst: str, verdict: str, category: str | None, notes: str | None, *,
+        images: list[Any] | None = None, answers: list[Any] | None = None,
+        bank_entry_ids: list[int] | None = None, replaces_id: int | None = None,
+    ) -> Assessment:
+        row = Assessment(id=next(_ids), item_id=item_id, analyst=analyst, verdict=verdict, category=category,
+                         notes=notes, at=now(), images=images, answers=answers, bank_entry_ids=bank_entry_ids,
+                         replaces_id=replaces_id)
+        self.state.assessments.append(row)
+        return row
 
     def latest(self, item_id: str) -> Assessment | None:
-        mine = [a for a in self.state.assessments if a.item_id == item_id]
-        return mine[-1] if mine else None
+        rows = [a for a in self.state.assessments if a.item_id == item_id]
+        return rows[-1] if rows else None
 
 
 class MemoryBank:

@@ -275,6 +275,15 @@ class Assessment(Base):
     category: Mapped[str | None] = mapped_column(String(32))
     notes: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Per image: {"sha256", "url", ICCAM's fields, "xarf"} (services/assessment/classification.py);
+    # None for a decision on the whole item only (the old API body).
+    images: Mapped[list[Any] | None] = mapped_column(JSON)
+    # The answers to the hotline's own questions: [{"id", "label", "value"}].
+    answers: Mapped[list[Any] | None] = mapped_column(JSON)
+    # The bank entries this decision added (retired when a senior analyst reverses it).
+    bank_entry_ids: Mapped[list[Any] | None] = mapped_column(JSON)
+    # A senior analyst's change: the assessment it replaces (the newest row is the decision).
+    replaces_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class User(Base):

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from hotline.kernel.ports import AuditTrail
 from hotline.storage.models import Report, ReportUrl
+from hotline.storage.reporter_address import is_sealed
 
 if TYPE_CHECKING:
     from hotline.kernel.messages import InvalidMessage
@@ -83,7 +84,9 @@ def new_report(msg: ReportSubmitted, idempotency_key: str | None) -> Report:
         id=msg.report_id,
         channel=msg.channel,
         description=msg.description,
-        reporter_email=msg.reporter_email,
+        # Sealed at the edge (hotline.storage.reporter_address); anything else is dropped
+        # here, so no path can put a reporter's address in the database in clear.
+        reporter_email=msg.reporter_email if is_sealed(msg.reporter_email) else None,
         partner_reference=msg.partner_reference,
         partner_country=msg.partner_country.upper() if msg.channel == "partner" and msg.partner_country else None,
         status="received",

@@ -14,7 +14,9 @@ from fastapi import Depends, HTTPException, Request, status
 
 from hotline.storage.unit_of_work import SqlUnitOfWork
 
-ROLES = ("admin", "analyst", "police", "hoster", "partner")
+ROLES = ("admin", "analyst", "police", "hoster", "partner", "senior")
+# A role that includes others: a senior analyst is an analyst who may also change decisions.
+INCLUDES: dict[str, frozenset[str]] = {"senior": frozenset({"analyst"})}
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def require_role(*roles: str) -> Callable[..., Caller]:
                 status.HTTP_401_UNAUTHORIZED, "authentication required: send Authorization: Bearer TOKEN",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if caller.role not in roles and caller.role != "admin":
+        if caller.role not in roles and caller.role != "admin" and not INCLUDES.get(caller.role, frozenset()) & set(roles):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the role {' or '.join(roles)}")
         return caller
 

@@ -14,11 +14,14 @@ live lease on is refused (409), and a decision releases the decider's lease.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from services.assessment.logic import AssessmentRefused, Verdict, assess
+from schemas.notices import Answer
+from services.assessment.classification import ImageDecision
+from services.assessment.logic import AssessmentRefused, assess
 from services.assessment.queue import QUEUES, lease_until
 
 STAGE = "assessment"
@@ -43,31 +46,30 @@ def decide(
     store: SqlUnitOfWork,
     item_id: str,
     *,
-    verdict: Verdict,
-    category: str | None,
     analyst: str,
-    notes: str | None,
     hold_seconds: float | None,
     second_analyst: bool,
     at: datetime,
     lease_seconds: float,
+    **decision: Any,
 ) -> list[Outgoing]:
-    """A first decision on an item awaiting assessment. The caller enqueues and commits."""
+    """A first decision on an item awaiting assessment: the lease, then ``assess`` with the
+    decision as the form or the API sent it (``verdict``, ``category``, ``notes``, ``images``,
+    ``answers``). The caller enqueues and commits."""
     hold_lease(store, item_id, analyst, at, lease_seconds)
-    item = store.items.get(item_id)
-    if second_analyst and verdict == "illegal" and item is not None and item.state == ItemState.AWAITING_ASSESSMENT:
-        category = category or "national"
-        store.assessments.add(item_id, analyst, "illegal", category, notes)
-        store.audit.append(analyst, "assessment_proposed", item_id, f"illegal {category}")
-        store.items.set_state(item, ItemState.AWAITING_CONFIRMATION,
-                              f"assessed as illegal ({category}) by {analyst}: waiting for a second analyst "
-                              "to confirm before escalation", STAGE)
-        store.leases.release(item_id)
-        return []
-    outgoing = assess(store, item_id, verdict=verdict, category=category, analyst=analyst, notes=notes,
-                      hold_seconds=hold_seconds)
+    outgoing = assess(store, item_id, analyst=analyst, hold_seconds=hold_seconds, second_analyst=second_analyst,
+                      **decision)
     store.leases.release(item_id)
     return outgoing
+
+
+def _replayed_images(first: Any) -> list[dict[str, Any]] | None:
+    """The first analyst's per-image decisions as ``assess`` takes them (the row also keeps the
+    derived X-ARF code, which is recomputed)."""
+    if not first.images:
+        return None
+    fields = set(ImageDecision.model_fields)
+    return [{k: v for k, v in row.items() if k in fields} for row in first.images]
 
 
 def second_opinion(
@@ -81,7 +83,8 @@ def second_opinion(
     at: datetime,
     lease_seconds: float,
 ) -> list[Outgoing]:
-    """A second analyst confirms (escalation) or disagrees (back to the assessment queue)."""
+    """A second analyst confirms (the first decision is applied, escalation included) or
+    disagrees (back to the assessment queue)."""
     item = store.items.get(item_id)
     if item is None:
         raise AssessmentRefused(404, f"no item {item_id}")
@@ -97,8 +100,11 @@ def second_opinion(
     if agree:
         combined = f"confirms {first.analyst}'s decision" + (f"; {first.notes}" if first.notes else "") + (
             f"; {notes}" if notes else "")
-        outgoing = assess(store, item_id, verdict="illegal", category=first.category, analyst=analyst,
-                          notes=combined, hold_seconds=hold_seconds,
+        images = _replayed_images(first)
+        outgoing = assess(store, item_id, verdict=None if images else "illegal",
+                          category=None if images else first.category, analyst=analyst, notes=combined,
+                          hold_seconds=hold_seconds, images=images,
+                          answers=[Answer.model_validate(a) for a in first.answers or []],
                           states=(ItemState.AWAITING_CONFIRMATION,))
         store.audit.append(analyst, "assessment_confirmed", item_id, said)
     else:

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from fastapi.templating import Jinja2Templates
 from PIL import Image as PILImage
 
+from hashing.image import ImageError, check_viewable
 from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.states import ItemState
@@ -37,9 +38,18 @@ from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
 from schemas.facts import HostingFacts, ImageFacts
 from schemas.items import ItemClassified
+from services.assessment import questions
+from services.assessment.classification import ClassificationInvalid
 from services.assessment.confirmation import decide as decide_item
 from services.assessment.confirmation import second_opinion
-from services.assessment.logic import AssessmentRefused
+from services.assessment.decision_form import (
+    CHANGE_ROLES,
+    DecisionForm,
+    decision_context,
+    form_fields,
+)
+from services.assessment.decision_form import read as read_decision_form
+from services.assessment.logic import AssessmentRefused, revise
 from services.assessment.queue import (
     FILTERS,
     QUEUES,
@@ -49,6 +59,8 @@ from services.assessment.queue import (
     lease_until,
     view,
 )
+from services.assessment.routes import hotline_questions
+from services.bank.bank import retire
 from services.classify.fetcher import Fetcher, FetchError
 
 log = logging.getLogger(__name__)
@@ -60,7 +72,7 @@ TOKEN_COOKIE = "hotline_token"  # the name hotline.web.auth reads
 FLASH_COOKIE = "hotline_flash"
 WORK_COOKIE = "hotline_work"  # start:last of the current stretch of work (the break reminder)
 _SCRIPT = Path(__file__).parent / "static" / "analyst.js"
-PAGE_ROLES = ("analyst", "admin")
+PAGE_ROLES = ("analyst", "admin", "senior")
 VERDICTS = ("illegal", "not_illegal")
 CATEGORIES = ("baseline", "national")
 
@@ -454,6 +466,8 @@ def _item_page(
         "form": form or {"verdict": "", "category": "national", "notes": ""},
         "categories": CATEGORIES,
         **_wellness(request, stretch),
+        **decision_context(request, _images(classified), current=store.assessments.latest(item_id),
+                           caller_role=caller.role, decided=item.state != ItemState.AWAITING_ASSESSMENT or bool(held_by_other)),
     }, status_code)
     return _with_stretch(request, response, stretch)
 
@@ -522,6 +536,10 @@ def item_image(
     if mime is None:
         return PlainTextResponse(f"{url} no longer serves a raster image ({fetched.content_type or 'no type'})",
                                  502, headers=_NO_STORE)
+    try:  # classify's pixel caps (the fetcher applied its size cap): no bomb reaches the browser
+        check_viewable(fetched.body, max_pixels=request.app.state.system.settings.fetch_max_pixels)
+    except ImageError as exc:
+        return PlainTextResponse(f"not shown: {exc}", 502, headers=_NO_STORE)
     body = fetched.body
     still = None if animate or mime not in ("image/gif", "image/webp") else still_frame(body)
     if still is not None:
@@ -551,6 +569,7 @@ def decide(
     item_id: str,
     request: Request,
     store: StoreDep,
+    fields: Annotated[dict[str, str], Depends(form_fields)],
     verdict: Annotated[str, Form()] = "",
     category: Annotated[str, Form()] = "",
     notes: Annotated[str, Form()] = "",
@@ -563,7 +582,12 @@ def decide(
         return caller
     if not same_origin(request):
         return _error(request, 403, "Decision refused: the form was not sent from this site.", caller)
-    form = {"verdict": verdict, "category": category, "notes": notes}
+    form = {**fields, "verdict": verdict, "category": category, "notes": notes}
+    item = store.items.get(item_id)
+    parsed = read_decision_form(fields, _images(_classified(item.classification)) if item else [],
+                                hotline_questions(request))
+    if item is not None and (parsed.images or parsed.answers or hotline_questions(request)):
+        return _decide_per_image(request, store, caller, item_id, parsed, form, notes)
     if verdict not in VERDICTS:
         return _item_page(request, store, caller, item_id, "Choose a verdict: illegal or not illegal.", 422, form)
     if verdict == "illegal" and category not in CATEGORIES:
@@ -613,6 +637,9 @@ def second_look(
         outgoing = second_opinion(store, item_id, agree=opinion == "confirm", analyst=caller.name,
                                   notes=notes.strip() or None, hold_seconds=settings.police_hold_seconds,
                                   at=now(), lease_seconds=float(settings.assessment_lease_seconds))
+    except ClassificationInvalid as exc:  # the first decision no longer fits the item's images
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, claim=False)
     except AssessmentRefused as exc:
         store.rollback()
         return _item_page(request, store, caller, item_id, exc.reason, exc.status, claim=False)
@@ -629,3 +656,77 @@ def took_a_break(request: Request, store: StoreDep) -> Response:
         return _error(request, 403, "Refused: the form was not sent from this site.", caller)
     at = time.time()
     return _with_stretch(request, RedirectResponse("/analyst", status_code=303), (at, at))
+
+
+def _decide_per_image(
+    request: Request, store: SqlUnitOfWork, caller: Caller, item_id: str, parsed: DecisionForm,
+    form: dict[str, str], notes: str,
+) -> Response:
+    """The form with per-image rows or the hotline's questions: checked exactly as the API
+    checks them; a refused decision shows the page again with every problem and the values."""
+    try:
+        answers = questions.answers(hotline_questions(request), parsed.answers)
+        settings = _settings(request)
+        outgoing = decide_item(store, item_id, verdict=None if parsed.images else (form.get("verdict") or None),
+                               category=None if parsed.images else (form.get("category") or None),
+                               analyst=caller.name, notes=notes.strip()[:10_000] or None,
+                               images=parsed.images or None, answers=answers,
+                               hold_seconds=settings.police_hold_seconds,
+                               second_analyst=bool(settings.second_analyst), at=now(),
+                               lease_seconds=float(settings.assessment_lease_seconds))
+    except (questions.AnswersInvalid, ClassificationInvalid) as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, form)
+    except AssessmentRefused as exc:
+        store.rollback()
+        if exc.status == 409:
+            return _refused(request, store, caller, item_id, exc.reason)
+        return _with_flash(RedirectResponse("/analyst", status_code=303), "error", exc.reason)
+    return _decided(item_id, store, outgoing, "assessment")
+
+
+@router.post("/analyst/items/{item_id}/change", response_class=HTMLResponse)
+def change(
+    item_id: str,
+    request: Request,
+    store: StoreDep,
+    fields: Annotated[dict[str, str], Depends(form_fields)],
+    notes: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    """A senior analyst's change of a decision, exactly as the API does it (``revise``)."""
+    caller = _gate(request, store, back_to=f"/analyst/items/{item_id}")
+    if isinstance(caller, Response):
+        return caller
+    if caller.role not in CHANGE_ROLES:
+        return _error(request, 403, f"The account {caller.name} ({caller.role}) may not change decisions: "
+                      "that needs a senior analyst.", caller)
+    if not same_origin(request):
+        return _error(request, 403, "Change refused: the form was not sent from this site.", caller)
+    form = {**fields, "notes": notes, "reason": reason}
+    item = store.items.get(item_id)
+    if item is None:
+        return _error(request, 404, f"There is no item {item_id}.", caller)
+    parsed = read_decision_form(fields, _images(_classified(item.classification)), hotline_questions(request))
+    try:
+        answers = questions.answers(hotline_questions(request), parsed.answers)
+        revision = revise(store, item_id, senior=caller.name, reason=reason[:2_000],
+                          retire=lambda entry_id, why: retire(store, entry_id, why, caller.name),
+                          verdict=None if parsed.images else (fields.get("verdict") or None),
+                          category=None if parsed.images else (fields.get("category") or None),
+                          images=parsed.images or None, answers=answers, notes=notes.strip()[:10_000] or None,
+                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+    except (questions.AnswersInvalid, ClassificationInvalid) as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, str(exc), 422, form)
+    except AssessmentRefused as exc:
+        store.rollback()
+        return _item_page(request, store, caller, item_id, exc.reason, exc.status, form)
+    store.enqueue(revision.outgoing)
+    store.commit()
+    if revision.retired:
+        request.app.state.system.bank.forget(revision.retired)
+    item = store.items.get(item_id)
+    assert item is not None
+    return _with_flash(RedirectResponse("/analyst", status_code=303), "ok",
+                       f"decision changed ({revision.old} -> {revision.new}): {item.url} is now {item.state}")

@@ -10,8 +10,10 @@ are recorded with the classification in the record step.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -27,7 +29,7 @@ from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import HosterRoute, ItemAccepted, ItemClassified
 from schemas.notices import PartnerForward, PoliceEscalation, TakedownNotice
 from services.classify.attribution import attribute
-from services.classify.fetcher import Fetched, Fetcher, FetchError
+from services.classify.fetcher import DEADLINE_PASSED, Fetched, Fetcher, FetchError, fetch_each
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import RouteDecision, decide_route
@@ -210,6 +212,13 @@ class ClassifyStage:
     home_country: str = "NL"
     max_images: int = 50
     hotline_name: str = "Hotline"
+    # One item (its page and all its images) is fetched within this many seconds; its images
+    # are fetched this many at a time (HOTLINE_FETCH_ITEM_DEADLINE_SECONDS,
+    # HOTLINE_FETCH_IMAGE_CONCURRENCY). Hashing runs one image at a time (``_hash_lock``), so
+    # memory stays within one image's pixel cap however many are fetched at once.
+    item_deadline_seconds: float = 30.0
+    image_concurrency: int = 4
+    _hash_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     name: ClassVar[str] = "classify"
     inputs: ClassVar[tuple[str, ...]] = ("items.accepted",)
@@ -278,17 +287,22 @@ class ClassifyStage:
         status: int | None = None
         content_type: str | None = None
         images: list[ImageFacts] = []
+        deadline = time.monotonic() + self.item_deadline_seconds
         try:
-            page = self.fetcher.get(url)
+            page = self.fetcher.get(url, deadline=deadline)
             status, content_type = page.status, page.content_type
             if page.status >= 400:
                 online, offline_reason = False, f"the URL answered HTTP {page.status}: content is not (or no longer) online"
             elif looks_like_image(page):
                 images.append(self._image_facts(url, page.body).model_copy(update={"hosting": hosting}))
             elif "html" in page.content_type:
-                html = page.body.decode("utf-8", "replace")
-                for img_url in image_urls(html, page.final_url, self.max_images):
-                    images.append(self._fetch_image(img_url).model_copy(update={"hosting": hosting_of(img_url)}))
+                html, final_url = page.body.decode("utf-8", "replace"), page.final_url
+                del page  # the page's bytes are not needed while its images are fetched
+                found = image_urls(html, final_url, self.max_images, deadline)
+                del html
+                fetched = fetch_each(self.fetcher, found, lambda u, r: self._fetched_image(u, r, deadline),
+                                     deadline=deadline, concurrency=self.image_concurrency)
+                images += [f.model_copy(update={"hosting": hosting_of(f.url)}) for f in fetched]
         except FetchError as err:
             online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"
         strong = [i for i in images if i.match is not None and not is_weak(i.match)]
@@ -330,14 +344,17 @@ class ClassifyStage:
             home_country=self.home_country, partner_countries=set(self.partner_names),
         )
 
-    def _fetch_image(self, url: str) -> ImageFacts:
-        try:
-            fetched = self.fetcher.get(url)
-        except FetchError as err:
-            return ImageFacts(url=url, error=f"{err.code}: {err.reason}")
-        if fetched.status >= 400:
-            return ImageFacts(url=url, error=f"HTTP {fetched.status}")
-        return self._image_facts(url, fetched.body)
+    def _fetched_image(self, url: str, result: Fetched | FetchError, deadline: float) -> ImageFacts:
+        """One image's facts from its fetch (in a fetching thread of ``fetch_each``)."""
+        if isinstance(result, FetchError):
+            return ImageFacts(url=url, error=f"{result.code}: {result.reason}")
+        if result.status >= 400:
+            return ImageFacts(url=url, error=f"HTTP {result.status}")
+        with self._hash_lock:
+            if time.monotonic() >= deadline:
+                return ImageFacts(url=url, byte_size=len(result.body),
+                                  error=f"deadline: {DEADLINE_PASSED}: fetched, but the item's time ran out before hashing")
+            return self._image_facts(url, result.body)
 
     def _image_facts(self, url: str, data: bytes) -> ImageFacts:
         try:

@@ -1,6 +1,7 @@
 """One re-check: fetch the URL again through the guarded fetcher, hash what it serves in
 memory (the same hash function classify uses) and compare it with the hashes the notice
-named. Returns a ``CheckResult`` and what was seen, hashes only; bytes are dropped here.
+named. Returns a ``CheckResult`` and what was seen, hashes only; bytes are dropped as soon as they
+are hashed.
 
 Each image has its own hoster: a matched image counts as still at the notified hoster when
 it is served from one of the notice's image URLs, or from a host whose hoster (the hosting
@@ -11,7 +12,10 @@ URL redirects to another host) is ``moved``, with that image's URL, hashes and h
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +23,7 @@ from urllib.parse import urlsplit
 from hashing.image import ImageHashes
 from hashing.signals import SIGNAL_TYPES
 from schemas.facts import HostingFacts
-from services.classify.fetcher import Fetcher, FetchError
+from services.classify.fetcher import Fetched, Fetcher, FetchError, fetch_each
 from services.classify.page import image_urls
 from services.classify.stage import hash_fields, looks_like_image
 from services.followup.logic import CheckResult
@@ -89,11 +93,19 @@ def _fetch_error(err: FetchError) -> _Gone:
 def observe(
     fetcher: Fetcher, hash_image: HashFn, url: str, matched: Sequence[dict[str, Any]],
     *, max_images: int = 50, pdq_radius: int = 31, hoster: str | None = None, hoster_of: HosterFn | None = None,
+    deadline_seconds: float = 30.0, image_concurrency: int = 4, hash_lock: threading.Lock | None = None,
 ) -> Observation:
-    """``hoster`` is the notified hoster; without it or ``hoster_of`` any match is ``online``."""
+    """``hoster`` is the notified hoster; without it or ``hoster_of`` any match is ``online``.
+
+    The page and all its images are fetched within ``deadline_seconds`` (as classify's item
+    deadline), the images ``image_concurrency`` at a time, each hashed as it arrives (under
+    ``hash_lock``, if given: one image's pixels in memory at a time) and its bytes dropped.
+    An image the deadline cut off counts as not fetched (``unreachable`` unless a match
+    was found), never as gone."""
     seen: list[str] = []
+    deadline = time.monotonic() + deadline_seconds
     try:
-        page = fetcher.get(url)
+        page = fetcher.get(url, deadline=deadline)
     except FetchError as err:
         e = _fetch_error(err)
         return Observation(e.result, e.detail)
@@ -101,31 +113,39 @@ def observe(
         return Observation(CheckResult.GONE, f"the URL answered HTTP {page.status}")
     if page.status >= 400:
         return Observation(CheckResult.UNREACHABLE, f"the URL answered HTTP {page.status}")
-    bodies: list[tuple[str, bytes]] = []
+    hashed: list[tuple[str, ImageHashes]] = []
     unsure: list[str] = []
     if looks_like_image(page):
-        bodies.append((page.final_url or url, page.body))
+        try:
+            hashed.append((page.final_url or url, hash_image(page.body)))
+        except ValueError:  # not an image, or a broken one
+            pass
     elif "html" in page.content_type:
-        for img_url in image_urls(page.body.decode("utf-8", "replace"), page.final_url, max_images):
-            try:
-                img = fetcher.get(img_url)
-            except FetchError as err:
-                if _fetch_error(err).result is CheckResult.UNREACHABLE:
-                    unsure.append(img_url)
-                continue
-            if img.status >= 400:
-                if img.status not in GONE_STATUSES:
-                    unsure.append(img_url)
-                continue
-            bodies.append((img.final_url or img_url, img.body))
+        lock = hash_lock if hash_lock is not None else nullcontext()
+
+        def one(img_url: str, result: Fetched | FetchError) -> tuple[str, ImageHashes | None, bool]:
+            """(URL, hashes or None, unsure): fetched images are hashed here, bytes dropped."""
+            if isinstance(result, FetchError):
+                return img_url, None, _fetch_error(result).result is CheckResult.UNREACHABLE
+            if result.status >= 400:
+                return img_url, None, result.status not in GONE_STATUSES
+            with lock:
+                try:
+                    return result.final_url or img_url, hash_image(result.body), False
+                except ValueError:  # not an image, or a broken one
+                    return img_url, None, False
+
+        found_urls = image_urls(page.body.decode("utf-8", "replace"), page.final_url, max_images, deadline)
+        for img_url, h, doubt in fetch_each(fetcher, found_urls, one, deadline=deadline,
+                                            concurrency=image_concurrency):
+            if h is not None:
+                hashed.append((img_url, h))
+            elif doubt:
+                unsure.append(img_url)
     found = False
     elsewhere: list[tuple[str, ImageHashes]] = []
     home = _Home(matched, hoster, hoster_of)
-    for img_url, data in bodies:
-        try:
-            h = hash_image(data)
-        except ValueError:  # not an image, or a broken one
-            continue
+    for img_url, h in hashed:
         if len(seen) < 20:
             seen.append(h.sha256)
         if matches(h, matched, pdq_radius):
@@ -133,7 +153,6 @@ def observe(
                 found = True
             else:
                 elsewhere.append((img_url, h))
-    del bodies  # bytes live only as long as the hashing
     if found:
         return Observation(CheckResult.ONLINE, "the matched image is still online", seen)
     if elsewhere:

@@ -115,6 +115,11 @@ class FollowupStage:
     # at most ``workers`` at a time in all.
     per_hoster: int = 2
     workers: int = 8
+    # One check (its page and all its images) within this many seconds, images this many at a
+    # time, hashed one at a time per stage (as classify: ``observe``).
+    item_deadline_seconds: float = 30.0
+    image_concurrency: int = 4
+    _hash_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
@@ -142,7 +147,7 @@ class FollowupStage:
         return SideEffect(
             act=lambda: observe(self.fetcher, self.hash_image, url, matched,
                                 max_images=self.max_images, pdq_radius=self.pdq_radius,
-                                hoster=hoster, hoster_of=hoster_of),
+                                hoster=hoster, hoster_of=hoster_of, **self._bounds()),
             done=lambda u, obs: self._record(u, item_id, due, obs),
             failed=_reraise,
         )
@@ -173,7 +178,12 @@ class FollowupStage:
     def _observe_one(self, d: _Due) -> Observation:
         hoster_of = self.hosting.facts if self.hosting is not None else None
         return observe(self.fetcher, self.hash_image, d.url, d.matched, max_images=self.max_images,
-                       pdq_radius=self.pdq_radius, hoster=d.hoster, hoster_of=hoster_of)
+                       pdq_radius=self.pdq_radius, hoster=d.hoster, hoster_of=hoster_of, **self._bounds())
+
+    def _bounds(self) -> dict[str, Any]:
+        """The time and concurrency bounds of one re-check (``observe``)."""
+        return {"deadline_seconds": self.item_deadline_seconds, "image_concurrency": self.image_concurrency,
+                "hash_lock": self._hash_lock}
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:

@@ -4,36 +4,49 @@ ingest validates again for channels that bypass HTTP (Kafka, CSV, partners)."""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.states import COARSE, COARSE_REASON, REJECTED
+from hotline.storage.reporter_address import MAX_ADDRESS_BYTES, ReporterSeal, keep_address
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, optional_caller, require_role
+from schemas.base import new_id
 from schemas.reports import ReportSubmitted
+from services.ingest import i18n
 from services.ingest.hosts import accept_url
+from services.ingest.ratelimit import Decision, RateLimiter
 from services.ingest.stage import MAX_URLS_PER_REPORT
-from services.ingest.urls import UrlRejected, normalize_url
+from services.ingest.urls import MAX_URL_LENGTH, UrlRejected, normalize_url
 
 router = APIRouter()
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+log = logging.getLogger(__name__)
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_DESCRIPTION = 10_000
+HONEYPOT = "website"  # a name form-filling bots cannot resist; people never see the field
 
-def url_problems(urls: list[str], operator_hosts: Collection[str] | None = None) -> list[str]:
-    """Why each URL ingest could not process is refused, naming its position. Without
+def url_rejections(
+    urls: list[str], operator_hosts: Collection[str] | None = None
+) -> list[tuple[int, str, UrlRejected]]:
+    """Each URL ingest could not process: its position, the URL and why (``err.code``). Without
     ``operator_hosts`` only the URL's form is checked (the models' validator cannot see the
     hosting file); with them, also that the host can be on the internet."""
-    problems = []
+    refused = []
     for i, url in enumerate(urls):
         try:
             if operator_hosts is None:
@@ -41,8 +54,13 @@ def url_problems(urls: list[str], operator_hosts: Collection[str] | None = None)
             else:
                 accept_url(url, operator_hosts)
         except UrlRejected as err:
-            problems.append(f"urls[{i}] {url!r}: {err.reason}")
-    return problems
+            refused.append((i, url, err))
+    return refused
+
+
+def url_problems(urls: list[str], operator_hosts: Collection[str] | None = None) -> list[str]:
+    """Why each URL ingest could not process is refused, naming its position."""
+    return [f"urls[{i}] {url!r}: {err.reason}" for i, url, err in url_rejections(urls, operator_hosts)]
 
 
 def check_urls(urls: list[str]) -> list[str]:
@@ -66,8 +84,8 @@ class ReportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     urls: list[str] = Field(min_length=1, max_length=MAX_URLS_PER_REPORT)
-    description: str | None = Field(default=None, max_length=10_000)
-    reporter_email: str | None = Field(default=None, max_length=320)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    reporter_email: str | None = Field(default=None, max_length=MAX_ADDRESS_BYTES)
 
     _valid_urls = field_validator("urls")(check_urls)
 
@@ -78,6 +96,8 @@ class ReportRequest(BaseModel):
             return None
         if value is not None and not EMAIL.match(value.strip()):
             raise ValueError("not a valid e-mail address")
+        if value is not None and len(value.strip().encode("utf-8")) > MAX_ADDRESS_BYTES:
+            raise ValueError(f"the e-mail address is longer than {MAX_ADDRESS_BYTES} bytes")
         return value.strip() if value else value
 
 
@@ -99,7 +119,11 @@ def submit(
     body: ReportRequest | PartnerReportRequest,
     channel: str,
     idempotency_key: str | None,
+    seal: ReporterSeal | None = None,
 ) -> str:
+    """Record the report and put it on ``reports.submitted`` in one transaction. The reporter's
+    address is sealed first (``seal``; without one it is not kept), so neither the message,
+    the outbox nor the report row ever holds it in clear."""
     if idempotency_key:
         existing = store.reports.by_idempotency_key(idempotency_key)
         if existing is not None:
@@ -108,7 +132,7 @@ def submit(
         channel=channel,  # type: ignore[arg-type]
         urls=body.urls,
         description=body.description,
-        reporter_email=getattr(body, "reporter_email", None),
+        reporter_email=keep_address(seal, getattr(body, "reporter_email", None)),
         partner_reference=getattr(body, "partner_reference", None),
         partner_country=getattr(body, "partner_country", None),
     )
@@ -145,9 +169,18 @@ def post_report(
 ) -> JSONResponse:
     """Submit a report. A retried request with the same ``Idempotency-Key`` returns the first report.
     A URL whose host cannot be on the internet (``intranet``, ``printer.local``) is refused
-    with 422 naming it and why."""
+    with 422 naming it and why. More than ``HOTLINE_REPORT_RATE_PER_MINUTE`` reports a minute
+    from one client address get 429 with ``Retry-After``. The reporter's e-mail address is kept
+    sealed (``HOTLINE_REPORTER_KEY``), and not at all without a key."""
+    decision = rate_limit(request)
+    if not decision.allowed:
+        return JSONResponse(
+            {"detail": f"too many reports from your address; try again in {decision.retry_after_seconds} seconds"},
+            status_code=429, headers={"Retry-After": str(decision.retry_after_seconds)},
+        )
     refuse_unreachable(request, body.urls)
-    report_id = submit(store, body, _channel_of(request, store), idempotency_key)
+    report_id = submit(store, body, _channel_of(request, store), idempotency_key,
+                       request.app.state.system.reporter_seal())
     return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
 
 
@@ -214,16 +247,105 @@ def get_report(
             "submitted_at": report.submitted_at.isoformat(), "items": items}
 
 
+# --------------------------------------------------------------------------- the public form
+
+
+_limiter_lock = threading.Lock()
+
+
+def rate_limit(request: Request) -> Decision:
+    """One token from the client address's bucket (``HOTLINE_REPORT_RATE_PER_MINUTE``), shared
+    by the form and the API. Refusals are logged without the address: a flood is worth an
+    operator's look, the address of a reporter is not worth keeping."""
+    state = request.app.state
+    with _limiter_lock:
+        limiter = getattr(state, "report_limiter", None)
+        if limiter is None:
+            limiter = state.report_limiter = RateLimiter(state.system.settings.report_rate_per_minute)
+    decision: Decision = limiter.check(request.client.host if request.client else None)
+    if not decision.allowed:
+        log.warning("report rate limit: refused a report on %s (retry after %d s)", request.url.path,
+                    decision.retry_after_seconds)
+    return decision
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One error on the form: the message, and the id of the field it is about (None: the
+    whole form), so the summary can link to the field and the field can point back."""
+
+    message: str
+    field: str | None = None
+
+
+def _language(request: Request, chosen: str | None = None) -> i18n.Language:
+    default = request.app.state.system.settings.form_default_language
+    return i18n.choose(request.query_params.get("lang"), chosen, request.cookies.get(i18n.COOKIE),
+                       request.headers.get("accept-language"), default)
+
+
+def _page(request: Request, template: str, lang: i18n.Language, status_code: int = 200,
+          headers: dict[str, str] | None = None, **extra: Any) -> HTMLResponse:
+    settings = request.app.state.system.settings
+    errors: list[FieldError] = extra.pop("errors", [])
+    ctx: dict[str, Any] = {
+        "hotline_name": settings.hotline_name, "lang": lang, "t": i18n.catalogue(lang),
+        "switch": [(code, i18n.LANGUAGE_NAMES[code]) for code in i18n.LANGUAGES if code != lang],
+        "ask_email": request.app.state.system.reporter_seal() is not None,
+        "limits": {"max_urls": MAX_URLS_PER_REPORT, "max_length": MAX_URL_LENGTH, "max_chars": MAX_DESCRIPTION,
+                   "email_chars": MAX_ADDRESS_BYTES},
+        "urls": "", "description": "", "reporter_email": "", "report_id": None, "honeypot": HONEYPOT,
+        "errors": errors,
+        "field_errors": {f: [e.message for e in errors if e.field == f] for f in ("urls", "description", "reporter_email")},
+    }
+    ctx.update(extra)
+    response = templates.TemplateResponse(request, template, ctx, status_code=status_code, headers=headers)
+    response.headers["Content-Language"] = lang
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    if i18n.as_language(request.query_params.get("lang")) == lang:
+        # The switch was used: remember it (a preference, not an identifier) for the next visit.
+        response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, path="/", samesite="lax", httponly=True)
+    return response
+
+
 @router.get("/report", response_class=HTMLResponse, include_in_schema=False)
 def report_form(request: Request) -> HTMLResponse:
-    return templates.TemplateResponse(request, "report.html", _form_context(request))
+    """The public form, in the browser's language (``Accept-Language``) unless the reporter
+    chose one with the switch (``?lang=nl``, remembered in a cookie)."""
+    return _page(request, "report.html", _language(request))
 
 
-def _form_context(request: Request, **extra: Any) -> dict[str, Any]:
-    ctx: dict[str, Any] = {"hotline_name": request.app.state.system.settings.hotline_name, "urls": "",
-                           "description": "", "reporter_email": "", "errors": [], "report_id": None}
-    ctx.update(extra)
-    return ctx
+@router.get("/report/form.css", include_in_schema=False)
+def report_form_css() -> Response:
+    """The form's style sheet, served by the app itself: the page loads nothing from elsewhere."""
+    return FileResponse(TEMPLATES_DIR / "report.css", media_type="text/css",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _form_errors(request: Request, lang: i18n.Language, lines: list[str], description: str,
+                 reporter_email: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if not lines:
+        errors.append(FieldError(i18n.text(lang, "no_urls"), "urls"))
+    elif len(lines) > MAX_URLS_PER_REPORT:
+        errors.append(FieldError(i18n.text(lang, "too_many_urls", max_urls=MAX_URLS_PER_REPORT, count=len(lines)),
+                                 "urls"))
+    else:
+        for _, url, err in url_rejections(lines, request.app.state.system.operator_hosts()):
+            try:
+                host: str | None = normalize_url(url).host
+            except UrlRejected:
+                host = None
+            errors.append(FieldError(i18n.url_problem(lang, err.code, url, host, max_length=MAX_URL_LENGTH), "urls"))
+    if len(description) > MAX_DESCRIPTION:
+        errors.append(FieldError(i18n.text(lang, "description_too_long", max_chars=MAX_DESCRIPTION,
+                                           count=len(description)), "description"))
+    address = reporter_email.strip()
+    if address and not EMAIL.match(address):
+        errors.append(FieldError(i18n.text(lang, "email_invalid"), "reporter_email"))
+    elif len(address.encode("utf-8")) > MAX_ADDRESS_BYTES:
+        errors.append(FieldError(i18n.text(lang, "email_too_long", max_chars=MAX_ADDRESS_BYTES), "reporter_email"))
+    return errors
 
 
 @router.post("/report", response_class=HTMLResponse, include_in_schema=False)
@@ -232,21 +354,34 @@ def report_form_post(
     urls: str = Form(""),
     description: str = Form(""),
     reporter_email: str = Form(""),
+    lang: str = Form(""),
+    website: str = Form("", alias=HONEYPOT),
     store: SqlUnitOfWork = Depends(get_store),
 ) -> HTMLResponse:
+    """Submit the form. Errors come back on the form, in its language, next to the field they
+    are about, with what was typed kept; a filled honeypot looks like success to the bot and
+    creates nothing."""
+    language = _language(request, lang)
+    seal = request.app.state.system.reporter_seal()
+    if seal is None:
+        reporter_email = ""  # not asked for, and could not be kept
+    typed: dict[str, Any] = {"urls": urls, "description": description, "reporter_email": reporter_email}
+    decision = rate_limit(request)
+    if not decision.allowed:
+        seconds = decision.retry_after_seconds
+        return _page(request, "report.html", language, 429, {"Retry-After": str(seconds)},
+                     errors=[FieldError(i18n.text(language, "rate_limited", seconds=seconds))], **typed)
+    if website.strip():
+        # Only a program fills a field nobody can see or reach: record that it happened (for
+        # the operators' audit trail, without the client's address) and answer as if all went well.
+        log.warning("report form: honeypot field filled, report discarded")
+        store.audit.append("web", "honeypot_filled", "-", "a report from the public form was discarded")
+        store.commit()
+        return _page(request, "report_thanks.html", language, report_id=new_id())
     lines = [u.strip() for u in urls.splitlines() if u.strip()]
-    try:
-        body = ReportRequest(urls=lines, description=description or None, reporter_email=reporter_email or None)
-    except ValueError as exc:
-        errors = [str(e["msg"]).removeprefix("Value error, ") for e in getattr(exc, "errors", lambda: [])()] or [str(exc)]
-        if not lines:
-            errors = ["please enter at least one web address"]
-        ctx = _form_context(request, urls=urls, description=description, reporter_email=reporter_email, errors=errors)
-        return templates.TemplateResponse(request, "report.html", ctx, status_code=422)
-    unreachable = url_problems(body.urls, request.app.state.system.operator_hosts())
-    if unreachable:
-        ctx = _form_context(request, urls=urls, description=description, reporter_email=reporter_email,
-                            errors=unreachable)
-        return templates.TemplateResponse(request, "report.html", ctx, status_code=422)
-    report_id = submit(store, body, "web", None)
-    return templates.TemplateResponse(request, "report.html", _form_context(request, report_id=report_id))
+    errors = _form_errors(request, language, lines, description, reporter_email)
+    if errors:
+        return _page(request, "report.html", language, 422, errors=errors, **typed)
+    body = ReportRequest(urls=lines, description=description or None, reporter_email=reporter_email or None)
+    report_id = submit(store, body, "web", None, seal)
+    return _page(request, "report_thanks.html", language, report_id=report_id)

@@ -15,6 +15,7 @@ from hotline.kernel.clock import now
 from hotline.kernel.messages import REJECTED, InvalidMessage, Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.states import ItemState
+from hotline.storage.reporter_address import ReporterSeal, is_sealed, keep_address
 from schemas import Message
 from schemas.items import ItemAccepted
 from schemas.reports import ReportRejected, ReportSubmitted
@@ -29,6 +30,9 @@ class IngestStage:
     # Host names the operator's hosting file vouches for (accepted although not under a
     # public suffix); see ``services.ingest.hosts``.
     operator_hosts: frozenset[str] = field(default_factory=frozenset)
+    # Seals a reporter address that a producer put on the topic in clear (our own channels
+    # seal it before); None: such an address is not kept (hotline.storage.reporter_address).
+    reporter_seal: ReporterSeal | None = None
 
     name: ClassVar[str] = "ingest"
     inputs: ClassVar[tuple[str, ...]] = ("reports.submitted",)
@@ -47,6 +51,10 @@ class IngestStage:
                 message.report_id,
             )
         if report is None:
+            if message.reporter_email and not is_sealed(message.reporter_email):
+                message = message.model_copy(
+                    update={"reporter_email": keep_address(self.reporter_seal, message.reporter_email)}
+                )
             report = uow.reports.create(message)
 
         out: list[Outgoing] = []

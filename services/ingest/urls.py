@@ -15,7 +15,7 @@ import ipaddress
 import re
 import string
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 import ada_url
 
@@ -92,6 +92,17 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+def _why_not_a_url(raw: str, parts: SplitResult) -> UrlRejected:
+    """The most specific reason a URL the WHATWG parser refused cannot be processed."""
+    if " " in parts.netloc:
+        return UrlRejected("invalid_host", "the host part contains spaces")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        return UrlRejected("invalid_port", "the port is not a number between 0 and 65535")
+    return UrlRejected("invalid_host", f"{raw.strip()!r} is not a URL a browser could open")
+
+
 def normalize_url(raw: str) -> NormalizedUrl:
     """Return the canonical form of a reported URL, or raise ``UrlRejected`` saying why not."""
     if not isinstance(raw, str):
@@ -115,20 +126,17 @@ def normalize_url(raw: str) -> NormalizedUrl:
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise UrlRejected("unsupported_scheme", f"only http and https URLs can be processed, not {scheme}:")
-    if " " in parts.netloc:
-        raise UrlRejected("invalid_host", "the host part contains spaces")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise UrlRejected("invalid_port", "the port is not a number between 0 and 65535") from exc
     if not (parts.hostname or "").strip().rstrip("."):
         raise UrlRejected("missing_host", "the URL has no host name")
     try:
         parsed = ada_url.URL(text)
     except ValueError as exc:
-        raise UrlRejected("invalid_host", f"{raw.strip()!r} is not a URL a browser could open") from exc
+        raise _why_not_a_url(raw, parts) from exc
     host = _normalize_host(parsed.hostname)
     netloc = f"[{host}]" if ":" in host else host
+    # The port as a browser reads it: "http://127.0.0.1:9999\\@evil.test/" is port 9999 of
+    # 127.0.0.1 (a backslash ends the authority), where urlsplit sees evil.test.
+    port = int(parsed.port) if parsed.port else None
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
     # Re-quote consistently (unreserved characters unescaped), then resolve dot segments.

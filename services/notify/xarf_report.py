@@ -12,7 +12,10 @@ policy parks the message after its attempts).
   items (``application/json``, hashes and match facts only, never image bytes).
 - ``report_id`` is derived from the notice id (UUID, version-4 layout), so every rendering
   of one notice carries the same id; ``timestamp`` is when classify saw the content.
-- ``classification``: see :data:`CLASSIFICATION` and README "Machine-readable notices".
+- ``classification``: an analyst's per-image classification maps by
+  ``services.assessment.classification.xarf_classification`` (baseline, or A/B × 1/2 from
+  the age group and the act); a bank category by :data:`CLASSIFICATION`; the most serious
+  image's value is the report's. See README "Machine-readable notices" and "Classification".
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import xarf
 
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.notices import TakedownNotice
+from services.assessment.classification import xarf_classification
 
 CATEGORY, TYPE = "content", "csam"
 
@@ -77,19 +81,36 @@ def matched_images(notice: TakedownNotice) -> list[ImageFacts]:
 
 
 def reported_images(notice: TakedownNotice) -> list[ImageFacts]:
-    """The images a notice is about: those the bank matched; when none did and the notice says
-    what the material is (``category``: an analyst confirmed it, the police released it), every
-    image with hashes."""
-    matched = matched_images(notice)
-    if matched or notice.category is None:
-        return matched
+    """The images a notice is about: those the bank matched and those an analyst classified as
+    illegal (baseline, national: ``ImageFacts.assessment``); when there are none and the notice
+    says what the material is (``category``: an analyst confirmed the whole item, the police
+    released it), every image with hashes. An image the analyst found doubtful or not illegal
+    is never reported."""
+    chosen = [i for i in notice.images if i.match is not None
+              or (i.assessment is not None and xarf_classification(i.assessment) is not None)]
+    if chosen or notice.category is None or any(i.assessment is not None for i in notice.images):
+        return chosen
     return [i for i in notice.images if i.error is None and (i.sha256 or i.sha1 or i.md5)]
 
 
+def xarf_of(notice: TakedownNotice, image: ImageFacts) -> str:
+    """One reported image's X-ARF ``classification``: the analyst's per-image classification
+    (services/assessment/classification.py), else its category's."""
+    if image.match is None and image.assessment is not None:
+        value = xarf_classification(image.assessment)
+        if value is None:
+            raise XarfReportInvalid(f"notice {notice.notice_id}: {image.url} is {image.assessment.classification}")
+        return value
+    return classification_of(category_of(notice, image))
+
+
 def category_of(notice: TakedownNotice, image: ImageFacts) -> str:
-    """What one reported image is: its bank entry's category, else the notice's (the analyst's)."""
+    """What one reported image is: its bank entry's category, else the analyst's (per image,
+    else the notice's)."""
     if image.match is not None:
         return image.match.category
+    if image.assessment is not None:
+        return image.assessment.classification
     if notice.category is None:
         raise XarfReportInvalid(f"notice {notice.notice_id}: {image.url} has no bank match and the notice no category")
     return notice.category
@@ -121,7 +142,7 @@ def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict
     if not images:
         what = "no image with hashes" if notice.category is not None else "no matched image"
         raise XarfReportInvalid(f"notice {notice.notice_id} names {what}: nothing to classify")
-    classes = [classification_of(category_of(notice, i)) for i in images]
+    classes = [xarf_of(notice, i) for i in images]
     classification = min(classes, key=XARF_CLASSIFICATIONS.index)
     first = images[0]
     parts = urlsplit(notice.url)
@@ -208,6 +229,10 @@ def _evidence(image: ImageFacts, n: int, total: int) -> xarf.XARFEvidence:
         facts["phash"] = image.phash
     if match is not None:
         facts["match"] = {"signal": match.signal, "distance": match.distance, "category": match.category}
+    elif image.assessment is not None:
+        a = image.assessment  # what the hoster needs to act on it: never gender or other details
+        facts["classification"] = {"category": a.classification, "age_group": a.age_group, "act": a.act,
+                                   "xarf": xarf_classification(a)}
     what = "Hashes and match of matched image" if match is not None else "Hashes of analyst-confirmed image"
     return xarf.create_evidence(
         "application/json",

@@ -27,6 +27,7 @@ from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
 from hotline.config import Settings
 from hotline.runtime.embedded import EmbeddedRuntime
+from hotline.storage.reporter_address import new_key
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import new_token
 
@@ -138,6 +139,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         notice_from="ntd@hotline-e2e.test",
         hotline_name="Hotline (e2e)",
         fetch_timeout_seconds=5,
+        reporter_key=new_key(),  # the form asks for an address only when it can keep it sealed
+        report_rate_per_minute=0,  # one client (the tests) posts many; the limit: tests/integration
     )
     system = bootstrap(settings, dns=NoDns())
     tokens = {role: new_token() for role in ("admin", "analyst", "hoster", "police")}
@@ -164,7 +167,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         system.engine.dispose()
 
 
-def _chromium(chromium_path: str, chromedriver_path: str, profile: Path, javascript: bool) -> Any:
+def _chromium(chromium_path: str, chromedriver_path: str, profile: Path, javascript: bool,
+             prefs: dict[str, Any] | None = None) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -180,8 +184,11 @@ def _chromium(chromium_path: str, chromedriver_path: str, profile: Path, javascr
         "--window-size=1280,1000",
     ):
         options.add_argument(arg)
+    prefs = dict(prefs or {})
     if not javascript:
-        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+        prefs["profile.managed_default_content_settings.javascript"] = 2
+    if prefs:
+        options.add_experimental_option("prefs", prefs)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver_path))
     driver.set_page_load_timeout(20)
     return driver
@@ -204,6 +211,17 @@ def browser_without_js(chromium_path: str, chromedriver_path: str, tmp_path: Pat
     try:
         driver.get("data:text/html,<title>off</title><script>document.title='on'</script>")
         assert driver.title == "off", "JavaScript should be switched off in this browser"
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def dutch_browser(chromium_path: str, chromedriver_path: str, tmp_path: Path) -> Iterator[Any]:
+    """A headless Chromium whose user prefers Dutch (``Accept-Language: nl-NL,nl``), JavaScript off."""
+    driver = _chromium(chromium_path, chromedriver_path, tmp_path / "chromium-profile-nl", javascript=False,
+                       prefs={"intl.accept_languages": "nl-NL,nl"})
+    try:
         yield driver
     finally:
         driver.quit()

@@ -70,3 +70,150 @@ def test_bad_url_shows_the_reason_and_keeps_the_text(stack: Stack, browser_witho
     # What the reporter typed is still there to correct.
     assert browser.find_element(By.ID, "urls").get_attribute("value").splitlines() == typed
     assert browser.find_element(By.ID, "description").get_attribute("value") == description
+
+
+# --------------------------------------------------------------------------- languages, access, phones
+
+
+def _submit_valid(stack: Stack, browser: Any, name: str) -> str:
+    stack.site.add(f"/form/{name}.jpg", "image/jpeg", photo_like_jpeg(320, 240, seed=sum(map(ord, name))))
+    _fill(browser, [f"{stack.site_url}/form/{name}.jpg"], f"e2e: {name}")
+    browser.find_element(By.ID, "reporter_email").clear()
+    click_and_wait(browser, browser.find_element(By.ID, "submit"))
+    report_id = str(browser.find_element(By.ID, "report-id").text.strip())
+    assert len(report_id) == 32, report_id
+    with stack.api() as api:
+        assert api.get(f"/api/v1/reports/{report_id}").json()["report_id"] == report_id
+    return report_id
+
+
+def _submit_invalid(browser: Any, bad: str) -> str:
+    _fill(browser, [bad], "e2e: a bad address")
+    click_and_wait(browser, browser.find_element(By.ID, "submit"))
+    summary = str(browser.find_element(By.ID, "errors").text)
+    # The summary links to the field, and the field points at its inline error.
+    link = browser.find_element(By.CSS_SELECTOR, "#errors a[href='#urls']")
+    assert bad in link.text
+    urls = browser.find_element(By.ID, "urls")
+    assert urls.get_attribute("aria-invalid") == "true"
+    assert "urls-error" in (urls.get_attribute("aria-describedby") or "").split()
+    assert bad in browser.find_element(By.ID, "urls-error").text
+    return summary
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["js", "nojs"])
+def test_english_form_valid_and_invalid(stack: Stack, browser: Any, browser_without_js: Any, javascript: bool) -> None:
+    driver = browser if javascript else browser_without_js
+    driver.get(f"{stack.base_url}/report")
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+    summary = _submit_invalid(driver, "http://printer.local/scan.jpg")
+    assert "The report was not sent" in summary and "cannot be on the internet" in summary
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+    _submit_valid(stack, driver, f"en-{javascript}")
+    assert "Thank you" in driver.find_element(By.ID, "result").text
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["js", "nojs"])
+def test_the_switch_turns_the_form_dutch_and_remembers_it(
+    stack: Stack, browser: Any, browser_without_js: Any, javascript: bool
+) -> None:
+    driver = browser if javascript else browser_without_js
+    driver.get(f"{stack.base_url}/report")
+    click_and_wait(driver, driver.find_element(By.ID, "lang-nl"))
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == "nl"
+    assert driver.find_element(By.ID, "submit").text == "Melding versturen"
+    driver.get(f"{stack.base_url}/report")  # the cookie remembers the choice
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == "nl"
+
+    summary = _submit_invalid(driver, "ftp://files.example.test/x.jpg")
+    assert "De melding is niet verstuurd" in summary
+    assert "alleen http- en https-adressen" in summary and "ftp:" in summary.split("x.jpg", 1)[1]
+    _submit_valid(stack, driver, f"nl-{javascript}")
+    assert "Dank u wel" in driver.find_element(By.ID, "result").text
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == "nl"
+
+    click_and_wait(driver, driver.find_element(By.ID, "lang-en"))  # and back
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+
+
+def test_the_browser_language_picks_dutch(stack: Stack, dutch_browser: Any) -> None:
+    dutch_browser.get(f"{stack.base_url}/report")
+    assert dutch_browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "nl"
+    assert "Seksueel kindermisbruikmateriaal melden" in dutch_browser.find_element(By.TAG_NAME, "h1").text
+    _submit_valid(stack, dutch_browser, "nl-accept-language")
+    assert "Dank u wel" in dutch_browser.find_element(By.ID, "result").text
+
+
+def _with_every_error(browser: Any) -> None:
+    _fill(browser, ["notaurl", "ftp://files.example.test/x.jpg"], "x" * 10_001)
+    email = browser.find_element(By.ID, "reporter_email")
+    email.clear()
+    email.send_keys("x" * 195 + "@a.test")  # passes the browser's own check, too long for us
+    click_and_wait(browser, browser.find_element(By.ID, "submit"))
+    for field in ("urls", "description", "reporter_email"):
+        assert browser.find_element(By.ID, f"{field}-error").text
+
+
+@pytest.mark.parametrize("lang", ["en", "nl"])
+def test_axe_finds_no_violations(stack: Stack, browser: Any, lang: str) -> None:
+    from tests.e2e.axe import axe_violations, describe
+
+    # The audit can fail: a page with known faults shows them (no lang, an image without alt text).
+    browser.get("data:text/html,<!doctype html><title>t</title><main><img src='data:,'></main>")
+    assert {"html-has-lang", "image-alt"} <= {v["id"] for v in axe_violations(browser)}
+
+    browser.get(f"{stack.base_url}/report?lang={lang}")
+    pages = {"form": axe_violations(browser)}
+    _with_every_error(browser)
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang
+    pages["form with errors"] = axe_violations(browser)
+    _submit_valid(stack, browser, f"axe-{lang}")
+    pages["thank-you page"] = axe_violations(browser)
+    found = {page: describe(v) for page, v in pages.items() if v}
+    assert not found, "\n".join(f"--- {page} ({lang})\n{text}" for page, text in found.items())
+
+
+def _no_horizontal_scroll(browser: Any) -> bool:
+    return bool(browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def test_phone_screenshot_and_reflow(stack: Stack, browser: Any, artifacts_dir: Any) -> None:
+    # A phone (390 x 844 CSS pixels, as an iPhone 12-15) ...
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    browser.get(f"{stack.base_url}/report")
+    assert _no_horizontal_scroll(browser)
+    button = browser.find_element(By.ID, "submit")
+    assert button.size["width"] >= 300  # full width, an easy target for a thumb
+    target = artifacts_dir / "report-form-phone.png"
+    browser.save_screenshot(str(target))
+    assert target.stat().st_size > 10_000
+    _with_every_error(browser)
+    assert _no_horizontal_scroll(browser)  # long URLs in the errors wrap
+    browser.save_screenshot(str(artifacts_dir / "report-form-phone-errors.png"))
+    # ... and 200 % zoom of a 1280 px window down to WCAG's reflow width of 320 px.
+    for width in (640, 320):
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                {"width": width, "height": 800, "deviceScaleFactor": 2, "mobile": False})
+        browser.get(f"{stack.base_url}/report")
+        assert _no_horizontal_scroll(browser), f"horizontal scrolling at {width} CSS pixels"
+
+
+def test_the_honeypot_is_out_of_reach(stack: Stack, browser: Any) -> None:
+    """People (sighted, keyboard, screen reader) never meet the honeypot field."""
+    browser.get(f"{stack.base_url}/report")
+    trap = browser.find_element(By.ID, "website")
+    assert not trap.is_displayed() or trap.location["x"] < 0
+    assert trap.get_attribute("tabindex") == "-1" and trap.get_attribute("autocomplete") == "off"
+    assert browser.execute_script("return arguments[0].closest('[aria-hidden=true]') !== null", trap)
+    # Tabbing through the page never lands on it.
+    from selenium.webdriver.common.keys import Keys
+
+    seen = []
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    for _ in range(12):
+        seen.append(browser.switch_to.active_element.get_attribute("id"))
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert "website" not in seen
+    assert seen.index("urls") < seen.index("description") < seen.index("reporter_email") < seen.index("submit")

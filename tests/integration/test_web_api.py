@@ -29,6 +29,7 @@ from hashing.synthetic import photo_like_jpeg
 from hotline.config import Settings
 from hotline.runtime.embedded import EmbeddedRuntime
 from hotline.storage.models import ReportUrl
+from hotline.storage.reporter_address import new_key
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import new_token
 from services.notify.mailer import RecordingMailer
@@ -103,6 +104,8 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
         allow_private_fetch=True,
         hotline_name="Test Hotline",
         fetch_timeout_seconds=5,
+        reporter_key=new_key(),
+        report_rate_per_minute=0,  # these tests post far more than a person would; limits: test_report_form.py
     )
     system = bootstrap(settings, dns=NoDns(), mailer=RecordingMailer())
     tokens = {role: new_token() for role in ("admin", "analyst", "police", "hoster", "partner")}

@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from schemas.facts import HostingFacts, ImageFacts
-from schemas.notices import AnalystClassification, PoliceAction, PoliceEscalation
+from schemas.facts import HostingFacts, ImageClassification, ImageFacts
+from schemas.notices import AnalystClassification, Answer, PoliceAction, PoliceEscalation
 
 ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -32,12 +32,19 @@ def examples() -> dict[str, dict[str, Any]]:
                            sha1="2fd4e1c67a2d28fced849ee1bb76e7391b93eb12",
                            sha256="d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592",
                            pdq="f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22", pdq_quality=100,
-                           phash="c3c3e1f0f0e1c3c3", width=320, height=240, format="JPEG", byte_size=18211)],
+                           phash="c3c3e1f0f0e1c3c3", width=320, height=240, format="JPEG", byte_size=18211,
+                           assessment=ImageClassification(
+                               classification="national", age_group="pubescent", gender="female",
+                               act="lascivious_exhibition", site_type="image_host",
+                               commerciality="non_commercial", user_generated=True, xarf="B2"))],
         hosting=HostingFacts(host="cdn.hoster-b.test", ip="127.0.0.3", country="NL", asn=64502,
                              hoster="Hoster B B.V.", abuse="abuse@hoster-b.test", source="hosting_file"),
         first_seen=AT, last_seen=AT, report_ids=["5b1d0c3e9f2a4e8d9c7b6a5f4e3d2c1b"],
         classification=AnalystClassification(analyst="analyst-1", verdict="illegal", category="national",
-                                             notes="new series", assessed_at=AT),
+                                             notes="new series", assessed_at=AT,
+                                             answers=[Answer(id="victim_identifiable",
+                                                             label="Could the victim be identified?",
+                                                             value="no")]),
         escalated_at=AT, release_due_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
     )
     action = PoliceAction(action_id=f"pol-{item}:hold", escalation_id=f"pol-{item}", item_id=item, action="hold",

@@ -205,3 +205,22 @@ def test_idempotent() -> None:
     ]:
         once = norm(raw)
         assert norm(once) == once
+
+
+@pytest.mark.parametrize(
+    ("raw", "url", "host"),
+    [
+        # A backslash ends the authority for a browser: this is port 9999 of 127.0.0.1, with
+        # "@evil.test/x" in the path, not evil.test (what urlsplit would fetch).
+        ("http://127.0.0.1:9999\\@evil.test/x", "http://127.0.0.1:9999/@evil.test/x", "127.0.0.1"),
+        ("http://evil.test\\x", "http://evil.test/x", "evil.test"),
+        # Numeric host spellings browsers accept are the address they mean.
+        ("http://2130706433/", "http://127.0.0.1/", "127.0.0.1"),
+        ("http://0x7f.1/", "http://127.0.0.1/", "127.0.0.1"),
+        # An escape that is not UTF-8 is kept byte for byte, never turned into U+FFFD.
+        ("http://a.example.com/%FF%FE", "http://a.example.com/%FF%FE", "a.example.com"),
+    ],
+)
+def test_parsed_as_a_browser_parses_it(raw: str, url: str, host: str) -> None:
+    n = normalize_url(raw)
+    assert (n.url, n.host) == (url, host)

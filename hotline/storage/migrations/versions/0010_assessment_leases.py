@@ -1,17 +1,17 @@
 """analyst leases on items (claimed_by, claimed_until) and the operators' rejections table
 
-Revision ID: 0009q
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-01 17:50:00.000000
 
-Written beside another branch's 0009: the lead rechains it (0010, down_revision 0009) at merge.
+Written as 0009q beside the classification branch's 0009; rechained after main merged it.
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0009q'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
