@@ -43,6 +43,8 @@ def reason_kind(item: Item) -> str:
         return "parked"
     if "disagree" in text:
         return "second_look"
+    if "doubtful" in text:
+        return "doubtful"
     if "phash" in text:
         return "weak_match"
     if "abuse contact" in text or "refused" in text or "notice" in text:

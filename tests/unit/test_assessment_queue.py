@@ -289,3 +289,21 @@ def test_known_images_are_listed_not_shown_and_copies_linked() -> None:
     assert 'href="/analyst/items/i-2" class="copy"' in html  # also seen at
     assert 'id="animate-2"' in html and 'id="animate-1"' not in html
     assert still_frame(b"not an image") is None
+
+
+def test_the_second_analyst_confirms_the_per_image_classification(sessions: Sessions) -> None:
+    item = add_item(sessions, 1)
+    sha = in_store(sessions, lambda st: st.items.get(item).classification["images"][0]["sha256"])  # type: ignore[union-attr]
+    per_image = [{"sha256": sha, "classification": "baseline", "age_group": "infant", "act": "sexual_activity"}]
+    at = T0 + timedelta(seconds=1)
+    assert in_store(sessions, lambda st: decide(st, item, verdict=None, category=None, analyst="ann", notes=None,
+                                                images=per_image, hold_seconds=None, second_analyst=True, at=at,
+                                                lease_seconds=LEASE)) == []
+    out = in_store(sessions, lambda st: second_opinion(st, item, agree=True, analyst="bob", notes="agreed",
+                                                       hold_seconds=None, at=at, lease_seconds=LEASE))
+    (escalation,) = [o.message for o in out]  # type: ignore[attr-defined]
+    (img,) = escalation.images
+    assert img.assessment is not None and img.assessment.classification == "baseline"
+    assert img.assessment.xarf  # the X-ARF code, recomputed from the replayed fields
+    latest = in_store(sessions, lambda st: st.assessments.latest(item), commit=False)
+    assert latest.analyst == "bob" and latest.images[0]["classification"] == "baseline"  # type: ignore[union-attr]
