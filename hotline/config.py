@@ -183,6 +183,20 @@ class Settings(BaseSettings):
     def hashcheck_trusted_names(self) -> frozenset[str]:
         return frozenset(n.strip() for n in self.hashcheck_trusted.split(",") if n.strip())
 
+    # The analyst workspace (services/assessment/queue.py, pages.py). An analyst's claim on an
+    # item lasts this long unless renewed (each page load; the page's heartbeat while open).
+    assessment_lease_seconds: float = Field(default=600.0, gt=0)
+    # An "illegal" decision waits for a second, different analyst before escalation.
+    second_analyst: bool = False
+    # A reminder to take a break after this many minutes of continuous work on the analyst pages
+    # (a pause of assessment_idle_minutes or more starts a new stretch).
+    break_reminder_minutes: float = Field(default=50.0, gt=0)
+    assessment_idle_minutes: float = Field(default=10.0, gt=0)
+    # The keyboard's "record" waits this long for an "undo" before the decision is sent (0: at once).
+    undo_seconds: float = Field(default=3.0, ge=0, le=60)
+    # Reports from these channels are assessed first (partners and police ahead of the public).
+    priority_channels: str = "partner,police"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

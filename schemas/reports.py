@@ -9,7 +9,7 @@ from pydantic import Field
 
 from schemas.base import Message, new_id, utcnow
 
-Channel = Literal["web", "api", "csv", "partner"]
+Channel = Literal["web", "api", "csv", "partner", "police"]
 
 
 class ReportSubmitted(Message):

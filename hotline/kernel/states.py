@@ -23,6 +23,9 @@ class ItemState(StrEnum):
     REMOVED = "removed"
     CLOSED_OFFLINE = "closed_offline"
     CLOSED_NOT_ILLEGAL = "closed_not_illegal"
+    # HOTLINE_SECOND_ANALYST: an analyst decided "illegal"; a second analyst confirms it (then
+    # escalated) or disagrees (back to awaiting_assessment) (services/assessment/confirmation.py).
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
 
 
 S = ItemState
@@ -39,6 +42,7 @@ REJECTED = "rejected"
 COARSE: dict[str, str] = {
     S.RECEIVED: "received",
     S.AWAITING_ASSESSMENT: "in_progress",
+    S.AWAITING_CONFIRMATION: "in_progress",
     S.NOTICE_QUEUED: "in_progress",
     S.FORWARD_QUEUED: "in_progress",
     S.NOTICE_UNCONFIRMED: "action_taken",
@@ -65,7 +69,10 @@ _ANY_OPEN_TO = {S.AWAITING_ASSESSMENT, S.REMOVED}
 TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     # A Tor hidden service goes from classify straight to the police (escalated).
     S.RECEIVED: frozenset({S.NOTICE_QUEUED, S.FORWARD_QUEUED, S.CLOSED_OFFLINE, S.ESCALATED}),
-    S.AWAITING_ASSESSMENT: frozenset({S.ESCALATED, S.CLOSED_NOT_ILLEGAL, S.NOTICE_QUEUED, S.FORWARD_QUEUED}),
+    S.AWAITING_ASSESSMENT: frozenset({S.ESCALATED, S.CLOSED_NOT_ILLEGAL, S.NOTICE_QUEUED, S.FORWARD_QUEUED,
+                                      S.AWAITING_CONFIRMATION}),
+    # Confirmed: escalated; disagreed: back to awaiting_assessment (any open state may go there).
+    S.AWAITING_CONFIRMATION: frozenset({S.ESCALATED}),
     S.NOTICE_QUEUED: frozenset({S.NOTICE_SENT, S.NOTICE_UNCONFIRMED}),
     S.FORWARD_QUEUED: frozenset({S.FORWARDED}),
     # A senior analyst who finds escalated material not illegal before the takedown closes it

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.kernel.failures import FailureHistory, Park
-from hotline.kernel.messages import Outgoing
+from hotline.kernel.messages import REJECTED, Outgoing
 from hotline.kernel.parking import park
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import RetryLater, SideEffect, Stage, run_stage
@@ -60,6 +60,15 @@ def after_failure(history: FailureHistory, exc: BaseException) -> float:
     return hint if hint is not None else decision.delay_seconds
 
 
+def keep_rejections(uow: SqlUnitOfWork, out: list[Outgoing]) -> None:
+    """The operators' copy of every ``reports.rejected`` message a stage produced (bad input, a
+    parked message), in the stage's transaction: every stage's output passes here on either
+    runtime, so the operators' page (services/operations) misses none."""
+    for o in out:
+        if o.topic == REJECTED:
+            uow.rejections.record(o.message)
+
+
 class StepRunner:
     def __init__(self, stage: Stage, sessions: sessionmaker[Session]) -> None:
         self.stage = stage
@@ -73,6 +82,7 @@ class StepRunner:
             try:
                 result = run_stage(self.stage, topic, raw, uow)
                 if not isinstance(result, SideEffect):
+                    keep_rejections(uow, result)
                     finish(uow, result)
                     uow.commit()
                     return result
@@ -96,6 +106,7 @@ class StepRunner:
                 if isinstance(recorded, RetryLater):
                     uow.commit()
                     raise RetryRequested(recorded.error, recorded.after_seconds) from recorded.error
+                keep_rejections(uow, recorded)
                 finish(uow, recorded)
                 uow.commit()
                 return recorded
@@ -110,6 +121,7 @@ class StepRunner:
         with self.sessions() as session:
             uow = SqlUnitOfWork(session)
             out = park(self.stage.name, topic, raw, uow, exc, why)
+            keep_rejections(uow, out)
             finish(uow, out)
             uow.commit()
             return out

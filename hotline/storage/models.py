@@ -73,6 +73,10 @@ class Item(Base):
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The analyst lease (services/assessment/queue.py): who works on the item until when; an
+    # expired lease is as good as none, so a closed browser never locks an item for long.
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[datetime | None] = mapped_column(index=True)
 
     __table_args__ = (Index("ix_items_url", "url"),)
 
@@ -434,3 +438,25 @@ class HostingCacheEntry(Base):
     source: Mapped[str] = mapped_column(String(32))  # dns | rdap
     looked_up_at: Mapped[datetime] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Rejection(Base):
+    """The operators' copy of every ``reports.rejected`` message (original payload, stage,
+    reason), written with it in the same transaction (``SqlUnitOfWork.enqueue``), so the
+    operators' page can show it and resolve it: resubmit a fixed report, re-drive a parked
+    message (``reason_code == "processing_failed"``), or dismiss it."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    stage: Mapped[str] = mapped_column(String(32))
+    source_topic: Mapped[str | None] = mapped_column(String(100))
+    report_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    item_id: Mapped[str | None] = mapped_column(String(64))
+    reason_code: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(index=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(100))
+    resolution: Mapped[str | None] = mapped_column(Text)

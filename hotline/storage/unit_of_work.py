@@ -18,7 +18,9 @@ from hotline.storage.bank_entries import SqlBankEntries
 from hotline.storage.deliveries import SqlPartnerUpdates
 from hotline.storage.followups import SqlFollowups
 from hotline.storage.items import SqlItems
+from hotline.storage.leases import SqlLeases
 from hotline.storage.models import BusMessage
+from hotline.storage.rejections import SqlRejections
 from hotline.storage.reports import SqlReports
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ class SqlUnitOfWork:
         self.users = SqlUsers(session)
         self.hashcheck = SqlHashCheckStats(session)
         self.partner_updates = SqlPartnerUpdates(session)
+        self.leases = SqlLeases(session)
+        self.rejections = SqlRejections(session)
 
     def enqueue(self, outgoing: Iterable[Outgoing]) -> None:
         """Publish messages *with* this unit of work (transactional outbox): they reach the bus

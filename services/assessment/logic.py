@@ -113,16 +113,23 @@ def assess(
     hold_seconds: float | None = None,
     images: Sequence[ImageDecision | Mapping[str, Any]] | None = None,
     answers: Sequence[Answer] = (),
+    states: tuple[str, ...] = (ItemState.AWAITING_ASSESSMENT,),
+    second_analyst: bool = False,
 ) -> list[Outgoing]:
     """Apply the decision; returns the messages to publish with it (the caller commits).
     ``hold_seconds`` (``HOTLINE_POLICE_HOLD_SECONDS``): the takedown of confirmed material then
     follows that long after the escalation unless the police hold it; None: it waits for the
-    police's release. Raises :class:`AssessmentRefused` or :class:`ClassificationInvalid`."""
+    police's release. ``states``: where the item may be (a second analyst confirms from
+    ``awaiting_confirmation``: services/assessment/confirmation.py). ``second_analyst``
+    (``HOTLINE_SECOND_ANALYST``): an "illegal" is recorded and waits in ``awaiting_confirmation``
+    for a different analyst instead of escalating. Raises :class:`AssessmentRefused` or
+    :class:`ClassificationInvalid`."""
     item = uow.items.get(item_id)
     if item is None:
         raise AssessmentRefused(404, f"no item {item_id}")
-    if item.state != ItemState.AWAITING_ASSESSMENT:
-        raise AssessmentRefused(409, f"item {item_id} is {item.state}, not awaiting assessment")
+    if item.state not in states:
+        wanted = " or ".join(str(st).replace("_", " ") for st in states)
+        raise AssessmentRefused(409, f"item {item_id} is {item.state}, not {wanted}")
     classified = ItemClassified.model_validate(item.classification) if item.classification else None
     decision = decide(list(classified.images) if classified else [], verdict=verdict, category=category,
                       images=images, answers=answers, notes=notes)
@@ -137,6 +144,14 @@ def assess(
         uow.audit.append(analyst, "assessment", item_id, decision.summary())
         _annotate(item, decision)
         uow.items.set_state(item, ItemState.CLOSED_NOT_ILLEGAL, f"assessed as not illegal by {analyst}", "assessment")
+        return []
+    if second_analyst and item.state == ItemState.AWAITING_ASSESSMENT:
+        _record(uow, item, decision, analyst, [], None)
+        uow.audit.append(analyst, "assessment_proposed", item_id, decision.summary())
+        _annotate(item, decision)
+        uow.items.set_state(item, ItemState.AWAITING_CONFIRMATION,
+                            f"assessed as illegal ({decision.category}) by {analyst}: waiting for a second analyst "
+                            "to confirm before escalation", "assessment")
         return []
     return _confirm(uow, item, decision, analyst, hold_seconds, replaces_id=None)
 

@@ -9,13 +9,15 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from hotline.kernel.clock import now
 from hotline.kernel.states import ItemState
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, require_role
 from schemas.notices import Answer
 from services.assessment import questions
 from services.assessment.classification import ClassificationInvalid, ImageDecision
-from services.assessment.logic import AssessmentRefused, assess, revise
+from services.assessment.confirmation import decide
+from services.assessment.logic import AssessmentRefused, revise
 from services.bank.bank import retire
 
 router = APIRouter(tags=["assessment"])
@@ -92,12 +94,17 @@ def post_assessment(
     """Record an analyst's decision. ``illegal`` (any image baseline or national) escalates to
     the police at once and adds the illegal images' hashes to the bank; ``not_illegal`` (every
     image) closes the item; ``doubtful`` (some image doubtful, none illegal) keeps it with the
-    analysts for a second look."""
+    analysts for a second look. With ``HOTLINE_SECOND_ANALYST`` an ``illegal`` waits for a second
+    analyst; 409 while another analyst holds the item's lease."""
     answers = checked_answers(request, body.answers)
     try:
-        outgoing = assess(store, item_id, verdict=body.verdict, category=body.category,
+        # As the page does: refused (409) while another analyst holds the item's lease; with
+        # HOTLINE_SECOND_ANALYST an "illegal" waits for a second analyst (services/assessment/confirmation.py).
+        settings = request.app.state.system.settings
+        outgoing = decide(store, item_id, verdict=body.verdict, category=body.category,
                           analyst=caller.name, notes=body.notes, images=body.images, answers=answers,
-                          hold_seconds=request.app.state.system.settings.police_hold_seconds)
+                          hold_seconds=settings.police_hold_seconds, second_analyst=bool(settings.second_analyst),
+                          at=now(), lease_seconds=float(settings.assessment_lease_seconds))
     except AssessmentRefused as exc:
         store.rollback()
         raise HTTPException(exc.status, exc.reason) from exc

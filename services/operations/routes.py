@@ -28,6 +28,7 @@ from hotline.kernel.messages import Outgoing
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, has_role, optional_caller, require_role
 from services.assessment.pages import TOKEN_COOKIE, protect, same_origin
+from services.operations import rejections
 from services.operations.logic import (
     OperationRefused,
     PendingNotice,
@@ -182,7 +183,7 @@ def operations_page(request: Request, store: StoreDep) -> Response:
         flash = {"kind": "error" if kind == "error" else "ok", "message": message}
     response = _render(request, {"caller": caller, "pending": _pending(request, store), "flash": flash,
                                  "can_act": caller.role == ACT_ROLE, "now": now(),
-                                 "deliveries": undelivered(store)})
+                                 "deliveries": undelivered(store), "rejections": rejections.unresolved(store)})
     if raw:
         response.delete_cookie(FLASH_COOKIE, path="/operations", httponly=True, samesite="strict")
     return response
@@ -259,6 +260,82 @@ def operations_retry_delivery(kind: DeliveryKind, delivery_id: str, request: Req
     except OperationRefused as exc:
         kind_, message = "error", exc.reason
     response = RedirectResponse("/operations", status_code=303)
+    response.set_cookie(FLASH_COOKIE, quote(f"{kind_}:{message}"[:600]), max_age=120, path="/operations",
+                        httponly=True, samesite="strict")
+    return response
+
+
+# -- rejected reports and parked messages (services.operations.rejections) ------------------
+
+RejectionAction = Literal["resubmit", "redrive", "dismiss"]
+
+
+def _resolve(store: SqlUnitOfWork, rejection_id: int, action: str, operator: str, urls: str, note: str) -> str:
+    try:
+        if action == "resubmit":
+            outgoing = rejections.resubmit(store, rejection_id, operator=operator, urls_text=urls)
+            store.enqueue(outgoing)
+            done = f"rejection {rejection_id} resubmitted as report {getattr(outgoing[0].message, 'report_id', '?')}"
+        elif action == "redrive":
+            rejections.redrive(store, rejection_id, operator=operator)
+            done = f"parked message {rejection_id} re-driven"
+        else:
+            rejections.dismiss(store, rejection_id, operator=operator, note=note)
+            done = f"rejection {rejection_id} dismissed"
+    except OperationRefused:
+        store.rollback()
+        raise
+    store.commit()
+    return done
+
+
+@router.get("/api/v1/operations/rejections")
+def list_rejections(
+    store: StoreDep, caller: Annotated[Caller, Depends(require_role(*VIEW_ROLES))],
+) -> dict[str, Any]:
+    """Rejected reports and parked messages no operator resolved yet, newest first, with the
+    original payload, the stage, the reason and the actions each allows (admins)."""
+    return {"rejections": [r.as_json() for r in rejections.unresolved(store)]}
+
+
+class ResolveRejectionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(default_factory=list, max_length=500)
+    note: str = Field(default="", max_length=2000)
+
+
+@router.post("/api/v1/operations/rejections/{rejection_id}/{action}")
+def api_resolve_rejection(rejection_id: int, action: RejectionAction, body: ResolveRejectionRequest,
+                          request: Request, store: StoreDep, caller: Admin) -> dict[str, Any]:
+    """Resubmit (the fixed ``urls`` as a new report), re-drive (a parked message, to its topic),
+    or dismiss (with a ``note``)."""
+    if "authorization" not in request.headers and not same_origin(request):
+        raise HTTPException(403, "a call signed in by cookie must come from a page of this site; "
+                                 "send Authorization: Bearer TOKEN")
+    try:
+        done = _resolve(store, rejection_id, action, caller.name, "\n".join(body.urls), body.note)
+    except OperationRefused as exc:
+        raise HTTPException(exc.status, exc.reason) from exc
+    return {"id": rejection_id, "action": action, "done": done}
+
+
+@router.post("/operations/rejections/{rejection_id}/{action}", response_class=HTMLResponse,
+             include_in_schema=False)
+def operations_resolve_rejection(
+    rejection_id: int, action: RejectionAction, request: Request, store: StoreDep,
+    urls: Annotated[str, Form()] = "", note: Annotated[str, Form()] = "",
+) -> Response:
+    caller = _gate(request, store, (ACT_ROLE,))
+    if isinstance(caller, Response):
+        return caller
+    if not same_origin(request):
+        return _error(request, 403, "Action refused: the form was not sent from this site.", caller)
+    try:
+        kind_, message = "ok", _resolve(store, rejection_id, action, caller.name, urls, note)
+    except OperationRefused as exc:
+        kind_, message = "error", exc.reason
+    response = RedirectResponse("/operations#rejections", status_code=303)
     response.set_cookie(FLASH_COOKIE, quote(f"{kind_}:{message}"[:600]), max_age=120, path="/operations",
                         httponly=True, samesite="strict")
     return response

@@ -31,6 +31,7 @@ STATE_ACTION: dict[ItemState, IccamAction | None] = {
     S.NOTICE_QUEUED: None,
     S.FORWARD_QUEUED: None,
     S.AWAITING_ASSESSMENT: None,
+    S.AWAITING_CONFIRMATION: None,
     S.ESCALATED: "LEA",
     S.NOTICE_SENT: "ISP",
     S.NOTICE_UNCONFIRMED: "ISP",

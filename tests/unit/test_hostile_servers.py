@@ -270,10 +270,20 @@ def test_the_analysts_live_view_refuses_bombs(site: HostileSite, bombs: dict[str
         def get(self, item_id: str) -> Any:
             return _Item() if item_id == "i-view" else None
 
+    viewed: list[tuple[str, str, str, str]] = []
+
+    class _Audit:
+        def append(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+            viewed.append((actor, action, subject, detail))
+
     class _Store:
         items = _Items()
+        audit = _Audit()
 
         def rollback(self) -> None:
+            pass
+
+        def commit(self) -> None:  # the view's audit row is committed before the fetch
             pass
 
     app = FastAPI()
@@ -288,6 +298,8 @@ def test_the_analysts_live_view_refuses_bombs(site: HostileSite, bombs: dict[str
             assert r.headers["content-type"].startswith("text/plain")
         r = client.get(f"/analyst/items/i-view/images/{len(names)}")
         assert r.status_code == 200 and r.content == good
+    # Every view by a person is in the audit trail, the refused ones too (issue 11).
+    assert [(a, act, subj) for a, act, subj, _ in viewed] == [("ana", "image_viewed", "i-view")] * (len(names) + 1)
 
 
 def test_hostile_servers_close_what_the_fetcher_gave_up(site: HostileSite) -> None:
