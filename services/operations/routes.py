@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
@@ -305,8 +306,12 @@ class ResolveRejectionRequest(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
+# A row id: a number the database can hold (a larger one would be a 500 from the driver).
+RejectionId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
+
+
 @router.post("/api/v1/operations/rejections/{rejection_id}/{action}")
-def api_resolve_rejection(rejection_id: int, action: RejectionAction, body: ResolveRejectionRequest,
+def api_resolve_rejection(rejection_id: RejectionId, action: RejectionAction, body: ResolveRejectionRequest,
                           request: Request, store: StoreDep, caller: Admin) -> dict[str, Any]:
     """Resubmit (the fixed ``urls`` as a new report), re-drive (a parked message, to its topic),
     or dismiss (with a ``note``)."""
@@ -323,7 +328,7 @@ def api_resolve_rejection(rejection_id: int, action: RejectionAction, body: Reso
 @router.post("/operations/rejections/{rejection_id}/{action}", response_class=HTMLResponse,
              include_in_schema=False)
 def operations_resolve_rejection(
-    rejection_id: int, action: RejectionAction, request: Request, store: StoreDep,
+    rejection_id: RejectionId, action: RejectionAction, request: Request, store: StoreDep,
     urls: Annotated[str, Form()] = "", note: Annotated[str, Form()] = "",
 ) -> Response:
     caller = _gate(request, store, (ACT_ROLE,))

@@ -52,6 +52,11 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/analyst/items/{item_id}/images/{n}"): ANALYST,
     ("POST", "/analyst/items/{item_id}/decision"): ANALYST,
     ("GET", "/api/v1/assessment/questions"): ANALYST,
+    ("GET", "/analyst/static/analyst.js"): PUBLIC,  # the pages' own script, no data in it
+    ("POST", "/analyst/next"): ANALYST,
+    ("POST", "/analyst/break"): ANALYST,
+    ("POST", "/analyst/items/{item_id}/lease"): ANALYST,
+    ("POST", "/analyst/items/{item_id}/second-opinion"): ANALYST,
     ("POST", "/analyst/items/{item_id}/change"): SENIOR,
     ("POST", "/api/v1/items/{item_id}/assessment/change"): SENIOR,
     # HashCheck
@@ -74,6 +79,9 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/operations"): ANALYST,
     ("POST", "/operations/notices/{notice_id}/{action}"): ADMIN,
     ("GET", "/api/v1/operations/deliveries"): ANALYST,
+    ("GET", "/api/v1/operations/rejections"): ANALYST,
+    ("POST", "/api/v1/operations/rejections/{rejection_id}/{action}"): ADMIN,
+    ("POST", "/operations/rejections/{rejection_id}/{action}"): ADMIN,
     ("POST", "/api/v1/operations/{kind}s/{delivery_id}/retry"): ADMIN,
     ("POST", "/operations/deliveries/{kind}/{delivery_id}/retry"): ADMIN,
     # police
@@ -127,7 +135,7 @@ def _url(path: str) -> str:
     def fill(m: re.Match[str]) -> str:
         name = m.group(1)
         if name == "action":
-            return "release" if path.startswith("/police") else "resend"
+            return "release" if path.startswith("/police") else "dismiss" if "rejections" in path else "resend"
         return PLACEHOLDERS.get(name, "1")
 
     return re.sub(r"\{([^}]+)\}", fill, path)
