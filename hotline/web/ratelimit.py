@@ -11,6 +11,7 @@ a caller inventing keys cannot grow the process's memory.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -19,6 +20,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], float]
+
+
+def client_key(host: str | None) -> str:
+    """The key a client address counts against: an IPv4 address, or an IPv6 /64 (one
+    subscriber usually has a whole /64; counting single addresses would let one machine
+    rotate through them). IPv4-mapped IPv6 counts as the IPv4 address."""
+    if not host:
+        return "-"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class RateLimiter:
@@ -52,6 +70,9 @@ class RateLimiter:
     def _trim(self) -> None:
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def retry_after(seconds: float) -> str:

@@ -117,7 +117,7 @@ def test_memory_stays_bounded_under_a_spray_of_addresses() -> None:
     limiter = RateLimiter(5, clock=clock, max_clients=100)
     for i in range(1000):
         limiter.check(f"10.0.{i // 250}.{i % 250}")
-    assert len(limiter._buckets) <= 101
+    assert limiter.tracked <= 101
 
 
 # --------------------------------------------------------------------------- the reporter's address
