@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 
 def _system(settings: Settings | None = None):  # type: ignore[no-untyped-def]
     from entrypoints.bootstrap import bootstrap
+    from hotline.operator_files import OperatorFileError
 
-    return bootstrap(settings or get_settings())
+    try:
+        return bootstrap(settings or get_settings())
+    except OperatorFileError as exc:  # the operator's mistake: one clear line, no traceback
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -533,9 +537,13 @@ def partners() -> None:
 
 
 def _partner_directory():  # type: ignore[no-untyped-def]
+    from hotline.operator_files import OperatorFileError
     from services.escalate.partners import PartnerDirectory
 
-    return PartnerDirectory.from_file(get_settings().partners_file)
+    try:
+        return PartnerDirectory.from_file(get_settings().partners_file)
+    except OperatorFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @partners.command("list")
