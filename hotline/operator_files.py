@@ -25,6 +25,12 @@ class OperatorFileError(ValueError):
     """An operator file cannot be used: the message names the file and the problem."""
 
 
+def _printable(text: str, limit: int = 500) -> str:
+    """One line: control characters (a key with a newline in it) escaped, and not too long."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         problems = []
@@ -54,7 +60,7 @@ def load_text(text: str, model: type[M], build: Callable[[M], T], what: str) -> 
     except OperatorFileError:
         raise
     except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
-        raise OperatorFileError(f"{what}: {_why(exc)}") from None
+        raise OperatorFileError(f"{what}: {_printable(_why(exc))}") from None
 
 
 def load_file(path: Path | str, model: type[M], build: Callable[[M], T], variable: str) -> T:
