@@ -311,26 +311,29 @@ def stage_targets(system: Any) -> list[Target]:
     return targets
 
 
-def file_targets() -> list[Target]:
+def operator_file_check(load: Callable[[str], Any]) -> Callable[[str, Tally], None]:
+    """The check of an operator-file loader: only ``OperatorFileError``, on one line."""
     from hotline.operator_files import OperatorFileError
+
+    def check(text: str, tally: Tally) -> None:
+        try:
+            load(text)
+        except OperatorFileError as exc:
+            message = str(exc)
+            if "\n" in message.strip() or len(message) > 2000 or not message.strip():
+                tally.fail(f"unclear error {message[:200]!r} <- {text[:200]!r}")
+        except Exception as exc:  # noqa: BLE001
+            tally.crash(f"{type(exc).__name__}: {exc} <- {text[:200]!r}")
+    return check
+
+
+def file_targets() -> list[Target]:
     from services.classify.hosting import HostingDirectory, HostingFile
     from services.escalate.partners import PartnerDirectory, PartnersFile
 
-    def loader(load: Callable[[str], Any]) -> Callable[[str, Tally], None]:
-        def check(text: str, tally: Tally) -> None:
-            try:
-                load(text)
-            except OperatorFileError as exc:
-                message = str(exc)
-                if "\n" in message.strip() or len(message) > 2000 or not message.strip():
-                    tally.fail(f"unclear error {message[:200]!r} <- {text[:200]!r}")
-            except Exception as exc:  # noqa: BLE001
-                tally.crash(f"{type(exc).__name__}: {exc} <- {text[:200]!r}")
-        return check
-
     return [
-        ("hosting-file", yaml_documents(HostingFile), loader(HostingDirectory.from_text)),
-        ("partners-file", yaml_documents(PartnersFile), loader(PartnerDirectory.from_text)),
+        ("hosting-file", yaml_documents(HostingFile), operator_file_check(HostingDirectory.from_text)),
+        ("partners-file", yaml_documents(PartnersFile), operator_file_check(PartnerDirectory.from_text)),
     ]
 
 
