@@ -161,3 +161,26 @@ def test_strip_text_handles_nested_and_broken_payloads() -> None:
 def test_kafka_retention_matches_the_setting() -> None:
     assert contact_retention_ms(90) == 90 * 86_400_000
     assert contact_retention_ms(0) == 86_400_000  # never shorter than a day
+
+
+def test_topics_that_carry_addresses_get_the_retention(kafka_brokers: str, unique_topic_prefix: str) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from hotline.runtime.kafka import create_topics
+    from tests.integration.scenario import delete_topics
+
+    prefix = unique_topic_prefix + "."
+    create_topics(kafka_brokers, prefix, 1, contact_retention_days=30)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_brokers.split(","), client_id="hotline-tests-retention")
+    try:
+        found: dict[str, str | None] = {}
+        for topic in ("reports.submitted", "reports.rejected", "items.accepted"):
+            answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, prefix + topic)])
+            entries = answer[0].resources[0][4]
+            found[topic] = next((str(e[1]) for e in entries if e[0] == "retention.ms"), None)
+    finally:
+        admin.close()
+        delete_topics(kafka_brokers, prefix)
+    assert found["reports.submitted"] == found["reports.rejected"] == str(30 * 86_400_000)
+    assert found["items.accepted"] != str(30 * 86_400_000)  # the broker's default
