@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from entrypoints.bootstrap import System, bootstrap
@@ -35,7 +36,7 @@ KEY = new_key()
 def system(tmp_path: Path) -> Iterator[System]:
     clock = FakeClock(datetime.now(UTC))
     s = bootstrap(Settings(database_url=f"sqlite:///{tmp_path / 'hotline.db'}", index_dir="none",
-                           reporter_key=KEY), clock=clock)
+                           reporter_key=SecretStr(KEY)), clock=clock)
     yield s
     s.close()
 
