@@ -38,6 +38,7 @@ from services.followup.logic import Policy
 from services.followup.mail import Contacts
 from services.followup.scheduler import FollowupScheduler
 from services.followup.stage import FollowupStage
+from services.ingest.retention import ContactPurge
 from services.ingest.stage import IngestStage
 from services.notify.grouper import NoticeGrouper
 from services.notify.mailer import Mailer, SmtpMailer
@@ -158,7 +159,31 @@ class System:
         if "escalate" in names:
             tasks.append(self.build_hold_timer())
             tasks.append(self.build_delivery_dispatcher())
+        if "ingest" in names:
+            tasks.append(self.build_contact_purge())
         return tasks
+
+    def bus_consumers(self) -> dict[str, tuple[str, ...]] | None:
+        """topic -> the embedded stages that read it (every stage, wherever it runs), for the
+        contact purge; None on Kafka, where ``bus_messages`` is only the outbox."""
+        if self.settings.kafka_brokers:
+            return None
+        classes: dict[str, Any] = {"ingest": IngestStage, "classify": ClassifyStage, "notify": NotifyStage,
+                   "escalate": EscalateStage, "followup": FollowupStage}
+        out: dict[str, tuple[str, ...]] = {}
+        for name in STAGE_NAMES:
+            for topic in classes[name].inputs:
+                out[topic] = (*out.get(topic, ()), name)
+        return out
+
+    def build_contact_purge(self) -> ContactPurge:
+        """The contact purge (``services.ingest.retention``), a periodic task beside ingest:
+        reporter addresses past ``HOTLINE_REPORTER_RETENTION_DAYS`` and those of consumed bus
+        messages are removed."""
+        s = self.settings
+        return ContactPurge(retention_days=s.reporter_retention_days,
+                            interval_seconds=s.reporter_purge_tick_seconds,
+                            clock=self.clock, consumers=self.bus_consumers())
 
     def build_hold_timer(self) -> HoldTimer:
         """The hold timer (``services.escalate.hold_timer``), a periodic task beside escalate. It

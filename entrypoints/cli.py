@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 
 def _system(settings: Settings | None = None):  # type: ignore[no-untyped-def]
     from entrypoints.bootstrap import bootstrap
+    from hotline.operator_files import OperatorFileError
 
-    return bootstrap(settings or get_settings())
+    try:
+        return bootstrap(settings or get_settings())
+    except OperatorFileError as exc:  # the operator's mistake: one clear line, no traceback
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -315,6 +319,37 @@ def reports_seal_addresses() -> None:
     click.echo(f"sealed {sealed}, erased {erased} reporter address(es)")
 
 
+@reports.command("purge-contacts")
+@click.option("--days", type=float, default=None,
+              help="Retention in days (default: HOTLINE_REPORTER_RETENTION_DAYS).")
+def reports_purge_contacts(days: float | None) -> None:
+    """Remove reporter addresses older than the retention period from reports, rejection copies
+    and bus messages, and those of bus messages every consumer has passed (what the periodic
+    task beside ingest does every HOTLINE_REPORTER_PURGE_TICK_SECONDS). Audit-logged with the
+    counts. Then the tables are rewritten (VACUUM) so no old copy remains in free pages."""
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+    from services.ingest.retention import purge
+
+    system = _system()
+    retention = system.settings.reporter_retention_days if days is None else days
+    if retention < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--days")
+    with system.sessions() as session:
+        uow = SqlUnitOfWork(session)
+        counts = purge(uow, retention, system.clock, system.bus_consumers(), actor="cli")
+        uow.commit()
+    if counts.total:
+        with system.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("VACUUM")
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                for table in ("reports", "rejections", "bus_messages"):
+                    conn.exec_driver_sql(f"VACUUM FULL {table}")
+    click.echo(f"removed reporter addresses older than {retention:g} day(s): "
+               f"{counts.reports} report(s), {counts.rejections} rejection(s), {counts.bus_messages} bus message(s)")
+
+
 @reports.command("new-reporter-key")
 def reports_new_reporter_key() -> None:
     """Print a fresh key for HOTLINE_REPORTER_KEY (keep it with the other secrets)."""
@@ -502,9 +537,13 @@ def partners() -> None:
 
 
 def _partner_directory():  # type: ignore[no-untyped-def]
+    from hotline.operator_files import OperatorFileError
     from services.escalate.partners import PartnerDirectory
 
-    return PartnerDirectory.from_file(get_settings().partners_file)
+    try:
+        return PartnerDirectory.from_file(get_settings().partners_file)
+    except OperatorFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @partners.command("list")
@@ -591,7 +630,8 @@ def topics_create() -> None:
     s = get_settings()
     if not s.kafka_brokers:
         raise click.ClickException("HOTLINE_KAFKA_BROKERS is not set")
-    create_topics(s.kafka_brokers, s.topic_prefix, s.kafka_partitions)
+    create_topics(s.kafka_brokers, s.topic_prefix, s.kafka_partitions,
+                  contact_retention_days=s.reporter_retention_days)
     click.echo("topics ready")
 
 

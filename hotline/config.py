@@ -155,6 +155,16 @@ class Settings(BaseSettings):
     # client address may submit per minute (a token bucket per process; 0 switches it off).
     reporter_key: SecretStr | None = None
     report_rate_per_minute: int = Field(default=30, ge=0)
+    # Retention of reporter contact details (hotline/storage/contact_retention.py,
+    # docs/reliability.md "Privacy"): a sealed address is removed from its report, from the
+    # operators' rejection copies and from the embedded bus this many days after it arrived
+    # (and from a processed embedded bus message as soon as every consumer has passed it);
+    # ``hotline topics create`` sets the same ``retention.ms`` on the topics that carry it.
+    # 90 days: a takedown, its reminders and ladder and the police's hold are long over by then,
+    # and so is any reason to write back to the reporter. 0 = remove once processed.
+    reporter_retention_days: float = Field(default=90.0, ge=0)
+    # How often (seconds) the process that runs ingest looks for addresses past retention.
+    reporter_purge_tick_seconds: float = Field(default=3600.0, gt=0)
     # The public form's language when the browser's Accept-Language names neither nl nor en.
     form_default_language: Literal["en", "nl"] = "en"
     # Web hardening (hotline/web; docs/reliability.md "Hostile callers"). Request bodies over

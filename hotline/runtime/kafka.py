@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hotline.kernel.failures import FailurePolicy
+from hotline.storage.contact_retention import CONTACT_TOPICS
 from schemas import TOPICS
 
 if TYPE_CHECKING:
@@ -67,14 +68,26 @@ def app_id_for(prefix: str, stage_name: str) -> str:
     return f"hotline-{prefix}{stage_name}"
 
 
+def contact_retention_ms(days: float) -> int:
+    """``retention.ms`` of the topics that carry reporter addresses: the retention period, but
+    at least one day (a shorter one could delete messages a stopped stage has not read yet)."""
+    return int(max(days, 1.0) * 86_400_000)
+
+
 def create_topics(
     brokers: str,
     prefix: str,
     partitions: int,
     replication_factor: int = 1,
     timeout_seconds: float = 30.0,
+    contact_retention_days: float | None = None,
 ) -> list[str]:
     """Create every topic of ``schemas.TOPICS`` under ``prefix``; topics that exist are left alone.
+
+    With ``contact_retention_days`` (``HOTLINE_REPORTER_RETENTION_DAYS``) the topics that carry
+    reporter addresses (``hotline.storage.contact_retention.CONTACT_TOPICS``) get that
+    ``retention.ms``, at least one day so an unconsumed message outlives a stage's outage.
+    Existing topics keep theirs (docs/reliability.md "Privacy" shows how to change it).
 
     Returns the names that were created. Idempotent, so ``hotline topics create``
     and every worker's start-up may call it.
@@ -93,12 +106,17 @@ def create_topics(
         wanted = [kafka_topic(prefix, name) for name in TOPICS]
         missing = [name for name in wanted if name not in existing]
         created: list[str] = []
+        contact = {kafka_topic(prefix, t) for t in CONTACT_TOPICS}
         for name in missing:
+            configs: dict[str, str] = {}
+            if contact_retention_days is not None and name in contact:
+                configs["retention.ms"] = str(contact_retention_ms(contact_retention_days))
             # One request per topic: a racing creator (another worker starting at the same
             # moment) then only makes *that* topic's request fail, harmlessly.
             try:
                 admin.create_topics(
-                    [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)],
+                    [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
+                              topic_configs=configs)],
                     timeout_ms=int(timeout_seconds * 1000),
                 )
                 created.append(name)
@@ -278,7 +296,8 @@ def run_stage_worker(
 
     if not settings.kafka_brokers:
         raise ValueError("HOTLINE_KAFKA_BROKERS is not set: the Kafka runtime needs a broker")
-    create_topics(settings.kafka_brokers, settings.topic_prefix, settings.kafka_partitions)
+    create_topics(settings.kafka_brokers, settings.topic_prefix, settings.kafka_partitions,
+                  contact_retention_days=settings.reporter_retention_days)
     app = build_app(settings, sessions, stage)
     # The worker installs SIGTERM/SIGINT handlers that stop the app: agents are
     # cancelled (an event in progress stays unacked), acked offsets are committed.

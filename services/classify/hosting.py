@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import dns.exception
 import dns.nameserver
 import dns.resolver
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hotline.kernel import clock as clocks
 from hotline.kernel.clock import Clock
+from hotline.operator_files import load_file, load_text
 from schemas.facts import HostingFacts
 from services.classify.rdap import DomainFacts, NetworkFacts, RdapClient, RdapFailure
 
@@ -158,10 +158,14 @@ class HostingDirectory:
 
     @classmethod
     def from_file(cls, path: Path | str | None) -> HostingDirectory:
+        """The hosting file; ``OperatorFileError`` (one line: file and problem) if it is unusable."""
         if path is None:
             return cls.empty()
-        data = HostingFile.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-        return cls.from_model(data)
+        return load_file(path, HostingFile, cls.from_model, "HOTLINE_HOSTING_FILE")
+
+    @classmethod
+    def from_text(cls, text: str) -> HostingDirectory:
+        return load_text(text, HostingFile, cls.from_model, "HOTLINE_HOSTING_FILE")
 
     @classmethod
     def from_model(cls, data: HostingFile) -> HostingDirectory:

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from hotline.kernel.clock import CURRENT, Clock
-from hotline.kernel.messages import Outgoing
+from hotline.kernel.messages import InvalidMessage, Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Result, SideEffect, move_item
 from hotline.kernel.states import ItemState
@@ -201,6 +201,8 @@ class ForwardDelivery(Delivery[PartnerForward, Forward]):
         return message.forward_id
 
     def create(self, uow: UnitOfWork, message: PartnerForward, at: datetime) -> Forward:
+        if uow.items.get(message.item_id) is None:  # classify forwards only items it has stored
+            raise InvalidMessage("unknown_item", f"forward {message.forward_id} names no known item {message.item_id!r}")
         partner = self.partners.get(message.country)
         fwd = uow.forwards.open(message.forward_id, message.item_id, message.country.upper(),
                                 partner.name if partner else message.partner_name)
@@ -264,6 +266,9 @@ class UpdateDelivery(Delivery[PartnerStatusUpdate, PartnerUpdate]):
         return message.update_id
 
     def create(self, uow: UnitOfWork, message: PartnerStatusUpdate, at: datetime) -> PartnerUpdate:
+        if uow.reports.get(message.report_id) is None:  # updates are about reports we received
+            raise InvalidMessage("unknown_report",
+                                 f"status update {message.update_id} names no known report {message.report_id!r}")
         return uow.partner_updates.add(new_update(message, at))
 
     def target(self, message: PartnerStatusUpdate) -> PartnerEntry | str:

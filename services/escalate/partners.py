@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import httpx
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hotline.kernel.failures import ExternalFailure
+from hotline.operator_files import load_file, load_text
 from schemas.base import Message
 from schemas.notices import PartnerForward, PartnerStatusUpdate
 
@@ -59,9 +59,17 @@ class PartnerDirectory:
 
     @classmethod
     def from_file(cls, path: Path | str | None) -> PartnerDirectory:
+        """The partners file; ``OperatorFileError`` (one line: file and problem) if it is unusable."""
         if path is None:
             return cls({})
-        data = PartnersFile.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        return load_file(path, PartnersFile, cls.from_model, "HOTLINE_PARTNERS_FILE")
+
+    @classmethod
+    def from_text(cls, text: str) -> PartnerDirectory:
+        return load_text(text, PartnersFile, cls.from_model, "HOTLINE_PARTNERS_FILE")
+
+    @classmethod
+    def from_model(cls, data: PartnersFile) -> PartnerDirectory:
         return cls({p.country.upper(): p for p in data.partners})
 
     def names(self) -> dict[str, str]:

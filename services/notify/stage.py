@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from hotline.kernel.clock import now
-from hotline.kernel.messages import Outgoing
+from hotline.kernel.messages import InvalidMessage, Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
@@ -59,7 +59,7 @@ from schemas.notices import NoticeEvent, TakedownNotice
 from services.followup.opening import open_followup
 from services.notify.mailer import DeliveryUnknown, Mailer, NotDelivered
 from services.notify.notice import group_message_id, render_group
-from services.notify.xarf_report import build_report
+from services.notify.xarf_report import XarfReportInvalid, build_report
 
 UNKNOWN_AFTER_RESTART = "delivery outcome unknown after a restart"
 
@@ -77,8 +77,18 @@ class NotifyStage:
     inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
+        """A notice that can never be sent (no item of that id; an X-ARF report that does not
+        validate) is a rejection with the reason, not an error retried until parked."""
         assert isinstance(message, TakedownNotice)
+        try:
+            return self._handle(message, uow)
+        except XarfReportInvalid as exc:
+            raise InvalidMessage("invalid_notice", str(exc)) from exc
+
+    def _handle(self, message: TakedownNotice, uow: UnitOfWork) -> Result:
         notice = uow.notices.get(message.notice_id)
+        if notice is None and uow.items.get(message.item_id) is None:
+            raise InvalidMessage("unknown_item", f"notice {message.notice_id} names no known item {message.item_id!r}")
         if notice is not None:
             if notice.status == "sent":
                 return [self._event(message, "sent", f"notice sent to {notice.abuse_email}")]

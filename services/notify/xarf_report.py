@@ -3,8 +3,8 @@
 with its validator against the X-ARF v4 JSON Schemas it ships. Pure: no sending here.
 
 A report that does not validate is never sent: :func:`build_report` raises
-:class:`XarfReportInvalid`, which the notify stage does not catch (a bug; the failure
-policy parks the message after its attempts).
+:class:`XarfReportInvalid`, which the notify stage turns into a rejection with the reason
+(``reports.rejected``, ``invalid_notice``): retrying cannot make it valid.
 
 - One report per URL. A page showing several matched images is still one URL: the
   schema's ``hash_values`` holds one value per algorithm, so it carries the first matched
