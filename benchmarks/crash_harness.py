@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,8 @@ class Result:
     duplicate_forwards: int = 0
     resent_forwards: int = 0  # POSTs the partner answered from its dedupe (same key again)
     notices_received: int = 0
+    expected_notices: int = 0  # reports of the "nl" kind (one notice each)
+    expected_forwards: int = 0  # reports of the "de" kind (one forward each)
     forwards_received: int = 0
     drain_seconds: float | None = None
     total_seconds: float = 0.0
@@ -394,6 +396,33 @@ def _safe(probe: Callable[[], bool]) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new database for the run, dropped at the end over a new connection (the server may
+    have been restarted in between, which kills pooled ones)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    name = f"hotline_crash_{uuid.uuid4().hex[:10]}"
+    url = make_url(admin_url)
+
+    def admin(sql: str) -> None:
+        engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(sql))
+        finally:
+            engine.dispose()
+
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with contextlib.suppress(Exception):
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run_harness(opts: Options) -> Result:
     """One run; always cleans up (processes, topics, database, own services)."""
     rng = random.Random(opts.seed)
@@ -460,7 +489,22 @@ def _run(
     from tests.integration import scenario
 
     say = opts.out
-    db_url = stack.enter_context(scenario.fresh_pg_database(admin_url, "crash"))
+
+    def event(what: str) -> None:
+        result.events.append(f"{time.monotonic() - t0:7.1f}s {what}")
+        say(result.events[-1].strip())
+
+    def supervise() -> None:
+        # Stages that died by themselves (a worker started while the broker was down exits)
+        # are restarted, as an operator's supervisor would; each is counted and listed.
+        for name in list(procs.procs):
+            if not procs.alive(name):
+                event(f"{name} had exited (code {procs.procs[name].returncode}); restarted")
+                procs.restart(name)
+                result.restarts += 1
+
+    t0 = time.monotonic()
+    db_url = stack.enter_context(fresh_database(admin_url))
     migrate(db_url)
     engine = make_engine(db_url)
     stack.callback(engine.dispose)
@@ -505,57 +549,56 @@ def _run(
     # The chaos: kills spread over the submission period (at least a few seconds apart on
     # average, so a restarted worker sometimes gets to work before the next blow), the broker
     # restart after a third of the kills, the database restart after two thirds.
-    t0 = time.monotonic()
     gap = max(submit_seconds / (opts.kills + 1), 2.0)
     broker_at = opts.kills // 3 if kafka and opts.broker_restart else -1
     db_at = (2 * opts.kills) // 3 if pg and opts.db_restart else -1
     chaos_deadline = hard_deadline - max(90.0, (hard_deadline - started) * 0.25)
     last_crash = time.monotonic()
+
+    def pause(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
+            supervise()
+
     for k in range(opts.kills):
-        time.sleep(rng.uniform(0.3, 1.7) * gap)  # a random moment
+        pause(rng.uniform(0.3, 1.7) * gap)  # a random moment
         if time.monotonic() > chaos_deadline:
-            result.events.append(f"kills stopped at {k}: out of time")
+            event(f"kills stopped at {k}: out of time")
             break
         stage = rng.choice(STAGES)
         procs.kill9(stage)
         result.kills += 1
         result.kills_by_stage[stage] += 1
-        at = time.monotonic() - t0
-        result.events.append(f"{at:7.1f}s kill -9 {stage} (submitted {submitter.sent})")
+        event(f"kill -9 {stage} (submitted {submitter.sent})")
         if rng.random() < 0.3:
             time.sleep(rng.uniform(0.0, 3.0))  # sometimes the stage stays dead a while
         procs.restart(stage)
         result.restarts += 1
         last_crash = time.monotonic()
         if k == broker_at and kafka is not None:
-            result.events.append(f"{time.monotonic() - t0:7.1f}s broker restart")
-            say("restarting the broker")
+            event("broker stopping")
             kafka.restart()
+            event("broker restarted")
             result.broker_restarts += 1
             last_crash = time.monotonic()
         if k == db_at and pg is not None:
-            result.events.append(f"{time.monotonic() - t0:7.1f}s database restart")
-            say("restarting the database")
+            event("database stopping")
             pg.restart()
+            event("database restarted")
             result.db_restarts += 1
             last_crash = time.monotonic()
-        say(result.events[-1].strip())
-    submitter.join(max(0.0, hard_deadline - 60 - time.monotonic()))
+    while submitter.is_alive() and time.monotonic() < hard_deadline - 60:
+        pause(1.0)
     result.submitted = submitter.sent
-    say(
+    event(
         f"chaos over; {submitter.sent} reports submitted ({submitter.retries} send retries); draining"
     )
     drain_deadline = hard_deadline - 30
     drain_from = max(last_crash, submitter.finished_at or time.monotonic())
 
     def drained() -> bool:
-        # Stages that died by themselves (e.g. on an outage) are restarted too, as an
-        # operator's supervisor would; each is counted as a restart and listed.
-        for name in list(procs.procs):
-            if not procs.alive(name):
-                result.events.append(f"{time.monotonic() - t0:7.1f}s {name} had exited; restarted")
-                procs.restart(name)
-                result.restarts += 1
+        supervise()
         return (
             _safe(lambda: settled(sessions, planned))
             and _safe(lambda: outbox_empty(sessions))
@@ -566,13 +609,12 @@ def _run(
         if drained():
             result.drained = True
             result.drain_seconds = time.monotonic() - drain_from
+            event(f"drained in {result.drain_seconds:.1f}s")
             break
         time.sleep(1.0)
     _count(result, sessions, planned, w)
     if not result.drained:
-        result.events.append(
-            "did not drain in time; last lines of the stage logs:\n" + procs.logs(15)
-        )
+        event("did not drain in time; last lines of the stage logs:\n" + procs.logs(15))
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -602,19 +644,26 @@ def _count(result: Result, sessions: Any, planned: list[Planned], w: Any) -> Non
         if n > 1 or nid == "?":
             result.duplicate_notices += n - 1 if nid != "?" else n
             result.duplicate_detail.append(f"notice {nid} e-mailed {n} times")
-    # A notice arrived whose item ended notice_sent must be the one notice of that item.
+    result.expected_notices = sum(1 for p in planned if p.kind == "nl")
+    result.expected_forwards = sum(1 for p in planned if p.kind == "de")
+    # One notice per item; a notice recorded as sent must have reached the sink (else the
+    # takedown request is lost although the database says it went out).
     with contextlib.suppress(Exception), sessions() as s:
-        per_item = Counter(
-            s.scalars(
-                select(Notice.item_id)
-                .join(Item, Item.id == Notice.item_id)
-                .where(Item.url.in_([p.report.urls[0] for p in planned]))
-            ).all()
-        )
-        for item_id, n in per_item.items():
+        rows = s.execute(
+            select(Notice.id, Notice.item_id, Notice.status)
+            .join(Item, Item.id == Notice.item_id)
+            .where(Item.url.in_([p.report.urls[0] for p in planned]))
+        ).all()
+        for item_id, n in Counter(r.item_id for r in rows).items():
             if n > 1:
                 result.duplicate_notices += n - 1
                 result.duplicate_detail.append(f"item {item_id} has {n} notices")
+        for r in rows:
+            if r.status == "sent" and mails.get(r.id, 0) == 0:
+                result.lost += 1
+                result.lost_detail.append(
+                    f"notice {r.id} (item {r.item_id}) is sent but never arrived"
+                )
     partner = w.partner
     with partner._lock:
         received = list(partner.received)
@@ -700,8 +749,6 @@ def main(argv: list[str] | None = None) -> int:
         opts.seed = random.randrange(1 << 30)
     print(f"machine: {machine()}; seed {opts.seed}", flush=True)
     result = run_harness(opts)
-    for e in result.events:
-        print("  " + e)
     for d in result.lost_detail + result.duplicate_detail:
         print("  ! " + d)
     print(result.table())
