@@ -7,14 +7,15 @@
 # Listens on 127.0.0.1 only:
 #   clients     PLAINTEXT://127.0.0.1:${HOTLINE_KAFKA_PORT:-9092}
 #   controller  127.0.0.1:${HOTLINE_KAFKA_CONTROLLER_PORT:-9093}
-# State under var/kafka/: config/, data/, server.log, kafka.pid.
-# Stop with deploy/kafka/stop.sh [--wipe].
+# State under var/kafka/ (or $HOTLINE_KAFKA_DIR, for a second broker beside the first,
+# e.g. the crash harness's): config/, data/, server.log, kafka.pid. The jars are always
+# var/kafka/libs. Stop with deploy/kafka/stop.sh [--wipe] (same HOTLINE_KAFKA_DIR).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-KDIR="$ROOT/var/kafka"
-LIBS="$KDIR/libs"
+KDIR="${HOTLINE_KAFKA_DIR:-$ROOT/var/kafka}"
+LIBS="$ROOT/var/kafka/libs"
 CONF="$KDIR/config"
 DATA="$KDIR/data"
 PIDFILE="$KDIR/kafka.pid"

@@ -2,12 +2,12 @@
 # Stop the Kafka started by deploy/kafka/start.sh (by its pid file).
 #
 #   deploy/kafka/stop.sh           # stop, keep data
-#   deploy/kafka/stop.sh --wipe    # stop and delete var/kafka/data
+#   deploy/kafka/stop.sh --wipe    # stop and delete var/kafka/data (or $HOTLINE_KAFKA_DIR/data)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-KDIR="$ROOT/var/kafka"
+KDIR="${HOTLINE_KAFKA_DIR:-$ROOT/var/kafka}"  # as in start.sh
 PIDFILE="$KDIR/kafka.pid"
 WAIT="${HOTLINE_KAFKA_STOP_TIMEOUT:-60}"
 
