@@ -177,9 +177,10 @@ def test_topics_that_carry_addresses_get_the_retention(kafka_brokers: str, uniqu
     try:
         found: dict[str, str | None] = {}
         for topic in ("reports.submitted", "reports.rejected", "items.accepted"):
+            # kafka-python 3.0: {"topic": {name: {config: {"value": ..., "config_source": ...}}}}
             answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, prefix + topic)])
-            entries = answer[0].resources[0][4]
-            found[topic] = next((str(e[1]) for e in entries if e[0] == "retention.ms"), None)
+            config = answer["topic"][prefix + topic]["retention.ms"]
+            found[topic] = str(config["value"]) if config["config_source"] == "DYNAMIC_TOPIC_CONFIG" else None
     finally:
         admin.close()
         delete_topics(kafka_brokers, prefix)
