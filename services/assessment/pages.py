@@ -235,10 +235,8 @@ def _clear_token(response: Response) -> None:
 
 
 def _with_flash(response: Response, kind: str, message: str) -> Response:
-    """One-shot message for the next /analyst view; a cookie, so no URL can fake one."""
-    response.set_cookie(FLASH_COOKIE, quote(f"{kind}:{message}"[:600]), max_age=120, path="/analyst",
-                        httponly=True, samesite="strict")
-    return response
+    """One-shot message for the next /analyst view."""
+    return set_flash(response, FLASH_COOKIE, "/analyst", kind, message)
 
 
 def _classified(raw: dict[str, Any] | None) -> ItemClassified | None:

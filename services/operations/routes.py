@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi import Path as PathParam
@@ -28,7 +28,7 @@ from hotline.kernel.clock import now
 from hotline.kernel.messages import Outgoing
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.auth import Caller, get_store, has_role, optional_caller, require_role
-from services.assessment.pages import TOKEN_COOKIE, protect, same_origin
+from services.assessment.pages import TOKEN_COOKIE, protect, read_flash, same_origin, set_flash
 from services.operations import rejections
 from services.operations.logic import (
     OperationRefused,
@@ -177,15 +177,11 @@ def operations_page(request: Request, store: StoreDep) -> Response:
     caller = _gate(request, store, VIEW_ROLES)
     if isinstance(caller, Response):
         return caller
-    flash = None
-    raw = request.cookies.get(FLASH_COOKIE)
-    if raw:
-        kind, _, message = unquote(raw).partition(":")
-        flash = {"kind": "error" if kind == "error" else "ok", "message": message}
+    flash = read_flash(request, FLASH_COOKIE)
     response = _render(request, {"caller": caller, "pending": _pending(request, store), "flash": flash,
                                  "can_act": caller.role == ACT_ROLE, "now": now(),
                                  "deliveries": undelivered(store), "rejections": rejections.unresolved(store)})
-    if raw:
+    if flash is not None:
         response.delete_cookie(FLASH_COOKIE, path="/operations", httponly=True, samesite="strict")
     return response
 
@@ -204,10 +200,7 @@ def operations_action(
         kind, message = "ok", _apply(store, notice_id, action, caller.name, abuse_email)
     except OperationRefused as exc:
         kind, message = "error", exc.reason
-    response = RedirectResponse("/operations", status_code=303)
-    response.set_cookie(FLASH_COOKIE, quote(f"{kind}:{message}"[:600]), max_age=120, path="/operations",
-                        httponly=True, samesite="strict")
-    return response
+    return set_flash(RedirectResponse("/operations", status_code=303), FLASH_COOKIE, "/operations", kind, message)
 
 
 # -- deliveries to partner hotlines (forwards, status updates) -----------------------------
@@ -260,10 +253,7 @@ def operations_retry_delivery(kind: DeliveryKind, delivery_id: str, request: Req
         kind_, message = "ok", _retry(store, kind, delivery_id, caller.name)
     except OperationRefused as exc:
         kind_, message = "error", exc.reason
-    response = RedirectResponse("/operations", status_code=303)
-    response.set_cookie(FLASH_COOKIE, quote(f"{kind_}:{message}"[:600]), max_age=120, path="/operations",
-                        httponly=True, samesite="strict")
-    return response
+    return set_flash(RedirectResponse("/operations", status_code=303), FLASH_COOKIE, "/operations", kind_, message)
 
 
 # -- rejected reports and parked messages (services.operations.rejections) ------------------
@@ -340,7 +330,4 @@ def operations_resolve_rejection(
         kind_, message = "ok", _resolve(store, rejection_id, action, caller.name, urls, note)
     except OperationRefused as exc:
         kind_, message = "error", exc.reason
-    response = RedirectResponse("/operations#rejections", status_code=303)
-    response.set_cookie(FLASH_COOKIE, quote(f"{kind_}:{message}"[:600]), max_age=120, path="/operations",
-                        httponly=True, samesite="strict")
-    return response
+    return set_flash(RedirectResponse("/operations#rejections", status_code=303), FLASH_COOKIE, "/operations", kind_, message)
