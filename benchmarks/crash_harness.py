@@ -5,9 +5,13 @@ no partner forward (state committed before the offset moves, deterministic ids f
 effects, notices marked ``sending`` before SMTP so a crash mid-conversation ends
 ``notice_unconfirmed`` instead of a second mail). This puts that promise under load: the five
 stages (ingest, classify, notify, escalate, followup) run as separate ``hotline serve --stage
-NAME`` processes on real Kafka and PostgreSQL, reports arrive at a steady rate, and a
-randomly chosen stage process is SIGKILLed at a random moment and started again, at least
-``--kills`` times. With ``--broker-restart`` / ``--db-restart`` (on by default) the harness
+NAME`` processes on real Kafka and PostgreSQL, reports arrive at a steady rate over HTTP at
+the web process (``hotline serve --stage web``: the report API and its outbox relay), and a
+randomly chosen process, the web process among them, is SIGKILLed at a random moment and
+started again, at least ``--kills`` times. A report the API acknowledged (202) must come out
+the other end although the web process may die right after answering; a request refused or
+failed while it is down is retried with the same ``Idempotency-Key``, so no report is stored
+twice (``--no-web`` produces the reports straight to Kafka instead). With ``--broker-restart`` / ``--db-restart`` (on by default) the harness
 starts its own Kafka and PostgreSQL on ports of their own (deploy/kafka, deploy/postgres) and
 restarts each once during the run; the shared services (9092, 5432) are never touched.
 
@@ -60,6 +64,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 STAGES = ("ingest", "classify", "notify", "escalate", "followup")
+WEB = "web"  # ``hotline serve --stage web``: the report API and its outbox relay
 # The shared services of the machine (and of CI): the harness never starts, stops or restarts
 # anything on these ports.
 SHARED_PORTS = frozenset({5432, 9092, 9093, 15432, 19092})
@@ -86,6 +91,9 @@ class Options:
     pg_port: int = 25432
     log_dir: Path | None = None
     partitions: int = 3
+    # Reports over HTTP through the web process (``hotline serve --stage web``), which is
+    # killed at random too; off: produced straight to Kafka, as a channel would.
+    web: bool = True
     out: Callable[[str], None] = print
 
 
@@ -97,6 +105,7 @@ class Result:
     db_restarts: int = 0
     reports: int = 0
     submitted: int = 0
+    send_retries: int = 0  # submissions retried (web: with the same Idempotency-Key)
     lost: int = 0
     unconfirmed: int = 0
     duplicate_notices: int = 0
@@ -133,6 +142,7 @@ class Result:
             ("broker restarts", str(self.broker_restarts)),
             ("database restarts", str(self.db_restarts)),
             ("reports submitted", f"{self.submitted} of {self.reports}"),
+            ("submissions retried (same Idempotency-Key)", str(self.send_retries)),
             ("lost", str(self.lost)),
             ("notice_unconfirmed (kill inside SMTP)", str(self.unconfirmed)),
             ("notices received (SMTP sink)", str(self.notices_received)),
@@ -229,6 +239,13 @@ class OwnPostgres:
 class Planned:
     report: Any  # ReportSubmitted
     kind: str  # nl | de | gone
+    accepted_id: str | None = None  # the report id the API answered (web submission)
+
+    @property
+    def report_id(self) -> str:
+        """The id to look the report up by: the API's answer, else the planned message's (a
+        report the API never acknowledged is then not found, and counted lost)."""
+        return self.accepted_id or self.report.report_id
 
 
 def plan_reports(w: Any, n: int, rng: random.Random) -> list[Planned]:
@@ -301,6 +318,47 @@ class Submitter(threading.Thread):
             producer.close(timeout=10)
 
 
+class HttpSubmitter(Submitter):
+    """Posts the reports to the web process's ``POST /api/v1/reports``, each with an
+    ``Idempotency-Key`` of its own. A request refused or failed (the web process killed or
+    restarting, the database away: no answer, a 5xx, a 429) is retried with the same key until
+    it is acknowledged, so a report is stored once however often it is sent; a 202 is a
+    promise the pipeline must keep even if the web process dies right after it."""
+
+    def __init__(self, base_url: str, planned: list[Planned], rate: float, deadline: float) -> None:
+        super().__init__("", "", planned, rate, deadline)
+        self.base_url = base_url
+        self.refused: list[str] = []  # requests answered with a 4xx other than 429: a bug
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.base_url, timeout=20, trust_env=False) as http:
+            t0 = time.monotonic()
+            for i, p in enumerate(self.planned):
+                due = t0 + i / self.rate
+                if self.stop_event.wait(max(0.0, due - time.monotonic())):
+                    return
+                body = {"urls": p.report.urls}
+                headers = {"Idempotency-Key": p.report.report_id}
+                while True:
+                    try:
+                        r = http.post("/api/v1/reports", json=body, headers=headers)
+                    except httpx.HTTPError:
+                        r = None
+                    if r is not None and r.status_code in (200, 201, 202):
+                        p.accepted_id = r.json()["report_id"]
+                        break
+                    if r is not None and 400 <= r.status_code < 500 and r.status_code != 429:
+                        self.refused.append(f"{p.report.urls[0]}: HTTP {r.status_code} {r.text[:200]}")
+                        break
+                    self.retries += 1
+                    if time.monotonic() > self.deadline or self.stop_event.wait(0.5):
+                        return
+                self.sent += 1
+            self.finished_at = time.monotonic()
+
+
 def group_lag(brokers: str, prefix: str) -> int | None:
     """Messages not yet committed by the stage's consumer group, summed over every stage's input
     topics; None when the broker cannot be asked right now."""
@@ -359,7 +417,7 @@ def outcome(
 
     from hotline.storage.models import Item, Report
 
-    ids = [p.report.report_id for p in planned]
+    ids = [p.report_id for p in planned]
     urls = [p.report.urls[0] for p in planned]
     with sessions() as s:
         statuses = dict(s.execute(select(Report.id, Report.status).where(Report.id.in_(ids))).all())
@@ -529,11 +587,22 @@ def _run(
         # dedupes by Idempotency-Key); the default (300 s) would outlast a short run.
         "HOTLINE_FORWARD_REDISPATCH_SECONDS": "10",
         "PYTHONPATH": str(ROOT),
+        "HOTLINE_REPORT_RATE_PER_MINUTE": "0",  # one client sends every report
     }
     procs = scenario.StageProcesses(env, log_dir)
     stack.callback(procs.stop_all)
     for stage in STAGES:
         procs.start(stage)
+    killable: tuple[str, ...] = STAGES
+    web_url = ""
+    if opts.web:
+        from doubles.loopback import free_port
+
+        port = free_port()
+        web_url = f"http://127.0.0.1:{port}"
+        procs.start(WEB, "--host", "127.0.0.1", "--port", str(port))
+        killable = (*STAGES, WEB)
+        scenario.wait_for("the web process", lambda: _web_up(web_url), 90, interval=0.2)
     budget = hard_deadline - time.monotonic()
     rate = opts.rate or max(opts.reports / max(budget * 0.4, 1.0), 0.5)
     submit_seconds = opts.reports / rate
@@ -542,7 +611,11 @@ def _run(
         f"broker restart {'on' if kafka and opts.broker_restart else 'off'}, "
         f"database restart {'on' if pg and opts.db_restart else 'off'}; logs in {log_dir}"
     )
-    submitter = Submitter(brokers, prefix + "reports.submitted", planned, rate, hard_deadline - 60)
+    submitter = (
+        HttpSubmitter(web_url, planned, rate, hard_deadline - 60)
+        if opts.web
+        else Submitter(brokers, prefix + "reports.submitted", planned, rate, hard_deadline - 60)
+    )
     submitter.start()
     stack.callback(submitter.stop_event.set)
 
@@ -566,7 +639,7 @@ def _run(
         if time.monotonic() > chaos_deadline:
             event(f"kills stopped at {k}: out of time")
             break
-        stage = rng.choice(STAGES)
+        stage = rng.choice(killable)
         procs.kill9(stage)
         result.kills += 1
         result.kills_by_stage[stage] += 1
@@ -591,6 +664,9 @@ def _run(
     while submitter.is_alive() and time.monotonic() < hard_deadline - 60:
         pause(1.0)
     result.submitted = submitter.sent
+    result.send_retries = submitter.retries
+    if isinstance(submitter, HttpSubmitter):
+        result.lost_detail += submitter.refused[:20]
     event(
         f"chaos over; {submitter.sent} reports submitted ({submitter.retries} send retries); draining"
     )
@@ -617,6 +693,15 @@ def _run(
         event("did not drain in time; last lines of the stage logs:\n" + procs.logs(15))
 
 
+def _web_up(base_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(base_url + "/healthz", timeout=2, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
     with contextlib.suppress(Exception):
         fn(*args)
@@ -629,7 +714,7 @@ def _count(result: Result, sessions: Any, planned: list[Planned], w: Any) -> Non
 
     statuses, states = _safe_outcome(sessions, planned)
     for p in planned:
-        rid, url = p.report.report_id, p.report.urls[0]
+        rid, url = p.report_id, p.report.urls[0]
         if statuses.get(rid) != "accepted" or states.get(url) not in EXPECTED[p.kind]:
             result.lost += 1
             if len(result.lost_detail) < 20:
@@ -728,6 +813,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kafka-controller-port", type=int, default=29093)
     ap.add_argument("--pg-port", type=int, default=25432)
     ap.add_argument("--log-dir", type=Path, default=None, help="keep the stage logs here")
+    ap.add_argument(
+        "--web",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="submit over HTTP to hotline serve --stage web, and kill it too (default: on)",
+    )
     a = ap.parse_args(argv)
     opts = Options(
         reports=a.reports,
@@ -743,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         kafka_controller_port=a.kafka_controller_port,
         pg_port=a.pg_port,
         log_dir=a.log_dir,
+        web=a.web,
         out=lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", flush=True),
     )
     if opts.seed is None:

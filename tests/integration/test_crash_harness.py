@@ -1,6 +1,7 @@
 """The crash harness (``benchmarks/crash_harness.py``), short: ~30 reports through the five stage
-processes on the shared test Kafka and PostgreSQL (a fresh database, topics of its own), while
-three randomly chosen stages are SIGKILLed at random moments and started again. Nothing may be
+processes on the shared test Kafka and PostgreSQL (a fresh database, topics of its own), posted
+over HTTP to the web process (retried with their Idempotency-Key), while three randomly chosen
+processes (the stages and the web process) are SIGKILLed at random moments and started again. Nothing may be
 lost and no notice or forward may arrive twice. The broker and database restarts of the full run
 are left out here: the shared services are not the test's to restart.
 
