@@ -29,7 +29,7 @@ subtract it. Everything binds loopback; every process is killed at the end (proc
 the topics and the database are dropped.
 
     python -m benchmarks.bench_scaleout                 # full: 2,000 items per run, 1M bank
-    python -m benchmarks.bench_scaleout --quick         # ~2 minutes: 150 items, 100k bank
+    python -m benchmarks.bench_scaleout --quick         # ~3 minutes: 80 items, 100k bank
     python -m benchmarks.bench_scaleout --processes 1,2 --items 1000 --bank 1000000
 
 Needs HOTLINE_TEST_KAFKA_BROKERS (default 127.0.0.1:9092) and HOTLINE_TEST_DATABASE_URL (an
@@ -118,11 +118,14 @@ def serve_hoster(port: int, pool: int, per_page: int, width: int, height: int, r
             writer.close()
 
     async def main() -> None:
+        parent = os.getppid()
         server = await asyncio.start_server(handle, HOST_IP, port)
         if ready:
             print("ready", flush=True)
         async with server:
-            await server.serve_forever()
+            # Never outlive the benchmark, even one killed with -9.
+            while os.getppid() == parent:
+                await asyncio.sleep(1.0)
 
     asyncio.run(main())
 
@@ -140,6 +143,18 @@ def proc_status_kb(pid: int, key: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def pss_kb(pid: int) -> int | None:
+    """Proportional set size: shared pages (the memory-mapped bank snapshot, which every
+    classify process maps) divided among the processes that share them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         return None
@@ -215,9 +230,9 @@ def load_bank(db_url: str, n: int, known: list[bytes], out: Any) -> None:
                 parts = []
                 for i, (_, nb) in enumerate(sizes.items()):
                     a = rng.integers(0, 256, (m, nb), dtype=np.uint8)
-                    h = np.empty((m, nb * 2), dtype=np.uint8)
-                    h[:, 0::2], h[:, 1::2] = hexdigits[a >> 4], hexdigits[a & 15]
-                    parts += [h, np.full((m, 1), ord("," if i < len(sizes) - 1 else "\n"), np.uint8)]
+                    hexed = np.empty((m, nb * 2), dtype=np.uint8)
+                    hexed[:, 0::2], hexed[:, 1::2] = hexdigits[a >> 4], hexdigits[a & 15]
+                    parts += [hexed, np.full((m, 1), ord("," if i < len(sizes) - 1 else "\n"), np.uint8)]
                 text = ",".join(sizes) + "\n" + np.hstack(parts).tobytes().decode()
                 added, errors = import_csv(io.StringIO(text), store, "baseline", "bench-scaleout")
                 if errors:
@@ -311,6 +326,10 @@ class Workers:
         self.env, self.prefix = env, prefix
         self.procs: list[subprocess.Popen[bytes]] = []
         self.hwm: dict[int, int] = {}
+        # Highest private (anonymous) and file-backed (mostly the mapped snapshot) RSS and PSS seen.
+        self.anon: dict[int, int] = {}
+        self.file: dict[int, int] = {}
+        self.pss: dict[int, int] = {}
 
     def start(self, k: int) -> None:
         for _ in range(k):
@@ -326,9 +345,17 @@ class Workers:
     def sample(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                v = proc_status_kb(p.pid, "VmHWM")
-                if v:
-                    self.hwm[p.pid] = max(self.hwm.get(p.pid, 0), v)
+                for store, v in ((self.hwm, proc_status_kb(p.pid, "VmHWM")),
+                                 (self.anon, proc_status_kb(p.pid, "RssAnon")),
+                                 (self.file, proc_status_kb(p.pid, "RssFile")),
+                                 (self.pss, pss_kb(p.pid))):
+                    if v:
+                        store[p.pid] = max(store.get(p.pid, 0), v)
+
+    def memory(self) -> list[tuple[float, float, float, float]]:
+        """Per process: (peak RSS, private, file-backed, PSS) in MB."""
+        return [(self.hwm[pid] / 1024, self.anon.get(pid, 0) / 1024, self.file.get(pid, 0) / 1024,
+                 self.pss.get(pid, 0) / 1024) for pid in self.hwm]
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p.pid) or 0.0 for p in self.procs if p.poll() is None)
@@ -469,6 +496,7 @@ class RunResult:
     seconds: float
     startup: float
     rss_mb: list[float]
+    memory: list[tuple[float, float, float, float]]
     cpu_seconds: float
     hoster_cpu: float
     lost: int = 0
@@ -514,7 +542,7 @@ def run_k(env: Env, k: int, n: int, hoster_pid: int, timeout: float, out: Any) -
             k=k, items=len(done), images=len(done) * env.per_page,
             seconds=(times[-1] - times[0]) if len(times) > 1 else 0.0,
             startup=(times[0] - started) if times else 0.0,
-            rss_mb=[v / 1024 for v in workers.hwm.values()], cpu_seconds=cpu,
+            rss_mb=[v / 1024 for v in workers.hwm.values()], memory=workers.memory(), cpu_seconds=cpu,
             hoster_cpu=(cpu_seconds(hoster_pid) or 0.0) - h0, lost=lost, doubled=doubled,
             republished=republished,
         )
@@ -655,12 +683,18 @@ def report(machine_line: str, opts: argparse.Namespace, runs: list[RunResult], s
             f"| {r.k} | {r.items} | {r.seconds:.1f} s | {r.rate:.1f} | {r.rate * env.per_page:.0f} | {eff} | "
             f"{r.startup:.1f} s | {', '.join(f'{m:.0f}' for m in r.rss_mb)} MB | {r.cpu_seconds:.0f} s | "
             f"{r.hoster_cpu:.2f} s | {r.lost} | {r.doubled} | {r.republished} |")
+    lines += ["", "| processes | per process: peak RSS (VmHWM) = private (RssAnon) + mapped files (RssFile, "
+              "mostly the bank snapshot, shared) | PSS (shared pages split) |", "|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r.k} | " + "; ".join(f"{h:.0f} = {a:.0f} + {f:.0f} MB" for h, a, f, _ in r.memory)
+                     + " | " + ", ".join(f"{p:.0f} MB" for *_, p in r.memory) + " |")
     lines += ["", f"Targets: ≥ {TARGET_IMAGES_PER_S} images/s with both cores busy; 2 processes within "
               f"{TARGET_EFFICIENCY:.0%} of linear; peak RSS ≤ {TARGET_RSS_MB} MB per process."]
     two = next((r for r in runs if r.k == 2), None)
     if base and two:
-        eff = two.rate / (2 * base)
-        lines.append(f"1 → 2 processes: {eff:.0%} of linear ({'met' if eff >= TARGET_EFFICIENCY else 'NOT met'}).")
+        scaling = two.rate / (2 * base)
+        lines.append(f"1 → 2 processes: {scaling:.0%} of linear "
+                     f"({'met' if scaling >= TARGET_EFFICIENCY else 'NOT met'}).")
     best = max((r.rate * env.per_page for r in runs), default=0)
     lines.append(f"Best images/s: {best:.0f} ({'met' if best >= TARGET_IMAGES_PER_S else 'NOT met'}).")
     worst = max((m for r in runs for m in r.rss_mb), default=0)
@@ -673,9 +707,9 @@ def report(machine_line: str, opts: argparse.Namespace, runs: list[RunResult], s
                   "| all partitions flowing again after | items/s 10 s before | items/s 10 s after |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for s in stops:
-            flow = "-" if s.flowing_again is None else f"{s.flowing_again:.1f} s"
+            again = "-" if s.flowing_again is None else f"{s.flowing_again:.1f} s"
             lines.append(f"| {s.how} | {s.items} | {s.lost} | {s.doubled} | {s.republished} | {s.stopped_at_done} done "
-                         f"| {flow} | {s.rate_before:.1f} | {s.rate_after:.1f} |")
+                         f"| {again} | {s.rate_before:.1f} | {s.rate_after:.1f} |")
     if burst:
         lines += ["", "| burst (1 process) | classified | still waiting in Kafka | RSS at first result | RSS max "
                   "while working | peak RSS (VmHWM) |", "|---|---|---|---|---|---|",
@@ -684,11 +718,15 @@ def report(machine_line: str, opts: argparse.Namespace, runs: list[RunResult], s
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small run (~2 minutes)")
     ap.add_argument("--processes", default="1,2,4", help="process counts to measure")
-    ap.add_argument("--items", type=int, default=None, help="items per run (default 2000; quick 150)")
+    ap.add_argument("--items", type=int, default=None, help="items per run (default 2000; quick 80)")
     ap.add_argument("--bank", type=int, default=None, help="synthetic bank entries (default 1,000,000; quick 100,000)")
     ap.add_argument("--images", type=int, default=4, help="images per page")
     ap.add_argument("--size", default="640x480", help="image size WxH")
@@ -700,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.serve_hoster is not None:
         serve_hoster(opts.serve_hoster, 32, opts.images, width, height)
         return 0
-    opts.items = opts.items or (150 if opts.quick else 2000)
+    opts.items = opts.items or (80 if opts.quick else 2000)
     opts.bank = opts.bank if opts.bank is not None else (100_000 if opts.quick else 1_000_000)
     opts.burst = opts.burst or (5000 if opts.quick else 50_000)
     ks = [int(k) for k in opts.processes.split(",") if k.strip()]
@@ -708,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     admin_url = os.environ.get("HOTLINE_TEST_DATABASE_URL",
                                "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     machine_line = machine()
+    # SIGTERM (timeout, a CI runner) must unwind through the finally blocks that stop the
+    # workers and the hoster, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     def out(s: str) -> None:
         print(s, flush=True)
