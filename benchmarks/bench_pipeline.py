@@ -90,7 +90,10 @@ _CHILD = (
     "logging.getLogger('hotline.runtime.kafka').setLevel(logging.DEBUG)\n"
     "main(sys.argv[1:], prog_name='hotline')\n"
 )
-_DONE = re.compile(r"stage (\w+): event from \S+ done in ([0-9.]+)s")
+_DONE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG \S+: stage (\w+): event from \S+ done in ([0-9.]+)s",
+    re.MULTILINE,
+)
 
 
 @dataclass
@@ -106,6 +109,10 @@ class Options:
     brokers: str | None = None
     database_url: str | None = None
     partitions: int = 3
+    own_services: str = "auto"  # auto: own Kafka/PostgreSQL when the given ones do not answer; yes; no
+    kafka_port: int = 29392
+    kafka_controller_port: int = 29393
+    pg_port: int = 25632
     keep_logs: Path | None = None
     out: Callable[[str], None] = print
 
@@ -241,8 +248,9 @@ class Procs:
                         out[name] = int(line.split()[1]) / 1024
         return out
 
-    def stop_all(self, grace: float = 15.0) -> None:
-        """TERM each process group, KILL what is left after ``grace``."""
+    def stop_all(self, grace: float = 5.0) -> None:
+        """TERM each process group, KILL what is left after ``grace`` (the run's data is thrown
+        away: a faust worker's slow clean shutdown need not be waited for)."""
         for p in self.procs.values():
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -256,12 +264,15 @@ class Procs:
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(10)
 
-    def work_times(self) -> dict[str, list[float]]:
-        """Per stage, each event's own processing time from the debug lines (Kafka only)."""
+    def work_times(self, since: float, until: float) -> dict[str, list[float]]:
+        """Per stage, the processing time of each event it finished between ``since`` and
+        ``until`` (``time.time()`` values), from the debug lines (Kafka only)."""
         out: dict[str, list[float]] = defaultdict(list)
         for path in self.log_dir.glob("*.log"):
             for m in _DONE.finditer(path.read_text(errors="replace")):
-                out[m.group(1)].append(float(m.group(2)))
+                at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time
+                if since <= at <= until:
+                    out[m.group(2)].append(float(m.group(3)))
         return out
 
 
@@ -385,6 +396,9 @@ class PhaseResult:
     forward: list[float] = field(default_factory=list)
     awaiting: list[float] = field(default_factory=list)
     stage_time: dict[str, list[float]] = field(default_factory=dict)
+    work: dict[str, list[float]] = field(default_factory=dict)  # Kafka: per-event processing time
+    started: float = 0.0  # time.time() of the first request
+    ended: float = 0.0  # time.time() when the phase had settled (or its deadline passed)
     notices_db: int = 0
     notices_mailed: int = 0
     forwards_db: int = 0
@@ -579,14 +593,13 @@ def run_runtime(runtime: str, opts: Options) -> list[PhaseResult]:
         else:
             from hotline.runtime.kafka import create_topics
 
-            if not opts.brokers or not opts.database_url:
-                raise SystemExit("kafka runtime: --brokers and --database-url (or HOTLINE_TEST_*) are needed")
-            db_url = stack.enter_context(_fresh_database(opts.database_url))
+            brokers, admin_url = _services(opts, stack, tmp)
+            db_url = stack.enter_context(_fresh_database(admin_url))
             prefix = f"bench{uuid.uuid4().hex[:8]}."
-            create_topics(opts.brokers, prefix, opts.partitions)
-            stack.callback(_quietly, scenario.delete_topics, opts.brokers, prefix)
+            create_topics(brokers, prefix, opts.partitions)
+            stack.callback(_quietly, scenario.delete_topics, brokers, prefix)
             env |= {
-                "HOTLINE_KAFKA_BROKERS": opts.brokers,
+                "HOTLINE_KAFKA_BROKERS": brokers,
                 "HOTLINE_TOPIC_PREFIX": prefix,
                 "HOTLINE_KAFKA_PARTITIONS": str(opts.partitions),
             }
@@ -622,11 +635,10 @@ def run_runtime(runtime: str, opts: Options) -> list[PhaseResult]:
             elif not res.drained:
                 raise RuntimeError(f"{runtime}: warm-up did not settle: {res.not_settled}\n" + "\n".join(
                     f"--- {n}\n{procs.tail(n, 15)}" for n in procs.procs))
-        work = procs.work_times()
         stop()
         for r in results:
             r.rss = dict(rss)
-            r.stage_time = {**r.stage_time, **{f"{k} (work)": v for k, v in work.items()}} if r.phase == results[-1].phase else r.stage_time
+            r.work = procs.work_times(r.started, r.ended)
     return results
 
 
@@ -646,6 +658,7 @@ def _phase(
     forwards_before = {f.body.get("item_id") for f in w.partner.snapshot()}
     budget = time.monotonic() + max(60.0, 3 * len(planned) / max(opts.rate, 1.0))
     say(f"{runtime}: phase {name}: {len(planned)} reports" + (f" at {opts.rate:g}/s" if name == "rate" else ""))
+    res.started = time.time()
     if name == "rate":
         sent = open_loop(client, planned, opts.rate, budget)
     else:
@@ -667,6 +680,7 @@ def _phase(
     deadline = time.monotonic() + (120.0 if name == "warm-up" else opts.drain_seconds)
     t = time.monotonic()
     res.drained, states = wait_settled(sessions, want, deadline, procs.check_alive)
+    res.ended = time.time()
     say(f"{runtime}: phase {name}: {res.accepted} accepted, settled={res.drained} in {time.monotonic() - t:.1f}s after the last")
     res.not_settled = [f"{rid} {kinds[rid]}: {states.get(rid)}" for rid, s in want.items() if states.get(rid) != s][:10]
     res.settled = len(want) - len([1 for rid, s in want.items() if states.get(rid) != s])
@@ -685,6 +699,49 @@ def _wait_http(port: int, procs: Procs, deadline: float) -> None:
                 return
         time.sleep(0.3)
     raise RuntimeError(f"the web process did not answer on port {port}")
+
+
+def _answers(host_port: str) -> bool:
+    import socket
+
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _services(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> tuple[str, str]:
+    """The broker and the PostgreSQL admin URL to use: the given ones, or (``own_services``
+    yes, or auto and the given one does not answer) a broker / cluster of the benchmark's own
+    on ports of its own (``benchmarks.crash_harness.OwnKafka`` / ``OwnPostgres``), stopped and
+    wiped at the end. The shared services are never started or stopped."""
+    from sqlalchemy.engine import make_url
+
+    from benchmarks.crash_harness import OwnKafka, OwnPostgres
+
+    brokers, admin_url = opts.brokers or "", opts.database_url or ""
+    own = opts.own_services
+    if own == "yes" or (own == "auto" and not (brokers and _answers(brokers.split(",")[0]))):
+        kafka = OwnKafka(opts.kafka_port, opts.kafka_controller_port, tmp / "kafka")
+        opts.out(f"starting own Kafka on {kafka.brokers} (the given broker {brokers or '-'} does not answer)")
+        stack.callback(_quietly, kafka.stop, True)
+        kafka.start()
+        brokers = kafka.brokers
+    pg_answers = False
+    if admin_url:
+        u = make_url(admin_url)
+        pg_answers = _answers(f"{u.host or '127.0.0.1'}:{u.port or 5432}")
+    if own == "yes" or (own == "auto" and not pg_answers):
+        pg = OwnPostgres(opts.pg_port)
+        opts.out(f"starting own PostgreSQL on 127.0.0.1:{opts.pg_port}")
+        stack.callback(_quietly, pg.stop, True)
+        pg.start()
+        admin_url = pg.url
+    if not brokers or not admin_url:
+        raise SystemExit("kafka runtime: no broker or database (--brokers, --database-url, --own-services)")
+    return brokers, admin_url
 
 
 @contextlib.contextmanager
@@ -713,12 +770,16 @@ def _pp(values: Sequence[float]) -> str:
     return f"{_ms(_pct(values, 0.5))} / {_ms(_pct(values, 0.99))}" if values else "-"
 
 
-def _stages(stage_time: dict[str, list[float]]) -> str:
-    """Each stage's share of the summed item latency, and its p50 per item."""
-    waits = {k: v for k, v in stage_time.items() if not k.endswith("(work)")}
-    total = sum(sum(v) for v in waits.values()) or 1.0
-    parts = sorted(waits.items(), key=lambda kv: -sum(kv[1]))
-    return ", ".join(f"{k} {100 * sum(v) / total:.0f}% (p50 {_ms(statistics.median(v))})" for k, v in parts)
+def _stages(r: PhaseResult) -> str:
+    """Each stage's share of the summed item latency and its p50 per item; on Kafka also the
+    p50 of the stage's own processing time per event (the rest of its share is waiting)."""
+    total = sum(sum(v) for v in r.stage_time.values()) or 1.0
+    parts = sorted(r.stage_time.items(), key=lambda kv: -sum(kv[1]))
+    out = []
+    for k, v in parts:
+        work = f", work {_ms(_pct(r.work[k], 0.5))}" if r.work.get(k) else ""
+        out.append(f"{k} {100 * sum(v) / total:.0f}% (p50 {_ms(statistics.median(v))}{work})")
+    return ", ".join(out)
 
 
 def table(results: Sequence[PhaseResult]) -> str:
@@ -732,7 +793,7 @@ def table(results: Sequence[PhaseResult]) -> str:
         rows.append([
             r.runtime, r.phase, f"{r.accepted}/{r.planned}", f"{r.accept_rate:.1f}",
             f"{_ms(r.api_p50)} / {_ms(r.api_p99)}", f"{r.items_per_s:.1f}", f"{r.images_per_s:.1f}",
-            _pp(r.notice), _pp(r.forward), _pp(r.awaiting), _stages(r.stage_time),
+            _pp(r.notice), _pp(r.forward), _pp(r.awaiting), _stages(r),
             ", ".join(f"{k} {v:.0f}" for k, v in r.rss.items()),
             "ok" if r.counts_ok else "MISMATCH",
         ])
@@ -754,8 +815,11 @@ def details(results: Sequence[PhaseResult]) -> str:
             f"forwards {r.forwards_db} in db / {r.forwards_received} at the partner / {r.expected_forwards} expected, "
             f"awaiting {len(r.awaiting)} / {r.expected_awaiting}, images hashed {r.images}"
         )
-        for k, v in sorted(r.stage_time.items()):
-            out.append(f"    {k:<18} n={len(v):<6} p50 {_ms(_pct(v, 0.5)):>8}  p99 {_ms(_pct(v, 0.99)):>8}  sum {sum(v):8.1f} s")
+        rows = [(k, "per item", v) for k, v in r.stage_time.items()]
+        rows += [(k, "work/event", v) for k, v in r.work.items()]
+        for k, what, v in sorted(rows):
+            out.append(f"    {k:<10} {what:<10} n={len(v):<6} p50 {_ms(_pct(v, 0.5)):>8}  "
+                       f"p99 {_ms(_pct(v, 0.99)):>8}  sum {sum(v):8.1f} s")
         for line in r.not_settled:
             out.append(f"    ! not settled: {line}")
     return "\n".join(out)
@@ -801,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--brokers", default=os.environ.get("HOTLINE_TEST_KAFKA_BROKERS", "127.0.0.1:9092"))
     ap.add_argument("--database-url", default=os.environ.get(
         "HOTLINE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hotline_test"))
+    ap.add_argument("--own-services", choices=("auto", "yes", "no"), default="auto",
+                    help="own Kafka and PostgreSQL on ports 29392/25632 (auto: when the given ones do not answer)")
     ap.add_argument("--keep-logs", type=Path, default=None, help="keep the process logs here")
     a = ap.parse_args(argv)
     opts = Options(
@@ -813,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_seconds=a.drain_seconds if a.drain_seconds is not None else (60.0 if a.quick else 300.0),
         brokers=a.brokers,
         database_url=a.database_url,
+        own_services=a.own_services,
         keep_logs=a.keep_logs,
         out=lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", flush=True),
     )
