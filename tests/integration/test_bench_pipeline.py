@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_pipeline import EXPECTED, KAFKA_STAGES, Options, PhaseResult, run_runtime, table
+from benchmarks.bench_pipeline import (
+    EXPECTED,
+    KAFKA_STAGES,
+    Options,
+    PhaseResult,
+    run_runtime,
+    table,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
