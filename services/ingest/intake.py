@@ -32,7 +32,7 @@ def new_message(body: Any, channel: str, seal: ReporterSeal | None) -> ReportSub
     """The message for ``body``; the reporter's address sealed first (without a seal it is not
     kept), so neither the message, the outbox nor the report row ever holds it in clear."""
     return ReportSubmitted(
-        channel=channel,
+        channel=channel,  # type: ignore[arg-type]
         urls=body.urls,
         description=body.description,
         reporter_email=keep_address(seal, getattr(body, "reporter_email", None)),
