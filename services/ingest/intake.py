@@ -51,7 +51,7 @@ def record_job(msg: ReportSubmitted, idempotency_key: str | None) -> Callable[[S
             existing = uow.reports.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing.id
-        uow.reports.create(msg, idempotency_key=idempotency_key)
+        uow.reports.add(msg, idempotency_key=idempotency_key)
         uow.enqueue([Outgoing("reports.submitted", msg)])
         return msg.report_id
 
