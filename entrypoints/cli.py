@@ -78,7 +78,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
         relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix)
         relay.start()
         try:
-            uvicorn.run(create_app(system), host=host, port=port, log_level="info")
+            uvicorn.run(create_app(system), host=host, port=port, log_level="info", access_log=settings.access_log)
         finally:
             relay.stop()
         return
@@ -93,7 +93,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
     runtime.start()
     try:
         if stage in (None, "web"):
-            uvicorn.run(create_app(system), host=host, port=port, log_level="info")
+            uvicorn.run(create_app(system), host=host, port=port, log_level="info", access_log=settings.access_log)
         else:
             while True:
                 time.sleep(3600)

@@ -155,6 +155,14 @@ class Settings(BaseSettings):
     # client address may submit per minute (a token bucket per process; 0 switches it off).
     reporter_key: SecretStr | None = None
     report_rate_per_minute: int = Field(default=30, ge=0)
+    # Group commit for report intake (hotline/storage/group_commit.py, services/ingest/intake.py):
+    # reports arriving together share one transaction and one commit, each answered 202 after
+    # it; at most ``intake_batch_max`` a commit. false: one commit per request (the old path).
+    intake_group_commit: bool = True
+    intake_batch_max: int = Field(default=200, ge=1)
+    # uvicorn's per-request access log line (it holds the client's address, which the hotline
+    # keeps nowhere else, and costs time on every request): off unless asked for.
+    access_log: bool = False
     # Retention of reporter contact details (hotline/storage/contact_retention.py,
     # docs/reliability.md "Privacy"): a sealed address is removed from its report, from the
     # operators' rejection copies and from the embedded bus this many days after it arrived

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from hotline.web.ratelimit import Lockout, RateLimiter, retry_after
@@ -99,11 +100,13 @@ def optional_caller(request: Request, store: SqlUnitOfWork = Depends(get_store))
     return _caller_for(request, store, token)
 
 
-def check_bearer(request: Request, store: SqlUnitOfWork = Depends(get_store)) -> None:
+async def check_bearer(request: Request) -> None:
     """An app-wide dependency: a request that sends ``Authorization: Bearer`` with an unknown
     token is refused (401) on every route, public ones included, as it is on the routes that
     need a role; a wrong token is a caller's mistake to be told about, not silently ignored.
-    (A stale ``hotline_token`` cookie is not refused here: the public form stays usable.)"""
+    (A stale ``hotline_token`` cookie is not refused here: the public form stays usable.)
+    Async, with the account looked up in a worker thread only when a token is sent: an
+    anonymous request (every public report) costs no thread hop and no database session here."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         token = header[7:].strip()
@@ -113,7 +116,17 @@ def check_bearer(request: Request, store: SqlUnitOfWork = Depends(get_store)) ->
         if any(secrets.compare_digest(token.encode(), t.encode())
                for t in getattr(request.app.state, "service_tokens", ())):
             return  # a token that is no account's (the metrics scraper's): its route checks it
-        _caller_for(request, store, token)
+        await run_in_threadpool(_check_account, request, token)
+
+
+def _check_account(request: Request, token: str) -> None:
+    with request.app.state.system.request_sessions()() as session:
+        _caller_for(request, SqlUnitOfWork(session), token)
+
+
+def has_token(request: Request) -> bool:
+    """Whether the request presents a token at all (bearer header or cookie)."""
+    return _token(request) is not None
 
 
 def has_role(role: str, roles: tuple[str, ...] | frozenset[str]) -> bool:

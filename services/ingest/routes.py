@@ -17,15 +17,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
-from hotline.kernel.messages import Outgoing
 from hotline.kernel.states import COARSE, COARSE_REASON, REJECTED
-from hotline.storage.reporter_address import MAX_ADDRESS_BYTES, ReporterSeal, keep_address
+from hotline.storage.reporter_address import MAX_ADDRESS_BYTES, ReporterSeal
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from hotline.web.auth import Caller, get_store, optional_caller, require_role
+from hotline.web.auth import Caller, get_store, has_token, optional_caller, require_role
 from schemas.base import new_id
-from schemas.reports import ReportSubmitted
-from services.ingest import i18n
+from services.ingest import i18n, intake
 from services.ingest.fields import check_email, check_text
 from services.ingest.hosts import accept_url
 from services.ingest.ratelimit import Decision, RateLimiter
@@ -120,28 +119,13 @@ def submit(
     idempotency_key: str | None,
     seal: ReporterSeal | None = None,
 ) -> str:
-    """Record the report and put it on ``reports.submitted`` in one transaction. The reporter's
-    address is sealed first (``seal``; without one it is not kept), so neither the message,
-    the outbox nor the report row ever holds it in clear."""
-    # An empty or blank Idempotency-Key is no key (as if the header were absent): stored, it
-    # would make every later blank-key request collide with the first (a 500, a lost report).
-    if idempotency_key is not None and not idempotency_key.strip():
-        idempotency_key = None
-    if idempotency_key:
-        existing = store.reports.by_idempotency_key(idempotency_key)
-        if existing is not None:
-            return existing.id
-    msg = ReportSubmitted(
-        channel=channel,  # type: ignore[arg-type]
-        urls=body.urls,
-        description=body.description,
-        reporter_email=keep_address(seal, getattr(body, "reporter_email", None)),
-        partner_reference=getattr(body, "partner_reference", None),
-        partner_country=getattr(body, "partner_country", None),
-    )
+    """Record the report and put it on ``reports.submitted`` in one transaction of its own (the
+    path without group commit, and the one callers outside a web process use). The reporter's
+    address is sealed first (``seal``; without one it is not kept)."""
+    idempotency_key = intake.clean_key(idempotency_key)
+    job = intake.record_job(intake.new_message(body, channel, seal), idempotency_key)
     try:
-        store.reports.create(msg, idempotency_key=idempotency_key)
-        store.enqueue([Outgoing("reports.submitted", msg)])
+        report_id = job(store)
         store.commit()
     except IntegrityError:
         # A retry that raced the first request with the same key: answer with the first report.
@@ -150,7 +134,24 @@ def submit(
         if existing is None:
             raise
         return existing.id
-    return msg.report_id
+    return report_id
+
+
+def submit_from(
+    request: Request,
+    store: SqlUnitOfWork,
+    body: ReportRequest | PartnerReportRequest,
+    channel: str,
+    idempotency_key: str | None,
+    seal: ReporterSeal | None = None,
+) -> str:
+    """``submit`` from a sync route (a worker thread): through the process's group committer
+    (``HOTLINE_INTAKE_GROUP_COMMIT``), else in the request's own transaction."""
+    grouped = intake.committer(request.app.state)
+    if grouped is None:
+        return submit(store, body, channel, idempotency_key, seal)
+    msg = intake.new_message(body, channel, seal)
+    return intake.record_now(grouped, msg, intake.clean_key(idempotency_key))
 
 
 def _channel_of(request: Request, store: SqlUnitOfWork) -> str:
@@ -163,18 +164,38 @@ def _channel_of(request: Request, store: SqlUnitOfWork) -> str:
     return "police" if caller is not None and caller.role == "police" else "api"
 
 
+async def _channel_async(request: Request) -> str:
+    """``_channel_of`` without a thread for the common case: an anonymous request (no token)
+    needs no database; one with a token looks it up in a worker thread."""
+    if not has_token(request):
+        return "api"
+
+    def lookup() -> str:
+        with request.app.state.system.request_sessions()() as session:
+            return _channel_of(request, SqlUnitOfWork(session))
+
+    return await run_in_threadpool(lookup)
+
+
+def _submit_alone(request: Request, body: ReportRequest, channel: str, idempotency_key: str | None,
+                  seal: ReporterSeal | None) -> str:
+    with request.app.state.system.request_sessions()() as session:
+        return submit(SqlUnitOfWork(session), body, channel, idempotency_key, seal)
+
+
 @router.post("/api/v1/reports", status_code=202, tags=["reports"])
-def post_report(
+async def post_report(
     request: Request,
     body: ReportRequest,
-    store: SqlUnitOfWork = Depends(get_store),
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> JSONResponse:
     """Submit a report. A retried request with the same ``Idempotency-Key`` returns the first report.
     A URL whose host cannot be on the internet (``intranet``, ``printer.local``) is refused
     with 422 naming it and why. More than ``HOTLINE_REPORT_RATE_PER_MINUTE`` reports a minute
     from one client address get 429 with ``Retry-After``. The reporter's e-mail address is kept
-    sealed (``HOTLINE_REPORTER_KEY``), and not at all without a key."""
+    sealed (``HOTLINE_REPORTER_KEY``), and not at all without a key. 202 means committed: the
+    report shares a transaction with others arriving at the same moment (group commit,
+    ``HOTLINE_INTAKE_GROUP_COMMIT``) and the answer waits for that commit."""
     decision = rate_limit(request)
     if not decision.allowed:
         return JSONResponse(
@@ -182,8 +203,14 @@ def post_report(
             status_code=429, headers={"Retry-After": str(decision.retry_after_seconds)},
         )
     refuse_unreachable(request, body.urls)
-    report_id = submit(store, body, _channel_of(request, store), idempotency_key,
-                       request.app.state.system.reporter_seal())
+    seal = request.app.state.system.reporter_seal()
+    channel = await _channel_async(request)
+    grouped = intake.committer(request.app.state)
+    if grouped is None:
+        report_id = await run_in_threadpool(_submit_alone, request, body, channel, idempotency_key, seal)
+    else:
+        msg = intake.new_message(body, channel, seal)
+        report_id = await intake.record(grouped, msg, intake.clean_key(idempotency_key))
     return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
 
 
@@ -210,7 +237,7 @@ def post_partner_report(
                                      f"{caller.country} only")
         body = body.model_copy(update={"partner_country": caller.country.upper()})
     key = idempotency_key or f"partner:{caller.name}:{body.partner_reference}"
-    report_id = submit(store, body, "partner", key)
+    report_id = submit_from(request, store, body, "partner", key)
     return JSONResponse({"report_id": report_id, "status_url": f"/api/v1/reports/{report_id}"}, status_code=202)
 
 
@@ -391,5 +418,5 @@ def report_form_post(
     if errors:
         return _page(request, "report.html", language, 422, errors=errors, **typed)
     body = ReportRequest(urls=lines, description=description or None, reporter_email=reporter_email or None)
-    report_id = submit(store, body, "web", None, seal)
+    report_id = submit_from(request, store, body, "web", None, seal)
     return _page(request, "report_thanks.html", language, report_id=report_id)

@@ -15,6 +15,7 @@ import ipaddress
 import re
 import string
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 import ada_url
@@ -105,6 +106,17 @@ def _why_not_a_url(raw: str, parts: SplitResult) -> UrlRejected:
 
 def normalize_url(raw: str) -> NormalizedUrl:
     """Return the canonical form of a reported URL, or raise ``UrlRejected`` saying why not."""
+    if not isinstance(raw, str):
+        raise UrlRejected("not_a_string", "a URL must be a string")
+    return _normalize_cached(raw)
+
+
+# One report's URL is normalized twice on its way in (the request model's validator, then the
+# host check) and again by ingest; each parse is several calls into ada-url, each releasing the
+# GIL, which the busy stage threads of the embedded runtime are quick to take. A small cache
+# makes the repeats free (pure function; a refused URL raises and is not cached).
+@lru_cache(maxsize=1024)
+def _normalize_cached(raw: str) -> NormalizedUrl:
     if not isinstance(raw, str):
         raise UrlRejected("not_a_string", "a URL must be a string")
     text = raw.strip()
