@@ -6,6 +6,7 @@ feeds both loaders random and mutated documents to hold them to that.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +20,23 @@ T = TypeVar("T")
 MAX_BYTES = 10 * 1024 * 1024
 """A hosting or partners file is a few kilobytes; a larger one is a mistake (and a YAML bomb
 stays out of memory)."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def undecodable(text: str) -> str | None:
+    """Why ``text`` is not clean UTF-8 text, or None. CSV imports open files with
+    ``surrogateescape``, so a byte that is not UTF-8 arrives as a surrogate U+DC80..U+DCFF and
+    is named here as that byte; any other lone surrogate (text handed over by other code) could
+    never be encoded into a message either."""
+    m = _SURROGATE.search(text)
+    if m is None:
+        return None
+    code = ord(m.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"not UTF-8 (byte 0x{code - 0xDC00:02X} at position {m.start()})"
+    return f"not text (a lone surrogate U+{code:04X} at position {m.start()})"
 
 
 class OperatorFileError(ValueError):

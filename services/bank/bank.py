@@ -53,6 +53,7 @@ from hashing.snapshot import (
     snapshot_lock,
 )
 from hotline.kernel.clock import now
+from hotline.operator_files import undecodable
 from hotline.storage.models import AuditLog, BankEntry
 from hotline.storage.unit_of_work import SqlUnitOfWork
 
@@ -650,7 +651,6 @@ BANK_CATEGORIES = ("baseline", "national", "A1", "A2", "B1", "B2")
 """What a bank entry's category may be: INTERPOL baseline, illegal under national law, or an
 ICCAM class (services.notify.xarf_report maps each onto X-ARF). Compared case-insensitively."""
 _CATEGORY_SPELLING = {c.lower(): c for c in BANK_CATEGORIES}
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def degenerate_hash(kind: str, value: str) -> str | None:
@@ -760,8 +760,8 @@ def import_csv(
                     if reason is not None:
                         bad = f"line {lineno}: column {col}: {reason}"
                         break
-            if bad is None and (m := _SURROGATE.search("".join(row))):
-                bad = f"line {lineno}: not UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02X})"
+            if bad is None and (why := undecodable("".join(row))):
+                bad = f"line {lineno}: {why}"
             if bad is None and all(v is None for v in out[:_N_HASHES]):
                 bad = f"line {lineno}: no hash in any of the columns {', '.join(h[1] for h in hash_pos)}"
             if bad is None:

@@ -11,19 +11,18 @@ refused as a whole."""
 from __future__ import annotations
 
 import csv
-import re
 from typing import TextIO
 
+from hotline.operator_files import undecodable
 from schemas.reports import ReportSubmitted
 from services.ingest.fields import check_email, check_text
 
 MAX_DESCRIPTION = 10_000
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _field_problem(column: str, value: str) -> str | None:
-    if m := _SURROGATE.search(value):
-        return f"column {column}: not UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02X} at position {m.start()})"
+    if why := undecodable(value):
+        return f"column {column}: {why}"
     try:
         if column == "reporter_email":
             check_email(value)

@@ -68,5 +68,5 @@ def test_bank_import_refuses_unknown_categories_and_degenerate_hashes(env: dict[
     assert "line 4: column pdq: degenerate hash" in done.stderr
     assert "line 5: column phash: degenerate hash" in done.stderr
     assert "line 6: column pdq: degenerate pdq hash (1 of 256 bits set" in done.stderr
-    assert "line 7: not UTF-8 (byte 0xE9)" in done.stderr
+    assert "line 7: not UTF-8 (byte 0xE9 at position" in done.stderr
     assert "imported 2 entries" in done.stdout

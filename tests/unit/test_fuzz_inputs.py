@@ -86,3 +86,16 @@ def test_serve_with_a_bad_operator_file_prints_the_error_not_a_traceback(
     assert result.exit_code == 1
     assert f"Error: HOTLINE_HOSTING_FILE ({bad}): not UTF-8" in result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, OperatorFileError)
+
+
+def test_a_lone_surrogate_in_a_csv_import_is_refused_with_its_row() -> None:
+    """Found by the 100,000-case run: a CSV text with a lone surrogate (U+D800, which no file
+    read with ``surrogateescape`` gives, but text from other code can) was accepted into a
+    message that could not be encoded. Now the row is refused, naming why."""
+    import io
+
+    from services.ingest.bulk import read_report_rows
+
+    messages, _, errors = read_report_rows(io.StringIO("url,url\r\n5),\ud800\r\nhttp://a.test/ok,http://a.test/ok\r\n"))
+    assert [m.urls for m in messages] == [["http://a.test/ok"]]
+    assert errors == ["line 2: column url: not text (a lone surrogate U+D800 at position 0)"]
