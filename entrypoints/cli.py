@@ -89,6 +89,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
         system.sessions,
         system.build_stages(names) if stage != "web" else [],
         periodic=system.periodic_for(names) if stage != "web" else [],
+        batch_size=settings.batch_size,
     )
     runtime.start()
     try:
