@@ -29,7 +29,15 @@ from services.classify.stage import ClassifyStage
 from services.ingest.stage import IngestStage
 from services.notify.stage import NotifyStage
 from tests.unit.stagekit import make_item, notice_for, notify_stage
-from tests.unit.test_parking import FAST, _App, _Produced, published, report_status, submit, wait_for
+from tests.unit.test_parking import (
+    FAST,
+    _App,
+    _Produced,
+    published,
+    report_status,
+    submit,
+    wait_for,
+)
 
 HOSTS = frozenset({"a.test", "b.test"})
 
