@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     # Messages per transaction for the stages that allow it (ingest, notify; hotline.kernel.stage
     # "Batches"), on both runtimes; 1 = one message per transaction as before.
     batch_size: int = Field(default=100, gt=0)
+    # Embedded runtime: a batch's transaction takes no more messages after this many seconds
+    # (SQLite has one writer; web submissions wait for it).
+    batch_max_seconds: float = Field(default=0.25, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -8,8 +8,10 @@ fetch in classify never holds up notices.
 
 A ``batchable`` stage (``hotline.kernel.stage``) reads up to ``batch_size`` messages past
 its position in one query and handles them in one transaction, the position advanced to
-the last of them in the same commit (``StepRunner.process_batch``); while a message keeps
-failing, the stage goes one message at a time, so retries and parking concern that one.
+the last of them in the same commit (``StepRunner.process_batch``; a transaction takes no
+more messages after ``batch_max_seconds``, so the one SQLite writer lock is not held long
+while web requests wait); while a message keeps failing, the stage goes one message at a
+time, so retries and parking concern that one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class EmbeddedRuntime:
         policy: FailurePolicy | None = None,
         periodic: Sequence[Periodic] = (),
         batch_size: int = 100,
+        batch_max_seconds: float | None = 0.25,
     ) -> None:
         self.sessions = sessions
         self.stages = list(stages)
@@ -51,6 +54,9 @@ class EmbeddedRuntime:
         self.poll_seconds = poll_seconds
         # Messages per transaction for a batchable stage (HOTLINE_BATCH_SIZE); 1 = one each.
         self.batch_size = max(1, batch_size)
+        # ... and a batch's transaction stays open at most about this long (SQLite has one
+        # writer: the web's submissions wait for it); None: no bound.
+        self.batch_max_seconds = batch_max_seconds
         self.policy = policy or FailurePolicy(first_delay_seconds=0.2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -144,7 +150,7 @@ class EmbeddedRuntime:
         rows = self._batch(stage, self.batch_size)
         if not rows:
             return False
-        runner = StepRunner(stage, self.sessions)
+        runner = StepRunner(stage, self.sessions, self.batch_max_seconds)
         outcome = runner.process_batch(
             [(topic, value) for _, topic, value in rows],
             lambda i: self._finisher(stage, rows[i][0]),

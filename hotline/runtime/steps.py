@@ -21,6 +21,7 @@ runtime as a failed attempt, which its failure policy retries alone (or parks).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -109,9 +110,14 @@ def keep_rejections(uow: SqlUnitOfWork, out: list[Outgoing]) -> None:
 
 
 class StepRunner:
-    def __init__(self, stage: Stage, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, stage: Stage, sessions: sessionmaker[Session], max_transaction_seconds: float | None = None
+    ) -> None:
         self.stage = stage
         self.sessions = sessions
+        # A batch's transaction takes no further message once it has been open this long (None:
+        # no bound): on SQLite it holds the one write lock, which web requests wait for.
+        self.max_transaction_seconds = max_transaction_seconds
 
     def process(self, topic: str, raw: bytes | str, finish: Finish = _nothing) -> list[Outgoing]:
         """Handle one message and commit; return what it produced. Raises on failure (after
@@ -187,10 +193,14 @@ class StepRunner:
         outs: list[list[Outgoing]] = []
         effect: SideEffect | None = None
         index = start
+        opened = time.monotonic()
         with self.sessions() as session:
             uow = SqlUnitOfWork(session)
             try:
                 while index < len(messages):
+                    limit = self.max_transaction_seconds
+                    if outs and limit is not None and time.monotonic() - opened >= limit:
+                        break  # commit these; the rest of the batch in the next transaction
                     topic, raw = messages[index]
                     try:
                         # decode and handle, not ``run_stage``: its rejection path rolls the

@@ -116,6 +116,18 @@ def test_a_batch_of_plain_outputs_commits_once_in_order(sessions: sessionmaker[S
     assert all(report_status(sessions, m.report_id)[0] == "accepted" for m in msgs)
 
 
+def test_a_batch_transaction_is_bounded_in_time(sessions: sessionmaker[Session]) -> None:
+    """With a bound of 0 s every transaction closes after its first message: still the
+    whole batch done, in order, each message committed once."""
+    msgs = reports(5)
+    commits = Commits(sessions)
+    runner = StepRunner(IngestStage(operator_hosts=HOSTS), sessions, max_transaction_seconds=0.0)
+    outcome = runner.process_batch(raw(msgs))
+    assert outcome.error is None and commits.count == 5
+    assert [o.message.url for o in outcome.flat()] == [f"http://a.test/{i}.jpg" for i in range(5)]  # type: ignore[attr-defined]
+    assert count(sessions, Item) == 5
+
+
 def test_two_reports_of_one_url_in_one_batch_make_one_item(sessions: sessionmaker[Session]) -> None:
     """The second message sees the first one's uncommitted item (same transaction)."""
     same = [ReportSubmitted(urls=["http://a.test/same.jpg"]) for _ in range(3)]
@@ -219,7 +231,7 @@ def position(sessions: sessionmaker[Session], consumer: str) -> int:
 def test_embedded_reads_a_batch_and_advances_its_position_in_the_same_commit(sessions: sessionmaker[Session]) -> None:
     for m in reports(30):
         submit(sessions, m)
-    runtime = EmbeddedRuntime(sessions, [IngestStage(operator_hosts=HOSTS)], batch_size=25)
+    runtime = EmbeddedRuntime(sessions, [IngestStage(operator_hosts=HOSTS)], batch_size=25, batch_max_seconds=None)
     commits = Commits(sessions)
     assert runtime.step(runtime.stages[0])
     assert commits.count == 1
