@@ -89,6 +89,8 @@ def serve(host: str, port: int, stage: str | None) -> None:
         system.sessions,
         system.build_stages(names) if stage != "web" else [],
         periodic=system.periodic_for(names) if stage != "web" else [],
+        batch_size=settings.batch_size,
+        batch_max_seconds=settings.batch_max_seconds,
     )
     runtime.start()
     try:

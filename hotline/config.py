@@ -214,6 +214,12 @@ class Settings(BaseSettings):
     undo_seconds: float = Field(default=3.0, ge=0, le=60)
     # Reports from these channels are assessed first (partners and police ahead of the public).
     priority_channels: str = "partner,police"
+    # Messages per transaction for the stages that allow it (ingest, notify; hotline.kernel.stage
+    # "Batches"), on both runtimes; 1 = one message per transaction as before.
+    batch_size: int = Field(default=100, gt=0)
+    # Embedded runtime: a batch's transaction takes no more messages after this many seconds
+    # (SQLite has one writer; web submissions wait for it).
+    batch_max_seconds: float = Field(default=0.25, gt=0)
 
 
 @lru_cache(maxsize=1)

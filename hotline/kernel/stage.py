@@ -17,6 +17,17 @@ steps the runtime runs with a commit between each (reserve → act → record):
 
 No stage commits, rolls back or sleeps; a crash between any two steps redelivers the
 message to ``handle``, which sees the reservation and decides what is safe.
+
+**Batches.** A stage whose class says ``batchable = True`` lets the runtime hand it several
+messages in *one* transaction, one ``handle`` after another on the same unit of work (see
+``hotline.runtime.steps.StepRunner.process_batch``): its ``handle`` must only read and
+change state through that unit of work (no state of its own between messages) and must
+see the changes of the messages before it as committed ones. A ``SideEffect`` still gets
+its own commit before it acts, and an error in any message rolls the whole batch back and
+the runtime goes one message at a time, so batching changes how often the runtime commits,
+never what is committed. Ingest (always plain outputs) and notify (bookkeeping of sent,
+held and redelivered notices between its e-mails) say so; a stage that says nothing is
+handed one message per transaction.
 """
 
 from __future__ import annotations
@@ -70,6 +81,12 @@ class Periodic(Protocol):
     interval_seconds: float
 
     def tick(self, uow: UnitOfWork) -> list[Outgoing]: ...
+
+
+def batchable(stage: Stage) -> bool:
+    """True when ``stage`` may get several messages per transaction (its ``batchable`` class
+    attribute; absent means no, so a stage opts in knowingly)."""
+    return bool(getattr(stage, "batchable", False))
 
 
 def run_stage(stage: Stage, topic: str, raw: bytes | str, uow: UnitOfWork) -> Result:

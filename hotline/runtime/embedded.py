@@ -5,6 +5,13 @@ produces and its consumer position are committed in *one* transaction, so a
 crash at any point neither loses a report nor repeats a side effect, and a
 restarted process continues where it stopped. One thread per stage, so a slow
 fetch in classify never holds up notices.
+
+A ``batchable`` stage (``hotline.kernel.stage``) reads up to ``batch_size`` messages past
+its position in one query and handles them in one transaction, the position advanced to
+the last of them in the same commit (``StepRunner.process_batch``; a transaction takes no
+more messages after ``batch_max_seconds``, so the one SQLite writer lock is not held long
+while web requests wait); while a message keeps failing, the stage goes one message at a
+time, so retries and parking concern that one.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hotline.kernel.failures import FailureHistory, FailurePolicy, Park
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import Periodic, Stage
+from hotline.kernel.stage import Periodic, Stage, batchable
 from hotline.runtime.periodic import PeriodicRunner
 from hotline.runtime.steps import Finish, StepRunner, after_failure, failure_of
 from hotline.storage.models import BusMessage, BusOffset
@@ -37,12 +44,19 @@ class EmbeddedRuntime:
         poll_seconds: float = 0.05,
         policy: FailurePolicy | None = None,
         periodic: Sequence[Periodic] = (),
+        batch_size: int = 100,
+        batch_max_seconds: float | None = 0.25,
     ) -> None:
         self.sessions = sessions
         self.stages = list(stages)
         # Timed work (the follow-up scheduler), each in a thread of its own; see runtime.periodic.
         self.periodic = [PeriodicRunner(sessions, task) for task in periodic]
         self.poll_seconds = poll_seconds
+        # Messages per transaction for a batchable stage (HOTLINE_BATCH_SIZE); 1 = one each.
+        self.batch_size = max(1, batch_size)
+        # ... and a batch's transaction stays open at most about this long (SQLite has one
+        # writer: the web's submissions wait for it); None: no bound.
+        self.batch_max_seconds = batch_max_seconds
         self.policy = policy or FailurePolicy(first_delay_seconds=0.2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -87,6 +101,18 @@ class EmbeddedRuntime:
             ).first()
             return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
+    def _batch(self, stage: Stage, limit: int) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` (bus id, topic, value) past the stage's position, in order, one query."""
+        with self.sessions() as session:
+            pos = self._position(session, stage.name)
+            rows = session.execute(
+                select(BusMessage.id, BusMessage.topic, BusMessage.value)
+                .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs))
+                .order_by(BusMessage.id)
+                .limit(limit)
+            ).all()
+            return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
     def _finisher(self, stage: Stage, position: int) -> Finish:
         """The runtime's part of the last transaction: outputs to the bus, position advanced."""
 
@@ -103,7 +129,11 @@ class EmbeddedRuntime:
 
     def step(self, stage: Stage, history: FailureHistory | None = None) -> bool:
         """Process one message for ``stage``; False when there was nothing to do. With
-        ``history`` holding a decision to park, the message is parked instead."""
+        ``history`` holding a decision to park, the message is parked instead. A batchable
+        stage gets up to ``batch_size`` messages at once, unless ``history`` says a message
+        is failing: then one, so the failure policy judges that one alone."""
+        if self.batch_size > 1 and batchable(stage) and (history is None or len(history) == 0):
+            return self._step_batch(stage)
         nxt = self._next(stage)
         if nxt is None:
             return False
@@ -114,6 +144,20 @@ class EmbeddedRuntime:
             runner.park(topic, value, history.last_error, history.decision.reason, finish)
         else:
             runner.process(topic, value, finish)
+        return True
+
+    def _step_batch(self, stage: Stage) -> bool:
+        rows = self._batch(stage, self.batch_size)
+        if not rows:
+            return False
+        runner = StepRunner(stage, self.sessions, self.batch_max_seconds)
+        outcome = runner.process_batch(
+            [(topic, value) for _, topic, value in rows],
+            lambda i: self._finisher(stage, rows[i][0]),
+        )
+        if outcome.error is not None:
+            # The messages before it are committed with their position; this one is next.
+            raise outcome.error
         return True
 
     def _loop(self, stage: Stage) -> None:

@@ -18,6 +18,14 @@ redelivery (ingest and classify re-publish what they produced before, notify
 and escalate deduplicate by notice/forward id), so that costs a duplicate
 message downstream at worst, never a second e-mail.
 
+A ``batchable`` stage (``hotline.kernel.stage``) takes up to ``HOTLINE_BATCH_SIZE`` events
+at a time (faust's ``noack_take``: events, never acked by faust; events of one partition in
+order), handles them in one transaction (``StepRunner.process_batch``), produces all their
+outputs and awaits delivery, then acks every event of the batch. A crash or rebalance
+before the acks redelivers the whole batch, which the stages' idempotence absorbs as it does
+for one event. If anything in the batch fails, the events not done go through the
+one-at-a-time path below, with the failure policy for the failing one.
+
 Acks are manual (``stream.noack()``) because faust acks an event in a
 ``finally`` block when the agent is cancelled: with automatic acks a worker
 stopped by SIGTERM in the middle of retrying a failing event would commit its
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from hotline.config import Settings
+    from hotline.kernel.messages import Outgoing
     from hotline.kernel.stage import Periodic, Stage
     from hotline.runtime.steps import StepRunner
 
@@ -55,6 +64,10 @@ HEARTBEAT_SECONDS = 1.0
 
 # The one failure policy (``hotline.kernel.failures``), with Kafka's back-off pace.
 POLICY = FailurePolicy(first_delay_seconds=0.5, max_delay_seconds=30.0)
+
+# How long a batch waits to fill before it goes with what it has: the added latency of a
+# lone event (a notice must not wait), short against a transaction's own cost.
+BATCH_WITHIN_SECONDS = 0.02
 
 
 def kafka_topic(prefix: str, logical: str) -> str:
@@ -131,6 +144,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
 
+    from hotline.kernel.stage import batchable
     from hotline.runtime.steps import StepRunner
 
     if not settings.kafka_brokers:
@@ -179,7 +193,8 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
             partitions=settings.kafka_partitions,
         )
         app.agent(source, name=f"{stage_name}.{logical}")(
-            _make_agent(app, logical, stage_name, processor, output_topic)
+            _make_agent(app, logical, stage_name, processor, output_topic,
+                        settings.batch_size if batchable(stage) else 1)
         )
     return app
 
@@ -190,9 +205,14 @@ def _make_agent(
     stage_name: str,
     processor: StepRunner,
     output_topic: Callable[[str], Any],
+    batch_size: int = 1,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
         manual = stream.noack()
+        if batch_size > 1:
+            async for events in manual.noack_take(batch_size, within=BATCH_WITHIN_SECONDS):
+                await _process_batch(app, logical, stage_name, processor, output_topic, manual, list(events))
+            return
         async for event in manual.events():
             raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
             done = await _process_until_done(
@@ -207,6 +227,57 @@ def _make_agent(
     return agent
 
 
+def _raw(event: Any) -> bytes:
+    return event.value if isinstance(event.value, bytes) else str(event.value).encode()
+
+
+async def _deliver(output_topic: Callable[[str], Any], outgoing: Sequence[Outgoing]) -> None:
+    """Produce ``outgoing`` in order and wait until every one is delivered (acks=all)."""
+    pending = []
+    for o in outgoing:
+        fut = await output_topic(o.topic).send(key=o.key.encode(), value=o.message.to_bytes(), force=True)
+        pending.append(fut)
+    for fut in pending:
+        await fut
+
+
+async def _process_batch(
+    app: faust.App,
+    logical: str,
+    stage_name: str,
+    processor: StepRunner,
+    output_topic: Callable[[str], Any],
+    manual: Any,
+    events: list[Any],
+    policy: FailurePolicy = POLICY,
+) -> None:
+    """One batch: process it in the executor, deliver the outputs of the done prefix, ack
+    those events; the rest (from a failing one on, or all if delivery failed) one at a time."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    first_error: Exception | None = None
+    done = 0
+    try:
+        outcome = await loop.run_in_executor(
+            None, processor.process_batch, [(logical, _raw(e)) for e in events]
+        )
+        await _deliver(output_topic, outcome.flat())
+        done, first_error = len(outcome.outputs), outcome.error
+    except Exception as exc:  # noqa: BLE001 - committed but not delivered: again one at a time (idempotent)
+        log.warning("stage %s: a batch of %d from %s failed (%r); one at a time",
+                    stage_name, len(events), logical, exc)
+    for event in events[:done]:
+        # Only now, with state committed and outputs delivered, may the offsets move.
+        await manual.ack(event)
+    log.debug("stage %s: %d of %d event(s) from %s done as a batch in %.3fs",
+              stage_name, done, len(events), logical, time.monotonic() - started)
+    for event in events[done:]:
+        if await _process_until_done(app, logical, stage_name, processor, output_topic, _raw(event),
+                                     event.message.tp, policy, first_error=first_error):
+            await manual.ack(event)
+        first_error = None
+
+
 async def _process_until_done(
     app: faust.App,
     logical: str,
@@ -216,6 +287,7 @@ async def _process_until_done(
     raw: bytes,
     tp: Any,
     policy: FailurePolicy = POLICY,
+    first_error: Exception | None = None,
 ) -> bool:
     """Process one event; on failure the failure policy (``hotline.kernel.failures``)
     decides: retry after back-off, or park (reject with the reason and move on).
@@ -226,28 +298,27 @@ async def _process_until_done(
     ``reports.rejected`` message. Returns False, without processing, only when a
     rebalance has given the partition to another worker, which will process the event
     itself. Cancellation (worker stopping) propagates, leaving the event unacked.
+    ``first_error``: the event already failed once (in a batch, then alone); that attempt
+    counts, and the next comes after its back-off.
     """
     from hotline.kernel.failures import FailureHistory, Park
     from hotline.runtime.steps import after_failure, failure_of
 
     loop = asyncio.get_running_loop()
     history = FailureHistory(policy)
+    failed_before = first_error
     while True:
         started = time.monotonic()
         try:
+            if failed_before is not None:
+                error, failed_before = failed_before, None
+                raise error
             if isinstance(history.decision, Park) and history.last_error is not None:
                 why = history.decision.reason
                 outgoing = await loop.run_in_executor(None, processor.park, logical, raw, history.last_error, why)
             else:
                 outgoing = await loop.run_in_executor(None, processor.process, logical, raw)
-            pending = []
-            for o in outgoing:
-                fut = await output_topic(o.topic).send(
-                    key=o.key.encode(), value=o.message.to_bytes(), force=True
-                )
-                pending.append(fut)
-            for fut in pending:
-                await fut  # delivered (acks=all) before the source event is acked
+            await _deliver(output_topic, outgoing)  # delivered (acks=all) before the source event is acked
         except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
             delay = after_failure(history, exc)
             log.warning(

@@ -36,6 +36,9 @@ class IngestStage:
 
     name: ClassVar[str] = "ingest"
     inputs: ClassVar[tuple[str, ...]] = ("reports.submitted",)
+    # Every report is plain database work with plain outputs: many per transaction
+    # (hotline.kernel.stage, "Batches").
+    batchable: ClassVar[bool] = True
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> list[Outgoing]:
         assert isinstance(message, ReportSubmitted)

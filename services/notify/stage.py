@@ -75,6 +75,9 @@ class NotifyStage:
 
     name: ClassVar[str] = "notify"
     inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)
+    # Bookkeeping (a redelivered sent notice, a held one) batches; every e-mail still gets its
+    # own reservation commit before it goes (hotline.kernel.stage, "Batches").
+    batchable: ClassVar[bool] = True
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         """A notice that can never be sent (no item of that id; an X-ARF report that does not
