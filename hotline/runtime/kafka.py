@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hotline.kernel.failures import FailurePolicy
@@ -140,6 +142,13 @@ def create_topics(
         admin.close()
 
 
+def _faust_dir() -> Path:
+    """Where faust's per-app data directories go (it makes only the last level itself)."""
+    path = Path(tempfile.gettempdir()) / "hotline-faust"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage) -> faust.App:
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
@@ -157,6 +166,10 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_brokers.split(",") if b.strip()],
         web_enabled=False,
         store="memory://",
+        # faust makes a data directory per app (by default ``<app id>-data`` in the working
+        # directory); with in-memory tables it stays empty, so keep it out of the operator's
+        # (and the tests') working directory.
+        datadir=str(_faust_dir() / app_id_for(prefix, stage_name)),
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
