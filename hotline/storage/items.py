@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -99,3 +99,19 @@ class SqlItems:
 
     def in_state(self, state: str) -> Sequence[Item]:
         return self.session.scalars(select(Item).where(Item.state == state).order_by(Item.first_seen)).all()
+
+    def first_sightings(self, item_id: str, sha256s: Sequence[str], count_up_to: int) -> list[tuple[str, str, str, int]]:
+        """(first other item id, sha256, its image URL, other items showing it, counted up to
+        ``count_up_to``) for each of ``sha256s`` another item showed: two indexed queries per
+        image, however many copies there are."""
+        out: list[tuple[str, str, str, int]] = []
+        for sha256 in dict.fromkeys(sha256s):
+            others = select(ItemImage.item_id, ItemImage.url).where(ItemImage.sha256 == sha256,
+                                                                    ItemImage.item_id != item_id)
+            first = self.session.execute(others.order_by(ItemImage.id).limit(1)).first()
+            if first is None:
+                continue
+            capped = others.limit(count_up_to).subquery()
+            count = self.session.scalar(select(func.count(func.distinct(capped.c.item_id)))) or 0
+            out.append((first[0], sha256, first[1], int(count)))
+        return out
