@@ -82,8 +82,8 @@ class SqlHostingCache:
     def put(self, key: str, value: dict[str, Any], source: str, ttl_seconds: float,
             looked_up_at: datetime | None = None) -> None:
         at = looked_up_at or self.clock.now()
-        fields = {"value": value, "source": source, "looked_up_at": at,
-                  "expires_at": at + timedelta(seconds=ttl_seconds)}
+        expires = at + timedelta(seconds=ttl_seconds)
+        fields = {"value": value, "source": source, "looked_up_at": at, "expires_at": expires}
         for _attempt in range(2):  # a concurrent insert of the same key: update it instead
             with self.sessions() as session:
                 row = session.get(HostingCacheEntry, key)
@@ -97,7 +97,7 @@ class SqlHostingCache:
                 except IntegrityError:
                     session.rollback()
                     continue
-            self._remember(key, CachedFact(dict(value), source, at), fields["expires_at"])
+            self._remember(key, CachedFact(dict(value), source, at), expires)
             return
 
     def purge_expired(self) -> int:

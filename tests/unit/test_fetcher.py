@@ -720,3 +720,41 @@ def test_classify_finds_hosting_of_ipv6_literal_urls(url: str, transport: Loopba
     assert asked == []  # an address literal needs no DNS query
     assert classified.route == "closed_offline" and "refused_address" in classified.reason
     assert transport.attempts == []
+
+
+# --------------------------------------------------------------------------- names, once per item
+
+
+def test_an_items_fetches_resolve_each_host_once_and_a_new_item_asks_again(transport: LoopbackOnlyTransport) -> None:
+    from services.classify.fetcher import Names, fetch_each
+
+    site = LoopbackSite("127.0.0.2").start()
+    try:
+        for k in range(4):
+            site.add(f"/{k}.png", "image/png", b"\x89PNG fake %d" % k)
+        resolver = TestResolver({"images.hoster-a.test": ["127.0.0.2"]})
+        f = make_fetcher(resolver, transport, allow_private=True)
+        urls = [f"http://images.hoster-a.test:{site.port}/{k}.png" for k in range(4)]
+        names = Names()
+        got = fetch_each(f, urls, lambda u, r: r, deadline=time.monotonic() + 10, concurrency=4, names=names)
+        assert [g.body for g in got] == [b"\x89PNG fake %d" % k for k in range(4)]  # type: ignore[union-attr]
+        assert resolver.calls == ["images.hoster-a.test"]  # four fetches, one look-up
+        f.get(urls[0], names=Names())  # the next item sees DNS as it is now
+        assert resolver.calls == ["images.hoster-a.test"] * 2
+        assert set(transport.attempts) == {"127.0.0.2"}
+    finally:
+        site.stop()
+
+
+def test_a_refused_name_stays_refused_for_every_fetch_of_the_item(transport: LoopbackOnlyTransport) -> None:
+    from services.classify.fetcher import Names
+
+    resolver = TestResolver({"evil.test": ["127.0.0.1"]})
+    f = make_fetcher(resolver, transport, allow_private=False)
+    names = Names()
+    for k in range(3):
+        with pytest.raises(FetchError) as err:
+            f.get(f"http://evil.test/{k}.jpg", names=names)
+        assert err.value.code == "refused_address"
+    assert resolver.calls == ["evil.test"]
+    assert transport.attempts == []  # never connected
