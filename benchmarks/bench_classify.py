@@ -233,6 +233,9 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + cfg["seconds"]
         if profile is not None:
             profile.enable()
+        if cfg.get("echo_sql"):
+            event.listen(system.engine, "before_cursor_execute",
+                         lambda _c, _cur, sql, *a: print("SQL", " ".join(sql.split())[:160], file=sys.stderr))
         for msg in messages:
             c0, w0 = time.process_time(), time.perf_counter()
             out = runner.process("items.accepted", msg)
@@ -282,7 +285,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def child(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, start_new_session=True)  # stderr: ours
     try:
         yield proc
     finally:
@@ -324,6 +327,7 @@ def main() -> int:
     ap.add_argument("--postgres", action="store_true", help="also on PostgreSQL (HOTLINE_TEST_DATABASE_URL)")
     ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each run")
     ap.add_argument("--seconds", type=float, default=None, help="cap per run")
+    ap.add_argument("--echo-sql", action="store_true", help="print every SQL statement of the measured items")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -380,7 +384,7 @@ def main() -> int:
                         cfg = {"tree": tree, "tmp": str(work), "scenario": scenario, "items": items, "port": port,
                                "width": args.width, "height": args.height, "dns": f"{dns_server.host}:{dns_server.port}",
                                "rdap": rdap.url, "profile": args.profile, "seconds": seconds, "label": label,
-                               "database_url": url}
+                               "database_url": url, "echo_sql": args.echo_sql}
                         if db == "sqlite":
                             r = run_worker(cfg)
                         else:
