@@ -175,6 +175,8 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
             store.commit()
         system.bank.refresh(force=True)
         stage: Any = system.build_stage("classify")  # a ClassifyStage, instrumented below
+        if cfg.get("concurrency"):
+            stage.image_concurrency = cfg["concurrency"]
         if cfg["profile"]:  # cProfile sees one thread: fetch the images in it
             stage.image_concurrency = 1
         runner = StepRunner(stage, system.sessions)
@@ -327,6 +329,7 @@ def main() -> int:
     ap.add_argument("--postgres", action="store_true", help="also on PostgreSQL (HOTLINE_TEST_DATABASE_URL)")
     ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each run")
     ap.add_argument("--seconds", type=float, default=None, help="cap per run")
+    ap.add_argument("--concurrency", type=int, default=0, help="images fetched at a time (default: the setting's)")
     ap.add_argument("--echo-sql", action="store_true", help="print every SQL statement of the measured items")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -384,7 +387,7 @@ def main() -> int:
                         cfg = {"tree": tree, "tmp": str(work), "scenario": scenario, "items": items, "port": port,
                                "width": args.width, "height": args.height, "dns": f"{dns_server.host}:{dns_server.port}",
                                "rdap": rdap.url, "profile": args.profile, "seconds": seconds, "label": label,
-                               "database_url": url, "echo_sql": args.echo_sql}
+                               "database_url": url, "echo_sql": args.echo_sql, "concurrency": args.concurrency}
                         if db == "sqlite":
                             r = run_worker(cfg)
                         else:

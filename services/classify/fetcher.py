@@ -423,5 +423,23 @@ def fetch_each(
 
     if concurrency <= 1 or len(urls) <= 1:
         return [one(u) for u in urls]
-    with ThreadPoolExecutor(min(concurrency, len(urls)), thread_name_prefix="fetch-image") as pool:
-        return list(pool.map(one, urls))
+    return list(_fetching_threads(concurrency).map(one, urls))
+
+
+_THREADS = threading.local()
+
+
+def _fetching_threads(concurrency: int) -> ThreadPoolExecutor:
+    """The calling thread's own pool of ``concurrency`` fetching threads, kept for its next
+    item: starting and joining a pool per item cost about a fifth of an item's CPU (issue 13,
+    benchmarks/bench_classify.py). One pool per calling thread, so an item still has all
+    ``concurrency`` threads to itself (the calling thread handles one item at a time), as
+    with a pool per item. When the calling thread ends, its pool is collected and the pool's
+    idle threads exit (``ThreadPoolExecutor`` workers stop once their executor is gone)."""
+    pools: dict[int, ThreadPoolExecutor] | None = getattr(_THREADS, "pools", None)
+    if pools is None:
+        pools = _THREADS.pools = {}
+    pool = pools.get(concurrency)
+    if pool is None:
+        pool = pools[concurrency] = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch-image")
+    return pool

@@ -758,3 +758,37 @@ def test_a_refused_name_stays_refused_for_every_fetch_of_the_item(transport: Loo
         assert err.value.code == "refused_address"
     assert resolver.calls == ["evil.test"]
     assert transport.attempts == []  # never connected
+
+
+def test_fetching_threads_are_kept_for_the_next_item_and_end_with_their_caller() -> None:
+    """fetch_each reuses the calling thread's fetching threads (a pool per item cost a fifth
+    of the item's CPU), each item still gets ``concurrency`` threads, and they go away with
+    the thread that called it."""
+    import gc
+
+    from services.classify.fetcher import fetch_each
+
+    class Stub:
+        def get(self, url: str, deadline: float | None = None, names: Any = None) -> str:
+            time.sleep(0.02)  # overlapping fetches: every thread of the pool gets one
+            return url
+
+    used: list[set[int]] = []
+
+    def items() -> None:
+        for _ in range(2):
+            seen: set[int] = set()
+            fetch_each(Stub(), [f"u{k}" for k in range(8)],  # type: ignore[arg-type]
+                       lambda u, r: seen.add(threading.get_ident()), deadline=time.monotonic() + 10, concurrency=4)
+            used.append(seen)
+
+    caller = threading.Thread(target=items)
+    caller.start()
+    caller.join(10)
+    assert len(used) == 2 and used[0] == used[1] and 1 < len(used[0]) <= 4
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(t.ident in used[0] for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+    assert not any(t.ident in used[0] for t in threading.enumerate())
