@@ -57,8 +57,10 @@ MAX_WIDTH = 28
 _BUILD_CHUNK = 1 << 21
 
 
+@lru_cache(maxsize=4096)
 def ball_size(width: int, radius: int) -> int:
-    """Number of ``width``-bit keys within Hamming ``radius`` of a key (0 if radius < 0)."""
+    """Number of ``width``-bit keys within Hamming ``radius`` of a key (0 if radius < 0).
+    Cached: query planning asks for the same few (width, radius) pairs for every query."""
     if radius < 0:
         return 0
     return sum(comb(width, k) for k in range(min(radius, width) + 1))

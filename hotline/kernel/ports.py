@@ -76,6 +76,11 @@ class ItemRepository(Protocol):
     def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
         """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
         ...
+    def first_sightings(self, item_id: str, sha256s: Sequence[str], count_up_to: int) -> list[tuple[str, str, str, int]]:
+        """For each of ``sha256s`` another item showed: (the first such item's id, sha256, its
+        image URL, how many other items showed it, counted up to ``count_up_to``); cheap
+        however many copies exist."""
+        ...
 
 
 class NoticeRepository(Protocol):

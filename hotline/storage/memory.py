@@ -165,6 +165,14 @@ class MemoryItems:
         wanted = set(sha256s)
         return [row for row in self.state.item_images if row[0] != item_id and row[1] in wanted]
 
+    def first_sightings(self, item_id: str, sha256s: Sequence[str], count_up_to: int) -> list[tuple[str, str, str, int]]:
+        out: list[tuple[str, str, str, int]] = []
+        for sha256 in dict.fromkeys(sha256s):
+            rows = [r for r in self.state.item_images if r[0] != item_id and r[1] == sha256]
+            if rows:
+                out.append((rows[0][0], sha256, rows[0][2], min(len({r[0] for r in rows}), count_up_to)))
+        return out
+
 
 class MemoryNotices:
     def __init__(self, state: MemoryState) -> None:

@@ -217,6 +217,34 @@ def bound_by_deadlines(transport: httpx.BaseTransport) -> bool:
     return True
 
 
+class Names:
+    """The names one item's fetches resolved (its page and its images, every redirect hop):
+    each host is resolved and vetted once per item, the first time it is needed, and every
+    later fetch of the item connects to that same vetted address (or fails with the same
+    error). Scoped to one item, so a later item (or a re-check) asks DNS again and sees a name
+    that moved or stopped resolving. Thread-safe: ``fetch_each`` fetches from several threads;
+    two threads needing a new host at once both resolve it, the first answer is kept."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, str | FetchError] = {}
+        self._lock = threading.Lock()
+
+    def vetted(self, host: str, resolve: Callable[[str], str]) -> str:
+        key = host.lower().rstrip(".")
+        with self._lock:
+            known = self._known.get(key)
+        if known is None:
+            try:
+                known = resolve(host)
+            except FetchError as err:
+                known = err
+            with self._lock:
+                known = self._known.setdefault(key, known)
+        if isinstance(known, FetchError):
+            raise FetchError(known.code, known.reason)
+        return known
+
+
 class Fetcher:
     def __init__(
         self,
@@ -241,7 +269,15 @@ class Fetcher:
     def close(self) -> None:
         self.client.close()
 
-    def _vetted_address(self, host: str) -> str:
+    def _vetted_address(self, host: str, names: Names | None = None) -> str:
+        """The address to connect to for ``host``: resolved and vetted now, or, within one
+        item (``names``), the one its first fetch of that host resolved and vetted (a page's
+        fifty images on one host ask DNS once, not fifty times; failures are kept too)."""
+        if names is None:
+            return self._resolve_and_vet(host)
+        return names.vetted(host, self._resolve_and_vet)
+
+    def _resolve_and_vet(self, host: str) -> str:
         try:
             addrs = self.resolve(host)
         except LookupError as exc:
@@ -258,14 +294,15 @@ class Fetcher:
             )
         return addrs[0]
 
-    def get(self, url: str, deadline: float | None = None) -> Fetched:
+    def get(self, url: str, deadline: float | None = None, names: Names | None = None) -> Fetched:
         """Fetch ``url`` (following redirects) within ``policy.total`` seconds, or by
-        ``deadline`` (a ``time.monotonic()`` value: the item's) if that comes first."""
+        ``deadline`` (a ``time.monotonic()`` value: the item's) if that comes first.
+        ``names``: the item's resolved names (see :class:`Names`)."""
         own = time.monotonic() + self.policy.total
         bound = own if deadline is None else min(own, deadline)
         token = _DEADLINE.set(bound)
         try:
-            return self._get(url, bound, item=deadline is not None and deadline < own)
+            return self._get(url, bound, item=deadline is not None and deadline < own, names=names)
         finally:
             _DEADLINE.reset(token)
 
@@ -275,7 +312,7 @@ class Fetcher:
         return FetchError("timeout", f"the fetch did not finish within {self.policy.total:g} s "
                                      "(connect, headers, body and redirects together)")
 
-    def _get(self, url: str, bound: float, item: bool) -> Fetched:
+    def _get(self, url: str, bound: float, item: bool, names: Names | None = None) -> Fetched:
         current = url
         for _hop in range(self.policy.max_redirects + 1):
             parts = urlsplit(current)
@@ -286,7 +323,7 @@ class Fetcher:
                 port = parts.port
             except ValueError as exc:
                 raise FetchError("bad_url", f"cannot fetch {current!r}: {exc}") from exc
-            ip = self._vetted_address(host)
+            ip = self._vetted_address(host, names)
             remaining = bound - time.monotonic()
             if remaining <= 0:
                 raise self._late(item)
@@ -366,23 +403,43 @@ def fetch_each(
     *,
     deadline: float,
     concurrency: int,
+    names: Names | None = None,
 ) -> list[T]:
     """Fetch ``urls`` (a page's images) by one ``deadline`` (``time.monotonic()``), at most
     ``concurrency`` at a time, and hand each result to ``then`` in the fetching thread (so
     bytes are hashed and dropped as they come, not held for all images at once). A URL not
     started when the deadline passes gets a ``deadline`` error without being fetched; what
-    was fetched before is kept. Results are in the order of ``urls``."""
+    was fetched before is kept. Results are in the order of ``urls``. ``names``: the item's
+    resolved names (:class:`Names`), shared by its fetches."""
 
     def one(url: str) -> T:
         if time.monotonic() >= deadline:
             return then(url, FetchError("deadline", f"{DEADLINE_PASSED}: not fetched, the item's time ran out"))
         try:
-            fetched = fetcher.get(url, deadline=deadline)
+            fetched = fetcher.get(url, deadline=deadline, names=names)
         except FetchError as err:
             return then(url, err)
         return then(url, fetched)
 
     if concurrency <= 1 or len(urls) <= 1:
         return [one(u) for u in urls]
-    with ThreadPoolExecutor(min(concurrency, len(urls)), thread_name_prefix="fetch-image") as pool:
-        return list(pool.map(one, urls))
+    return list(_fetching_threads(concurrency).map(one, urls))
+
+
+_THREADS = threading.local()
+
+
+def _fetching_threads(concurrency: int) -> ThreadPoolExecutor:
+    """The calling thread's own pool of ``concurrency`` fetching threads, kept for its next
+    item: starting and joining a pool per item cost about a fifth of an item's CPU (issue 13,
+    benchmarks/bench_classify.py). One pool per calling thread, so an item still has all
+    ``concurrency`` threads to itself (the calling thread handles one item at a time), as
+    with a pool per item. When the calling thread ends, its pool is collected and the pool's
+    idle threads exit (``ThreadPoolExecutor`` workers stop once their executor is gone)."""
+    pools: dict[int, ThreadPoolExecutor] | None = getattr(_THREADS, "pools", None)
+    if pools is None:
+        pools = _THREADS.pools = {}
+    pool = pools.get(concurrency)
+    if pool is None:
+        pool = pools[concurrency] = ThreadPoolExecutor(concurrency, thread_name_prefix="fetch-image")
+    return pool

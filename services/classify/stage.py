@@ -29,7 +29,7 @@ from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import HosterRoute, ItemAccepted, ItemClassified
 from schemas.notices import PartnerForward, PoliceEscalation, TakedownNotice
 from services.classify.attribution import attribute
-from services.classify.fetcher import DEADLINE_PASSED, Fetched, Fetcher, FetchError, fetch_each
+from services.classify.fetcher import DEADLINE_PASSED, Fetched, Fetcher, FetchError, Names, fetch_each
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import RouteDecision, decide_route
@@ -289,7 +289,8 @@ class ClassifyStage:
         images: list[ImageFacts] = []
         deadline = time.monotonic() + self.item_deadline_seconds
         try:
-            page = self.fetcher.get(url, deadline=deadline)
+            names = Names()  # each host resolved (and vetted) once for the page and all its images
+            page = self.fetcher.get(url, deadline=deadline, names=names)
             status, content_type = page.status, page.content_type
             if page.status >= 400:
                 online, offline_reason = False, f"the URL answered HTTP {page.status}: content is not (or no longer) online"
@@ -301,7 +302,7 @@ class ClassifyStage:
                 found = image_urls(html, final_url, self.max_images, deadline)
                 del html
                 fetched = fetch_each(self.fetcher, found, lambda u, r: self._fetched_image(u, r, deadline),
-                                     deadline=deadline, concurrency=self.image_concurrency)
+                                     deadline=deadline, concurrency=self.image_concurrency, names=names)
                 images += [f.model_copy(update={"hosting": hosting_of(f.url)}) for f in fetched]
         except FetchError as err:
             online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from hashing.image import ImageHashes
 from hashing.signals import SIGNAL_TYPES
 from schemas.facts import HostingFacts
-from services.classify.fetcher import Fetched, Fetcher, FetchError, fetch_each
+from services.classify.fetcher import Fetched, Fetcher, FetchError, Names, fetch_each
 from services.classify.page import image_urls
 from services.classify.stage import hash_fields, looks_like_image
 from services.followup.logic import CheckResult
@@ -105,7 +105,8 @@ def observe(
     seen: list[str] = []
     deadline = time.monotonic() + deadline_seconds
     try:
-        page = fetcher.get(url, deadline=deadline)
+        names = Names()  # each host resolved once for the page and its images (this check only)
+        page = fetcher.get(url, deadline=deadline, names=names)
     except FetchError as err:
         e = _fetch_error(err)
         return Observation(e.result, e.detail)
@@ -137,7 +138,7 @@ def observe(
 
         found_urls = image_urls(page.body.decode("utf-8", "replace"), page.final_url, max_images, deadline)
         for img_url, h, doubt in fetch_each(fetcher, found_urls, one, deadline=deadline,
-                                            concurrency=image_concurrency):
+                                            concurrency=image_concurrency, names=names):
             if h is not None:
                 hashed.append((img_url, h))
             elif doubt:

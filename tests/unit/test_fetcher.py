@@ -720,3 +720,75 @@ def test_classify_finds_hosting_of_ipv6_literal_urls(url: str, transport: Loopba
     assert asked == []  # an address literal needs no DNS query
     assert classified.route == "closed_offline" and "refused_address" in classified.reason
     assert transport.attempts == []
+
+
+# --------------------------------------------------------------------------- names, once per item
+
+
+def test_an_items_fetches_resolve_each_host_once_and_a_new_item_asks_again(transport: LoopbackOnlyTransport) -> None:
+    from services.classify.fetcher import Names, fetch_each
+
+    site = LoopbackSite("127.0.0.2").start()
+    try:
+        for k in range(4):
+            site.add(f"/{k}.png", "image/png", b"\x89PNG fake %d" % k)
+        resolver = TestResolver({"images.hoster-a.test": ["127.0.0.2"]})
+        f = make_fetcher(resolver, transport, allow_private=True)
+        urls = [f"http://images.hoster-a.test:{site.port}/{k}.png" for k in range(4)]
+        names = Names()
+        got = fetch_each(f, urls, lambda u, r: r, deadline=time.monotonic() + 10, concurrency=4, names=names)
+        assert [g.body for g in got] == [b"\x89PNG fake %d" % k for k in range(4)]  # type: ignore[union-attr]
+        assert resolver.calls == ["images.hoster-a.test"]  # four fetches, one look-up
+        f.get(urls[0], names=Names())  # the next item sees DNS as it is now
+        assert resolver.calls == ["images.hoster-a.test"] * 2
+        assert set(transport.attempts) == {"127.0.0.2"}
+    finally:
+        site.stop()
+
+
+def test_a_refused_name_stays_refused_for_every_fetch_of_the_item(transport: LoopbackOnlyTransport) -> None:
+    from services.classify.fetcher import Names
+
+    resolver = TestResolver({"evil.test": ["127.0.0.1"]})
+    f = make_fetcher(resolver, transport, allow_private=False)
+    names = Names()
+    for k in range(3):
+        with pytest.raises(FetchError) as err:
+            f.get(f"http://evil.test/{k}.jpg", names=names)
+        assert err.value.code == "refused_address"
+    assert resolver.calls == ["evil.test"]
+    assert transport.attempts == []  # never connected
+
+
+def test_fetching_threads_are_kept_for_the_next_item_and_end_with_their_caller() -> None:
+    """fetch_each reuses the calling thread's fetching threads (a pool per item cost a fifth
+    of the item's CPU), each item still gets ``concurrency`` threads, and they go away with
+    the thread that called it."""
+    import gc
+
+    from services.classify.fetcher import fetch_each
+
+    class Stub:
+        def get(self, url: str, deadline: float | None = None, names: Any = None) -> str:
+            time.sleep(0.02)  # overlapping fetches: every thread of the pool gets one
+            return url
+
+    used: list[set[int]] = []
+
+    def items() -> None:
+        for _ in range(2):
+            seen: set[int] = set()
+            fetch_each(Stub(), [f"u{k}" for k in range(8)],  # type: ignore[arg-type]
+                       lambda u, r: seen.add(threading.get_ident()), deadline=time.monotonic() + 10, concurrency=4)
+            used.append(seen)
+
+    caller = threading.Thread(target=items)
+    caller.start()
+    caller.join(10)
+    assert len(used) == 2 and used[0] == used[1] and 1 < len(used[0]) <= 4
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(t.ident in used[0] for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+    assert not any(t.ident in used[0] for t in threading.enumerate())

@@ -265,3 +265,33 @@ def test_copies_of_one_image_are_decided_once_and_taken_down_with_the_release(
     # redelivered: the same two notices, nothing moved twice
     again = release_out(uow, action)
     assert sorted(n.notice_id for n in of_topic(again, "notices.ntd")) == sorted(n.notice_id for n in notices.values())
+
+
+def test_a_picture_on_many_items_links_each_copy_to_its_first_sighting(
+    uow: MemoryUnitOfWork, state: MemoryState,
+) -> None:
+    """A gallery crawl shows one picture on hundreds of items: each copy costs two timeline
+    events at most (not one per earlier copy), the first sighting names its first copies and
+    then only milestones, and every copy is still recorded for the analyst (``item_images``)."""
+    from services.classify.sightings import MILESTONES, NAMED_COPIES, record_sightings
+
+    ids: list[str] = []
+    for n in range(MILESTONES[0] + 5):
+        url = f"http://img.hoster-a.test/gallery/{n}.jpg"
+        c = classified().model_copy(update={"url": url, "images": [IMG.model_copy(update={"url": url})]})
+        item_id = make_item(uow, "awaiting_assessment", c)
+        before = len(state.events)
+        record_sightings(uow, item_id, c)
+        assert len(state.events) - before <= 2
+        ids.append(item_id)
+    uow.commit()
+    first = ids[0]
+    on_first = [e.detail for e in state.events if e.item_id == first and e.kind == "also_seen"]
+    assert len(on_first) == NAMED_COPIES + 1  # ten copies named, then the 100th as a milestone
+    assert all(ids[k] in on_first[k - 1] for k in range(1, NAMED_COPIES + 1))
+    assert f"now shown by {MILESTONES[0]} other items" in on_first[-1]
+    last = [e.detail for e in state.events if e.item_id == ids[-1] and e.kind == "also_seen"]
+    assert len(last) == 1 and first in last[0] and f"{len(ids) - 2} other item(s) show it too" in last[0]
+    assert not any(e.kind == "also_seen" for e in state.events if e.item_id == ids[50] and ids[-1] in e.detail)
+    # the analyst's view and the copies escalated with a decision still see every copy
+    assert len({other for other, _sha, _url in uow.items.sharing_images(first, [IMG.sha256 or ""])}) == len(ids) - 1
