@@ -48,12 +48,12 @@ def record_job(msg: ReportSubmitted, idempotency_key: str | None) -> Callable[[S
 
     def job(uow: SqlUnitOfWork) -> str:
         if idempotency_key:
-            existing = uow.reports.by_idempotency_key(idempotency_key)
+            existing = uow.reports.id_for_idempotency_key(idempotency_key)
             if existing is not None:
-                return existing.id
-        uow.reports.add(msg, idempotency_key=idempotency_key)
+                return existing
+        report_id = uow.reports.add(msg, idempotency_key=idempotency_key)
         uow.enqueue([Outgoing("reports.submitted", msg)])
-        return msg.report_id
+        return report_id
 
     return job
 
