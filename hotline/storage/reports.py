@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from typing import Any
-
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from hotline.kernel.ports import AuditTrail
@@ -17,6 +15,9 @@ from hotline.storage.reporter_address import is_sealed
 if TYPE_CHECKING:
     from hotline.kernel.messages import InvalidMessage
     from schemas.reports import ReportSubmitted
+
+
+REPORTS = cast(Table, Report.__table__)  # for Core statements
 
 
 class RecordsRejections:
@@ -94,7 +95,7 @@ class SqlReports(RecordsRejections):
         rows = list(self._added.values())
         self._added.clear()
         self._added_keys.clear()
-        self.session.execute(insert(Report.__table__), rows)
+        self.session.execute(insert(REPORTS), rows)
 
     def discard_added(self) -> None:
         self._added.clear()

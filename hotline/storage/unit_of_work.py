@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # Lock order: a unit of work takes its database locks first and this lock last (see
 # ``SqlUnitOfWork.commit``), never the other way round; and SQLite does not need it at all.
 OUTBOX_LOCK = threading.Lock()
+BUS_MESSAGES = cast(Table, BusMessage.__table__)  # for Core statements
 
 
 class SqlUnitOfWork:
@@ -88,13 +89,13 @@ class SqlUnitOfWork:
             # write lock and waits for OUTBOX_LOCK, while one whose first write is this insert
             # (a submission) holds OUTBOX_LOCK and waits for the write lock -- until the busy
             # timeout fails it with "database is locked".
-            self.session.execute(insert(BusMessage.__table__), rows)
+            self.session.execute(insert(BUS_MESSAGES), rows)
             self.session.commit()
             return
         # Row locks are taken before OUTBOX_LOCK (flush), never while holding it: inside it only
         # inserts into bus_messages and COMMIT, which wait for no other transaction.
         with OUTBOX_LOCK:
-            self.session.execute(insert(BusMessage.__table__), rows)
+            self.session.execute(insert(BUS_MESSAGES), rows)
             self.session.commit()
 
     def rollback(self) -> None:
