@@ -96,10 +96,12 @@ class LeanReportIntake:
     @staticmethod
     def _plain_body(scope: Scope, raw: bytes) -> ReportRequest | None:
         """The report if the body is one the route would accept as it is, else None."""
-        if not raw:
-            return None
+        if not raw.startswith(b"{") or raw[1:2] == b"\x00":
+            return None  # not an object in UTF-8 (or empty): the route says what it is
         try:
-            data = json.loads(raw)  # what Starlette's request.json() does
+            # What Starlette's request.json() does (json.loads of the bytes), without its
+            # encoding detection: a body starting with "{" and no NUL next is UTF-8 to it too.
+            data = json.loads(raw.decode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict) or not data.keys() <= _FIELDS:

@@ -6,7 +6,6 @@ old path, one commit per request (the benchmark's baseline)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -80,4 +79,4 @@ def record_now(committer: GroupCommitter, msg: ReportSubmitted, idempotency_key:
 
 async def record(committer: GroupCommitter, msg: ReportSubmitted, idempotency_key: str | None) -> str:
     """From the event loop: wait for the commit without holding a thread."""
-    return await asyncio.wrap_future(committer.submit(record_job(msg, idempotency_key)))
+    return await committer.submit_async(record_job(msg, idempotency_key))
