@@ -9,6 +9,7 @@ from hotline.web.app import create_shell
 from services.assessment.pages import router as analyst_pages_router
 from services.assessment.routes import router as assessment_router
 from services.hashcheck.routes import router as hashcheck_router
+from services.ingest.fastpath import LeanReportIntake
 from services.ingest.routes import router as ingest_router
 from services.monitor.routes import router as monitor_router
 from services.operations.routes import router as operations_router
@@ -24,4 +25,5 @@ def create_app(system: System) -> FastAPI:
         [ingest_router, assessment_router, analyst_pages_router, hashcheck_router, monitor_router,
          operations_router, police_router, police_pages_router, partners_router],
         body_limits={"/api/v1/hashcheck": system.settings.hashcheck_max_body_bytes},
+        inner_middleware=[LeanReportIntake],
     )

@@ -11,17 +11,25 @@ and a position would skip it for ever.
 
 At-least-once: a crash between the broker's acknowledgement and the DELETE
 publishes those rows again; every consumer is idempotent on redelivery.
-Several relays may run (one per web process): ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL keeps them from publishing the same rows at the same time.
+Several relays may run (one per web process). On PostgreSQL a round first takes a
+transaction-level advisory lock (``pg_try_advisory_xact_lock``): one relay publishes at a
+time, in id order, and the others skip the round. Two relays publishing disjoint rows at
+once (``SKIP LOCKED`` alone) could put a later message for a key (an analyst's second
+decision on an item, sent through another web process) on Kafka before an earlier one;
+with one round at a time the order per key is the commit order, as with one relay.
+``FOR UPDATE SKIP LOCKED`` stays as a second guard against publishing the same rows twice.
+
+Rows are read and deleted with Core statements (id, topic, key, value tuples), not ORM
+objects: under load a round carries hundreds of rows.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.runtime.kafka import kafka_topic
@@ -31,6 +39,8 @@ if TYPE_CHECKING:
     from kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
+# The advisory lock one relay round holds on PostgreSQL (any constant no other code uses).
+RELAY_LOCK_KEY = 0x686F746C  # "hotl"
 
 
 class OutboxRelay:
@@ -104,26 +114,27 @@ class OutboxRelay:
         Raises when the broker does not acknowledge: the rows stay for the next attempt.
         """
         with self.sessions() as session:
-            query = select(BusMessage).order_by(BusMessage.id).limit(self.batch_size)
+            table = cast(Table, BusMessage.__table__)
+            query = select(table.c.id, table.c.topic, table.c.key, table.c.value).order_by(table.c.id).limit(
+                self.batch_size)
             if session.get_bind().dialect.name == "postgresql":
+                if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK_KEY}):
+                    session.rollback()
+                    return 0  # another relay's round is under way
                 query = query.with_for_update(skip_locked=True)
-            rows = session.scalars(query).all()
+            rows = session.execute(query).all()
             if not rows:
                 session.rollback()
                 return 0
             producer = self.producer()
             futures: list[Any] = [
-                producer.send(
-                    kafka_topic(self.prefix, row.topic),
-                    key=row.key.encode(),
-                    value=row.value.encode(),
-                )
-                for row in rows
+                producer.send(kafka_topic(self.prefix, topic), key=key.encode(), value=value.encode())
+                for _, topic, key, value in rows
             ]
             producer.flush(timeout=self.send_timeout_seconds)
             for fut in futures:
                 fut.get(timeout=self.send_timeout_seconds)  # raises if the broker refused
-            session.execute(delete(BusMessage).where(BusMessage.id.in_([r.id for r in rows])))
+            session.execute(delete(table).where(table.c.id.in_([r[0] for r in rows])))
             session.commit()
             self.relayed += len(rows)
             return len(rows)

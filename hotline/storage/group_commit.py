@@ -18,6 +18,7 @@ feature's business (``services.ingest.intake``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -40,6 +41,21 @@ Job = Callable[[SqlUnitOfWork], T]
 class _Pending(Generic[T]):
     job: Job[T]
     future: Future[T]
+    # ``submit_async``: the event loop and the asyncio future that waits there.
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[T] | None = None
+
+
+def _wake(pairs: list[tuple[asyncio.Future[Any], Future[Any]]]) -> None:
+    """On the event loop: answer each waiter with its job's outcome."""
+    for waiter, future in pairs:
+        if waiter.done():
+            continue
+        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(future.result())
 
 
 class GroupCommitter:
@@ -67,6 +83,24 @@ class GroupCommitter:
                 self._thread.start()
         self._queue.put(_Pending(job, future))
         return future
+
+    def submit_async(self, job: Job[T]) -> asyncio.Future[T]:
+        """``submit`` for a caller on an event loop: an asyncio future, resolved after the
+        commit. The waiters of one batch are woken with one ``call_soon_threadsafe`` per loop
+        (``asyncio.wrap_future`` costs one each, a wake-up of the loop per request)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        future: Future[T] = Future()
+        # A request that goes away before its batch runs: its job is skipped, as with submit.
+        waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the group committer is stopped")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._queue.put(_Pending(job, future, loop, waiter))
+        return waiter
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the jobs already queued, then end the thread."""
@@ -100,8 +134,21 @@ class GroupCommitter:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
+            self._wake_waiters(batch)
             if stop:
                 return
+
+    @staticmethod
+    def _wake_waiters(batch: list[_Pending[Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Future[Any]]]] = {}
+        for p in batch:
+            if p.loop is not None and p.waiter is not None:
+                by_loop.setdefault(p.loop, []).append((p.waiter, p.future))
+        for loop, pairs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_wake, pairs)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                pass
 
     def _commit(self, batch: list[_Pending[Any]]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]

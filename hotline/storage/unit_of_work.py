@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # Lock order: a unit of work takes its database locks first and this lock last (see
 # ``SqlUnitOfWork.commit``), never the other way round; and SQLite does not need it at all.
 OUTBOX_LOCK = threading.Lock()
+BUS_MESSAGES = cast(Table, BusMessage.__table__)  # for Core statements
 
 
 class SqlUnitOfWork:
@@ -64,15 +66,22 @@ class SqlUnitOfWork:
         self.pending_raw.append((topic, key, value))
 
     def commit(self) -> None:
+        self.reports.flush_added()
         if not self.pending and not self.pending_raw:
             self.session.commit()
             return
+        # Core rows, not ORM objects: a group commit writes hundreds of outbox rows, and each
+        # ORM object costs its own identity-map and unit-of-work bookkeeping (and a RETURNING
+        # of its id nobody reads). One executemany: one multi-row statement.
+        at = now()
         rows = [
-            BusMessage(topic=o.topic, key=o.key, value=o.message.model_dump_json(), created_at=now())
+            {"topic": o.topic, "key": o.key, "value": o.message.model_dump_json(), "created_at": at}
             for o in self.pending
-        ] + [BusMessage(topic=t, key=k, value=v, created_at=now()) for t, k, v in self.pending_raw]
+        ] + [{"topic": t, "key": k, "value": v, "created_at": at} for t, k, v in self.pending_raw]
         self.pending.clear()
         self.pending_raw.clear()
+        # The session's own changes go out first (flush), then the outbox rows, in one transaction.
+        self.session.flush()
         if self.session.get_bind().dialect.name == "sqlite":
             # SQLite admits one writer at a time and these rows get their ids and commit under
             # that one write lock, so ids become visible in order without OUTBOX_LOCK. Taking it
@@ -80,20 +89,21 @@ class SqlUnitOfWork:
             # write lock and waits for OUTBOX_LOCK, while one whose first write is this insert
             # (a submission) holds OUTBOX_LOCK and waits for the write lock -- until the busy
             # timeout fails it with "database is locked".
-            self.session.add_all(rows)
+            self.session.execute(insert(BUS_MESSAGES), rows)
             self.session.commit()
             return
         # Row locks are taken before OUTBOX_LOCK (flush), never while holding it: inside it only
         # inserts into bus_messages and COMMIT, which wait for no other transaction.
-        self.session.flush()
         with OUTBOX_LOCK:
-            self.session.add_all(rows)
+            self.session.execute(insert(BUS_MESSAGES), rows)
             self.session.commit()
 
     def rollback(self) -> None:
         self.pending.clear()
         self.pending_raw.clear()
+        self.reports.discard_added()
         self.session.rollback()
 
     def flush(self) -> None:
+        self.reports.flush_added()
         self.session.flush()

@@ -51,10 +51,13 @@ def _swagger_assets() -> Path | None:
 def create_shell(
     system: Any, sessions: sessionmaker[Session], routers: Iterable[APIRouter],
     body_limits: Mapping[str, int] | None = None,
+    inner_middleware: Iterable[Any] = (),
 ) -> FastAPI:
     """``system`` goes to ``app.state.system`` (routes read their adapters from it);
     ``sessions`` serve health and metrics; ``body_limits``: path prefix -> body limit for routes
-    that need more than ``HOTLINE_MAX_BODY_BYTES``."""
+    that need more than ``HOTLINE_MAX_BODY_BYTES``; ``inner_middleware``: pure ASGI middleware classes
+placed inside the hardening (a feature's lean path for one hot route, which then still gets the
+body limit, the control-character check and the security headers)."""
     settings = system.settings
     app = FastAPI(
         title="hotline",
@@ -71,6 +74,8 @@ def create_shell(
     )
     for router in routers:
         app.include_router(router)
+    for middleware in inner_middleware:
+        app.add_middleware(middleware)
     # Added innermost first: the headers go on the body limit's 413s too, and the body is cut
     # off at its limit before anything buffers it.
     app.add_middleware(RefuseControlCharacters, skip=tuple(body_limits or ()))

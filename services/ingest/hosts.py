@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
 
-from services.ingest.urls import NormalizedUrl, UrlRejected, normalize_url
+from services.ingest.urls import NormalizedUrl, UrlRejected, may_be_ip, normalize_url
 
 _ONION_V3 = re.compile(r"^[a-z2-7]{56}$")
 _ONION_V2 = re.compile(r"^[a-z2-7]{16}$")
@@ -61,11 +61,12 @@ def host_kind(host: str, operator_hosts: Collection[str] = ()) -> HostKind:
     """Why ``host`` (as ``normalize_url`` returns it: lower case, punycode, no trailing dot)
     can be on the internet; raises ``UrlRejected`` (code ``not_on_internet``, or
     ``invalid_onion``) saying why it cannot."""
-    try:
-        ipaddress.ip_address(host)
-        return HostKind.IP
-    except ValueError:
-        pass
+    if may_be_ip(host):
+        try:
+            ipaddress.ip_address(host)
+            return HostKind.IP
+        except ValueError:
+            pass
     if is_onion(host):
         service = host.split(".")[-2] if host.count(".") >= 1 else ""
         if _ONION_V3.match(service):

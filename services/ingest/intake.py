@@ -6,7 +6,6 @@ old path, one commit per request (the benchmark's baseline)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -48,12 +47,12 @@ def record_job(msg: ReportSubmitted, idempotency_key: str | None) -> Callable[[S
 
     def job(uow: SqlUnitOfWork) -> str:
         if idempotency_key:
-            existing = uow.reports.by_idempotency_key(idempotency_key)
+            existing = uow.reports.id_for_idempotency_key(idempotency_key)
             if existing is not None:
-                return existing.id
-        uow.reports.add(msg, idempotency_key=idempotency_key)
+                return existing
+        report_id = uow.reports.add(msg, idempotency_key=idempotency_key)
         uow.enqueue([Outgoing("reports.submitted", msg)])
-        return msg.report_id
+        return report_id
 
     return job
 
@@ -80,4 +79,4 @@ def record_now(committer: GroupCommitter, msg: ReportSubmitted, idempotency_key:
 
 async def record(committer: GroupCommitter, msg: ReportSubmitted, idempotency_key: str | None) -> str:
     """From the event loop: wait for the commit without holding a thread."""
-    return await asyncio.wrap_future(committer.submit(record_job(msg, idempotency_key)))
+    return await committer.submit_async(record_job(msg, idempotency_key))

@@ -196,15 +196,28 @@ async def post_report(
     sealed (``HOTLINE_REPORTER_KEY``), and not at all without a key. 202 means committed: the
     report shares a transaction with others arriving at the same moment (group commit,
     ``HOTLINE_INTAKE_GROUP_COMMIT``) and the answer waits for that commit."""
-    decision = rate_limit(request)
-    if not decision.allowed:
-        return JSONResponse(
-            {"detail": f"too many reports from your address; try again in {decision.retry_after_seconds} seconds"},
-            status_code=429, headers={"Retry-After": str(decision.retry_after_seconds)},
-        )
+    refuse = rate_limited(request)
+    if refuse is not None:
+        return refuse
     refuse_unreachable(request, body.urls)
+    return await accept_report(request, body, await _channel_async(request), idempotency_key)
+
+
+def rate_limited(request: Request) -> JSONResponse | None:
+    """The 429 for a client over ``HOTLINE_REPORT_RATE_PER_MINUTE``, or None (a token taken)."""
+    decision = rate_limit(request)
+    if decision.allowed:
+        return None
+    return JSONResponse(
+        {"detail": f"too many reports from your address; try again in {decision.retry_after_seconds} seconds"},
+        status_code=429, headers={"Retry-After": str(decision.retry_after_seconds)},
+    )
+
+
+async def accept_report(request: Request, body: ReportRequest, channel: str, idempotency_key: str | None) -> JSONResponse:
+    """Record a checked report (group commit, or its own transaction) and answer 202 after the
+    commit. Shared by ``post_report`` and its lean path (``services.ingest.fastpath``)."""
     seal = request.app.state.system.reporter_seal()
-    channel = await _channel_async(request)
     grouped = intake.committer(request.app.state)
     if grouped is None:
         report_id = await run_in_threadpool(_submit_alone, request, body, channel, idempotency_key, seal)

@@ -44,14 +44,21 @@ class NormalizedUrl:
     host: str  # ASCII: an IDN is in punycode; an IP literal in its compressed form, no brackets
 
 
+def may_be_ip(host: str) -> bool:
+    """False for a host that cannot be an IP literal (no ``:`` for IPv6, not starting with a
+    digit for IPv4): those skip ``ipaddress``, which costs more than the rest of a normalization."""
+    return bool(host) and (host[0].isdigit() or host[0] == "[" or ":" in host)
+
+
 def _normalize_host(host: str) -> str:
     host = host.strip().rstrip(".").lower()
     if not host:
         raise UrlRejected("missing_host", "the URL has no host name")
-    try:
-        return ipaddress.ip_address(host.strip("[]")).compressed  # IP literal
-    except ValueError:
-        pass
+    if may_be_ip(host):
+        try:
+            return ipaddress.ip_address(host.strip("[]")).compressed  # IP literal
+        except ValueError:
+            pass
     try:
         ascii_host = host.encode("idna").decode("ascii")
     except UnicodeError as exc:

@@ -1,0 +1,60 @@
+"""The outbox relay on PostgreSQL publishes one round at a time across relays (the advisory
+lock in ``hotline.runtime.relay``): while another relay's round holds the lock a relay
+publishes nothing and leaves the rows; after it, every row goes out once, in id order."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select, text
+
+from hotline.runtime.relay import RELAY_LOCK_KEY, OutboxRelay
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+from hotline.storage.models import BusMessage
+from tests.integration import scenario
+
+pytestmark = pytest.mark.integration
+
+
+class _Sent:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> _Sent:
+        self.sent.append((topic, key, value))
+        return _Sent()
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_one_round_at_a_time_in_id_order(pg_url: str) -> None:
+    with scenario.fresh_pg_database(pg_url, "relay") as url:
+        migrate(url)
+        engine = make_engine(url)
+        sessions = make_sessionmaker(engine)
+        try:
+            with sessions() as s:
+                s.add_all([BusMessage(topic="reports.submitted", key=f"k{i % 3}", value=f"v{i}") for i in range(7)])
+                s.commit()
+            producer = RecordingProducer()
+            relay = OutboxRelay(sessions, "unused:9092", "p.", producer=producer)  # type: ignore[arg-type]
+            with engine.connect() as other:  # another relay's round, in progress
+                assert other.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK_KEY})
+                assert relay.relay_once() == 0
+                assert producer.sent == []
+                other.rollback()  # that round ends
+            assert relay.relay_once() == 7
+            assert [v for _, _, v in producer.sent] == [f"v{i}".encode() for i in range(7)]
+            assert {t for t, _, _ in producer.sent} == {"p.reports.submitted"}
+            with sessions() as s:
+                assert s.scalar(select(func.count()).select_from(BusMessage)) == 0
+        finally:
+            engine.dispose()
