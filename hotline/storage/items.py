@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session

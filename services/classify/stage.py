@@ -29,7 +29,14 @@ from schemas.facts import BankMatch, HostingFacts, ImageFacts
 from schemas.items import HosterRoute, ItemAccepted, ItemClassified
 from schemas.notices import PartnerForward, PoliceEscalation, TakedownNotice
 from services.classify.attribution import attribute
-from services.classify.fetcher import DEADLINE_PASSED, Fetched, Fetcher, FetchError, Names, fetch_each
+from services.classify.fetcher import (
+    DEADLINE_PASSED,
+    Fetched,
+    Fetcher,
+    FetchError,
+    Names,
+    fetch_each,
+)
 from services.classify.hosting import HostingResolver
 from services.classify.page import image_urls
 from services.classify.routing import RouteDecision, decide_route
