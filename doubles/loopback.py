@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import random
 import socket
 import sys
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal, Self
 
 
@@ -45,10 +47,42 @@ def serve_app(app: Any, port: int, host: str = "127.0.0.1", timeout: float = 15.
     return server, thread
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a connection's source port (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a server that is about to start (often in another process).
+
+    Chosen *below* the kernel's ephemeral range, never with ``bind(0)``: a ``bind(0)`` port is
+    from the range the kernel also gives outgoing connections as source ports, so between this
+    check and the server's own bind any process's new connection (a Kafka or database client,
+    many of them on a busy machine) could take it, and the server died with EADDRINUSE (a CI
+    run lost ``hotline serve --stage web`` that way). A port is also never handed out twice by
+    one process, so two servers prepared one after the other cannot be given the same one."""
+    low = _ephemeral_low()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with _HANDED_OUT_LOCK:
+        for _ in range(2000):
+            port = random.randrange(max(1024, low - 12000), low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(family) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue  # someone listens there (or it is reserved): try another
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no free port below {low} on {host}")
 
 
 class _Server(ThreadingHTTPServer):
