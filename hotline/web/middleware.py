@@ -119,6 +119,36 @@ def _control_character_at(node: Any, where: str = "") -> tuple[str, str] | None:
     return None
 
 
+async def read_body(receive: Any) -> tuple[bytes, list[Message]]:
+    """The whole request body, and the ASGI messages it came in, so the app behind can be
+    handed them again (``replaying``). The body size limit (``BodySizeLimit``, outside every
+    middleware that reads bodies) bounds what is held here."""
+    chunks: list[bytes] = []
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), messages
+
+
+def replaying(messages: list[Message], receive: Any) -> Any:
+    """A ``receive`` that gives ``messages`` first, then whatever ``receive`` gives."""
+    replay = iter(messages)
+
+    async def replayed() -> Message:
+        try:
+            return next(replay)
+        except StopIteration:
+            return await receive()
+
+    return replayed
+
+
 class RefuseControlCharacters:
     """422 for a JSON request body with a NUL or another control character (other than tab and
     line breaks) in any string, naming the field: no reporter or operator types them, and they
@@ -141,17 +171,7 @@ class RefuseControlCharacters:
         if b"json" not in content_type.lower():
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        messages: list[Message] = []
-        while True:  # the body size limit (outside this middleware) bounds what is held here
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body, messages = await read_body(receive)
         if b"\\u00" in body or b"\x7f" in body:
             try:
                 found = _control_character_at(json.loads(body))
@@ -165,15 +185,7 @@ class RefuseControlCharacters:
                     (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
                 await send({"type": "http.response.body", "body": payload})
                 return
-        replay = iter(messages)
-
-        async def replayed() -> Message:
-            try:
-                return next(replay)
-            except StopIteration:
-                return await receive()
-
-        await self.app(scope, replayed, send)
+        await self.app(scope, replaying(messages, receive), send)
 
 
 DEFAULT_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "

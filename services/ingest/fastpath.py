@@ -24,13 +24,13 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from hotline.web.middleware import read_body, replaying
 from services.ingest.routes import ReportRequest, accept_report, rate_limited, url_problems
 
 PATH = "/api/v1/reports"
 _JSON = (b"application/json", b"application/json; charset=utf-8")
 _FIELDS = frozenset(ReportRequest.model_fields)
 Scope = dict[str, Any]
-Message = dict[str, Any]
 
 
 def _plain_headers(scope: Scope) -> tuple[bool, str | None]:
@@ -67,27 +67,10 @@ class LeanReportIntake:
         if not plain:
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        chunks: list[bytes] = []
-        while True:  # the body size limit (outside this middleware) bounds what is held here
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = self._plain_body(scope, b"".join(chunks))
+        raw, messages = await read_body(receive)
+        body = self._plain_body(scope, raw)
         if body is None:
-            replay = iter(messages)
-
-            async def replayed() -> Message:
-                try:
-                    return next(replay)
-                except StopIteration:
-                    return await receive()
-
-            await self.app(scope, replayed, send)
+            await self.app(scope, replaying(messages, receive), send)
             return
         request = Request(scope)
         response = rate_limited(request) or await accept_report(request, body, "api", key)
