@@ -91,15 +91,8 @@ class EmbeddedRuntime:
 
     def _next(self, stage: Stage) -> tuple[int, str, str] | None:
         """(bus id, topic, value) of the stage's next message, read in a transaction of its own."""
-        with self.sessions() as session:
-            pos = self._position(session, stage.name)
-            row = session.execute(
-                select(BusMessage.id, BusMessage.topic, BusMessage.value)
-                .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs))
-                .order_by(BusMessage.id)
-                .limit(1)
-            ).first()
-            return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+        batch = self._batch(stage, 1)
+        return batch[0] if batch else None
 
     def _batch(self, stage: Stage, limit: int) -> list[tuple[int, str, str]]:
         """Up to ``limit`` (bus id, topic, value) past the stage's position, in order, one query."""

@@ -73,14 +73,18 @@ class GroupCommitter:
         self._name = name
         self._closed = False
 
-    def submit(self, job: Job[T]) -> Future[T]:
-        future: Future[T] = Future()
+    def _ensure_running(self) -> None:
+        """Refuse work once stopped; start the writer thread with the first job."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the group committer is stopped")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
+
+    def submit(self, job: Job[T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._ensure_running()
         self._queue.put(_Pending(job, future))
         return future
 
@@ -93,12 +97,7 @@ class GroupCommitter:
         future: Future[T] = Future()
         # A request that goes away before its batch runs: its job is skipped, as with submit.
         waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the group committer is stopped")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+        self._ensure_running()
         self._queue.put(_Pending(job, future, loop, waiter))
         return waiter
 
