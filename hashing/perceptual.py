@@ -35,6 +35,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+# One BLAS thread for the whole process. The products here are small (at most a few hundred
+# rows and columns per image), and OpenBLAS's own threads cost more than they save: after
+# each call its idle workers spin before they sleep, and in a stage process that fetches,
+# hashes and writes on several threads of its own that spinning took 59 % of classify's CPU
+# (perf, Kafka pipeline at 50 reports/s). Set here, after numpy has loaded OpenBLAS, so it
+# holds whatever imported numpy first; image hashing is then one core's work per image and
+# parallelism comes from images and processes.
+threadpool_limits(limits=1, user_api="blas")
 
 __all__ = [
     "PDQ_SIZE",

@@ -311,3 +311,25 @@ def test_extreme_aspect_ratios_are_hashed_quickly(size: tuple[int, int], fmt: st
     hashes = hash_image(data)
     assert time.perf_counter() - started < 1.0
     assert (hashes.width, hashes.height) == size and hashes.pdq_quality == 0
+
+
+def test_hashing_keeps_blas_to_one_thread_even_when_numpy_was_imported_first():
+    """OpenBLAS's idle workers spin after every product; in a stage process that spinning
+    took most of classify's CPU. The limit must hold in a fresh process whatever imported
+    numpy before the hashing code (here numpy itself, with its default of one thread per core)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "import hashing.image\n"
+        "after = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(before, after)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    before, after = out.stdout.strip().split("] [")
+    assert after.strip("[]") == "1", out.stdout
+    assert before.strip("[]"), "numpy loaded no BLAS library: the probe shows nothing"
