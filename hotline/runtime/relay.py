@@ -19,6 +19,10 @@ decision on an item, sent through another web process) on Kafka before an earlie
 with one round at a time the order per key is the commit order, as with one relay.
 ``FOR UPDATE SKIP LOCKED`` stays as a second guard against publishing the same rows twice.
 
+A round starts as soon as the process commits anything (``after_commit`` on the process's
+sessions wakes the relay), so a report's message is on Kafka within a round trip of its 202,
+not a poll later; ``poll_seconds`` is the fallback for rows other processes committed.
+
 Rows are read and deleted with Core statements (id, topic, key, value tuples), not ORM
 objects: under load a round carries hundreds of rows.
 """
@@ -29,7 +33,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, delete, select, text
+from sqlalchemy import Table, delete, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.runtime.kafka import kafka_topic
@@ -51,7 +55,7 @@ class OutboxRelay:
         prefix: str = "",
         *,
         batch_size: int = 500,
-        poll_seconds: float = 0.2,
+        poll_seconds: float = 0.5,
         send_timeout_seconds: float = 30.0,
         producer: KafkaProducer | None = None,
     ) -> None:
@@ -63,6 +67,7 @@ class OutboxRelay:
         self.send_timeout_seconds = send_timeout_seconds
         self._producer = producer
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.relayed = 0
         self.last_error: str | None = None
@@ -72,12 +77,17 @@ class OutboxRelay:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        if not event.contains(self.sessions, "after_commit", self._committed):
+            event.listen(self.sessions, "after_commit", self._committed)
         self._thread = threading.Thread(target=self._loop, name="outbox-relay", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the batch in flight; rows not yet deleted are published by the next relay."""
         self._stop.set()
+        self._wake.set()
+        if event.contains(self.sessions, "after_commit", self._committed):
+            event.remove(self.sessions, "after_commit", self._committed)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -91,6 +101,11 @@ class OutboxRelay:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _committed(self, session: Session) -> None:
+        """A transaction of this process committed (perhaps with outbox rows): start a round.
+        The relay's own commits wake it too, which costs one empty round after a busy one."""
+        self._wake.set()
 
     # -- work --------------------------------------------------------------
     def producer(self) -> KafkaProducer:
@@ -142,6 +157,9 @@ class OutboxRelay:
     def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            # Cleared before the round: a commit during it sets the flag again, so its rows
+            # get the next round at once (clearing after the wait could drop that wake-up).
+            self._wake.clear()
             try:
                 sent = self.relay_once()
             except Exception as exc:  # noqa: BLE001 - broker or database away: keep the rows, retry
@@ -153,4 +171,4 @@ class OutboxRelay:
             failures = 0
             self.last_error = None
             if sent < self.batch_size:
-                self._stop.wait(self.poll_seconds)
+                self._wake.wait(self.poll_seconds)

@@ -58,3 +58,37 @@ def test_one_round_at_a_time_in_id_order(pg_url: str) -> None:
                 assert s.scalar(select(func.count()).select_from(BusMessage)) == 0
         finally:
             engine.dispose()
+
+
+def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(pg_url: str) -> None:
+    """A report's message leaves when its transaction commits, not a poll later: with a poll of
+    an hour, each committed row is still published (the relay's ``after_commit`` wake-up)."""
+    import time
+
+    with scenario.fresh_pg_database(pg_url, "relaywake") as url:
+        migrate(url)
+        engine = make_engine(url)
+        sessions = make_sessionmaker(engine)
+        producer = RecordingProducer()
+        relay = OutboxRelay(sessions, "unused:9092", "p.", producer=producer,  # type: ignore[arg-type]
+                            poll_seconds=3600.0)
+        try:
+            relay.start()
+            deadline = time.monotonic() + 60  # far below the poll: only a wake-up meets it
+            for i in range(3):
+                with sessions() as s:
+                    s.add(BusMessage(topic="reports.submitted", key="k", value=f"v{i}"))
+                    s.commit()
+                while len(producer.sent) < i + 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert [v for _, _, v in producer.sent] == [f"v{j}".encode() for j in range(i + 1)]
+        finally:
+            relay.stop()
+            engine.dispose()
+        assert not event_listening(sessions, relay)
+
+
+def event_listening(sessions: object, relay: OutboxRelay) -> bool:
+    from sqlalchemy import event
+
+    return event.contains(sessions, "after_commit", relay._committed)
