@@ -19,8 +19,8 @@ decision on an item, sent through another web process) on Kafka before an earlie
 with one round at a time the order per key is the commit order, as with one relay.
 ``FOR UPDATE SKIP LOCKED`` stays as a second guard against publishing the same rows twice.
 
-A round starts as soon as the process commits anything (``after_commit`` on the process's
-sessions wakes the relay), so a report's message is on Kafka within a round trip of its 202,
+A round starts as soon as the process commits anything (``after_commit`` on every session of
+the process wakes the relay: the web process's requests, group commits and the relay itself), so a report's message is on Kafka within a round trip of its 202,
 not a poll later; ``poll_seconds`` is the fallback for rows other processes committed.
 
 Rows are read and deleted with Core statements (id, topic, key, value tuples), not ORM
@@ -77,8 +77,8 @@ class OutboxRelay:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        if not event.contains(self.sessions, "after_commit", self._committed):
-            event.listen(self.sessions, "after_commit", self._committed)
+        if not event.contains(Session, "after_commit", self._committed):
+            event.listen(Session, "after_commit", self._committed)
         self._thread = threading.Thread(target=self._loop, name="outbox-relay", daemon=True)
         self._thread.start()
 
@@ -86,8 +86,8 @@ class OutboxRelay:
         """Stop after the batch in flight; rows not yet deleted are published by the next relay."""
         self._stop.set()
         self._wake.set()
-        if event.contains(self.sessions, "after_commit", self._committed):
-            event.remove(self.sessions, "after_commit", self._committed)
+        if event.contains(Session, "after_commit", self._committed):
+            event.remove(Session, "after_commit", self._committed)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
