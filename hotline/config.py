@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     # Embedded runtime: a batch's transaction takes no more messages after this many seconds
     # (SQLite has one writer; web submissions wait for it).
     batch_max_seconds: float = Field(default=0.25, gt=0)
+    # Kafka runtime: messages a stage that allows it (classify; hotline.kernel.stage
+    # "Overlapping") works on at once in one process, each in its own transactions, those with
+    # the same key one after another; 1 = one at a time as before.
+    stage_in_flight: int = Field(default=4, gt=0)
 
 
 @lru_cache(maxsize=1)

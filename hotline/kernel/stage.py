@@ -28,6 +28,14 @@ the runtime goes one message at a time, so batching changes how often the runtim
 never what is committed. Ingest (always plain outputs) and notify (bookkeeping of sent,
 held and redelivered notices between its e-mails) say so; a stage that says nothing is
 handed one message per transaction.
+
+**Overlapping.** A stage whose class says ``overlapping = True`` lets the Kafka runtime work
+on several of its messages at once in one process (``HOTLINE_STAGE_IN_FLIGHT``), each
+through its own reserve, act and record exactly as alone, messages with the same key one
+after another in their order. Its work must be safe on several threads at once and against
+another process working on the same item (which it must be anyway: several processes share
+its partitions). Classify says so: most of an item's time is waiting for hosters, DNS, RDAP
+and the database, and with one item at a time a process would sit idle through it.
 """
 
 from __future__ import annotations
@@ -87,6 +95,12 @@ def batchable(stage: Stage) -> bool:
     """True when ``stage`` may get several messages per transaction (its ``batchable`` class
     attribute; absent means no, so a stage opts in knowingly)."""
     return bool(getattr(stage, "batchable", False))
+
+
+def overlapping(stage: Stage) -> bool:
+    """True when the runtime may work on several of ``stage``'s messages at once (its
+    ``overlapping`` class attribute; absent means no)."""
+    return bool(getattr(stage, "overlapping", False))
 
 
 def run_stage(stage: Stage, topic: str, raw: bytes | str, uow: UnitOfWork) -> Result:

@@ -153,7 +153,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
 
-    from hotline.kernel.stage import batchable
+    from hotline.kernel.stage import batchable, overlapping
     from hotline.runtime.steps import StepRunner
 
     if not settings.kafka_brokers:
@@ -207,9 +207,19 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
         )
         app.agent(source, name=f"{stage_name}.{logical}")(
             _make_agent(app, logical, stage_name, processor, output_topic,
-                        settings.batch_size if batchable(stage) else 1)
+                        settings.batch_size if batchable(stage) else 1,
+                        _in_flight(settings, sessions) if overlapping(stage) else 1)
         )
     return app
+
+
+def _in_flight(settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """``HOTLINE_STAGE_IN_FLIGHT`` for an overlapping stage; 1 on SQLite, whose one writer
+    would make the overlapping transactions wait for each other (and time out)."""
+    bind = sessions.kw.get("bind")
+    if bind is not None and bind.dialect.name == "sqlite":
+        return 1
+    return settings.stage_in_flight
 
 
 def _make_agent(
@@ -219,12 +229,17 @@ def _make_agent(
     processor: StepRunner,
     output_topic: Callable[[str], Any],
     batch_size: int = 1,
+    in_flight: int = 1,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
         manual = stream.noack()
         if batch_size > 1:
             async for events in manual.noack_take(batch_size, within=BATCH_WITHIN_SECONDS):
                 await _process_batch(app, logical, stage_name, processor, output_topic, manual, list(events))
+            return
+        if in_flight > 1:
+            async for events in manual.noack_take(in_flight, within=BATCH_WITHIN_SECONDS):
+                await _process_overlapping(app, logical, stage_name, processor, output_topic, manual, list(events))
             return
         async for event in manual.events():
             raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
@@ -289,6 +304,41 @@ async def _process_batch(
                                      event.message.tp, policy, first_error=first_error):
             await manual.ack(event)
         first_error = None
+
+
+async def _process_overlapping(
+    app: faust.App,
+    logical: str,
+    stage_name: str,
+    processor: StepRunner,
+    output_topic: Callable[[str], Any],
+    manual: Any,
+    events: list[Any],
+    policy: FailurePolicy = POLICY,
+) -> None:
+    """Work on ``events`` at once, each as ``_process_until_done`` would alone (own
+    transactions, failure policy, outputs delivered before its ack); events with the same key
+    one after another in their order, so per-key order is what one at a time gives. The
+    offsets move only when all are done, in order: an ack never runs ahead of an event still
+    in progress, so a crash redelivers what was not finished and nothing is skipped."""
+    chains: dict[Any, list[Any]] = {}
+    for event in events:
+        chains.setdefault(event.message.key, []).append(event)
+
+    async def chain(evs: list[Any]) -> list[bool]:
+        return [await _process_until_done(app, logical, stage_name, processor, output_topic, _raw(e),
+                                          e.message.tp, policy) for e in evs]
+
+    outcomes = await asyncio.gather(*(chain(evs) for evs in chains.values()))
+    done = {id(e): ok for evs, oks in zip(chains.values(), outcomes, strict=True)
+            for e, ok in zip(evs, oks, strict=True)}
+    left: set[Any] = set()  # partitions with an event not done (given to another worker)
+    for event in events:
+        tp = event.message.tp
+        if done[id(event)] and tp not in left:
+            await manual.ack(event)
+        else:
+            left.add(tp)  # no later offset of it may be committed past this one
 
 
 async def _process_until_done(

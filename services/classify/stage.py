@@ -229,6 +229,11 @@ class ClassifyStage:
 
     name: ClassVar[str] = "classify"
     inputs: ClassVar[tuple[str, ...]] = ("items.accepted",)
+    # Several items at once per process (hotline.kernel.stage "Overlapping"): an item waits on
+    # hosters, DNS, RDAP and the database most of its time. Safe: the fetcher, hosting cache and
+    # matcher are shared by threads already, hashing is one image at a time (``_hash_lock``),
+    # and ``_record`` keeps the first classification when another worker got there first.
+    overlapping: ClassVar[bool] = True
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         assert isinstance(message, ItemAccepted)

@@ -1,0 +1,101 @@
+"""The Kafka runtime's overlapping step (``hotline.runtime.kafka._process_overlapping``, what an
+``overlapping`` stage's agent awaits per ``noack_take`` batch): events with different keys are
+worked on at the same time, those with the same key one after another in order, and offsets are
+acked only once every event of the batch is done, in order, never past one still unfinished."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from hotline.kernel.messages import Outgoing
+from hotline.kernel.stage import overlapping
+from hotline.runtime.kafka import _process_overlapping
+from services.classify.stage import ClassifyStage
+from tests.unit.test_parking import FAST, _App, _Produced
+
+
+class _Tp:
+    pass
+
+
+class _Message:
+    def __init__(self, key: bytes, tp: _Tp) -> None:
+        self.key = key
+        self.tp = tp
+
+
+class _Event:
+    def __init__(self, key: bytes, value: bytes, tp: _Tp) -> None:
+        self.value = value
+        self.message = _Message(key, tp)
+
+
+class _Manual:
+    def __init__(self) -> None:
+        self.acked: list[_Event] = []
+
+    async def ack(self, e: _Event) -> bool:
+        self.acked.append(e)
+        return True
+
+
+class _Processor:
+    """Records when each event ran; events of keys ``b`` and ``c`` must meet at a barrier,
+    which they pass only if both are being worked on at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ran: dict[str, tuple[float, float]] = {}
+        self.meet = threading.Barrier(2, timeout=30)
+
+    def process(self, logical: str, raw: bytes) -> list[Outgoing]:
+        name = raw.decode()
+        start = time.monotonic()
+        if name in ("b1", "c1"):
+            self.meet.wait()  # raises BrokenBarrierError when not run concurrently
+        else:
+            time.sleep(0.05)
+        with self.lock:
+            self.ran[name] = (start, time.monotonic())
+        return []
+
+
+def _run(events: list[_Event], processor: _Processor, tp: _Tp, manual: _Manual) -> None:
+    produced: dict[str, _Produced] = {}
+    asyncio.run(_process_overlapping(_App(tp), "items.accepted", "classify", processor,  # type: ignore[arg-type]
+                                     lambda t: produced.setdefault(t, _Produced()), manual, events, FAST))
+
+
+def test_different_keys_at_once_same_key_in_order_acks_after_all_in_order() -> None:
+    tp = _Tp()
+    events = [_Event(k.encode(), n.encode(), tp) for k, n in
+              [("a", "a1"), ("b", "b1"), ("a", "a2"), ("c", "c1"), ("a", "a3")]]
+    processor, manual = _Processor(), _Manual()
+    _run(events, processor, tp, manual)
+    assert manual.acked == events  # all of them, in the batch's order
+    ran = processor.ran
+    assert set(ran) == {"a1", "a2", "a3", "b1", "c1"}  # b1 and c1 met: they ran at the same time
+    assert ran["a1"][1] <= ran["a2"][0] and ran["a2"][1] <= ran["a3"][0]  # one key: in order
+
+
+def test_an_event_left_to_another_worker_stops_the_acks_of_its_partition() -> None:
+    """An event whose partition was reassigned while it kept failing is not acked, and no later
+    event of that partition is either (a commit past it would skip it); other partitions are."""
+    mine, gone = _Tp(), _Tp()
+
+    class Failing(_Processor):
+        def process(self, logical: str, raw: bytes) -> list[Outgoing]:
+            if raw == b"x1":
+                raise RuntimeError("hoster away")
+            return []
+
+    events = [_Event(b"x", b"x1", gone), _Event(b"y", b"y1", gone), _Event(b"z", b"z1", mine)]
+    manual = _Manual()
+    _run(events, Failing(), mine, manual)  # the app owns only ``mine``: ``gone`` was reassigned
+    assert manual.acked == [events[2]]
+
+
+def test_classify_is_overlapping() -> None:
+    assert overlapping(ClassifyStage)  # type: ignore[arg-type]
