@@ -141,6 +141,10 @@ class ForwardRepository(Protocol):
     def statuses(self, forward_id: str) -> Sequence[ForwardStatus]:
         """What the partner reported back about a forward, in order."""
         ...
+    def moved_count(self, item_id: str) -> int:
+        """How many of an item's forwards a partner reported as moved (ICCAM ``MO``): one
+        query, asked once for every item classify records."""
+        ...
 
 
 class PartnerUpdateRepository(Protocol):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from hotline.storage.models import Forward, ForwardStatus, PartnerUpdate
@@ -138,6 +138,18 @@ class SqlForwardQueue:
     def statuses(self, forward_id: str) -> Sequence[ForwardStatus]:
         q = select(ForwardStatus).where(ForwardStatus.forward_id == forward_id).order_by(ForwardStatus.id)
         return self.session.scalars(q).all()
+
+    def moved_count(self, item_id: str) -> int:
+        return int(self.session.scalar(_MOVED_COUNT, {"item_id": item_id}) or 0)
+
+
+_MOVED_COUNT = (
+    select(func.count(func.distinct(Forward.id)))
+    .join(ForwardStatus, ForwardStatus.forward_id == Forward.id)
+    .where(Forward.item_id == bindparam("item_id"), ForwardStatus.action == "MO")
+)
+"""Built once (``moved_count`` runs for every item classify records; building an ORM query
+per call cost more than running it)."""
 
 
 class SqlPartnerUpdates:

@@ -257,6 +257,9 @@ class MemoryForwards:
     def statuses(self, forward_id: str) -> Sequence[ForwardStatus]:
         return [s for s in self.state.forward_statuses if s.forward_id == forward_id]
 
+    def moved_count(self, item_id: str) -> int:
+        return sum(1 for f in self.for_item(item_id) if any(s.action == "MO" for s in self.statuses(f.id)))
+
 
 class MemoryPartnerUpdates:
     def __init__(self, state: MemoryState) -> None:

@@ -72,7 +72,7 @@ def own_forward(uow: UnitOfWork, forward_id: str, country: str | None) -> Forwar
 
 def relookups(uow: UnitOfWork, item_id: str) -> int:
     """How many times a partner said an item's content moved (MO): 0 for a first lookup."""
-    return sum(1 for f in uow.forwards.for_item(item_id) if any(s.action == "MO" for s in uow.forwards.statuses(f.id)))
+    return uow.forwards.moved_count(item_id)
 
 
 def relookup_ids(item_id: str, n: int) -> tuple[str, str]:
