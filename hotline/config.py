@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     # Embedded runtime: a batch's transaction takes no more messages after this many seconds
     # (SQLite has one writer; web submissions wait for it).
     batch_max_seconds: float = Field(default=0.25, gt=0)
+    # Embedded runtime (hotline/runtime/embedded.py "Yielding to intake"): while reports arrive
+    # faster than embedded_yield_rate a second, a stage defers its next step, at most
+    # embedded_yield_seconds in a row (then it runs one batch and may defer again); 0 = never.
+    embedded_yield_seconds: float = Field(default=2.0, ge=0)
+    embedded_yield_rate: float = Field(default=200.0, ge=0)
 
 
 @lru_cache(maxsize=1)
