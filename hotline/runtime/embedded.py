@@ -185,7 +185,9 @@ class EmbeddedRuntime:
             since = self._defer(stage, deferred_since)
             if since is None and deferred_since is not None:
                 waited = time.monotonic() - deferred_since
-                self.longest_deferral[stage.name] = max(self.longest_deferral.get(stage.name, 0.0), waited)
+                if waited > self.longest_deferral.get(stage.name, 0.0):
+                    self.longest_deferral[stage.name] = waited
+                    log.info("stage %s deferred to intake for %.2f s, its longest so far", stage.name, waited)
             deferred_since = since
             if since is not None:
                 continue
