@@ -98,13 +98,14 @@ class Row:
     # awaiting_assessment); None: not within --drain-seconds (then ``unsettled`` is how many not).
     drained_after: float | None = None
     unsettled: int = 0
+    drain_waited: bool = False  # False with --drain-seconds 0: the column shows "-"
     longest_deferral: str = "-"  # embedded with yielding: the longest a stage deferred (from the log)
 
     def line(self) -> str:
         rate = self.accepted / self.seconds if self.seconds else 0.0
         backlog = "-" if self.backlog is None else str(self.backlog)
         per_cpu = self.accepted / self.cpu_seconds if self.cpu_seconds else 0.0
-        drained = (f"{self.drained_after:.0f} s" if self.drained_after is not None
+        drained = ("-" if not self.drain_waited else f"{self.drained_after:.0f} s" if self.drained_after is not None
                    else f"not in time ({self.unsettled:,} open)")
         return (f"| {self.runtime} | {self.mode} | {rate:,.0f} | {per_cpu:,.0f} | {self.p50_ms:.1f} | "
                 f"{self.p99_ms:.1f} | {self.max_ms:.0f} | {self.errors} | {self.lost} | {backlog} | {drained} |")
@@ -255,6 +256,7 @@ def unsettled(database_url: str) -> int:
 def wait_drained(row: Row, database_url: str, limit: float) -> None:
     """Poll (every 2 s, at most ``limit`` seconds) until every stored report is settled."""
     start = time.monotonic()
+    row.drain_waited = True
     while True:
         row.unsettled = unsettled(database_url)
         if row.unsettled == 0:
