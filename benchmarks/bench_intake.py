@@ -93,29 +93,43 @@ class Row:
     errors: int = 0
     lost: int = 0
     backlog: int | None = None  # kafka: outbox rows the relay had not published at the end
-    cpu_seconds: float = 0.0  # CPU time the web process used during the load (embedded: with the stages)
+    cpu_seconds: float = 0.0  # CPU time the web process(es) used during the load (embedded: with the stages)
+    # After the load: seconds until every stored report's URL reached a final state (or
+    # awaiting_assessment); None: not within --drain-seconds (then ``unsettled`` is how many not).
+    drained_after: float | None = None
+    unsettled: int = 0
+    drain_waited: bool = False  # False with --drain-seconds 0: the column shows "-"
+    longest_deferral: str = "-"  # embedded with yielding: the longest a stage deferred (from the log)
 
     def line(self) -> str:
         rate = self.accepted / self.seconds if self.seconds else 0.0
         backlog = "-" if self.backlog is None else str(self.backlog)
         per_cpu = self.accepted / self.cpu_seconds if self.cpu_seconds else 0.0
+        drained = ("-" if not self.drain_waited else f"{self.drained_after:.0f} s" if self.drained_after is not None
+                   else f"not in time ({self.unsettled:,} open)")
         return (f"| {self.runtime} | {self.mode} | {rate:,.0f} | {per_cpu:,.0f} | {self.p50_ms:.1f} | "
-                f"{self.p99_ms:.1f} | {self.max_ms:.0f} | {self.errors} | {self.lost} | {backlog} |")
+                f"{self.p99_ms:.1f} | {self.max_ms:.0f} | {self.errors} | {self.lost} | {backlog} | {drained} |")
 
 
 HEADER = ("| runtime | intake | reports/s accepted | reports per web CPU-second | p50 ms | p99 ms | max ms | "
-          "errors | lost | outbox left |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "errors | lost | outbox left | pipeline done after the load |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (Linux ``/proc``): a figure a busy,
-    shared machine distorts less than wall-clock rates."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of the processes in ``pid``'s process group (Linux
+    ``/proc``; ``spawn`` starts each server in a session of its own, so with ``--workers`` the
+    group is uvicorn's supervisor, the relay and every worker): a figure a busy, shared
+    machine distorts less than wall-clock rates."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:  # field 5 of stat, the process group
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -217,6 +231,53 @@ def outbox_left(database_url: str) -> int:
         engine.dispose()
 
 
+def unsettled(database_url: str) -> int:
+    """Stored reports whose URL has not reached the end of the pipeline: not rejected, and its
+    item in no final state nor awaiting an analyst (the bench's reports have one URL each)."""
+    from sqlalchemy import create_engine, func, or_, select
+    from sqlalchemy.pool import NullPool
+
+    from hotline.kernel.states import FINAL, ItemState
+    from hotline.storage.models import Item, Report, ReportUrl
+
+    done = [str(s.value) for s in FINAL] + [ItemState.AWAITING_ASSESSMENT.value]
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            reports = int(conn.scalar(select(func.count()).select_from(Report)) or 0)
+            settled = int(conn.scalar(
+                select(func.count()).select_from(ReportUrl).outerjoin(Item, Item.id == ReportUrl.item_id)
+                .where(or_(ReportUrl.rejected_reason.is_not(None), Item.state.in_(done)))) or 0)
+    finally:
+        engine.dispose()
+    return max(reports - settled, 0)
+
+
+def wait_drained(row: Row, database_url: str, limit: float) -> None:
+    """Poll (every 2 s, at most ``limit`` seconds) until every stored report is settled."""
+    start = time.monotonic()
+    row.drain_waited = True
+    while True:
+        row.unsettled = unsettled(database_url)
+        if row.unsettled == 0:
+            row.drained_after = time.monotonic() - start
+            return
+        if time.monotonic() - start > limit:
+            return
+        if int(time.monotonic() - start) % 20 < 2:
+            print(f"  pipeline: {row.unsettled:,} reports not finished yet", file=sys.stderr, flush=True)
+        time.sleep(2)
+
+
+def longest_deferral(log: Path) -> str:
+    """The longest any stage deferred to intake, from the embedded server's log (the runtime
+    logs each new longest per stage), or "-"."""
+    found = [0.0]
+    with contextlib.suppress(OSError):
+        found += [float(m) for m in re.findall(r"deferred to intake for ([0-9.]+) s", log.read_text(errors="replace"))]
+    return f"{max(found):.2f} s" if len(found) > 1 else "-"
+
+
 def measure(row: Row, port: int, url_base: str, tmp: Path, opts: argparse.Namespace, database_url: str,
             pid: int) -> Row:
     cpu_before = cpu_seconds(pid)
@@ -230,16 +291,27 @@ def measure(row: Row, port: int, url_base: str, tmp: Path, opts: argparse.Namesp
     return row
 
 
+# The phases of each runtime: the old path (the baseline), group commit, and this work's step
+# on top of it (embedded: the stages yield during the burst; kafka: several web processes).
+OLD, GROUP, YIELD, WORKERS = "one commit per request", "group commit", "group commit, stages yield", "group commit, {n} web workers"
+
+
 def bench_embedded(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, opts: argparse.Namespace) -> Row:
-    run_dir = tmp / f"embedded-{mode}"
+    run_dir = tmp / f"embedded-{len(list(tmp.glob('embedded-*')))}"
     run_dir.mkdir()
     db = f"sqlite:///{run_dir / 'hotline.db'}"
     port = free_port()
-    env = {**world_env, **common_env(mode), "HOTLINE_DATABASE_URL": db, "HOTLINE_INDEX_DIR": "none"}
+    env = {**world_env, **common_env(mode), "HOTLINE_DATABASE_URL": db, "HOTLINE_INDEX_DIR": "none",
+           "HOTLINE_EMBEDDED_YIELD_SECONDS": str(opts.yield_seconds) if mode == YIELD else "0"}
     log = run_dir / "serve.log"
     with spawn(["serve", "--port", str(port)], env, log) as proc:
         wait_healthy(port, proc, log)
-        return measure(Row("embedded", mode), port, url_base, tmp, opts, db, proc.pid)
+        row = measure(Row("embedded", mode), port, url_base, tmp, opts, db, proc.pid)
+        if opts.drain_seconds > 0:
+            wait_drained(row, db, opts.drain_seconds)
+        if mode == YIELD:
+            row.longest_deferral = longest_deferral(log)
+        return row
 
 
 def bench_kafka(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, opts: argparse.Namespace) -> Row:
@@ -248,8 +320,9 @@ def bench_kafka(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, 
     from hotline.storage.engine import migrate
     from tests.integration import scenario
 
-    run_dir = tmp / f"kafka-{mode}"
+    run_dir = tmp / f"kafka-{len(list(tmp.glob('kafka-*')))}"
     run_dir.mkdir()
+    workers = opts.workers if mode == WORKERS.format(n=opts.workers) else 1
     with contextlib.ExitStack() as stack:
         db = stack.enter_context(fresh_database(opts.database_url))
         migrate(db)
@@ -262,11 +335,14 @@ def bench_kafka(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, 
             stack.enter_context(spawn(["serve", "--stage", stage], env, run_dir / f"{stage}.log"))
         port = free_port()
         log = run_dir / "web.log"
-        proc = stack.enter_context(spawn(["serve", "--stage", "web", "--port", str(port)], env, log))
+        proc = stack.enter_context(spawn(["serve", "--stage", "web", "--port", str(port), "--workers", str(workers)],
+                                         env, log))
         wait_healthy(port, proc, log)
         row = measure(Row("kafka", mode), port, url_base, tmp, opts, db, proc.pid)
         time.sleep(2)  # the relay's last rounds (its poll is 0.2 s)
         row.backlog = outbox_left(db)
+        if opts.drain_seconds > 0:
+            wait_drained(row, db, opts.drain_seconds)
         return row
 
 
@@ -277,7 +353,7 @@ def _quiet(fn: object, *args: object) -> None:
 
 def common_env(mode: str) -> dict[str, str]:
     return {
-        "HOTLINE_INTAKE_GROUP_COMMIT": "true" if mode == "group commit" else "false",
+        "HOTLINE_INTAKE_GROUP_COMMIT": "false" if mode == OLD else "true",
         "HOTLINE_REPORT_RATE_PER_MINUTE": "0",  # one load client, one address: no limit
         "PYTHONPATH": str(ROOT),
     }
@@ -300,11 +376,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=None, help="length of each load phase")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="kafka: web processes in the last phase")
+    parser.add_argument("--yield-seconds", type=float, default=2.0,
+                        help="embedded, last phase: HOTLINE_EMBEDDED_YIELD_SECONDS (the deferral bound)")
+    parser.add_argument("--drain-seconds", type=float, default=None,
+                        help="after each load, wait at most this long for the pipeline to finish (0: do not wait)")
+    parser.add_argument("--phases", default="all", choices=("all", "new"),
+                        help="new: only the last phase of each runtime (and group commit alone)")
     parser.add_argument("--brokers", default=os.environ.get("HOTLINE_TEST_KAFKA_BROKERS", "127.0.0.1:9092"))
     parser.add_argument("--database-url", default=os.environ.get(
         "HOTLINE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/hotline_test"))
     opts = parser.parse_args(argv)
     opts.seconds = opts.seconds or (8 if opts.quick else 30)
+    opts.drain_seconds = (120 if opts.quick else 600) if opts.drain_seconds is None else opts.drain_seconds
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -313,24 +397,33 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = ("embedded", "kafka") if opts.runtime == "both" else (opts.runtime,)
     rows: list[Row] = []
     tmp = Path(tempfile.mkdtemp(prefix="hotline-bench-intake-"))
+    keep = os.environ.get("BENCH_INTAKE_KEEP") == "1"  # leave the databases and logs for a look
     try:
         with scenario.world(tmp) as w:
             # URLs on the loopback hoster: the pipeline fetches them (a 404), attributes and
             # records them, so the stages do real work while intake is under load.
             url_base = w.url(scenario.NL_A, "")
             for runtime in runtimes:
-                for mode in ("one commit per request", "group commit"):
+                last = YIELD if runtime == "embedded" else WORKERS.format(n=opts.workers)
+                modes = (OLD, GROUP, last) if opts.phases == "all" else (GROUP, last)
+                for mode in modes:
                     print(f"{runtime}, {mode}: {opts.seconds} s of load ...", file=sys.stderr, flush=True)
                     bench = bench_embedded if runtime == "embedded" else bench_kafka
                     rows.append(bench(mode, url_base, w.env(), tmp, opts))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nReport intake, {opts.connections} connections, {opts.seconds} s a phase, rate limit off, "
           f"pipeline running; {machine()}\n")
     print(HEADER)
     for row in rows:
         print(row.line())
-    return 1 if any(r.lost for r in rows) else 0
+    for row in rows:
+        if row.longest_deferral != "-":
+            print(f"\n{row.runtime}, {row.mode}: longest deferral of a stage {row.longest_deferral}")
+    return 1 if any(r.lost for r in rows) or any(r.drained_after is None for r in rows if opts.drain_seconds) else 0
 
 
 if __name__ == "__main__":

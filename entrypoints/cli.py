@@ -55,7 +55,9 @@ def demo(quiet: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--stage", default=None, help="Run one stage only (ingest, classify, notify, escalate, followup, web).")
-def serve(host: str, port: int, stage: str | None) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="--stage web on Kafka: web processes sharing the listening socket (one outbox relay).")
+def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
     import uvicorn
 
@@ -63,6 +65,9 @@ def serve(host: str, port: int, stage: str | None) -> None:
     from entrypoints.web import create_app
 
     settings = get_settings()
+    if workers > 1 and not (settings.kafka_brokers and stage == "web"):
+        raise click.BadParameter("more than one worker needs --stage web on Kafka (HOTLINE_KAFKA_BROKERS): "
+                                 "the embedded runtime is one process", param_hint="--workers")
     system = _system(settings)
     if settings.kafka_brokers:
         if stage in STAGE_NAMES:
@@ -78,7 +83,15 @@ def serve(host: str, port: int, stage: str | None) -> None:
         relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix)
         relay.start()
         try:
-            uvicorn.run(create_app(system), host=host, port=port, log_level="info", access_log=settings.access_log)
+            if workers > 1:
+                # uvicorn binds the socket here and spawns the workers, each accepting on it
+                # with its own app and group committer (entrypoints.web.create_app_from_environment);
+                # this process runs the one relay (and restarts a worker that dies).
+                uvicorn.run("entrypoints.web:create_app_from_environment", factory=True, workers=workers,
+                            host=host, port=port, log_level="info", access_log=settings.access_log)
+            else:
+                uvicorn.run(create_app(system), host=host, port=port, log_level="info",
+                            access_log=settings.access_log)
         finally:
             relay.stop()
         return
@@ -91,11 +104,18 @@ def serve(host: str, port: int, stage: str | None) -> None:
         periodic=system.periodic_for(names) if stage != "web" else [],
         batch_size=settings.batch_size,
         batch_max_seconds=settings.batch_max_seconds,
+        yield_max_seconds=settings.embedded_yield_seconds,
     )
+    app = create_app(system) if stage in (None, "web") else None
+    if app is not None:
+        from services.ingest.intake import IntakePressure
+
+        # The stages defer to intake during a burst (hotline.runtime.embedded "Yielding").
+        runtime.yield_to = IntakePressure(app.state, settings.embedded_yield_rate)
     runtime.start()
     try:
-        if stage in (None, "web"):
-            uvicorn.run(create_app(system), host=host, port=port, log_level="info", access_log=settings.access_log)
+        if app is not None:
+            uvicorn.run(app, host=host, port=port, log_level="info", access_log=settings.access_log)
         else:
             while True:
                 time.sleep(3600)

@@ -27,3 +27,14 @@ def create_app(system: System) -> FastAPI:
         body_limits={"/api/v1/hashcheck": system.settings.hashcheck_max_body_bytes},
         inner_middleware=[LeanReportIntake],
     )
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app for one of ``hotline serve --stage web --workers N``'s worker processes (uvicorn
+    imports this factory in each): its own system, sessions and group committer, from the same
+    environment as the parent. No migrations here (the parent ran them) and no outbox relay
+    (the parent runs the one relay)."""
+    from entrypoints.bootstrap import bootstrap
+    from hotline.config import get_settings
+
+    return create_app(bootstrap(get_settings(), run_migrations=False))

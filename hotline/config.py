@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     # the same key one after another; 1 = one at a time as before.
     stage_in_flight: int = Field(default=4, gt=0)
 
+    # Embedded runtime (hotline/runtime/embedded.py "Yielding to intake"): while reports arrive
+    # faster than embedded_yield_rate a second, a stage defers its next step, at most
+    # embedded_yield_seconds in a row (then it runs one batch and may defer again); 0 = never.
+    embedded_yield_seconds: float = Field(default=2.0, ge=0)
+    embedded_yield_rate: float = Field(default=200.0, ge=0)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,6 +46,8 @@ class EmbeddedRuntime:
         periodic: Sequence[Periodic] = (),
         batch_size: int = 100,
         batch_max_seconds: float | None = 0.25,
+        yield_to: Callable[[], bool] | None = None,
+        yield_max_seconds: float = 0.0,
     ) -> None:
         self.sessions = sessions
         self.stages = list(stages)
@@ -57,6 +59,13 @@ class EmbeddedRuntime:
         # ... and a batch's transaction stays open at most about this long (SQLite has one
         # writer: the web's submissions wait for it); None: no bound.
         self.batch_max_seconds = batch_max_seconds
+        # Stages defer their next step while ``yield_to()`` is true, at most this long in a row
+        # (HOTLINE_EMBEDDED_YIELD_SECONDS; 0 or no ``yield_to``: never).
+        self.yield_to = yield_to
+        self.yield_max_seconds = yield_max_seconds
+        # Per stage: the longest run of deferral so far, and how many steps were deferred.
+        self.longest_deferral: dict[str, float] = {}
+        self.deferrals: dict[str, int] = {}
         self.policy = policy or FailurePolicy(first_delay_seconds=0.2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -153,9 +162,35 @@ class EmbeddedRuntime:
             raise outcome.error
         return True
 
+    def _defer(self, stage: Stage, since: float | None) -> float | None:
+        """Whether ``stage`` waits instead of stepping now: the moment its current run of
+        deferral began (it slept a little), or None (step now: no burst, or the bound is
+        reached)."""
+        if self.yield_to is None or self.yield_max_seconds <= 0 or not self.yield_to():
+            return None
+        now = time.monotonic()
+        if since is None:
+            since = now
+            self.deferrals[stage.name] = self.deferrals.get(stage.name, 0) + 1
+        waited = now - since
+        if waited >= self.yield_max_seconds:
+            return None
+        self._stop.wait(min(self.poll_seconds, self.yield_max_seconds - waited))
+        return since
+
     def _loop(self, stage: Stage) -> None:
         history = FailureHistory(self.policy)
+        deferred_since: float | None = None
         while not self._stop.is_set():
+            since = self._defer(stage, deferred_since)
+            if since is None and deferred_since is not None:
+                waited = time.monotonic() - deferred_since
+                if waited > self.longest_deferral.get(stage.name, 0.0):
+                    self.longest_deferral[stage.name] = waited
+                    log.info("stage %s deferred to intake for %.2f s, its longest so far", stage.name, waited)
+            deferred_since = since
+            if since is not None:
+                continue
             try:
                 busy = self.step(stage, history)
                 history.reset()

@@ -67,6 +67,9 @@ class GroupCommitter:
         self.sessions = sessions
         self.max_batch = max(1, max_batch)
         self.batches = 0
+        # Jobs handed in so far (both submit paths): a caller samples it for the arrival rate
+        # (``services.ingest.intake.IntakePressure``: embedded stages yield during a burst).
+        self.submitted = 0
         self._queue: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -78,6 +81,7 @@ class GroupCommitter:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the group committer is stopped")
+            self.submitted += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
