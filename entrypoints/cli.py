@@ -80,7 +80,11 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
             raise click.BadParameter(f"unknown stage {stage!r}", param_hint="--stage")
         from hotline.runtime.relay import OutboxRelay
 
-        relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix)
+        # One web process: its own commits wake the relay at once, the poll is a fallback. With
+        # workers the commits happen in other processes, so the relay here polls briskly (an
+        # empty round is one short transaction).
+        relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix,
+                            poll_seconds=0.05 if workers > 1 else 0.5)
         relay.start()
         try:
             if workers > 1:
