@@ -90,7 +90,7 @@ class NotifyStage:
 
     def _handle(self, message: TakedownNotice, uow: UnitOfWork) -> Result:
         notice = uow.notices.get(message.notice_id)
-        if notice is None and uow.items.get(message.item_id) is None:
+        if notice is None and not uow.items.exists(message.item_id):
             raise InvalidMessage("unknown_item", f"notice {message.notice_id} names no known item {message.item_id!r}")
         if notice is not None:
             if notice.status == "sent":
