@@ -192,12 +192,16 @@ class NotifyStage:
     def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
         notice = uow.notices.get(message.notice_id)
         assert notice is not None
+        # Held here so the follow-up and the state change below share one load of the item: the
+        # session's identity map keeps unmodified rows only while something refers to them.
+        item = uow.items.get(message.item_id)
         notice.status = "sent"
         notice.sent_at = now()
         open_followup(uow, message, notice.sent_at)  # re-check until gone (services.followup)
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
         move_item(uow, message.item_id, ItemState.NOTICE_SENT, reason, self.name)
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)
+        del item
         return [self._event(message, "sent", reason)]
 
     def _failed(self, uow: UnitOfWork, messages: list[TakedownNotice], exc: Exception) -> list[Outgoing] | RetryLater:
