@@ -127,3 +127,13 @@ class SqlItems:
             count = self.session.scalar(_SIGHTINGS_COUNT, {"sha256": sha256, "me": item_id, "up_to": count_up_to}) or 0
             out.append((first[0], sha256, first[1], int(count)))
         return out
+
+    def exists(self, item_id: str) -> bool:
+        """Whether the item is stored: its id only (``get`` loads the whole row, classification
+        JSON included, which the notify stage's check for a known item does not need)."""
+        if self.session.identity_map.get(self.session.identity_key(Item, item_id)) is not None:
+            return True
+        return self.session.scalar(_ITEM_EXISTS, {"id": item_id}) is not None
+
+
+_ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))

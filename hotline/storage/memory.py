@@ -110,6 +110,10 @@ class MemoryReports(RecordsRejections):
     def _add(self, report: Report) -> None:
         self.state.reports[report.id] = report
 
+    def from_partners(self, report_ids: Sequence[str]) -> list[Report]:
+        found = (self.state.reports.get(i) for i in dict.fromkeys(report_ids))
+        return [r for r in found if r is not None and r.channel == "partner" and r.partner_country]
+
 
 class MemoryItems:
     def __init__(self, state: MemoryState) -> None:
@@ -154,6 +158,9 @@ class MemoryItems:
 
     def report_ids(self, item_id: str) -> list[str]:
         return sorted({u.report_id for u in self.state.report_urls if u.item_id == item_id})
+
+    def exists(self, item_id: str) -> bool:
+        return self.get(item_id) is not None
 
     def in_state(self, state: str) -> Sequence[Item]:
         return sorted((i for i in self.state.items.values() if i.state == state), key=lambda i: i.first_seen)

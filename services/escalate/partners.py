@@ -78,6 +78,11 @@ class PartnerDirectory:
     def get(self, country: str | None) -> PartnerEntry | None:
         return self.by_country.get((country or "").upper())
 
+    def sends_status_updates(self) -> bool:
+        """Whether any partner gets status updates (has a ``status_endpoint``): without one,
+        no event can produce an update, so the escalate stage need not look anything up."""
+        return any(p.status_endpoint for p in self.by_country.values())
+
 
 class DeliveryFailed(ExternalFailure):
     """The partner did not accept the forward; ``permanent`` says whether retrying can help."""

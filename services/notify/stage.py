@@ -90,7 +90,7 @@ class NotifyStage:
 
     def _handle(self, message: TakedownNotice, uow: UnitOfWork) -> Result:
         notice = uow.notices.get(message.notice_id)
-        if notice is None and uow.items.get(message.item_id) is None:
+        if notice is None and not uow.items.exists(message.item_id):
             raise InvalidMessage("unknown_item", f"notice {message.notice_id} names no known item {message.item_id!r}")
         if notice is not None:
             if notice.status == "sent":
@@ -192,12 +192,16 @@ class NotifyStage:
     def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
         notice = uow.notices.get(message.notice_id)
         assert notice is not None
+        # Held here so the follow-up and the state change below share one load of the item: the
+        # session's identity map keeps unmodified rows only while something refers to them.
+        item = uow.items.get(message.item_id)
         notice.status = "sent"
         notice.sent_at = now()
         open_followup(uow, message, notice.sent_at)  # re-check until gone (services.followup)
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
         move_item(uow, message.item_id, ItemState.NOTICE_SENT, reason, self.name)
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)
+        del item
         return [self._event(message, "sent", reason)]
 
     def _failed(self, uow: UnitOfWork, messages: list[TakedownNotice], exc: Exception) -> list[Outgoing] | RetryLater:

@@ -29,6 +29,7 @@ from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydantic
 import xarf
 
 from schemas.facts import BankMatch, HostingFacts, ImageFacts
@@ -172,14 +173,24 @@ def build_report(notice: TakedownNotice, sender: str, hotline_name: str) -> dict
         fields.update(_hosting_fields(notice.hosting))
     if notice.country:
         fields["country_code"] = notice.country.upper()
-    created = xarf.create_report(
-        category=CATEGORY, type=TYPE, source_identifier=source_identifier(notice),
-        reporter=contact, sender=dict(contact), **fields,
-    )
-    if created.report is None or created.errors:
-        raise XarfReportInvalid(_explain(notice.notice_id, created.errors, created.warnings))
-    report = created.report.model_dump(by_alias=True, exclude_none=True)
-    # The generator draws a fresh id and the current time; a notice's are fixed.
+    # What ``xarf.create_report`` builds, with the notice's fixed id and time instead of a
+    # fresh id and the current time, made into the package's typed model (pydantic: types and
+    # defaults) without the generator's own schema validation: the report that is sent is
+    # validated below, once. Validating it twice (the generator's draft, then the final
+    # report) cost two jsonschema runs, a fifth of the notify stage's CPU.
+    draft: dict[str, Any] = {
+        **fields,
+        "evidence": [e.model_dump(by_alias=True, exclude_none=True) for e in fields["evidence"]],
+        "category": CATEGORY, "type": TYPE, "source_identifier": source_identifier(notice),
+        "reporter": contact, "sender": dict(contact),
+        "xarf_version": xarf.SPEC_VERSION, "report_id": report_id(notice.notice_id), "timestamp": _iso(notice),
+    }
+    try:
+        model = xarf.CsamReport.model_validate(draft)
+    except pydantic.ValidationError as exc:
+        raise XarfReportInvalid(f"X-ARF report for {notice.notice_id} does not validate: {exc}") from exc
+    report = model.model_dump(by_alias=True, exclude_none=True)
+    # The model's own rendering of the time may differ; the notice's are fixed strings.
     report["report_id"] = report_id(notice.notice_id)
     report["timestamp"] = _iso(notice)
     validate(report, notice.notice_id)

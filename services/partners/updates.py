@@ -52,17 +52,18 @@ def update_id(report_id: str, item_id: str, step: str) -> str:
 def updates_for(topic: str, message: Message, uow: UnitOfWork, partners: PartnerDirectory,
                 at: datetime) -> list[Outgoing]:
     found = step_of(topic, message)
-    if found is None:
-        return []
+    if found is None or not partners.sends_status_updates():
+        return []  # decided from the message and the partners file alone: no query
     item_id, step, report_ids = found
+    reports = uow.reports.from_partners(report_ids if report_ids is not None else uow.items.report_ids(item_id))
+    if not reports:
+        return []  # no partner forwarded a report of this item (nearly every item)
     item = uow.items.get(item_id)
     if item is None:
         return []
     out: list[Outgoing] = []
-    for report_id in report_ids if report_ids is not None else uow.items.report_ids(item_id):
-        report = uow.reports.get(report_id)
-        if report is None or report.channel != "partner" or not report.partner_country:
-            continue
+    for report in reports:
+        assert report.partner_country is not None
         partner = partners.get(report.partner_country)
         if partner is None or not partner.status_endpoint:
             continue
