@@ -60,6 +60,9 @@ _MAX_BLOCK_PROBES = 1 << 20
 _FORMAT = "hotline-hamming-index"
 _EXACT_FORMAT = "hotline-exact-index"
 _VERSION = 1
+# HammingIndex v2: compact multi-index tables (``hashing.mih``, "Compact layout").
+_HAMMING_VERSION = 2
+_READABLE = (1, 2)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -339,6 +342,7 @@ class HammingIndex:
             design_radius if design_radius is not None else (31 if bits == 256 else bits // 6)
         )
         self.max_delta = max_delta
+        self._v1_tables = False  # loaded dense (format v1) tables: save() rebuilds them
         self._main = _Segment.empty(self._padded)
         self._delta = _Segment.empty(self._padded)
 
@@ -437,7 +441,7 @@ class HammingIndex:
         Saving the built tables (not just the codes) is what makes ``load``
         take a second at 10M entries instead of a rebuild.
         """
-        if len(self._delta.ids) or self._main.n_dead:
+        if len(self._delta.ids) or self._main.n_dead or self._v1_tables:
             self.rebuild()
         main = self._main
         arrays: dict[str, np.ndarray] = {"codes": main.codes, "ids": main.ids}
@@ -446,15 +450,18 @@ class HammingIndex:
             arrays.update(
                 starts=t.starts, widths=t.widths, bases=t.bases, offsets=t.offsets, order=t.order
             )
+            if t.local is not None:
+                arrays["local"] = t.local
         meta = {
             "format": _FORMAT,
-            "version": _VERSION,
+            "version": _HAMMING_VERSION,
             "bits": self.bits,
             "substrings": self.substrings,
             "design_radius": self.design_radius,
             "max_delta": self.max_delta,
             "n": int(len(main.ids)),
             "tables": t is not None,
+            "shift": t.shift if t is not None else 0,
         }
         _write_dir(Path(path), arrays, meta)
 
@@ -469,8 +476,10 @@ class HammingIndex:
         """
         p = Path(path)
         meta = json.loads((p / "meta.json").read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{p} is not a {_FORMAT} v{_VERSION} directory")
+        # v1 (dense bucket boundaries, one uint32 row per ``order`` entry) is still read:
+        # snapshots written before the compact layout keep working until the next save.
+        if meta.get("format") != _FORMAT or meta.get("version") not in _READABLE:
+            raise ValueError(f"{p} is not a {_FORMAT} v1 or v2 directory")
         mode: Literal["r"] | None = "r" if mmap else None
 
         def arr(name: str) -> np.ndarray:
@@ -496,8 +505,11 @@ class HammingIndex:
                 bases=np.array(arr("bases")),
                 offsets=arr("offsets"),
                 order=arr("order"),
+                local=arr("local") if meta.get("shift", 0) else None,
+                shift=int(meta.get("shift", 0)),
             )
         idx._main = _Segment(codes, ids, tables)
+        idx._v1_tables = meta["version"] == 1  # the next save rebuilds them compact
         return idx
 
 
