@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -57,10 +57,7 @@ def demo(quiet: bool) -> None:
 @click.option("--stage", default=None, help="Run one stage only (ingest, classify, notify, escalate, followup, web).")
 def serve(host: str, port: int, stage: str | None) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
-    import uvicorn
-
     from entrypoints.bootstrap import STAGE_NAMES
-    from entrypoints.web import create_app
 
     settings = get_settings()
     system = _system(settings)
@@ -76,6 +73,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
         from hotline.runtime.relay import OutboxRelay
 
         relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix)
+        uvicorn, create_app = _web_stack()
         relay.start()
         try:
             uvicorn.run(create_app(system), host=host, port=port, log_level="info", access_log=settings.access_log)
@@ -95,6 +93,7 @@ def serve(host: str, port: int, stage: str | None) -> None:
     runtime.start()
     try:
         if stage in (None, "web"):
+            uvicorn, create_app = _web_stack()
             uvicorn.run(create_app(system), host=host, port=port, log_level="info", access_log=settings.access_log)
         else:
             while True:
@@ -103,6 +102,17 @@ def serve(host: str, port: int, stage: str | None) -> None:
         pass
     finally:
         runtime.stop()
+
+
+def _web_stack() -> tuple[Any, Any]:
+    """uvicorn and ``create_app``, imported only by a process that serves HTTP: the web app
+    (FastAPI, Starlette, Jinja, every route module) is ~15 MB of private memory that a stage
+    process (``serve --stage classify``) never uses (issue 13: peak RSS per stage process)."""
+    import uvicorn
+
+    from entrypoints.web import create_app
+
+    return uvicorn, create_app
 
 
 @main.command()
