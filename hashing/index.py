@@ -62,6 +62,8 @@ _EXACT_FORMAT = "hotline-exact-index"
 _VERSION = 1
 # HammingIndex v2: compact multi-index tables (``hashing.mih``, "Compact layout").
 _HAMMING_VERSION = 2
+# ExactIndex v2: 4-byte key prefixes instead of 8.
+_EXACT_VERSION = 2
 _READABLE = (1, 2)
 
 
@@ -531,18 +533,24 @@ class ExactIndex:
         self.nbytes = nbytes
         self.max_delta = max_delta
         self._keys = np.empty((0, nbytes), dtype=np.uint8)
-        self._prefix = np.empty(0, dtype=np.uint64)
+        # 4-byte prefixes (format v2; v1 had 8): the binary search touches every page of this
+        # array after a few hundred lookups, so its size is the index's working set, and the
+        # full-key comparison below makes prefix collisions harmless (rare: ~n / 2**32).
+        self._prefix = np.empty(0, dtype=np.uint32)
         self._ids = np.empty(0, dtype=np.int64)
         self._alive = np.ones(0, dtype=bool)
         self._n_dead = 0
         self._delta: dict[bytes, list[int]] = {}
         self._delta_n = 0
 
-    def _prefixes(self, keys: np.ndarray) -> np.ndarray:
-        k = min(8, self.nbytes)
-        buf = np.zeros((len(keys), 8), dtype=np.uint8)
+    def _prefixes(self, keys: np.ndarray, width: int = 4) -> np.ndarray:
+        """The first ``width`` (4, or 8 for a v1 index) bytes of each key, big-endian."""
+        k = min(width, self.nbytes)
+        buf = np.zeros((len(keys), width), dtype=np.uint8)
         buf[:, :k] = keys[:, :k]
-        return buf.view(">u8").ravel().astype(np.uint64)
+        if width == 8:
+            return buf.view(">u8").ravel().astype(np.uint64)
+        return buf.view(">u4").ravel().astype(np.uint32)
 
     def add(self, ids: np.ndarray | Iterable[int], keys: np.ndarray | Sequence[bytes]) -> None:
         """Add ``keys`` (list of bytes or (n, nbytes) uint8) under ``ids``."""
@@ -605,7 +613,7 @@ class ExactIndex:
         b = len(q)
         out: list[list[int]] = [[] for _ in range(b)]
         if len(self._prefix) and b:
-            qp = self._prefixes(q)
+            qp = self._prefixes(q, self._prefix.dtype.itemsize)
             o = np.argsort(qp)  # sorted probes keep the binary searches in cache
             qs = qp[o]
             lo = np.searchsorted(self._prefix, qs, "left")
@@ -645,7 +653,7 @@ class ExactIndex:
         }
         meta = {
             "format": _EXACT_FORMAT,
-            "version": _VERSION,
+            "version": _EXACT_VERSION,
             "nbytes": self.nbytes,
             "max_delta": self.max_delta,
             "n": int(len(self._ids)),
@@ -657,8 +665,9 @@ class ExactIndex:
         """Read an index written by ``save`` (``mmap=True``: map instead of read)."""
         p = Path(path)
         meta = json.loads((p / "meta.json").read_text())
-        if meta.get("format") != _EXACT_FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{p} is not a {_EXACT_FORMAT} v{_VERSION} directory")
+        # v1 (8-byte prefixes) is still read; the next merge writes 4-byte ones.
+        if meta.get("format") != _EXACT_FORMAT or meta.get("version") not in _READABLE:
+            raise ValueError(f"{p} is not a {_EXACT_FORMAT} v1 or v2 directory")
         mode: Literal["r"] | None = "r" if mmap else None
         idx = cls(meta["nbytes"], max_delta=meta["max_delta"])
         idx._keys = np.load(p / "keys.npy", mmap_mode=mode, allow_pickle=False)

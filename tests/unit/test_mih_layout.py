@@ -151,3 +151,47 @@ def test_v1_directory_still_loads_and_answers_the_same(tmp_path: Path) -> None:
     new = HammingIndex.load(tmp_path / "v2", mmap=True)
     assert new._main.tables is not None and new._main.tables.compact
     assert new.query_batch(queries, 31) == want
+
+
+def _exact_truth(keys: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> list[list[int]]:
+    table: dict[bytes, list[int]] = {}
+    for k, i in zip(keys, ids.tolist(), strict=True):
+        table.setdefault(k.tobytes(), []).append(i)
+    return [table.get(q.tobytes(), []) for q in queries]
+
+
+def test_exact_index_short_prefixes_with_collisions(tmp_path: Path) -> None:
+    """4-byte prefixes (ExactIndex v2): keys sharing their first 4 (or 8) bytes are told apart
+    by the full key; a v1 directory (8-byte prefixes) still answers the same."""
+    from hashing.index import ExactIndex
+
+    rng = np.random.default_rng(21)
+    keys = rng.integers(0, 256, size=(3000, 20), dtype=np.uint8)
+    keys[1000:1500, :4] = keys[0, :4]  # 500 keys with one 4-byte prefix
+    keys[1500:1600, :8] = keys[1, :8]  # 100 with one 8-byte prefix
+    keys[1600:1700] = keys[2]  # exact duplicates under different ids
+    ids = rng.permutation(100_000)[:3000].astype(np.int64)
+    queries = np.concatenate([keys[rng.integers(0, 3000, 300)], keys[:1].copy()])
+    queries[-1, -1] ^= 1  # same prefix as a stored key, different key
+    want = _exact_truth(keys, ids, queries)
+    index = ExactIndex(20, max_delta=0)
+    index.add(ids, keys)
+    assert index._prefix.dtype == np.uint32
+    assert index.lookup_batch(queries) == want
+    index.save(tmp_path / "v2")
+    assert ExactIndex.load(tmp_path / "v2", mmap=True).lookup_batch(queries) == want
+    # As v1 wrote it: 8-byte prefixes, version 1.
+    order = np.argsort(keys[:, :8].copy().view(">u8").ravel(), kind="stable")
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    np.save(v1 / "keys.npy", keys[order])
+    np.save(v1 / "prefix.npy", keys[order, :8].copy().view(">u8").ravel().astype(np.uint64))
+    np.save(v1 / "ids.npy", ids[order])
+    (v1 / "meta.json").write_text(json.dumps(
+        {"format": "hotline-exact-index", "version": 1, "nbytes": 20, "max_delta": 0, "n": 3000}))
+    old = ExactIndex.load(v1, mmap=True)
+    assert old._prefix.dtype == np.uint64
+    assert old.lookup_batch(queries) == want
+    old.add([999_999], [bytes(20)])  # a merge rewrites it with 4-byte prefixes
+    assert old._prefix.dtype == np.uint32
+    assert old.lookup_batch(queries) == want
