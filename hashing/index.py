@@ -12,10 +12,10 @@ inclusive; pHash: ≈ 10), while answering ≥ 1,000 queries/s on one core.
   multi-index tables, so analysts can add entries one at a time without a
   10M rebuild and without slowing queries. Removal marks rows dead (a
   tombstone mask checked at query time); dead rows go at the next rebuild.
-* :class:`ExactIndex` — cryptographic hashes: a sorted array of 64-bit key
-  prefixes searched with ``np.searchsorted`` (queries sorted first, which
+* :class:`ExactIndex` — cryptographic hashes: a sorted array of 32-bit key
+  prefixes (64-bit in format v1) searched with ``np.searchsorted`` (queries sorted first, which
   makes the binary searches cache friendly), full keys compared afterwards.
-  Key length + 17 bytes per entry (a Python dict needs ~200), loads by mmap,
+  Key length + 13 bytes per entry (a Python dict needs ~200), loads by mmap,
   ~1.6M lookups/s at 10M entries including building the result lists.
 * :func:`brute_force` — the reference every test compares against and the
   benchmark baseline.
@@ -521,7 +521,7 @@ class HammingIndex:
 class ExactIndex:
     """Exact lookup of fixed-length cryptographic hashes (MD5 16, SHA-1 20, SHA-256 32 bytes).
 
-    Main segment: keys sorted by their first 8 bytes (as a big-endian uint64),
+    Main segment: keys sorted by their first 4 bytes (as a big-endian uint32; 8 in v1),
     looked up with ``np.searchsorted``; the full key is compared afterwards,
     so prefix collisions are harmless. Recent additions sit in a dict (the
     delta) until ``max_delta`` is reached; removals are a tombstone mask.
