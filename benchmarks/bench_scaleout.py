@@ -31,6 +31,7 @@ the topics and the database are dropped.
     python -m benchmarks.bench_scaleout                 # full: 2,000 items per run, 1M bank
     python -m benchmarks.bench_scaleout --quick         # ~3 minutes: 80 items, 100k bank
     python -m benchmarks.bench_scaleout --processes 1,2 --items 1000 --bank 1000000
+    python -m benchmarks.bench_scaleout --rss           # ~5 minutes: classify's peak RSS, 1M bank
 
 Needs HOTLINE_TEST_KAFKA_BROKERS (default 127.0.0.1:9092) and HOTLINE_TEST_DATABASE_URL (an
 admin URL of a PostgreSQL server; default postgresql+psycopg://postgres@127.0.0.1:5432/postgres).
@@ -159,6 +160,35 @@ def pss_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def mapped_kb(pid: int, under: Path) -> dict[str, int]:
+    """Resident kB per mapping of a process, from ``/proc/PID/smaps``: each file under ``under``
+    (the bank snapshot) by its path below the snapshot directory, every other file together as
+    ``other files`` (Python, libraries), anonymous memory as ``private``."""
+    out: dict[str, int] = {}
+    name = "private"
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return out
+    root = str(under)
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if "-" in parts[0] and not parts[0].endswith(":"):
+            path = parts[5] if len(parts) > 5 else ""
+            if path.startswith(root):
+                rel = path[len(root):].lstrip("/")
+                name = rel.split("/", 1)[1] if "/" in rel else rel  # drop the snap-* directory
+            elif path.startswith("/"):
+                name = "other files"
+            else:
+                name = "private"
+        elif parts[0] == "Rss:":
+            out[name] = out.get(name, 0) + int(parts[1])
+    return out
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -532,6 +562,14 @@ def run_k(env: Env, k: int, n: int, hoster_pid: int, timeout: float, out: Any) -
         done = wait_all(env, batch, workers, time.monotonic() + timeout)
         workers.sample()
         cpu = workers.cpu()
+        for p in workers.procs[:1]:
+            parts = mapped_kb(p.pid, env.tmp / "index")
+            snap = sorted(((v, k) for k, v in parts.items() if k not in ("private", "other files")),
+                          reverse=True)
+            out(f"K={k}: resident now in process {p.pid}: private {parts.get('private', 0) / 1024:.0f} MB, "
+                f"other files {parts.get('other files', 0) / 1024:.0f} MB, snapshot "
+                f"{sum(v for v, _ in snap) / 1024:.0f} MB ("
+                + ", ".join(f"{name} {v / 1024:.0f}" for v, name in snap if v >= 1024) + ")")
         times = sorted(done.values())
         lost = n - len(done)
         events = classify_events(env, batch.item_ids)
@@ -732,12 +770,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="640x480", help="image size WxH")
     ap.add_argument("--burst", type=int, default=None, help="items in the back-pressure burst (default 50,000; quick 5,000)")
     ap.add_argument("--no-stop", action="store_true", help="skip the stop-one-of-two runs")
+    ap.add_argument("--rss", action="store_true",
+                    help="only classify's peak RSS: one process, 300 items, the 1M bank, no stop runs, no burst")
     ap.add_argument("--serve-hoster", type=int, default=None, help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     width, height = (int(x) for x in opts.size.lower().split("x"))
     if opts.serve_hoster is not None:
         serve_hoster(opts.serve_hoster, 32, opts.images, width, height)
         return 0
+    if opts.rss:
+        opts.processes, opts.no_stop = "1", True
+        opts.items = opts.items or 300
     opts.items = opts.items or (80 if opts.quick else 2000)
     opts.bank = opts.bank if opts.bank is not None else (100_000 if opts.quick else 1_000_000)
     opts.burst = opts.burst or (5000 if opts.quick else 50_000)
@@ -794,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_stop(env, opts.items * (1 if opts.quick else 2), sig, deadline_run, out)
                 for sig in (signal.SIGTERM, signal.SIGKILL)
             ]
-            burst = run_burst(env, opts.burst, 25.0 if opts.quick else 90.0, out)
+            burst = None if opts.rss else run_burst(env, opts.burst, 25.0 if opts.quick else 90.0, out)
             out("")
             out(report(machine_line, opts, runs, stops, burst, snapshot, env))
             ok = all(r.lost == 0 and r.doubled == 0 for r in runs) and all(

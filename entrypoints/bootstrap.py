@@ -7,7 +7,7 @@ stage code only sees the small interfaces it needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,19 +30,19 @@ from services.classify.hosting import (
 )
 from services.classify.rdap import RdapClient
 from services.classify.stage import ClassifyStage
-from services.escalate.forwards import Backoff, DeliveryDispatcher
-from services.escalate.hold_timer import HoldTimer
 from services.escalate.partners import HttpPartnerGateway, PartnerDirectory, PartnerGateway
-from services.escalate.stage import EscalateStage
-from services.followup.logic import Policy
-from services.followup.mail import Contacts
-from services.followup.scheduler import FollowupScheduler
-from services.followup.stage import FollowupStage
-from services.ingest.retention import ContactPurge
-from services.ingest.stage import IngestStage
-from services.notify.grouper import NoticeGrouper
-from services.notify.mailer import Mailer, SmtpMailer
-from services.notify.stage import NotifyStage
+
+# The other stages' modules are imported where they are built: a process runs one stage
+# (``serve --stage classify``) and should not carry the others' code (notify's XARF pulls in
+# jsonschema, ...; issue 13: peak RSS per stage process).
+if TYPE_CHECKING:
+    from services.escalate.forwards import DeliveryDispatcher
+    from services.escalate.hold_timer import HoldTimer
+    from services.followup.logic import Policy
+    from services.followup.scheduler import FollowupScheduler
+    from services.ingest.retention import ContactPurge
+    from services.notify.grouper import NoticeGrouper
+    from services.notify.mailer import Mailer
 
 STAGE_NAMES = ("ingest", "classify", "notify", "escalate", "followup")
 
@@ -104,6 +104,8 @@ class System:
         return clock
 
     def followup_policy(self) -> Policy:
+        from services.followup.logic import Policy
+
         s = self.settings
         return Policy(
             recheck_seconds=s.recheck_seconds,
@@ -116,6 +118,8 @@ class System:
 
     def build_scheduler(self) -> FollowupScheduler:
         """The follow-up scheduler (``services.followup.scheduler``), a periodic task of the runtimes."""
+        from services.followup.scheduler import FollowupScheduler
+
         s = self.settings
         return FollowupScheduler(
             policy=self.followup_policy(),
@@ -129,6 +133,8 @@ class System:
 
     def build_notice_grouper(self) -> NoticeGrouper:
         """The notice grouper (``services.notify.grouper``), a periodic task beside notify."""
+        from services.notify.grouper import NoticeGrouper
+
         s = self.settings
         return NoticeGrouper(
             clock=self.clock,
@@ -139,6 +145,8 @@ class System:
     def build_delivery_dispatcher(self) -> DeliveryDispatcher:
         """Publishes due forwards and partner status updates again (``services.escalate.forwards``),
         a periodic task beside escalate."""
+        from services.escalate.forwards import DeliveryDispatcher
+
         s = self.settings
         return DeliveryDispatcher(clock=self.clock, batch=s.forward_batch,
                                   redispatch_seconds=s.forward_redispatch_seconds,
@@ -168,6 +176,11 @@ class System:
         contact purge; None on Kafka, where ``bus_messages`` is only the outbox."""
         if self.settings.kafka_brokers:
             return None
+        from services.escalate.stage import EscalateStage
+        from services.followup.stage import FollowupStage
+        from services.ingest.stage import IngestStage
+        from services.notify.stage import NotifyStage
+
         classes: dict[str, Any] = {"ingest": IngestStage, "classify": ClassifyStage, "notify": NotifyStage,
                    "escalate": EscalateStage, "followup": FollowupStage}
         out: dict[str, tuple[str, ...]] = {}
@@ -180,6 +193,8 @@ class System:
         """The contact purge (``services.ingest.retention``), a periodic task beside ingest:
         reporter addresses past ``HOTLINE_REPORTER_RETENTION_DAYS`` and those of consumed bus
         messages are removed."""
+        from services.ingest.retention import ContactPurge
+
         s = self.settings
         return ContactPurge(retention_days=s.reporter_retention_days,
                             interval_seconds=s.reporter_purge_tick_seconds,
@@ -189,6 +204,8 @@ class System:
         """The hold timer (``services.escalate.hold_timer``), a periodic task beside escalate. It
         runs even with ``HOTLINE_POLICE_HOLD_SECONDS`` unset: escalations made while it was set
         keep their due time. It looks a few times per hold time (at most every follow-up tick)."""
+        from services.escalate.hold_timer import HoldTimer
+
         s = self.settings
         interval = s.followup_tick_seconds
         if s.police_hold_seconds:
@@ -196,6 +213,8 @@ class System:
         return HoldTimer(clock=self.clock, batch=s.followup_batch, interval_seconds=interval)
 
     def _mailer(self) -> Mailer:
+        from services.notify.mailer import SmtpMailer
+
         s = self.settings
         mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
             s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls
@@ -205,6 +224,8 @@ class System:
     def build_stage(self, name: str) -> Stage:
         s = self.settings
         if name == "ingest":
+            from services.ingest.stage import IngestStage
+
             return IngestStage(operator_hosts=self.operator_hosts(), reporter_seal=self.reporter_seal())
         if name == "classify":
             fetcher = self.build_fetcher()
@@ -222,9 +243,14 @@ class System:
                 image_concurrency=s.fetch_image_concurrency,
             )
         if name == "notify":
+            from services.notify.stage import NotifyStage
+
             return NotifyStage(mailer=self._mailer(), sender=s.notice_from, hotline_name=s.hotline_name,
                                notice_language=s.notice_language, group_seconds=s.notice_group_seconds)
         if name == "followup":
+            from services.followup.mail import Contacts
+            from services.followup.stage import FollowupStage
+
             max_pixels = s.fetch_max_pixels
             return FollowupStage(
                 fetcher=self.build_fetcher(),
@@ -246,6 +272,9 @@ class System:
                 image_concurrency=s.fetch_image_concurrency,
             )
         if name == "escalate":
+            from services.escalate.forwards import Backoff
+            from services.escalate.stage import EscalateStage
+
             gateway: PartnerGateway = self.overrides.get("partner_gateway") or HttpPartnerGateway(
                 transport=self.overrides.get("partner_transport")
             )

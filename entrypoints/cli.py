@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -59,10 +59,7 @@ def demo(quiet: bool) -> None:
               help="--stage web on Kafka: web processes sharing the listening socket (one outbox relay).")
 def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
-    import uvicorn
-
     from entrypoints.bootstrap import STAGE_NAMES
-    from entrypoints.web import create_app
 
     settings = get_settings()
     if workers > 1 and not (settings.kafka_brokers and stage == "web"):
@@ -85,6 +82,7 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
         # empty round is one short transaction).
         relay = OutboxRelay(system.sessions, settings.kafka_brokers, settings.topic_prefix,
                             poll_seconds=0.05 if workers > 1 else 0.5)
+        uvicorn, create_app = _web_stack()
         relay.start()
         try:
             if workers > 1:
@@ -110,7 +108,10 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
         batch_max_seconds=settings.batch_max_seconds,
         yield_max_seconds=settings.embedded_yield_seconds,
     )
-    app = create_app(system) if stage in (None, "web") else None
+    app = None
+    if stage in (None, "web"):
+        uvicorn, create_app = _web_stack()
+        app = create_app(system)
     if app is not None:
         from services.ingest.intake import IntakePressure
 
@@ -127,6 +128,17 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
         pass
     finally:
         runtime.stop()
+
+
+def _web_stack() -> tuple[Any, Any]:
+    """uvicorn and ``create_app``, imported only by a process that serves HTTP: the web app
+    (FastAPI, Starlette, Jinja, every route module) is ~15 MB of private memory that a stage
+    process (``serve --stage classify``) never uses (issue 13: peak RSS per stage process)."""
+    import uvicorn
+
+    from entrypoints.web import create_app
+
+    return uvicorn, create_app
 
 
 @main.command()

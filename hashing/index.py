@@ -12,10 +12,10 @@ inclusive; pHash: ≈ 10), while answering ≥ 1,000 queries/s on one core.
   multi-index tables, so analysts can add entries one at a time without a
   10M rebuild and without slowing queries. Removal marks rows dead (a
   tombstone mask checked at query time); dead rows go at the next rebuild.
-* :class:`ExactIndex` — cryptographic hashes: a sorted array of 64-bit key
-  prefixes searched with ``np.searchsorted`` (queries sorted first, which
+* :class:`ExactIndex` — cryptographic hashes: a sorted array of 32-bit key
+  prefixes (64-bit in format v1) searched with ``np.searchsorted`` (queries sorted first, which
   makes the binary searches cache friendly), full keys compared afterwards.
-  Key length + 17 bytes per entry (a Python dict needs ~200), loads by mmap,
+  Key length + 13 bytes per entry (a Python dict needs ~200), loads by mmap,
   ~1.6M lookups/s at 10M entries including building the result lists.
 * :func:`brute_force` — the reference every test compares against and the
   benchmark baseline.
@@ -60,6 +60,11 @@ _MAX_BLOCK_PROBES = 1 << 20
 _FORMAT = "hotline-hamming-index"
 _EXACT_FORMAT = "hotline-exact-index"
 _VERSION = 1
+# HammingIndex v2: compact multi-index tables (``hashing.mih``, "Compact layout").
+_HAMMING_VERSION = 2
+# ExactIndex v2: 4-byte key prefixes instead of 8.
+_EXACT_VERSION = 2
+_READABLE = (1, 2)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -339,6 +344,7 @@ class HammingIndex:
             design_radius if design_radius is not None else (31 if bits == 256 else bits // 6)
         )
         self.max_delta = max_delta
+        self._v1_tables = False  # loaded dense (format v1) tables: save() rebuilds them
         self._main = _Segment.empty(self._padded)
         self._delta = _Segment.empty(self._padded)
 
@@ -437,7 +443,7 @@ class HammingIndex:
         Saving the built tables (not just the codes) is what makes ``load``
         take a second at 10M entries instead of a rebuild.
         """
-        if len(self._delta.ids) or self._main.n_dead:
+        if len(self._delta.ids) or self._main.n_dead or self._v1_tables:
             self.rebuild()
         main = self._main
         arrays: dict[str, np.ndarray] = {"codes": main.codes, "ids": main.ids}
@@ -446,15 +452,18 @@ class HammingIndex:
             arrays.update(
                 starts=t.starts, widths=t.widths, bases=t.bases, offsets=t.offsets, order=t.order
             )
+            if t.local is not None:
+                arrays["local"] = t.local
         meta = {
             "format": _FORMAT,
-            "version": _VERSION,
+            "version": _HAMMING_VERSION,
             "bits": self.bits,
             "substrings": self.substrings,
             "design_radius": self.design_radius,
             "max_delta": self.max_delta,
             "n": int(len(main.ids)),
             "tables": t is not None,
+            "shift": t.shift if t is not None else 0,
         }
         _write_dir(Path(path), arrays, meta)
 
@@ -469,8 +478,10 @@ class HammingIndex:
         """
         p = Path(path)
         meta = json.loads((p / "meta.json").read_text())
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{p} is not a {_FORMAT} v{_VERSION} directory")
+        # v1 (dense bucket boundaries, one uint32 row per ``order`` entry) is still read:
+        # snapshots written before the compact layout keep working until the next save.
+        if meta.get("format") != _FORMAT or meta.get("version") not in _READABLE:
+            raise ValueError(f"{p} is not a {_FORMAT} v1 or v2 directory")
         mode: Literal["r"] | None = "r" if mmap else None
 
         def arr(name: str) -> np.ndarray:
@@ -496,8 +507,11 @@ class HammingIndex:
                 bases=np.array(arr("bases")),
                 offsets=arr("offsets"),
                 order=arr("order"),
+                local=arr("local") if meta.get("shift", 0) else None,
+                shift=int(meta.get("shift", 0)),
             )
         idx._main = _Segment(codes, ids, tables)
+        idx._v1_tables = meta["version"] == 1  # the next save rebuilds them compact
         return idx
 
 
@@ -507,7 +521,7 @@ class HammingIndex:
 class ExactIndex:
     """Exact lookup of fixed-length cryptographic hashes (MD5 16, SHA-1 20, SHA-256 32 bytes).
 
-    Main segment: keys sorted by their first 8 bytes (as a big-endian uint64),
+    Main segment: keys sorted by their first 4 bytes (as a big-endian uint32; 8 in v1),
     looked up with ``np.searchsorted``; the full key is compared afterwards,
     so prefix collisions are harmless. Recent additions sit in a dict (the
     delta) until ``max_delta`` is reached; removals are a tombstone mask.
@@ -519,18 +533,24 @@ class ExactIndex:
         self.nbytes = nbytes
         self.max_delta = max_delta
         self._keys = np.empty((0, nbytes), dtype=np.uint8)
-        self._prefix = np.empty(0, dtype=np.uint64)
+        # 4-byte prefixes (format v2; v1 had 8): the binary search touches every page of this
+        # array after a few hundred lookups, so its size is the index's working set, and the
+        # full-key comparison below makes prefix collisions harmless (rare: ~n / 2**32).
+        self._prefix = np.empty(0, dtype=np.uint32)
         self._ids = np.empty(0, dtype=np.int64)
         self._alive = np.ones(0, dtype=bool)
         self._n_dead = 0
         self._delta: dict[bytes, list[int]] = {}
         self._delta_n = 0
 
-    def _prefixes(self, keys: np.ndarray) -> np.ndarray:
-        k = min(8, self.nbytes)
-        buf = np.zeros((len(keys), 8), dtype=np.uint8)
+    def _prefixes(self, keys: np.ndarray, width: int = 4) -> np.ndarray:
+        """The first ``width`` (4, or 8 for a v1 index) bytes of each key, big-endian."""
+        k = min(width, self.nbytes)
+        buf = np.zeros((len(keys), width), dtype=np.uint8)
         buf[:, :k] = keys[:, :k]
-        return buf.view(">u8").ravel().astype(np.uint64)
+        if width == 8:
+            return buf.view(">u8").ravel().astype(np.uint64)
+        return buf.view(">u4").ravel().astype(np.uint32)
 
     def add(self, ids: np.ndarray | Iterable[int], keys: np.ndarray | Sequence[bytes]) -> None:
         """Add ``keys`` (list of bytes or (n, nbytes) uint8) under ``ids``."""
@@ -593,7 +613,7 @@ class ExactIndex:
         b = len(q)
         out: list[list[int]] = [[] for _ in range(b)]
         if len(self._prefix) and b:
-            qp = self._prefixes(q)
+            qp = self._prefixes(q, self._prefix.dtype.itemsize)
             o = np.argsort(qp)  # sorted probes keep the binary searches in cache
             qs = qp[o]
             lo = np.searchsorted(self._prefix, qs, "left")
@@ -633,7 +653,7 @@ class ExactIndex:
         }
         meta = {
             "format": _EXACT_FORMAT,
-            "version": _VERSION,
+            "version": _EXACT_VERSION,
             "nbytes": self.nbytes,
             "max_delta": self.max_delta,
             "n": int(len(self._ids)),
@@ -645,8 +665,9 @@ class ExactIndex:
         """Read an index written by ``save`` (``mmap=True``: map instead of read)."""
         p = Path(path)
         meta = json.loads((p / "meta.json").read_text())
-        if meta.get("format") != _EXACT_FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{p} is not a {_EXACT_FORMAT} v{_VERSION} directory")
+        # v1 (8-byte prefixes) is still read; the next merge writes 4-byte ones.
+        if meta.get("format") != _EXACT_FORMAT or meta.get("version") not in _READABLE:
+            raise ValueError(f"{p} is not a {_EXACT_FORMAT} v1 or v2 directory")
         mode: Literal["r"] | None = "r" if mmap else None
         idx = cls(meta["nbytes"], max_delta=meta["max_delta"])
         idx._keys = np.load(p / "keys.npy", mmap_mode=mode, allow_pickle=False)

@@ -33,10 +33,23 @@ Measured: ~6,500 queries/s on one core at 10M, 100 % recall
 (``docs/benchmarks-index.md``).
 
 Each table is stored as flat numpy arrays so it can be saved as ``.npy`` and
-memory-mapped: ``order`` (bank rows sorted by the table's key) and a dense
-``offsets`` array of ``2**w + 1`` bucket boundaries, so a probe is one array
-read, not a binary search. All probes of a batch of queries are issued as a
-single vectorised gather.
+memory-mapped: ``order`` (bank rows sorted by the table's key) and the bucket
+boundaries, so a probe is two array reads, not a binary search. All probes of a
+batch of queries are issued as a single vectorised gather.
+
+Compact layout (why): a query at the design radius probes ~2,700 buckets spread
+over every table, so after a few dozen queries every page of the tables is
+resident in each process that maps them; the tables' *size* is the process's
+working set (at 1M PDQ entries: 45 MB of boundaries and 50 MB of ``order``,
+one uint32 each). So the boundaries are stored in blocks of ``2**shift``
+buckets: one ``offsets`` entry (uint32) per block plus a ``local`` uint8 (or
+uint16) per bucket counting from the block's start, ~1.1 byte per bucket
+instead of 4; and ``order`` holds rows in 3 bytes (``(m*n, 3)`` uint8, little
+endian) when the bank has fewer than 2**24 rows. At 1M entries that is 12 + 39
+MB instead of 45 + 50, for the same candidates. The dense layout (one
+``offsets`` entry per bucket, ``local`` None) is still read, for tables saved
+before (``HammingIndex`` format v1), and used when a block would overflow
+uint16 (a very skewed bank).
 
 Bit order: bit 0 is the most significant bit of byte 0 (the order of the hex
 string), so substrings are contiguous runs of the hex digits.
@@ -55,6 +68,11 @@ import numpy as np
 # already 1 GiB per table, wider would not fit in memory.
 MAX_WIDTH = 28
 _BUILD_CHUNK = 1 << 21
+BLOCK_SHIFT = 6
+"""Buckets per block of the compact layout: ``2**6``; at ~1-2 rows per bucket a block
+holds ~60-130 rows, so ``local`` fits uint8 for random-looking codes."""
+PACKED_ROWS = 1 << 24
+"""Banks with fewer rows store ``order`` in 3 bytes per entry."""
 
 
 @lru_cache(maxsize=4096)
@@ -163,19 +181,23 @@ def extract_key(words: np.ndarray, start: int, width: int) -> np.ndarray:
 class MultiIndexTables:
     """Frozen multi-index tables over ``n`` rows; see the module docstring.
 
-    ``offsets`` concatenates each table's ``2**w + 1`` bucket boundaries
-    (table ``t`` starts at ``bases[t]``); its values index ``order``, which
-    concatenates each table's rows sorted by key (table ``t`` occupies
-    ``order[t*n:(t+1)*n]``).
+    Table ``t``'s buckets are the slots ``bases[t] + key``; slot ``s`` starts at
+    position ``offsets[s >> shift] + local[s]`` of ``order`` (compact layout) or
+    ``offsets[s]`` (dense layout: ``local`` None, ``shift`` 0), and a bucket ends
+    where the next slot starts. ``order`` concatenates each table's rows sorted
+    by key (table ``t`` occupies positions ``[t*n, (t+1)*n)``), one integer per
+    position or, packed, three little-endian bytes (an ``(m*n, 3)`` uint8 array).
     """
 
     bits: int
     n: int
     starts: np.ndarray  # int64 (m,) first bit of each substring
     widths: np.ndarray  # int64 (m,)
-    bases: np.ndarray  # int64 (m,) start of each table's buckets in ``offsets``
-    offsets: np.ndarray  # uint32 or int64
-    order: np.ndarray  # uint32 or int64 rows
+    bases: np.ndarray  # int64 (m,) first slot of each table
+    offsets: np.ndarray  # uint32 or int64: per block (compact) or per slot (dense)
+    order: np.ndarray  # uint32 or int64 rows, or (m*n, 3) uint8 packed rows
+    local: np.ndarray | None = None  # uint8 or uint16 per slot (compact layout)
+    shift: int = 0  # log2 of the slots per block (compact layout)
     _plans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -184,30 +206,75 @@ class MultiIndexTables:
     def m(self) -> int:
         return len(self.widths)
 
+    @property
+    def compact(self) -> bool:
+        """Blocked bucket boundaries (format v2) rather than one integer per slot."""
+        return self.local is not None
+
     @classmethod
-    def build(cls, codes: np.ndarray, bits: int, m: int) -> MultiIndexTables:
-        """Build tables for ``codes`` ((n, 8*W) uint8, zero padded) with ``m`` substrings."""
+    def build(
+        cls, codes: np.ndarray, bits: int, m: int, *, compact: bool = True
+    ) -> MultiIndexTables:
+        """Build tables for ``codes`` ((n, 8*W) uint8, zero padded) with ``m`` substrings.
+
+        ``compact=False`` builds the dense layout (what format v1 stored), kept for
+        comparison in tests and benchmarks.
+        """
         n = int(codes.shape[0])
         widths = split_widths(bits, m)
         if widths[0] > MAX_WIDTH:
             raise ValueError(f"{m} substrings of {bits} bits are wider than {MAX_WIDTH} bits")
         starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
-        sizes = [2**w + 1 for w in widths]
+        block = 1 << BLOCK_SHIFT
+        # Whole blocks per table (so no block spans two tables); slots past 2**w are
+        # never probed except 2**w itself, the end of the last bucket.
+        sizes = [-(-(2**w + 1) // block) * block for w in widths]
         bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         idx_dtype = np.uint32 if m * n < 2**32 - 1 else np.int64
-        offsets = np.empty(int(sum(sizes)), dtype=idx_dtype)
-        order = np.empty(m * n, dtype=idx_dtype)
+        bounds = np.empty(int(sum(sizes)), dtype=idx_dtype)
+        packed = compact and n < PACKED_ROWS
+        order = np.empty((m * n, 3), np.uint8) if packed else np.empty(m * n, dtype=idx_dtype)
         for t, (start, width) in enumerate(zip(starts.tolist(), widths, strict=True)):
             keys = np.empty(n, dtype=np.uint32)
             for lo in range(0, n, _BUILD_CHUNK):
                 words = to_be_words(codes[lo : lo + _BUILD_CHUNK])
                 keys[lo : lo + _BUILD_CHUNK] = extract_key(words, start, width)
             perm = np.argsort(keys)
-            order[t * n : (t + 1) * n] = perm
+            if packed:
+                order[t * n : (t + 1) * n] = (
+                    perm.astype("<u4").view(np.uint8).reshape(n, 4)[:, :3]
+                )
+            else:
+                order[t * n : (t + 1) * n] = perm
             # Bucket boundaries by a sorted searchsorted (fast: both sides sorted).
-            bounds = np.searchsorted(keys[perm], np.arange(2**width + 1, dtype=np.int64), "left")
-            offsets[bases[t] : bases[t] + sizes[t]] = bounds + t * n
-        return cls(bits, n, starts, np.asarray(widths, np.int64), bases, offsets, order)
+            b = np.searchsorted(keys[perm], np.arange(sizes[t], dtype=np.int64), "left")
+            bounds[bases[t] : bases[t] + sizes[t]] = b + t * n
+        tables = cls(bits, n, starts, np.asarray(widths, np.int64), bases, bounds, order)
+        if compact:
+            first = bounds[::block]
+            local = bounds - np.repeat(first, block)
+            top = int(local.max()) if len(local) else 0
+            if top < 2**16:
+                tables.offsets = np.ascontiguousarray(first)
+                tables.local = local.astype(np.uint8 if top < 2**8 else np.uint16)
+                tables.shift = BLOCK_SHIFT
+        return tables
+
+    def _starts_at(self, slots: np.ndarray) -> np.ndarray:
+        """Position in ``order`` where each slot's bucket starts, as int64."""
+        if self.local is None:
+            return np.take(self.offsets, slots).astype(np.int64)
+        pos = np.take(self.offsets, slots >> self.shift).astype(np.int64)
+        pos += np.take(self.local, slots)
+        return pos
+
+    def _rows_at(self, pos: np.ndarray) -> np.ndarray:
+        """Rows at positions ``pos`` of ``order``, as int64."""
+        if self.order.ndim == 1:
+            return np.take(self.order, pos).astype(np.int64)
+        wide = np.zeros((len(pos), 4), np.uint8)
+        wide[:, :3] = np.take(self.order, pos, axis=0)
+        return wide.view("<u4").ravel().astype(np.int64)
 
     def probe_plan(self, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For ``radius``: (table of each probe, XOR mask of each probe, bucket base of each probe)."""
@@ -255,8 +322,8 @@ class MultiIndexTables:
         ):
             keys[:, t] = extract_key(qwords, start, width)
         slots = (keys[:, tbl] ^ masks) + base  # (B, P) bucket slots in ``offsets``
-        lo = np.take(self.offsets, slots).astype(np.int64).ravel()
-        hi = np.take(self.offsets, slots + 1).astype(np.int64).ravel()
+        lo = self._starts_at(slots).ravel()
+        hi = self._starts_at(slots + 1).ravel()
         counts = hi - lo
         per_query = counts.reshape(b, -1).sum(axis=1)
         total = int(per_query.sum())
@@ -266,5 +333,5 @@ class MultiIndexTables:
         ends = np.cumsum(counts)
         shift = np.repeat(lo - (ends - counts), counts)
         pos = np.arange(total, dtype=np.int64) + shift
-        rows = np.take(self.order, pos).astype(np.int64)
+        rows = self._rows_at(pos)
         return rows, per_query
