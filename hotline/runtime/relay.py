@@ -19,8 +19,9 @@ decision on an item, sent through another web process) on Kafka before an earlie
 with one round at a time the order per key is the commit order, as with one relay.
 ``FOR UPDATE SKIP LOCKED`` stays as a second guard against publishing the same rows twice.
 
-A round starts as soon as the process commits anything (``after_commit`` on every session of
-the process wakes the relay: the web process's requests, group commits and the relay itself), so a report's message is on Kafka within a round trip of its 202,
+A round starts as soon as the process commits outbox rows (``after_commit`` on every session of
+the process wakes the relay when the transaction wrote to the outbox: the web process's
+requests and group commits, a stage process's periodic tasks), so a report's message is on Kafka within a round trip of its 202,
 not a poll later; ``poll_seconds`` is the fallback for rows other processes committed.
 
 Rows are read and deleted with Core statements (id, topic, key, value tuples), not ORM
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.runtime.kafka import kafka_topic
 from hotline.storage.models import BusMessage
+from hotline.storage.unit_of_work import WROTE_OUTBOX
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -103,9 +105,11 @@ class OutboxRelay:
         self.stop()
 
     def _committed(self, session: Session) -> None:
-        """A transaction of this process committed (perhaps with outbox rows): start a round.
-        The relay's own commits wake it too, which costs one empty round after a busy one."""
-        self._wake.set()
+        """A transaction of this process committed: start a round if it wrote outbox rows
+        (``SqlUnitOfWork.commit`` marks it). Other commits (a stage's, the relay's own) do not
+        wake it: each would cost an empty round."""
+        if session.info.pop(WROTE_OUTBOX, False):
+            self._wake.set()
 
     # -- work --------------------------------------------------------------
     def producer(self) -> KafkaProducer:

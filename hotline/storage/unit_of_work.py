@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 # ``SqlUnitOfWork.commit``), never the other way round; and SQLite does not need it at all.
 OUTBOX_LOCK = threading.Lock()
 BUS_MESSAGES = cast(Table, BusMessage.__table__)  # for Core statements
+WROTE_OUTBOX = "hotline.wrote_outbox"
+"""``session.info`` flag: this transaction wrote outbox rows (the outbox relay of the process
+wakes on a commit that carries it, ``hotline.runtime.relay``)."""
 
 
 class SqlUnitOfWork:
@@ -80,6 +83,7 @@ class SqlUnitOfWork:
         ] + [{"topic": t, "key": k, "value": v, "created_at": at} for t, k, v in self.pending_raw]
         self.pending.clear()
         self.pending_raw.clear()
+        self.session.info[WROTE_OUTBOX] = True
         # The session's own changes go out first (flush), then the outbox rows, in one transaction.
         self.session.flush()
         if self.session.get_bind().dialect.name == "sqlite":
@@ -101,6 +105,7 @@ class SqlUnitOfWork:
     def rollback(self) -> None:
         self.pending.clear()
         self.pending_raw.clear()
+        self.session.info.pop(WROTE_OUTBOX, None)
         self.reports.discard_added()
         self.session.rollback()
 

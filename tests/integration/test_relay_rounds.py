@@ -62,8 +62,12 @@ def test_one_round_at_a_time_in_id_order(pg_url: str) -> None:
 
 def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(pg_url: str) -> None:
     """A report's message leaves when its transaction commits, not a poll later: with a poll of
-    an hour, each committed row is still published (the relay's ``after_commit`` wake-up)."""
+    an hour, each row committed through a unit of work is still published (the relay's
+    ``after_commit`` wake-up), whichever sessionmaker of the process it came from; a commit
+    that wrote no outbox row does not wake it."""
     import time
+
+    from hotline.storage.unit_of_work import SqlUnitOfWork
 
     with scenario.fresh_pg_database(pg_url, "relaywake") as url:
         migrate(url)
@@ -78,11 +82,18 @@ def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(pg_url: str) -> N
             other_sessions = make_sessionmaker(engine)  # a request's sessions, not the relay's
             for i in range(3):
                 with (sessions if i % 2 else other_sessions)() as s:
-                    s.add(BusMessage(topic="reports.submitted", key="k", value=f"v{i}"))
-                    s.commit()
+                    uow = SqlUnitOfWork(s)
+                    uow.enqueue_raw("reports.submitted", "k", f"v{i}")
+                    uow.commit()
                 while len(producer.sent) < i + 1 and time.monotonic() < deadline:
                     time.sleep(0.01)
                 assert [v for _, _, v in producer.sent] == [f"v{j}".encode() for j in range(i + 1)]
+            # A row written outside the outbox path (no unit of work) waits for the poll.
+            with sessions() as s:
+                s.add(BusMessage(topic="reports.submitted", key="k", value="quiet"))
+                s.commit()
+            time.sleep(0.5)
+            assert len(producer.sent) == 3 and not relay._wake.is_set()
         finally:
             relay.stop()
             engine.dispose()
