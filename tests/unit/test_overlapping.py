@@ -13,11 +13,8 @@ from hotline.kernel.messages import Outgoing
 from hotline.kernel.stage import overlapping
 from hotline.runtime.kafka import _process_overlapping
 from services.classify.stage import ClassifyStage
+from tests.unit.test_batching import _Manual, _Tp
 from tests.unit.test_parking import FAST, _App, _Produced
-
-
-class _Tp:
-    pass
 
 
 class _Message:
@@ -30,15 +27,6 @@ class _Event:
     def __init__(self, key: bytes, value: bytes, tp: _Tp) -> None:
         self.value = value
         self.message = _Message(key, tp)
-
-
-class _Manual:
-    def __init__(self) -> None:
-        self.acked: list[_Event] = []
-
-    async def ack(self, e: _Event) -> bool:
-        self.acked.append(e)
-        return True
 
 
 class _Processor:
