@@ -60,6 +60,9 @@ def demo(quiet: bool) -> None:
 def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
     from entrypoints.bootstrap import STAGE_NAMES
+    from hotline.runtime.malloc import limit_arenas
+
+    limit_arenas()  # before any thread starts (hotline.runtime.malloc: why)
 
     settings = get_settings()
     if workers > 1 and not (settings.kafka_brokers and stage == "web"):
