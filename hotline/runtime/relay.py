@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, delete, event, select, text
@@ -58,6 +59,7 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         poll_seconds: float = 0.5,
+        round_seconds: float = 0.02,
         send_timeout_seconds: float = 30.0,
         producer: KafkaProducer | None = None,
     ) -> None:
@@ -66,6 +68,10 @@ class OutboxRelay:
         self.prefix = prefix
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        # Rounds start at most this often: under load one round carries the rows of many
+        # commits (each round is a transaction, a produce and a flush), at the cost of up to
+        # this much latency for a lone report.
+        self.round_seconds = round_seconds
         self.send_timeout_seconds = send_timeout_seconds
         self._producer = producer
         self._stop = threading.Event()
@@ -161,6 +167,7 @@ class OutboxRelay:
     def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            started = time.monotonic()
             # Cleared before the round: a commit during it sets the flag again, so its rows
             # get the next round at once (clearing after the wait could drop that wake-up).
             self._wake.clear()
@@ -176,3 +183,4 @@ class OutboxRelay:
             self.last_error = None
             if sent < self.batch_size:
                 self._wake.wait(self.poll_seconds)
+                self._stop.wait(self.round_seconds - (time.monotonic() - started))
