@@ -113,11 +113,10 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     )
     app = None
     if stage in (None, "web"):
-        uvicorn, create_app = _web_stack()
-        app = create_app(system)
-    if app is not None:
         from services.ingest.intake import IntakePressure
 
+        uvicorn, create_app = _web_stack()
+        app = create_app(system)
         # The stages defer to intake during a burst (hotline.runtime.embedded "Yielding").
         runtime.yield_to = IntakePressure(app.state, settings.embedded_yield_rate)
     runtime.start()

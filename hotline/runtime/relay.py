@@ -114,7 +114,7 @@ class OutboxRelay:
         """A transaction of this process committed: start a round if it wrote outbox rows
         (``SqlUnitOfWork.commit`` marks it). Other commits (a stage's, the relay's own) do not
         wake it: each would cost an empty round."""
-        if session.info.pop(WROTE_OUTBOX, False):
+        if session.info.get(WROTE_OUTBOX):
             self._wake.set()
 
     # -- work --------------------------------------------------------------

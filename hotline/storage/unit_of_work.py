@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 OUTBOX_LOCK = threading.Lock()
 BUS_MESSAGES = cast(Table, BusMessage.__table__)  # for Core statements
 WROTE_OUTBOX = "hotline.wrote_outbox"
-"""``session.info`` flag: this transaction wrote outbox rows (the outbox relay of the process
-wakes on a commit that carries it, ``hotline.runtime.relay``)."""
+"""``session.info`` flag, set for the one commit that writes outbox rows (the outbox relay of
+the process wakes on a commit that carries it, ``hotline.runtime.relay``)."""
 
 
 class SqlUnitOfWork:
@@ -83,9 +83,16 @@ class SqlUnitOfWork:
         ] + [{"topic": t, "key": k, "value": v, "created_at": at} for t, k, v in self.pending_raw]
         self.pending.clear()
         self.pending_raw.clear()
-        self.session.info[WROTE_OUTBOX] = True
         # The session's own changes go out first (flush), then the outbox rows, in one transaction.
         self.session.flush()
+        # Marked for exactly this commit: every ``after_commit`` listener (the relay) sees it.
+        self.session.info[WROTE_OUTBOX] = True
+        try:
+            self._insert_and_commit(rows)
+        finally:
+            self.session.info.pop(WROTE_OUTBOX, None)
+
+    def _insert_and_commit(self, rows: list[dict[str, Any]]) -> None:
         if self.session.get_bind().dialect.name == "sqlite":
             # SQLite admits one writer at a time and these rows get their ids and commit under
             # that one write lock, so ids become visible in order without OUTBOX_LOCK. Taking it
@@ -105,7 +112,6 @@ class SqlUnitOfWork:
     def rollback(self) -> None:
         self.pending.clear()
         self.pending_raw.clear()
-        self.session.info.pop(WROTE_OUTBOX, None)
         self.reports.discard_added()
         self.session.rollback()
 
