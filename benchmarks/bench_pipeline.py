@@ -106,6 +106,10 @@ class Options:
     gallery_images: int = 8
     mix: tuple[float, float, float, float] = (0.6, 0.15, 0.15, 0.1)  # notice forward unknown gallery
     drain_seconds: float = 300.0  # per phase, after the last report went in
+    # Reports through the whole pipeline before the measured phases, so what is measured is a
+    # running deployment's steady state, not a cold start: the broker's JIT compiler was 40 %
+    # of its CPU in a rate phase right after it started, and every process fills its caches.
+    warmup_reports: int = 200
     brokers: str | None = None
     database_url: str | None = None
     partitions: int = 3
@@ -577,7 +581,7 @@ def run_runtime(runtime: str, opts: Options) -> list[PhaseResult]:
         imgs = Images(known, photo_like_jpeg(320, 240, seed=seed + 2), hash_image(known))
         w = stack.enter_context(scenario.world(tmp))
         run = uuid.uuid4().hex[:6]
-        phases: list[tuple[str, list[Planned]]] = [("warm-up", plan(w, imgs, len(KINDS), Options(mix=(1, 1, 1, 1), gallery_images=opts.gallery_images), "w", run))]
+        phases: list[tuple[str, list[Planned]]] = [("warm-up", plan(w, imgs, max(len(KINDS), opts.warmup_reports), Options(mix=(1, 1, 1, 1), gallery_images=opts.gallery_images), "w", run))]
         phases.append(("rate", plan(w, imgs, opts.reports, opts, "r", run)))
         if opts.max_reports:
             phases.append(("max", plan(w, imgs, opts.max_reports, opts, "m", run)))
@@ -861,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients in the max phase")
     ap.add_argument("--gallery-images", type=int, default=8)
     ap.add_argument("--drain-seconds", type=float, default=None, help="per phase, after the last report")
+    ap.add_argument("--warmup", type=int, default=None, help="reports through the pipeline before measuring (default 200)")
     ap.add_argument("--quick", action="store_true", help="small counts: done in under ~2 minutes")
     ap.add_argument("--brokers", default=os.environ.get("HOTLINE_TEST_KAFKA_BROKERS", "127.0.0.1:9092"))
     ap.add_argument("--database-url", default=os.environ.get(
@@ -877,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         clients=a.clients,
         gallery_images=a.gallery_images,
         drain_seconds=a.drain_seconds if a.drain_seconds is not None else (60.0 if a.quick else 300.0),
+        warmup_reports=a.warmup if a.warmup is not None else (20 if a.quick else 200),
         brokers=a.brokers,
         database_url=a.database_url,
         own_services=a.own_services,

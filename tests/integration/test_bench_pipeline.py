@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def _opts(tmp_path: Path, lines: list[str], **kw: object) -> Options:
     base: dict[str, object] = {
-        "rate": 20.0, "reports": 12, "max_reports": 8, "clients": 4, "gallery_images": 3,
+        "rate": 20.0, "reports": 12, "max_reports": 8, "clients": 4, "gallery_images": 3, "warmup_reports": 4,
         "drain_seconds": 90.0, "keep_logs": tmp_path / "logs", "out": lines.append,
     }
     return Options(**{**base, **kw})  # type: ignore[arg-type]
