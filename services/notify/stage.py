@@ -195,9 +195,13 @@ class NotifyStage:
         # Held here so the follow-up and the state change below share one load of the item: the
         # session's identity map keeps unmodified rows only while something refers to them.
         item = uow.items.get(message.item_id)
+        sent_at = now()
+        # The follow-up first: its look-up (is the item already followed up?) is a query, which
+        # would flush the notice's change on its own if that were made before; made after, the
+        # changes all go in one flush (the audit append's).
+        open_followup(uow, message, sent_at)  # re-check until gone (services.followup)
         notice.status = "sent"
-        notice.sent_at = now()
-        open_followup(uow, message, notice.sent_at)  # re-check until gone (services.followup)
+        notice.sent_at = sent_at
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
         move_item(uow, message.item_id, ItemState.NOTICE_SENT, reason, self.name)
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)

@@ -232,3 +232,21 @@ def test_a_notice_without_a_bank_match_is_classified_by_its_category(basis: str)
 def test_a_notice_without_match_or_category_still_raises() -> None:
     with pytest.raises(XarfReportInvalid, match="no matched image"):
         build_report(notice_for("i1", images=[KNOWN_IMAGE.model_copy(update={"match": None})]), SENDER, "T")
+
+
+def test_shared_headers_render_the_same_bytes_as_the_default_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notice e-mails share header objects (services.notify.notice.SharedHeaders); on
+    the wire they are what email.policy.default makes, for one notice and a group alike."""
+    import services.notify.notice as module
+    from services.notify.notice import render_group
+
+    def wire_bytes(notices: list[Any]) -> bytes:
+        msg = render_group(notices, SENDER, "Test hotline", "auto", "<m@hotline.test>")
+        msg.set_boundary("fixed-boundary")
+        return msg.as_bytes()
+
+    cases = [[notice_for("i1")], [notice_for("i2", country="DE")], [notice_for("g1"), notice_for("g2")]]
+    shared = [wire_bytes(c) for c in cases] + [wire_bytes(c) for c in cases]  # the second time from the cache
+    monkeypatch.setattr(module, "POLICY", policy.default)
+    plain = [wire_bytes(c) for c in cases]
+    assert shared == plain + plain
