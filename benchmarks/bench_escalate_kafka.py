@@ -50,6 +50,7 @@ def cpu_seconds(pid: int) -> float:
 def setup(sessions: Any, n: int, forward_every: int, tag: str) -> list[tuple[str, str, str, bool]]:
     """``n`` items, each named by a web report; every ``forward_every``-th is queued for a
     forward (the rest for a notice): (item id, report id, URL, forwarded)."""
+    from benchmarks.bench_stagecpu import classified
     from hotline.storage.unit_of_work import SqlUnitOfWork
     from schemas.reports import ReportSubmitted
     from tests.unit.stagekit import path_to
@@ -66,6 +67,7 @@ def setup(sessions: Any, n: int, forward_every: int, tag: str) -> list[tuple[str
             uow.reports.link_url(msg.report_id, 0, url, item.id)
             for state in path_to("forward_queued" if forwarded else "notice_queued"):
                 uow.items.set_state(item, state, "set up by the benchmark", "bench")
+            item.classification = classified(item.id, url).model_dump(mode="json")  # as classify stores it
             out.append((item.id, msg.report_id, url, forwarded))
         uow.commit()
     return out
