@@ -36,6 +36,16 @@ after another in their order. Its work must be safe on several threads at once a
 another process working on the same item (which it must be anyway: several processes share
 its partitions). Classify says so: most of an item's time is waiting for hosters, DNS, RDAP
 and the database, and with one item at a time a process would sit idle through it.
+
+**Quiet inputs.** A stage may name input topics (``quiet_inputs()``) of which many messages
+need nothing from it, and say from a valid message alone that it needs nothing
+(``needs_nothing(topic, message)``: ``handle`` would return no messages and neither read nor
+change any state). The Kafka runtime (one message at a time; a batchable or overlapping
+stage's go the usual way) then acks such a message where it reads it, without a thread hop or
+a transaction: it had nothing to commit or deliver. Anything else (invalid input too, which ``run_stage`` rejects)
+goes the usual way. Escalate says so for the pipeline's events it only reads for partners'
+status updates, which most deployments' partners do not take (each event cost the process
+more in that hop than the stage's decision does).
 """
 
 from __future__ import annotations
@@ -101,6 +111,24 @@ def overlapping(stage: Stage) -> bool:
     """True when the runtime may work on several of ``stage``'s messages at once (its
     ``overlapping`` class attribute; absent means no)."""
     return bool(getattr(stage, "overlapping", False))
+
+
+def quiet_check(stage: Stage, topic: str) -> Callable[[bytes | str], bool] | None:
+    """For a quiet input of ``stage`` (``quiet_inputs``), a check of one raw message: True when
+    it is valid and the stage needs nothing of it. None for every other topic (no check)."""
+    quiet = getattr(stage, "quiet_inputs", None)
+    if quiet is None or topic not in quiet():
+        return None
+    needs_nothing: Callable[[str, Message], bool] = stage.needs_nothing  # type: ignore[attr-defined]
+
+    def check(raw: bytes | str) -> bool:
+        try:
+            message = decode(topic, raw)
+        except Exception:  # noqa: BLE001 - invalid input goes the usual way: run_stage rejects it
+            return False
+        return needs_nothing(topic, message)
+
+    return check
 
 
 def run_stage(stage: Stage, topic: str, raw: bytes | str, uow: UnitOfWork) -> Result:

@@ -153,7 +153,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
 
-    from hotline.kernel.stage import batchable, overlapping
+    from hotline.kernel.stage import batchable, overlapping, quiet_check
     from hotline.runtime.steps import StepRunner
 
     if not settings.kafka_brokers:
@@ -208,7 +208,8 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
         app.agent(source, name=f"{stage_name}.{logical}")(
             _make_agent(app, logical, stage_name, processor, output_topic,
                         settings.batch_size if batchable(stage) else 1,
-                        _in_flight(settings, sessions) if overlapping(stage) else 1)
+                        _in_flight(settings, sessions) if overlapping(stage) else 1,
+                        quiet_check(stage, logical))
         )
     return app
 
@@ -230,7 +231,11 @@ def _make_agent(
     output_topic: Callable[[str], Any],
     batch_size: int = 1,
     in_flight: int = 1,
+    quiet: Callable[[bytes], bool] | None = None,
 ) -> Callable[[Any], Any]:
+    """The agent of one input topic. ``quiet`` (``hotline.kernel.stage.quiet_check``, one event
+    at a time only): an event it says the stage needs nothing of is acked here, in the event
+    loop, without the executor or a transaction (it had nothing to commit or deliver)."""
     async def agent(stream: Any) -> None:
         manual = stream.noack()
         if batch_size > 1:
@@ -243,6 +248,9 @@ def _make_agent(
             return
         async for event in manual.events():
             raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+            if quiet is not None and quiet(raw):
+                await manual.ack(event)
+                continue
             done = await _process_until_done(
                 app, logical, stage_name, processor, output_topic, raw, event.message.tp
             )

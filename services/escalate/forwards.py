@@ -201,7 +201,9 @@ class ForwardDelivery(Delivery[PartnerForward, Forward]):
         return message.forward_id
 
     def create(self, uow: UnitOfWork, message: PartnerForward, at: datetime) -> Forward:
-        if uow.items.get(message.item_id) is None:  # classify forwards only items it has stored
+        # Classify forwards only items it has stored. Its id only: the whole row (classification
+        # JSON included) is not needed here, and ``sent`` loads it in its own transaction.
+        if not uow.items.exists(message.item_id):
             raise InvalidMessage("unknown_item", f"forward {message.forward_id} names no known item {message.item_id!r}")
         partner = self.partners.get(message.country)
         fwd = uow.forwards.open(message.forward_id, message.item_id, message.country.upper(),

@@ -27,7 +27,7 @@ from schemas.notices import PartnerForward, PartnerStatusUpdate, PoliceAction
 from services.escalate.forwards import Backoff, ForwardDelivery, UpdateDelivery
 from services.escalate.partners import PartnerDirectory, PartnerGateway
 from services.escalate.release import handle_action
-from services.partners.updates import updates_for
+from services.partners.updates import UPDATE_TOPICS, step_of, updates_for
 
 
 @dataclass
@@ -49,6 +49,17 @@ class EscalateStage:
     def __post_init__(self) -> None:
         self.forwards = ForwardDelivery(self.partners, self.backoff, self.lease_seconds, self.clock, self.gateway)
         self.updates = UpdateDelivery(self.partners, self.backoff, self.lease_seconds, self.clock, self.gateway)
+
+    def quiet_inputs(self) -> frozenset[str]:
+        """The pipeline's events, read only for partners' status updates (``hotline.kernel.stage``,
+        "Quiet inputs"): three per item, nearly all of which concern no partner."""
+        return UPDATE_TOPICS
+
+    def needs_nothing(self, topic: str, message: Message) -> bool:
+        """True when ``handle`` would return nothing without a query (as ``updates_for`` decides
+        from the message and the partners file alone)."""
+        return topic in UPDATE_TOPICS and (not self.partners.sends_status_updates()
+                                           or step_of(topic, message) is None)
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         if topic == "forwards.partner":

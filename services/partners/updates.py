@@ -30,6 +30,8 @@ from services.escalate.forwards import UpdateDelivery, new_update
 from services.escalate.partners import PartnerDirectory
 from services.partners.iccam import STEP_ACTION
 
+UPDATE_TOPICS = frozenset({"items.accepted", "items.classified", "notices.events"})
+"""The topics status updates are decided from (``step_of``)."""
 EVENT_STEP = {"sent": "notice_sent", "forwarded": "forwarded", "removed": "removed"}
 
 
