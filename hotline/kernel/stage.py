@@ -35,7 +35,10 @@ through its own reserve, act and record exactly as alone, messages with the same
 after another in their order. Its work must be safe on several threads at once and against
 another process working on the same item (which it must be anyway: several processes share
 its partitions). Classify says so: most of an item's time is waiting for hosters, DNS, RDAP
-and the database, and with one item at a time a process would sit idle through it.
+and the database, and with one item at a time a process would sit idle through it. Notify
+says so too (an SMTP conversation per e-mail); it is also batchable, and the Kafka runtime
+overlaps a stage that allows both when ``HOTLINE_STAGE_IN_FLIGHT`` > 1 (batches otherwise;
+the embedded runtime always batches).
 
 **Quiet inputs.** A stage may name input topics (``quiet_inputs()``) of which many messages
 need nothing from it, and say from a valid message alone that it needs nothing

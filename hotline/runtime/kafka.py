@@ -238,13 +238,14 @@ def _make_agent(
     loop, without the executor or a transaction (it had nothing to commit or deliver)."""
     async def agent(stream: Any) -> None:
         manual = stream.noack()
-        if batch_size > 1:
-            async for events in manual.noack_take(batch_size, within=BATCH_WITHIN_SECONDS):
-                await _process_batch(app, logical, stage_name, processor, output_topic, manual, list(events))
-            return
+        # A stage that allows both (notify) overlaps: its time is waiting, not bookkeeping.
         if in_flight > 1:
             async for events in manual.noack_take(in_flight, within=BATCH_WITHIN_SECONDS):
                 await _process_overlapping(app, logical, stage_name, processor, output_topic, manual, list(events))
+            return
+        if batch_size > 1:
+            async for events in manual.noack_take(batch_size, within=BATCH_WITHIN_SECONDS):
+                await _process_batch(app, logical, stage_name, processor, output_topic, manual, list(events))
             return
         async for event in manual.events():
             raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()

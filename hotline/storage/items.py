@@ -58,6 +58,15 @@ class SqlItems:
         self.session.refresh(item)
         return item
 
+    def lock(self, item_ids: Sequence[str]) -> None:
+        """Lock the items' rows until the transaction ends, in one order (their ids), so two
+        transactions recording outcomes on the same items wait for each other instead of
+        deadlocking or both finding "no follow-up yet". SQLite: every transaction already holds
+        the one write lock (``BEGIN IMMEDIATE``)."""
+        ids = sorted(set(item_ids))
+        if ids and self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(_LOCK_ITEMS, {"ids": ids})
+
     def open_for_url(self, url: str) -> Item | None:
         item_id = self.session.scalar(select(OpenUrl.item_id).where(OpenUrl.url_sha256 == url_digest(url)))
         return None if item_id is None else self.session.get(Item, item_id)
@@ -137,3 +146,5 @@ class SqlItems:
 
 
 _ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))
+_LOCK_ITEMS = (select(Item.id).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
+               .with_for_update())

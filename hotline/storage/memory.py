@@ -125,6 +125,9 @@ class MemoryItems:
     def reload(self, item: Item) -> Item:
         return self.state.items[item.id]
 
+    def lock(self, item_ids: Sequence[str]) -> None:
+        pass  # one thread of tests: nothing to wait for
+
     def open_for_url(self, url: str) -> Item | None:
         item_id = self.state.open_urls.get(url)
         return None if item_id is None else self.state.items[item_id]

@@ -78,6 +78,12 @@ class NotifyStage:
     # Bookkeeping (a redelivered sent notice, a held one) batches; every e-mail still gets its
     # own reservation commit before it goes (hotline.kernel.stage, "Batches").
     batchable: ClassVar[bool] = True
+    # On Kafka, several e-mails at once (hotline.kernel.stage "Overlapping"), one hoster's
+    # (the topic's key) one after another: most of a notice's time is the SMTP conversation.
+    # Safe: the mailer takes several senders at once, an e-mail's notices are reserved in their
+    # own transaction, and recording an outcome first locks its items (``_lock_items``), so two
+    # notices of one item (per-image hosters) record one after the other.
+    overlapping: ClassVar[bool] = True
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         """A notice that can never be sent (no item of that id; an X-ARF report that does not
@@ -185,9 +191,13 @@ class NotifyStage:
         email = render_group(messages, self.sender, self.hotline_name, self.notice_language, mid)
         return SideEffect(
             act=lambda: self.mailer.send(email),
-            done=lambda u, _: [o for m in messages for o in self._sent(u, m)],
+            done=lambda u, _: self._all_sent(u, messages),
             failed=lambda u, exc: self._failed(u, messages, exc),
         )
+
+    def _all_sent(self, uow: UnitOfWork, messages: list[TakedownNotice]) -> list[Outgoing]:
+        _lock_items(uow, messages)
+        return [o for m in messages for o in self._sent(uow, m)]
 
     def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
         notice = uow.notices.get(message.notice_id)
@@ -209,6 +219,7 @@ class NotifyStage:
         return [self._event(message, "sent", reason)]
 
     def _failed(self, uow: UnitOfWork, messages: list[TakedownNotice], exc: Exception) -> list[Outgoing] | RetryLater:
+        _lock_items(uow, messages)
         if not isinstance(exc, NotDelivered):
             detail = "no final answer from the mail server" if isinstance(exc, DeliveryUnknown) else "the mailer failed"
             members = [(self._notice(uow, m), m) for m in messages]
@@ -261,3 +272,12 @@ class NotifyStage:
                 detail=detail,
             ),
         )
+
+
+def _lock_items(uow: UnitOfWork, messages: list[TakedownNotice]) -> None:
+    """Lock an e-mail's items before its outcome is recorded (``ItemRepository.lock``): the
+    follow-up a sent notice opens and the item's state are read and written under that lock,
+    so another notice of the same item, recorded at the same time by another worker (or, on
+    Kafka, another e-mail in flight in this one), waits instead of failing on the follow-up
+    row it also found missing -- after its e-mail went out."""
+    uow.items.lock([m.item_id for m in messages])

@@ -87,3 +87,12 @@ def test_an_event_left_to_another_worker_stops_the_acks_of_its_partition() -> No
 
 def test_classify_is_overlapping() -> None:
     assert overlapping(ClassifyStage)  # type: ignore[arg-type]
+
+
+def test_notify_is_overlapping_and_batchable() -> None:
+    """On Kafka notify overlaps (several e-mails in flight, one hoster's in order); the
+    embedded runtime batches its bookkeeping."""
+    from hotline.kernel.stage import batchable
+    from services.notify.stage import NotifyStage
+
+    assert overlapping(NotifyStage) and batchable(NotifyStage)  # type: ignore[arg-type]
