@@ -61,9 +61,9 @@ class ItemRepository(Protocol):
     def reload(self, item: Item) -> Item:
         """The item as committed now (another worker may have classified it meanwhile)."""
         ...
-    def lock(self, item_ids: Sequence[str]) -> None:
-        """Hold the items' rows for this transaction (in id order): outcomes recorded on
-        the same items by two workers at once go one after the other."""
+    def lock(self, item_ids: Sequence[str]) -> list[Item]:
+        """Hold the items' rows for this transaction (in id order), and return them: outcomes
+        recorded on the same items by two workers at once go one after the other."""
         ...
     def open_for_url(self, url: str) -> Item | None: ...
     def create(self, url: str) -> Item:

@@ -58,14 +58,18 @@ class SqlItems:
         self.session.refresh(item)
         return item
 
-    def lock(self, item_ids: Sequence[str]) -> None:
+    def lock(self, item_ids: Sequence[str]) -> list[Item]:
         """Lock the items' rows until the transaction ends, in one order (their ids), so two
         transactions recording outcomes on the same items wait for each other instead of
-        deadlocking or both finding "no follow-up yet". SQLite: every transaction already holds
-        the one write lock (``BEGIN IMMEDIATE``)."""
+        deadlocking or both finding "no follow-up yet"; returns them, loaded by that one
+        statement (hold them: ``get`` then finds them without a query). SQLite: every
+        transaction already holds the one write lock (``BEGIN IMMEDIATE``)."""
         ids = sorted(set(item_ids))
-        if ids and self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(_LOCK_ITEMS, {"ids": ids})
+        if not ids:
+            return []
+        if self.session.get_bind().dialect.name != "postgresql":
+            return [i for i in (self.session.get(Item, x) for x in ids) if i is not None]
+        return list(self.session.scalars(_LOCK_ITEMS, {"ids": ids}).all())
 
     def open_for_url(self, url: str) -> Item | None:
         item_id = self.session.scalar(select(OpenUrl.item_id).where(OpenUrl.url_sha256 == url_digest(url)))
@@ -146,5 +150,5 @@ class SqlItems:
 
 
 _ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))
-_LOCK_ITEMS = (select(Item.id).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
-               .with_for_update())
+_LOCK_ITEMS = (select(Item).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
+               .with_for_update().execution_options(populate_existing=True))

@@ -125,8 +125,9 @@ class MemoryItems:
     def reload(self, item: Item) -> Item:
         return self.state.items[item.id]
 
-    def lock(self, item_ids: Sequence[str]) -> None:
-        pass  # one thread of tests: nothing to wait for
+    def lock(self, item_ids: Sequence[str]) -> list[Item]:
+        # One thread of tests: nothing to wait for.
+        return [self.state.items[i] for i in sorted(set(item_ids)) if i in self.state.items]
 
     def open_for_url(self, url: str) -> Item | None:
         item_id = self.state.open_urls.get(url)

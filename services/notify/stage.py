@@ -53,7 +53,7 @@ from hotline.kernel.messages import InvalidMessage, Outgoing
 from hotline.kernel.ports import UnitOfWork
 from hotline.kernel.stage import Result, RetryLater, SideEffect, move_item
 from hotline.kernel.states import ItemState
-from hotline.storage.models import Notice
+from hotline.storage.models import Item, Notice
 from schemas import Message
 from schemas.notices import NoticeEvent, TakedownNotice
 from services.followup.opening import open_followup
@@ -196,8 +196,10 @@ class NotifyStage:
         )
 
     def _all_sent(self, uow: UnitOfWork, messages: list[TakedownNotice]) -> list[Outgoing]:
-        _lock_items(uow, messages)
-        return [o for m in messages for o in self._sent(uow, m)]
+        items = _lock_items(uow, messages)  # held: the steps below find them without a query
+        out = [o for m in messages for o in self._sent(uow, m)]
+        del items
+        return out
 
     def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
         notice = uow.notices.get(message.notice_id)
@@ -274,10 +276,10 @@ class NotifyStage:
         )
 
 
-def _lock_items(uow: UnitOfWork, messages: list[TakedownNotice]) -> None:
+def _lock_items(uow: UnitOfWork, messages: list[TakedownNotice]) -> list[Item]:
     """Lock an e-mail's items before its outcome is recorded (``ItemRepository.lock``): the
     follow-up a sent notice opens and the item's state are read and written under that lock,
     so another notice of the same item, recorded at the same time by another worker (or, on
     Kafka, another e-mail in flight in this one), waits instead of failing on the follow-up
     row it also found missing -- after its e-mail went out."""
-    uow.items.lock([m.item_id for m in messages])
+    return uow.items.lock([m.item_id for m in messages])
