@@ -27,6 +27,7 @@ changes in ``services/notify`` and ``services/escalate`` move.
 
     python -m benchmarks.bench_stagecpu            # 400 items
     python -m benchmarks.bench_stagecpu --quick    # 100 items
+    python -m benchmarks.bench_stagecpu --stages ingest,classify
 
 Bounded in count; loopback only; the database is dropped at the end. Compare code versions by
 running the same command with ``PYTHONPATH`` pointing at each checkout.
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="100 items")
     parser.add_argument("--batch", type=int, default=int(os.environ.get("HOTLINE_BATCH_SIZE", "50")))
+    parser.add_argument("--stages", default="ingest,classify,notify,escalate",
+                        help="comma-separated subset of ingest,classify,notify,escalate")
     parser.add_argument("--database-url", default=os.environ.get("HOTLINE_TEST_DATABASE_URL", DEFAULT_DB))
     args = parser.parse_args(argv)
     n = 100 if args.quick else min(args.items, 5000)
@@ -263,20 +266,26 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(url)
         try:
             sessions = make_sessionmaker(engine)
-            _, _, warm = run_ingest(sessions, 20, "warm", args.batch)  # warm-up: imports, schemas, pool
-            run_classify_record(sessions, warm)
-            spent, count, accepted = run_ingest(sessions, n, "batched", args.batch)
-            rows.append((f"ingest (batches of {args.batch})", "report", spent, count))
-            spent, count, single = run_ingest(sessions, n, "single", 1)
-            rows.append(("ingest (one per transaction)", "report", spent, count))
-            rows.append(("classify (record step, prepared facts)", "item",
-                         *run_classify_record(sessions, accepted + single)))
-            run_notify(sessions, setup(sessions, 10, "warm"), args.batch)  # warm-up: imports, schemas, pool
-            items = setup(sessions, n, "item")
-            rows.append(("notify", "notice", *run_notify(sessions, items, args.batch)))
-            run_escalate(sessions, items[:10], False)
-            rows.append(("escalate (no status endpoint)", "event", *run_escalate(sessions, items, False)))
-            rows.append(("escalate (DE has a status endpoint)", "event", *run_escalate(sessions, items, True)))
+            stages = set(args.stages.split(","))
+            if stages & {"ingest", "classify"}:
+                _, _, warm = run_ingest(sessions, 20, "warm", args.batch)  # warm-up: imports, schemas, pool
+                run_classify_record(sessions, warm)
+                spent, count, accepted = run_ingest(sessions, n, "batched", args.batch)
+                rows.append((f"ingest (batches of {args.batch})", "report", spent, count))
+                spent, count, single = run_ingest(sessions, n, "single", 1)
+                rows.append(("ingest (one per transaction)", "report", spent, count))
+                if "classify" in stages:
+                    rows.append(("classify (record step, prepared facts)", "item",
+                                 *run_classify_record(sessions, accepted + single)))
+            if stages & {"notify", "escalate"}:
+                run_notify(sessions, setup(sessions, 10, "warm"), args.batch)  # warm-up: imports, schemas, pool
+                items = setup(sessions, n, "item")
+                if "notify" in stages:
+                    rows.append(("notify", "notice", *run_notify(sessions, items, args.batch)))
+                if "escalate" in stages:
+                    run_escalate(sessions, items[:10], False)
+                    rows.append(("escalate (no status endpoint)", "event", *run_escalate(sessions, items, False)))
+                    rows.append(("escalate (DE has a status endpoint)", "event", *run_escalate(sessions, items, True)))
         finally:
             engine.dispose()
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, code from {sys.modules['hotline'].__file__}")

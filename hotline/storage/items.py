@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, delete, func, insert, select
+from sqlalchemy import Executable, Select, Table, bindparam, delete, func, select, union_all
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -42,7 +43,29 @@ def _other_sightings(*columns: Any) -> Select[Any]:
     return select(*columns).where(ItemImage.sha256 == bindparam("sha256"), ItemImage.item_id != bindparam("me"))
 
 
-_FIRST_SIGHTING = _other_sightings(ItemImage.item_id, ItemImage.url).order_by(ItemImage.id).limit(1)
+_ITEM_IMAGES = cast(Table, ItemImage.__table__)  # for Core statements
+_PROBES_PER_STATEMENT = 16
+"""Images probed per statement (a gallery's 50 images: four statements)."""
+
+
+def _probe(i: int) -> Select[str, str, str]:
+    """The first other sighting of the image ``:sha<i>``: an index probe (``LIMIT 1``)."""
+    return (select(ItemImage.item_id, ItemImage.sha256, ItemImage.url)
+            .where(ItemImage.sha256 == bindparam(f"sha{i}"), ItemImage.item_id != bindparam("me"))
+            .order_by(ItemImage.id).limit(1))
+
+
+@functools.cache
+def _first_sightings(n: int) -> Executable:
+    """The probes of ``n`` images in one statement (one round trip per item instead of one
+    per image); each probe a subquery, as SQLite allows ``LIMIT`` in a compound select only
+    there. Built once per ``n``."""
+    if n == 1:
+        return _probe(0)
+    parts = [_probe(i).subquery(f"p{i}") for i in range(n)]
+    return union_all(*(select(p.c.item_id, p.c.sha256, p.c.url) for p in parts))
+
+
 _capped = _other_sightings(ItemImage.item_id).limit(bindparam("up_to")).subquery()
 _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 
@@ -114,8 +137,12 @@ class SqlItems:
         """Record the (sha256, image URL) pairs an item showed."""
         if images:  # one multi-row INSERT (nothing reads the rows back as objects)
             at = now()
-            self.session.execute(insert(ItemImage), [{"item_id": item_id, "sha256": sha256, "url": url, "at": at}
-                                                     for sha256, url in images])
+            # The session's changes first (as the ORM statement's autoflush did: the item may be
+            # pending), then a Core insert on the table: the ORM's bulk-insert path cost more
+            # CPU than the statement itself.
+            self.session.flush()
+            self.session.execute(_ITEM_IMAGES.insert(), [{"item_id": item_id, "sha256": sha256, "url": url, "at": at}
+                                                         for sha256, url in images])
 
     def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
         """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
@@ -132,16 +159,24 @@ class SqlItems:
     def first_sightings(self, item_id: str, sha256s: Sequence[str], count_up_to: int) -> list[tuple[str, str, str, int]]:
         """(first other item id, sha256, its image URL, other items showing it, counted up to
         ``count_up_to``) for each of ``sha256s`` another item showed: an index probe per image
-        (``LIMIT 1``) and, for one shown elsewhere, a bounded count, however many copies exist.
-        The statements are built once (:data:`_FIRST_SIGHTING`): building them per call cost
-        four times what running them did."""
+        (``LIMIT 1``), all of an item's probes in one statement (:func:`_first_sightings`), and,
+        for an image shown elsewhere, a bounded count, however many copies exist. The
+        statements are built once: building them per call cost four times what running them did."""
+        wanted = list(dict.fromkeys(sha256s))
+        found: dict[str, tuple[str, str]] = {}
+        for k in range(0, len(wanted), _PROBES_PER_STATEMENT):
+            chunk = wanted[k:k + _PROBES_PER_STATEMENT]
+            params: dict[str, Any] = {f"sha{i}": sha for i, sha in enumerate(chunk)}
+            params["me"] = item_id
+            for first_id, sha256, first_url in self.session.execute(_first_sightings(len(chunk)), params):
+                found[sha256] = (first_id, first_url)
         out: list[tuple[str, str, str, int]] = []
-        for sha256 in dict.fromkeys(sha256s):
-            first = self.session.execute(_FIRST_SIGHTING, {"sha256": sha256, "me": item_id}).first()
-            if first is None:
+        for sha256 in wanted:
+            if sha256 not in found:
                 continue
+            first_id, first_url = found[sha256]
             count = self.session.scalar(_SIGHTINGS_COUNT, {"sha256": sha256, "me": item_id, "up_to": count_up_to}) or 0
-            out.append((first[0], sha256, first[1], int(count)))
+            out.append((first_id, sha256, first_url, int(count)))
         return out
 
     def exists(self, item_id: str) -> bool:
