@@ -73,10 +73,6 @@ _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 class SqlItems:
     def __init__(self, session: Session) -> None:
         self.session = session
-        # Items ``create`` opened in this unit of work, by their URL's digest: their item and
-        # ``open_urls`` rows may still be pending (not flushed), so ``open_for_url`` answers
-        # them itself.
-        self._opened: dict[str, Item] = {}
 
     def get(self, item_id: str) -> Item | None:
         return self.session.get(Item, item_id)
@@ -86,26 +82,21 @@ class SqlItems:
         return item
 
     def open_for_url(self, url: str) -> Item | None:
-        """The open item of ``url``, without flushing the session first: ``open_urls`` is written
-        only here, pending only as ``create`` left it (answered from ``_opened``); ``set_state``
-        deletes and re-adds its rows at once. Autoflush here cost ingest a flush per URL."""
-        digest = url_digest(url)
-        opened = self._opened.get(digest)
-        if opened is not None:
-            return opened
+        """The open item of ``url``, without flushing the session first: ``open_urls`` rows are
+        never left pending (``create`` and ``set_state`` flush or execute theirs at once), so no
+        pending change can alter the answer. Autoflush here cost ingest a flush per URL."""
         with self.session.no_autoflush:
-            item_id = self.session.scalar(_OPEN_ITEM, {"sha": digest})
+            item_id = self.session.scalar(_OPEN_ITEM, {"sha": url_digest(url)})
             return None if item_id is None else self.session.get(Item, item_id)
 
     def create(self, url: str) -> Item:
-        """A new open item for ``url``; its rows go out with the unit of work's next flush (the
-        unit of work orders the ``items`` insert before the rows that refer to it). Two workers
-        racing on one URL: the loser's commit fails on ``open_urls``' key, and its retry links."""
+        """A new open item for ``url``, flushed at once (the port's promise: a lost race raises
+        here; and other repositories may refer to the item by Core statements): its ``items``
+        and ``open_urls`` rows in one flush (the unit of work inserts the item first)."""
         item = new_item(url)
-        digest = url_digest(url)
         self.session.add(item)
-        self.session.add(OpenUrl(url_sha256=digest, item_id=item.id))
-        self._opened[digest] = item
+        self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item.id))
+        self.session.flush()
         return item
 
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
@@ -114,7 +105,6 @@ class SqlItems:
         self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
-            self._opened.pop(url_digest(item.url), None)
             self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
         elif was_final:
             # Reopened (a senior analyst's change): the item holds its URL's slot again.

@@ -113,6 +113,13 @@ class SqlReports(RecordsRejections):
     def discard_added(self) -> None:
         self._added.clear()
         self._added_keys.clear()
+        self._new.clear()
+
+    def forget_new(self) -> None:
+        """The unit of work committed: the reports it added are in the database now, and
+        ``get`` asks the session for them like for any other (a reused unit of work sees
+        what other transactions did since)."""
+        self._new.clear()
 
     def urls(self, report_id: str) -> Sequence[ReportUrl]:
         return self.session.scalars(

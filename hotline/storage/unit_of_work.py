@@ -70,6 +70,7 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         self.reports.flush_added()
+        self.reports.forget_new()
         if not self.pending and not self.pending_raw:
             self.session.commit()
             return
