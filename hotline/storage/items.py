@@ -73,6 +73,9 @@ _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 class SqlItems:
     def __init__(self, session: Session) -> None:
         self.session = session
+        # Items ``create_deferred`` opened in this unit of work, by their URL's digest: their
+        # rows may still be pending, so ``open_for_url`` answers them itself.
+        self._deferred: dict[str, Item] = {}
 
     def get(self, item_id: str) -> Item | None:
         return self.session.get(Item, item_id)
@@ -81,22 +84,39 @@ class SqlItems:
         self.session.refresh(item)
         return item
 
+    def forget_deferred(self) -> None:
+        """The unit of work committed or rolled back: ``open_for_url`` asks the database again."""
+        self._deferred.clear()
+
     def open_for_url(self, url: str) -> Item | None:
         """The open item of ``url``, without flushing the session first: ``open_urls`` rows are
-        never left pending (``create`` and ``set_state`` flush or execute theirs at once), so no
-        pending change can alter the answer. Autoflush here cost ingest a flush per URL."""
+        pending only as ``create_deferred`` left them (answered from ``_deferred``); ``create``
+        flushes and ``set_state`` executes its own at once, so no other pending change can
+        alter the answer. Autoflush here cost ingest a flush per URL."""
+        digest = url_digest(url)
+        deferred = self._deferred.get(digest)
+        if deferred is not None:
+            return deferred
         with self.session.no_autoflush:
-            item_id = self.session.scalar(_OPEN_ITEM, {"sha": url_digest(url)})
+            item_id = self.session.scalar(_OPEN_ITEM, {"sha": digest})
             return None if item_id is None else self.session.get(Item, item_id)
 
     def create(self, url: str) -> Item:
         """A new open item for ``url``, flushed at once (the port's promise: a lost race raises
         here; and other repositories may refer to the item by Core statements): its ``items``
         and ``open_urls`` rows in one flush (the unit of work inserts the item first)."""
-        item = new_item(url)
-        self.session.add(item)
-        self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item.id))
+        item = self.create_deferred(url)
         self.session.flush()
+        self._deferred.pop(url_digest(url), None)
+        return item
+
+    def create_deferred(self, url: str) -> Item:
+        """As ``create``, its rows left for the next flush (the commit's, for ingest)."""
+        item = new_item(url)
+        digest = url_digest(url)
+        self.session.add(item)
+        self.session.add(OpenUrl(url_sha256=digest, item_id=item.id))
+        self._deferred[digest] = item
         return item
 
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
@@ -105,6 +125,7 @@ class SqlItems:
         self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
+            self._deferred.pop(url_digest(item.url), None)
             self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
         elif was_final:
             # Reopened (a senior analyst's change): the item holds its URL's slot again.
