@@ -1,4 +1,4 @@
-"""CPU per event of the notify and escalate stages, without Kafka: each stage driven through
+"""CPU per event of the ingest, classify (record), notify and escalate stages, without Kafka: each stage driven through
 ``StepRunner`` (what ``hotline serve --stage NAME`` runs per event) on a fresh PostgreSQL
 database, its CPU time (``time.process_time``: this process, PostgreSQL excluded) divided by
 the events it handled.
@@ -9,6 +9,14 @@ goes to classify. The stage processes also spend CPU on faust, aiokafka and thei
 tasks; this isolates what the stage code and its database work cost per event, which is what
 changes in ``services/notify`` and ``services/escalate`` move.
 
+- ingest: ``--items`` one-URL web reports (``reports.submitted``, every URL new), in batches of
+  ``HOTLINE_BATCH_SIZE`` (``process_batch``, as the Kafka runtime hands them), and as a second
+  row one report per transaction (the batch the Kafka runtime sees at a low rate).
+- classify (record): the database part of classify per item (``handle``, then the record step
+  of its side effect) for the items ingest created, with prepared facts instead of fetching and
+  hashing (those cost what they cost, whatever the database does): the pipeline's mix of 60%
+  known in NL (a notice), 15% known in DE (a forward), 15% unknown, 10% a gallery of 8 images
+  (one known); every image its own SHA-256.
 - notify: ``--items`` takedown notices (one known image each, as classify writes them), in
   batches of ``HOTLINE_BATCH_SIZE`` as the Kafka runtime hands them (``process_batch``), to a
   mailer that accepts everything in memory: reserve, render (X-ARF report, validated), record.
@@ -19,6 +27,7 @@ changes in ``services/notify`` and ``services/escalate`` move.
 
     python -m benchmarks.bench_stagecpu            # 400 items
     python -m benchmarks.bench_stagecpu --quick    # 100 items
+    python -m benchmarks.bench_stagecpu --stages ingest,classify
 
 Bounded in count; loopback only; the database is dropped at the end. Compare code versions by
 running the same command with ``PYTHONPATH`` pointing at each checkout.
@@ -106,6 +115,95 @@ def notice(item_id: str, url: str) -> Any:
                           abuse_email="abuse@hoster-a.test", country="NL", images=[image(url)], hosting=hosting())
 
 
+def run_ingest(sessions: Any, n: int, tag: str, batch: int) -> tuple[float, int, list[tuple[str, str]]]:
+    """``n`` new one-URL web reports through the ingest stage; returns the CPU time, the count
+    and the (item id, URL) of every item it accepted."""
+    from hotline.runtime.steps import StepRunner
+    from schemas.items import ItemAccepted
+    from schemas.reports import ReportSubmitted
+    from services.ingest.stage import IngestStage
+
+    # The test hoster is vouched for by the operator (as the pipeline benchmark's hosting file does).
+    runner = StepRunner(IngestStage(operator_hosts=frozenset({"img.hoster-a.test"})), sessions)
+    raws = [("reports.submitted",
+             ReportSubmitted(urls=[f"http://img.hoster-a.test/{tag}/{i}.jpg"], channel="web").to_bytes())
+            for i in range(n)]
+    accepted: list[tuple[str, str]] = []
+    started = time.process_time()
+    for k in range(0, len(raws), batch):
+        outcome = runner.process_batch(raws[k:k + batch])
+        if outcome.error is not None:
+            raise outcome.error
+        accepted += [(o.message.item_id, o.message.url) for o in outcome.flat() if isinstance(o.message, ItemAccepted)]
+    spent = time.process_time() - started
+    if len(accepted) != n:
+        raise RuntimeError(f"ingest accepted {len(accepted)} of {n} reports")
+    return spent, n, accepted
+
+
+def bench_classified(k: int, item_id: str, url: str) -> Any:
+    """The ``k``-th item's prepared facts, in the pipeline's mix (see the module docstring)."""
+    import hashlib
+
+    from schemas.facts import BankMatch, HostingFacts, ImageFacts
+    from schemas.items import HosterRoute, ItemClassified
+
+    def img(u: str, known: bool) -> ImageFacts:
+        sha = hashlib.sha256(u.encode()).hexdigest()
+        match = BankMatch(entry_id=1, signal="sha256", distance=0, category="baseline", source="bench") if known else None
+        return ImageFacts(url=u, md5=sha[:32], sha1=sha[:40], sha256=sha, pdq="f" * 64, pdq_quality=100,
+                          width=640, height=480, format="JPEG", byte_size=40_000, match=match)
+
+    kind = ("notice", "forward", "unknown", "gallery")[[0, 0, 0, 0, 0, 0, 1, 2, 3, 2, 1, 2, 0, 0, 0, 0, 0, 0, 3, 1][k % 20]]
+    nl = hosting()
+    de = HostingFacts(host="img.hoster-c.test", ip="127.0.0.3", country="DE", asn=64503,
+                      hoster="Hoster C GmbH", abuse="abuse@hoster-c.test", source="hosting_file")
+    if kind == "notice":
+        images = [img(url, True)]
+        return ItemClassified(item_id=item_id, url=url, online=True, images=images, hosting=nl, known=True,
+                              route="ntd", reason="known material hosted in NL",
+                              attribution=[HosterRoute(hosting=nl, route="ntd", reason="known material hosted in NL",
+                                                       page=True, image_urls=[url], action_id=f"ntd-{item_id}")])
+    if kind == "forward":
+        images = [img(url, True)]
+        return ItemClassified(item_id=item_id, url=url, online=True, images=images, hosting=de, known=True,
+                              route="forward", reason="known material hosted in DE",
+                              attribution=[HosterRoute(hosting=de, route="forward", reason="known material hosted in DE",
+                                                       page=True, image_urls=[url], action_id=f"fwd-{item_id}")])
+    if kind == "unknown":
+        return ItemClassified(item_id=item_id, url=url, online=True, images=[img(url, False)], hosting=nl,
+                              route="assessment", reason="1 image(s) not in the bank: waiting for an analyst")
+    images = [img(f"{url}/{j}.jpg", j == 0) for j in range(8)]
+    return ItemClassified(item_id=item_id, url=url, online=True, images=images, hosting=nl, known=True,
+                          route="ntd", reason="known material hosted in NL",
+                          attribution=[HosterRoute(hosting=nl, route="ntd", reason="known material hosted in NL",
+                                                   page=True, image_urls=[images[0].url], action_id=f"ntd-{item_id}")])
+
+
+def run_classify_record(sessions: Any, items: list[tuple[str, str]]) -> tuple[float, int]:
+    """Every item through classify (``process``: handle, act, record) with its act step
+    answering prepared facts (no fetching, no hashing)."""
+    from hotline.runtime.steps import StepRunner
+    from schemas.items import ItemAccepted
+    from services.classify.stage import ClassifyStage
+
+    facts = {item_id: bench_classified(k, item_id, url) for k, (item_id, url) in enumerate(items)}
+
+    class Prepared(ClassifyStage):
+        def classify(self, item_id: str, url: str) -> Any:
+            return facts[item_id]
+
+    stage = Prepared(fetcher=None, hash_image=None, match=None, hosting=None,  # type: ignore[arg-type]
+                     partner_names={"DE": "Partner hotline DE"})
+    runner = StepRunner(stage, sessions)
+    raws = [ItemAccepted(item_id=item_id, url=url, report_ids=[]).to_bytes() for item_id, url in items]
+    started = time.process_time()
+    for raw in raws:
+        if not runner.process("items.accepted", raw):
+            raise RuntimeError("classify produced no output")
+    return time.process_time() - started, len(raws)
+
+
 def run_notify(sessions: Any, items: list[tuple[str, str, str]], batch: int) -> tuple[float, int]:
     from hotline.runtime.steps import StepRunner
     from services.notify.stage import NotifyStage
@@ -153,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="100 items")
     parser.add_argument("--batch", type=int, default=int(os.environ.get("HOTLINE_BATCH_SIZE", "50")))
+    parser.add_argument("--stages", default="ingest,classify,notify,escalate",
+                        help="comma-separated subset of ingest,classify,notify,escalate")
     parser.add_argument("--database-url", default=os.environ.get("HOTLINE_TEST_DATABASE_URL", DEFAULT_DB))
     args = parser.parse_args(argv)
     n = 100 if args.quick else min(args.items, 5000)
@@ -166,12 +266,26 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(url)
         try:
             sessions = make_sessionmaker(engine)
-            run_notify(sessions, setup(sessions, 10, "warm"), args.batch)  # warm-up: imports, schemas, pool
-            items = setup(sessions, n, "item")
-            rows.append(("notify", "notice", *run_notify(sessions, items, args.batch)))
-            run_escalate(sessions, items[:10], False)
-            rows.append(("escalate (no status endpoint)", "event", *run_escalate(sessions, items, False)))
-            rows.append(("escalate (DE has a status endpoint)", "event", *run_escalate(sessions, items, True)))
+            stages = set(args.stages.split(","))
+            if stages & {"ingest", "classify"}:
+                _, _, warm = run_ingest(sessions, 20, "warm", args.batch)  # warm-up: imports, schemas, pool
+                run_classify_record(sessions, warm)
+                spent, count, accepted = run_ingest(sessions, n, "batched", args.batch)
+                rows.append((f"ingest (batches of {args.batch})", "report", spent, count))
+                spent, count, single = run_ingest(sessions, n, "single", 1)
+                rows.append(("ingest (one per transaction)", "report", spent, count))
+                if "classify" in stages:
+                    rows.append(("classify (record step, prepared facts)", "item",
+                                 *run_classify_record(sessions, accepted + single)))
+            if stages & {"notify", "escalate"}:
+                run_notify(sessions, setup(sessions, 10, "warm"), args.batch)  # warm-up: imports, schemas, pool
+                items = setup(sessions, n, "item")
+                if "notify" in stages:
+                    rows.append(("notify", "notice", *run_notify(sessions, items, args.batch)))
+                if "escalate" in stages:
+                    run_escalate(sessions, items[:10], False)
+                    rows.append(("escalate (no status endpoint)", "event", *run_escalate(sessions, items, False)))
+                    rows.append(("escalate (DE has a status endpoint)", "event", *run_escalate(sessions, items, True)))
         finally:
             engine.dispose()
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, code from {sys.modules['hotline'].__file__}")

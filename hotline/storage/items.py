@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, delete, func, insert, select
+from sqlalchemy import Executable, Select, Table, bindparam, delete, func, select, union_all
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -42,7 +43,29 @@ def _other_sightings(*columns: Any) -> Select[Any]:
     return select(*columns).where(ItemImage.sha256 == bindparam("sha256"), ItemImage.item_id != bindparam("me"))
 
 
-_FIRST_SIGHTING = _other_sightings(ItemImage.item_id, ItemImage.url).order_by(ItemImage.id).limit(1)
+_ITEM_IMAGES = cast(Table, ItemImage.__table__)  # for Core statements
+_PROBES_PER_STATEMENT = 16
+"""Images probed per statement (a gallery's 50 images: four statements)."""
+
+
+def _probe(i: int) -> Select[str, str, str]:
+    """The first other sighting of the image ``:sha<i>``: an index probe (``LIMIT 1``)."""
+    return (select(ItemImage.item_id, ItemImage.sha256, ItemImage.url)
+            .where(ItemImage.sha256 == bindparam(f"sha{i}"), ItemImage.item_id != bindparam("me"))
+            .order_by(ItemImage.id).limit(1))
+
+
+@functools.cache
+def _first_sightings(n: int) -> Executable:
+    """The probes of ``n`` images in one statement (one round trip per item instead of one
+    per image); each probe a subquery, as SQLite allows ``LIMIT`` in a compound select only
+    there. Built once per ``n``."""
+    if n == 1:
+        return _probe(0)
+    parts = [_probe(i).subquery(f"p{i}") for i in range(n)]
+    return union_all(*(select(p.c.item_id, p.c.sha256, p.c.url) for p in parts))
+
+
 _capped = _other_sightings(ItemImage.item_id).limit(bindparam("up_to")).subquery()
 _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 
@@ -50,6 +73,9 @@ _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 class SqlItems:
     def __init__(self, session: Session) -> None:
         self.session = session
+        # Items ``create_deferred`` opened in this unit of work, by their URL's digest: their
+        # rows may still be pending, so ``open_for_url`` answers them itself.
+        self._deferred: dict[str, Item] = {}
 
     def get(self, item_id: str) -> Item | None:
         return self.session.get(Item, item_id)
@@ -71,16 +97,39 @@ class SqlItems:
             return [i for i in (self.session.get(Item, x) for x in ids) if i is not None]
         return list(self.session.scalars(_LOCK_ITEMS, {"ids": ids}).all())
 
+    def forget_deferred(self) -> None:
+        """The unit of work committed or rolled back: ``open_for_url`` asks the database again."""
+        self._deferred.clear()
+
     def open_for_url(self, url: str) -> Item | None:
-        item_id = self.session.scalar(select(OpenUrl.item_id).where(OpenUrl.url_sha256 == url_digest(url)))
-        return None if item_id is None else self.session.get(Item, item_id)
+        """The open item of ``url``, without flushing the session first: ``open_urls`` rows are
+        pending only as ``create_deferred`` left them (answered from ``_deferred``); ``create``
+        flushes and ``set_state`` executes its own at once, so no other pending change can
+        alter the answer. Autoflush here cost ingest a flush per URL."""
+        digest = url_digest(url)
+        deferred = self._deferred.get(digest)
+        if deferred is not None:
+            return deferred
+        with self.session.no_autoflush:
+            item_id = self.session.scalar(_OPEN_ITEM, {"sha": digest})
+            return None if item_id is None else self.session.get(Item, item_id)
 
     def create(self, url: str) -> Item:
+        """A new open item for ``url``, flushed at once (the port's promise: a lost race raises
+        here; and other repositories may refer to the item by Core statements): its ``items``
+        and ``open_urls`` rows in one flush (the unit of work inserts the item first)."""
+        item = self.create_deferred(url)
+        self.session.flush()
+        self._deferred.pop(url_digest(url), None)
+        return item
+
+    def create_deferred(self, url: str) -> Item:
+        """As ``create``, its rows left for the next flush (the commit's, for ingest)."""
         item = new_item(url)
+        digest = url_digest(url)
         self.session.add(item)
-        self.session.flush()
-        self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item.id))
-        self.session.flush()
+        self.session.add(OpenUrl(url_sha256=digest, item_id=item.id))
+        self._deferred[digest] = item
         return item
 
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
@@ -89,6 +138,7 @@ class SqlItems:
         self.add_event(item.id, stage, new, reason, at)
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
+            self._deferred.pop(url_digest(item.url), None)
             self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
         elif was_final:
             # Reopened (a senior analyst's change): the item holds its URL's slot again.
@@ -111,8 +161,12 @@ class SqlItems:
         """Record the (sha256, image URL) pairs an item showed."""
         if images:  # one multi-row INSERT (nothing reads the rows back as objects)
             at = now()
-            self.session.execute(insert(ItemImage), [{"item_id": item_id, "sha256": sha256, "url": url, "at": at}
-                                                     for sha256, url in images])
+            # The session's changes first (as the ORM statement's autoflush did: the item may be
+            # pending), then a Core insert on the table: the ORM's bulk-insert path cost more
+            # CPU than the statement itself.
+            self.session.flush()
+            self.session.execute(_ITEM_IMAGES.insert(), [{"item_id": item_id, "sha256": sha256, "url": url, "at": at}
+                                                         for sha256, url in images])
 
     def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
         """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
@@ -129,16 +183,24 @@ class SqlItems:
     def first_sightings(self, item_id: str, sha256s: Sequence[str], count_up_to: int) -> list[tuple[str, str, str, int]]:
         """(first other item id, sha256, its image URL, other items showing it, counted up to
         ``count_up_to``) for each of ``sha256s`` another item showed: an index probe per image
-        (``LIMIT 1``) and, for one shown elsewhere, a bounded count, however many copies exist.
-        The statements are built once (:data:`_FIRST_SIGHTING`): building them per call cost
-        four times what running them did."""
+        (``LIMIT 1``), all of an item's probes in one statement (:func:`_first_sightings`), and,
+        for an image shown elsewhere, a bounded count, however many copies exist. The
+        statements are built once: building them per call cost four times what running them did."""
+        wanted = list(dict.fromkeys(sha256s))
+        found: dict[str, tuple[str, str]] = {}
+        for k in range(0, len(wanted), _PROBES_PER_STATEMENT):
+            chunk = wanted[k:k + _PROBES_PER_STATEMENT]
+            params: dict[str, Any] = {f"sha{i}": sha for i, sha in enumerate(chunk)}
+            params["me"] = item_id
+            for first_id, sha256, first_url in self.session.execute(_first_sightings(len(chunk)), params):
+                found[sha256] = (first_id, first_url)
         out: list[tuple[str, str, str, int]] = []
-        for sha256 in dict.fromkeys(sha256s):
-            first = self.session.execute(_FIRST_SIGHTING, {"sha256": sha256, "me": item_id}).first()
-            if first is None:
+        for sha256 in wanted:
+            if sha256 not in found:
                 continue
+            first_id, first_url = found[sha256]
             count = self.session.scalar(_SIGHTINGS_COUNT, {"sha256": sha256, "me": item_id, "up_to": count_up_to}) or 0
-            out.append((first[0], sha256, first[1], int(count)))
+            out.append((first_id, sha256, first_url, int(count)))
         return out
 
     def exists(self, item_id: str) -> bool:
@@ -152,3 +214,5 @@ class SqlItems:
 _ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))
 _LOCK_ITEMS = (select(Item).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
                .with_for_update().execution_options(populate_existing=True))
+
+_OPEN_ITEM = select(OpenUrl.item_id).where(OpenUrl.url_sha256 == bindparam("sha"))

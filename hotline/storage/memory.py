@@ -143,6 +143,9 @@ class MemoryItems:
         self.state.open_urls[url] = item.id
         return item
 
+    def create_deferred(self, url: str) -> Item:
+        return self.create(url)
+
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
         was_final = item.state in FINAL
         new = apply_state(item, state, reason)

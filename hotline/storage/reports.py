@@ -53,9 +53,21 @@ class SqlReports(RecordsRejections):
         # inserted by ``flush_added`` (the unit of work's flush and commit).
         self._added: dict[str, dict[str, Any]] = {}
         self._added_keys: dict[str, str] = {}
+        # Report objects this unit of work added to the session (``create``, ``_add``): they
+        # may still be pending (not flushed), so ``get`` answers them itself.
+        self._new: dict[str, Report] = {}
 
     def get(self, report_id: str) -> Report | None:
-        return self.session.get(Report, report_id)
+        """The report, without flushing the session first: a report row can only be pending in
+        this session as one of ``_new`` (every ``Report`` added goes through this repository),
+        so no other pending change can alter the answer. Autoflush here cost ingest a flush per
+        message of a batch (each report's ``get`` sent the previous report's rows out on their
+        own); now the unit of work's commit sends all of them in one flush."""
+        new = self._new.get(report_id)
+        if new is not None:
+            return new
+        with self.session.no_autoflush:
+            return self.session.get(Report, report_id)
 
     def by_idempotency_key(self, key: str) -> Report | None:
         self.flush_added()
@@ -70,9 +82,10 @@ class SqlReports(RecordsRejections):
         return self.session.scalar(select(Report.id).where(Report.idempotency_key == key))
 
     def create(self, msg: ReportSubmitted, idempotency_key: str | None = None) -> Report:
+        """A new report as an ORM object, inserted at the next flush (the commit's, for the ingest
+        stage: its status is final by then, so one INSERT and no UPDATE)."""
         report = new_report(msg, idempotency_key)
-        self.session.add(report)
-        self.session.flush()
+        self._add(report)
         return report
 
     def add(self, msg: ReportSubmitted, idempotency_key: str | None = None) -> str:
@@ -100,6 +113,13 @@ class SqlReports(RecordsRejections):
     def discard_added(self) -> None:
         self._added.clear()
         self._added_keys.clear()
+        self._new.clear()
+
+    def forget_new(self) -> None:
+        """The unit of work committed: the reports it added are in the database now, and
+        ``get`` asks the session for them like for any other (a reused unit of work sees
+        what other transactions did since)."""
+        self._new.clear()
 
     def urls(self, report_id: str) -> Sequence[ReportUrl]:
         return self.session.scalars(
@@ -119,6 +139,7 @@ class SqlReports(RecordsRejections):
 
     def _add(self, report: Report) -> None:
         self.session.add(report)
+        self._new[report.id] = report
 
     def from_partners(self, report_ids: Sequence[str]) -> list[Report]:
         """The partner-forwarded reports among ``report_ids``, in their order: one ``IN`` query

@@ -70,6 +70,8 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         self.reports.flush_added()
+        self.reports.forget_new()
+        self.items.forget_deferred()
         if not self.pending and not self.pending_raw:
             self.session.commit()
             return
@@ -113,6 +115,7 @@ class SqlUnitOfWork:
         self.pending.clear()
         self.pending_raw.clear()
         self.reports.discard_added()
+        self.items.forget_deferred()
         self.session.rollback()
 
     def flush(self) -> None:

@@ -86,7 +86,9 @@ class IngestStage:
                 continue
             item = uow.items.open_for_url(norm.url)
             if item is None:
-                item = uow.items.create(norm.url)
+                # Its rows go out with the batch's commit (one flush for all its reports); a
+                # lost race on the URL fails that commit, and the retry links.
+                item = uow.items.create_deferred(norm.url)
                 uow.items.add_event(item.id, self.name, "received", f"reported in {report.id} via {message.channel}")
                 uow.reports.link_url(report.id, position, raw, item.id)
                 out.append(Outgoing("items.accepted", ItemAccepted(item_id=item.id, url=norm.url, report_ids=[report.id])))
