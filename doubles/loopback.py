@@ -321,6 +321,10 @@ class SmtpSink:
 
     The kept messages of ``no_reply`` and ``drop`` have ``answered=False``; ``refused`` counts
     the refusals of ``tempfail`` and ``refuse_rcpt``.
+
+    ``connections`` counts the connections clients opened (a sender that reuses connections
+    opens fewer than it sends messages); ``drop_connections`` closes the open ones from the
+    server's side, like a server's idle timeout.
     """
 
     host: str = "127.0.0.1"
@@ -332,11 +336,14 @@ class SmtpSink:
     held: int = 0
     mode: SmtpMode = "accept"
     refused: int = 0
+    connections: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _controller: Any = field(default=None, init=False, repr=False, compare=False)
+    _transports: set[Any] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def start(self) -> SmtpSink:
         from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import SMTP
 
         if self._controller is not None:
             return self
@@ -384,10 +391,30 @@ class SmtpSink:
                 keep(envelope, answered=True)
                 return "250 Message accepted for delivery"
 
+        class CountingSMTP(SMTP):
+            def connection_made(self, transport: Any) -> None:
+                with sink._lock:
+                    sink.connections += 1
+                    sink._transports.add(transport)
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                with sink._lock:
+                    sink._transports.discard(self.transport)
+                super().connection_lost(error)
+
+        class CountingController(Controller):
+            def factory(self) -> SMTP:
+                return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
         self.port = self.port or free_port(self.host)
         # A new Controller each time: an aiosmtpd Controller cannot be started again.
-        self._controller = Controller(Handler(), hostname=self.host, port=self.port)
+        self._controller = CountingController(Handler(), hostname=self.host, port=self.port)
         self._controller.start()
+        with self._lock:
+            # Not counted: the connection the Controller opens itself to see that the server
+            # is up (it has read the greeting, so it was counted, before ``start`` returns).
+            self.connections -= 1
         return self
 
     @property
@@ -400,6 +427,21 @@ class SmtpSink:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def drop_connections(self) -> int:
+        """Close every open client connection from the server's side and return how many;
+        returns once they are closed."""
+
+        async def close_all() -> int:
+            with self._lock:
+                transports = list(self._transports)
+            for transport in transports:
+                transport.close()
+            return len(transports)
+
+        if self._controller is None:
+            return 0
+        return asyncio.run_coroutine_threadsafe(close_all(), self._controller.loop).result(5.0)
 
     def snapshot(self) -> list[ReceivedMail]:
         with self._lock:

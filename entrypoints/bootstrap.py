@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from services.followup.scheduler import FollowupScheduler
     from services.ingest.retention import ContactPurge
     from services.notify.grouper import NoticeGrouper
-    from services.notify.mailer import Mailer
+    from services.notify.mailer import Mailer, SmtpMailer
 
 STAGE_NAMES = ("ingest", "classify", "notify", "escalate", "followup")
 
@@ -57,9 +57,13 @@ class System:
     partners: PartnerDirectory
     overrides: dict[str, Any] = field(default_factory=dict)
     web_sessions: sessionmaker[Session] | None = None
+    # The SMTP mailers built here keep idle connections open for reuse; ``close`` hangs them up.
+    _mailers: list[SmtpMailer] = field(default_factory=list, init=False, repr=False)
 
     def close(self) -> None:
-        """Release every database connection this system opened."""
+        """Release every database and SMTP connection this system opened."""
+        for mailer in self._mailers:
+            mailer.close()
         self.engine.dispose()
         if self.web_sessions is not None:
             bind = self.web_sessions.kw.get("bind")
@@ -216,9 +220,11 @@ class System:
         from services.notify.mailer import SmtpMailer
 
         s = self.settings
-        mailer: Mailer = self.overrides.get("mailer") or SmtpMailer(
-            s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls
-        )
+        override: Mailer | None = self.overrides.get("mailer")
+        if override is not None:
+            return override
+        mailer = SmtpMailer(s.smtp_host, s.smtp_port, s.smtp_user, s.smtp_password, s.smtp_starttls)
+        self._mailers.append(mailer)
         return mailer
 
     def build_stage(self, name: str) -> Stage:

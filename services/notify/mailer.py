@@ -14,7 +14,10 @@ import email.utils
 import io
 import re
 import smtplib
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -137,12 +140,56 @@ def _refusal(step: str, code: int, text: bytes | str) -> NotDelivered:
     return NotDelivered(f"{step}: unexpected reply {code} {detail}".rstrip(), permanent=False)
 
 
+@dataclass
+class _Connection:
+    """An open SMTP connection with what the pool needs to judge it: when it last finished
+    a message, and how many it has carried."""
+
+    smtp: smtplib.SMTP
+    idle_since: float = 0.0
+    uses: int = 0
+
+
+class _Stale(Exception):
+    """A reused connection turned out to be closed by the server before it saw the message
+    (its idle timeout): nothing was sent, so the send goes on over a fresh connection."""
+
+
+def _shows_dead(exc: BaseException) -> bool:
+    """Whether a failure before the server's 354 means the connection was already closed by
+    the server: a disconnect (EOF, reset, broken pipe) or a 421 ("closing"). A timeout is not
+    one: a server that stops answering is not a closed idle connection, and waiting a second
+    time would double the time the send may take."""
+    if isinstance(exc, NotDelivered):
+        return exc.code == 421
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return not isinstance(exc.__context__, TimeoutError)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    return isinstance(exc, (ConnectionError, EOFError))
+
+
 class SmtpMailer:
     """Sends over SMTP with ``smtplib``, one step at a time, so that it always knows whether
     the end-of-data terminator was written when something goes wrong (see ``Mailer.send``).
 
     ``timeout`` bounds every single network operation (connect, each reply, each write), not
     the conversation as a whole.
+
+    Connections are kept open and reused, because opening one (greeting, EHLO, [STARTTLS,
+    EHLO, AUTH]) and QUIT cost about half of the round trips of a send. Only a connection
+    whose last message was accepted (2xx to the end of data) goes back to the pool; after
+    any failure or ``DeliveryUnknown`` the connection's state is uncertain and it is closed.
+    A reused connection the server has meanwhile closed (it fails with a disconnect or a 421
+    before the server's 354 to DATA, so the server saw no message) is replaced by a fresh one
+    within the same send, once; failures at or after the 354 are never retried here.
+
+    A connection idle for ``idle_seconds`` or longer (kept below servers' idle timeouts; 0
+    turns reuse off) or that carried ``max_uses`` messages (servers limit messages per
+    connection) is closed instead of reused; at most ``max_idle`` idle connections are kept.
+    ``send`` may be called from several threads at once: each connection serves one send at
+    a time. ``close`` hangs up the idle connections; sends after it still work, each on a
+    connection of its own. ``clock`` (monotonic seconds) is injectable for tests.
     """
 
     def __init__(
@@ -153,9 +200,18 @@ class SmtpMailer:
         password: str | None = None,
         starttls: bool = False,
         timeout: float = 30.0,
+        *,
+        idle_seconds: float = 30.0,
+        max_uses: int = 100,
+        max_idle: int = 8,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host, self.port, self.user, self.password = host, port, user, password
         self.starttls, self.timeout = starttls, timeout
+        self.idle_seconds, self.max_uses, self.max_idle, self.clock = idle_seconds, max_uses, max_idle, clock
+        self._lock = threading.Lock()
+        self._idle: list[_Connection] = []  # most recently used last
+        self._closed = False
 
     def send(self, message: EmailMessage) -> None:
         try:
@@ -170,6 +226,50 @@ class SmtpMailer:
             raise NotDelivered(f"the message cannot be sent: {exc}", permanent=True) from exc
         block = data_block(flat)
 
+        reused = self._take()
+        if reused is not None:
+            try:
+                self._deliver(reused, from_addr, to_addrs, international, block, fresh=False)
+                return
+            except _Stale:
+                pass  # the server had closed it before the message: go on over a fresh connection
+        self._deliver(self._connect(), from_addr, to_addrs, international, block, fresh=True)
+
+    def close(self) -> None:
+        """Hang up the idle connections (QUIT); connections in use are hung up when their
+        send ends. Sends after this still work, without keeping their connections."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._hang_up(conn.smtp, polite=True)
+
+    def _take(self) -> _Connection | None:
+        """The most recently used idle connection that is still young enough; the expired
+        ones are hung up (outside the lock: QUIT is a round trip)."""
+        now = self.clock()
+        with self._lock:
+            young = [c for c in self._idle if now - c.idle_since < self.idle_seconds]
+            expired = [c for c in self._idle if now - c.idle_since >= self.idle_seconds]
+            taken = young.pop() if young else None
+            self._idle = young
+        for conn in expired:
+            self._hang_up(conn.smtp, polite=True)
+        return taken
+
+    def _put_back(self, conn: _Connection) -> None:
+        """After an accepted message: keep the connection for the next send, unless it has
+        carried enough messages, reuse is off, or the pool is full or closed."""
+        conn.uses += 1
+        conn.idle_since = self.clock()
+        if conn.uses < self.max_uses and self.idle_seconds > 0:
+            with self._lock:
+                if not self._closed and len(self._idle) < self.max_idle:
+                    self._idle.append(conn)
+                    return
+        self._hang_up(conn.smtp, polite=True)
+
+    def _connect(self) -> _Connection:
         try:
             # Connects and reads the greeting (SMTPConnectError unless it is 220).
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
@@ -180,10 +280,27 @@ class SmtpMailer:
             ) from exc
         except Exception as exc:  # noqa: BLE001 - refused, unreachable, timed out: nothing was sent
             raise NotDelivered(f"connecting to {self.host}:{self.port}: {exc!r}", permanent=False) from exc
+        return _Connection(smtp)
 
+    def _deliver(
+        self, conn: _Connection, from_addr: str, to_addrs: list[str], international: bool, block: bytes, *, fresh: bool
+    ) -> None:
+        """One message over ``conn``: greets first when ``fresh``, else raises ``_Stale`` when
+        the connection shows it was closed by the server before the 354 to DATA. Keeps the
+        connection after an accepted message, hangs it up after anything else."""
+        smtp = conn.smtp
         polite = True  # the server is still answering: say QUIT rather than just hang up
+        accepted = False
         try:
-            self._converse(smtp, from_addr, to_addrs, international)
+            try:
+                if fresh:
+                    self._greet(smtp)
+                self._converse(smtp, from_addr, to_addrs, international)
+            except Exception as exc:
+                if not fresh and _shows_dead(exc):
+                    polite = False
+                    raise _Stale() from exc
+                raise
             # The server said 354: from here on, what it has depends on the terminator.
             try:
                 smtp.send(block)
@@ -200,17 +317,18 @@ class SmtpMailer:
                     f"the message was sent but the final reply did not come: {exc!r}"
                 ) from exc
             if 200 <= code <= 299:
+                accepted = True
                 return
             if 400 <= code <= 599:
                 raise _refusal("end of data", code, text)
             polite = False
             raise DeliveryUnknown(f"the message was sent but the final reply is not an SMTP reply: {code} {text!r}")
-        except (NotDelivered, DeliveryUnknown):
+        except (NotDelivered, DeliveryUnknown, _Stale):
             raise
         except smtplib.SMTPResponseException as exc:  # a refusal before the data
-            code = _reply_code(exc)
+            reply = _reply_code(exc)
             raise NotDelivered(
-                f"{type(exc).__name__}: {exc.smtp_code} {exc.smtp_error!r}", permanent=code is not None and code >= 500, code=code
+                f"{type(exc).__name__}: {exc.smtp_code} {exc.smtp_error!r}", permanent=reply is not None and reply >= 500, code=reply
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:  # the server lacks STARTTLS, AUTH or SMTPUTF8
             raise NotDelivered(f"the server cannot take this message: {exc}", permanent=True) from exc
@@ -218,16 +336,24 @@ class SmtpMailer:
             polite = False
             raise NotDelivered(f"the SMTP conversation failed before the message was sent: {exc!r}", permanent=False) from exc
         finally:
-            self._hang_up(smtp, polite)
+            if accepted:
+                self._put_back(conn)
+            else:
+                self._hang_up(smtp, polite)
 
-    def _converse(self, smtp: smtplib.SMTP, from_addr: str, to_addrs: list[str], international: bool) -> None:
-        """Everything up to the server's 354 to DATA; raises for any refusal."""
+    def _greet(self, smtp: smtplib.SMTP) -> None:
+        """A new connection's set-up: EHLO (or HELO), then STARTTLS and AUTH if configured."""
         smtp.ehlo_or_helo_if_needed()
         if self.starttls:
             smtp.starttls()
             smtp.ehlo()
         if self.user and self.password:
             smtp.login(self.user, self.password)
+
+    @staticmethod
+    def _converse(smtp: smtplib.SMTP, from_addr: str, to_addrs: list[str], international: bool) -> None:
+        """One transaction up to the server's 354 to DATA; raises for any refusal."""
+        smtp.command_encoding = "ascii"  # as for a new connection: SMTPUTF8 is per message
         options: list[str] = []
         if international:
             if not smtp.has_extn("smtputf8"):

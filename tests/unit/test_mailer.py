@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
@@ -144,16 +145,24 @@ def test_modes_can_change_between_sends(sink: SmtpSink) -> None:
 # --- a scripted server for the replies aiosmtpd does not give ------------------------------
 
 
-class ScriptedSmtp:
-    """Serves one SMTP connection on 127.0.0.1 from ``replies``: verb (``greeting``, ``EHLO``,
-    ``MAIL``, ``RCPT``, ``DATA``, ``end``, ``QUIT``) -> the reply line to send, or ``None`` to
-    close the connection instead. Unlisted verbs get ``250 OK`` (``354`` for DATA, ``221`` for
-    QUIT). With ``close_before_body`` the connection is closed right after the 354, with
-    the body unread. ``messages`` counts the bodies read up to the terminator."""
+Reply = str | None
 
-    def __init__(self, replies: dict[str, str | None], close_before_body: bool = False) -> None:
-        self.replies = replies
+
+class ScriptedSmtp:
+    """Serves ``connections`` SMTP connections on 127.0.0.1, one after the other, from
+    ``replies``: verb (``greeting``, ``EHLO``, ``MAIL``, ``RCPT``, ``DATA``, ``end``, ``QUIT``)
+    -> the reply line to send, or ``None`` to close the connection instead; a list gives the
+    replies to that verb's occurrences in order (over all connections), then the default.
+    Unlisted verbs get ``250 OK`` (``354`` for DATA, ``221`` for QUIT). With
+    ``close_before_body`` the connection is closed right after the 354, with the body unread.
+    ``messages`` counts the bodies read up to the terminator."""
+
+    def __init__(
+        self, replies: dict[str, Reply | list[Reply]], close_before_body: bool = False, connections: int = 1
+    ) -> None:
+        self.replies = {verb: list(r) if isinstance(r, list) else r for verb, r in replies.items()}
         self.close_before_body = close_before_body
+        self.connections = connections
         self.messages = 0
         self.commands: list[str] = []
         self.error: BaseException | None = None
@@ -167,21 +176,29 @@ class ScriptedSmtp:
 
     def _serve(self) -> None:
         try:
-            conn, _ = self._listener.accept()
-        except OSError as exc:
-            self.error = exc
-            return
+            for _ in range(self.connections):
+                try:
+                    conn, _ = self._listener.accept()
+                except OSError as exc:
+                    self.error = exc
+                    return
+                with conn:
+                    conn.settimeout(5.0)
+                    try:
+                        self._converse(conn, conn.makefile("rb"))
+                    except OSError as exc:  # the client hung up: fine, unless a test says otherwise
+                        self.error = exc
         finally:
             self._listener.close()
-        with conn:
-            conn.settimeout(5.0)
-            try:
-                self._converse(conn, conn.makefile("rb"))
-            except OSError as exc:  # the client hung up: fine, unless a test says otherwise
-                self.error = exc
+
+    def _reply(self, verb: str, default: str) -> Reply:
+        reply = self.replies.get(verb, default)
+        if isinstance(reply, list):
+            return reply.pop(0) if reply else default
+        return reply
 
     def _say(self, conn: socket.socket, verb: str, default: str) -> bool:
-        reply = self.replies.get(verb, default)
+        reply = self._reply(verb, default)
         if reply is None:
             return False
         conn.sendall(reply.encode() + b"\r\n")
@@ -198,9 +215,11 @@ class ScriptedSmtp:
             verb = line.split(b" ", 1)[0].strip().upper().decode()
             self.commands.append(verb)
             if verb == "DATA":
-                if not self._say(conn, "DATA", "354 go ahead"):
+                reply = self._reply("DATA", "354 go ahead")
+                if reply is None:
                     return
-                if not self.replies.get("DATA", "354").startswith("354"):
+                conn.sendall(reply.encode() + b"\r\n")
+                if not reply.startswith("354"):
                     continue
                 if self.close_before_body:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -232,7 +251,7 @@ def scripted() -> Iterator[list[ScriptedSmtp]]:
             server.join()
 
 
-def serve(servers: list[ScriptedSmtp], replies: dict[str, str | None], **kw: bool) -> ScriptedSmtp:
+def serve(servers: list[ScriptedSmtp], replies: dict[str, Reply | list[Reply]], **kw: Any) -> ScriptedSmtp:
     server = ScriptedSmtp(replies, **kw)
     servers.append(server)
     return server
@@ -308,9 +327,184 @@ def test_multiline_final_reply_cut_off_is_delivery_unknown(scripted: list[Script
 
 def test_quit_failing_after_250_is_ignored(scripted: list[ScriptedSmtp]) -> None:
     server = serve(scripted, {"QUIT": None})  # the server hangs up instead of answering QUIT
-    mailer_for(server.port).send(notice())
+    mailer = SmtpMailer("127.0.0.1", server.port, timeout=TIMEOUT, max_uses=1)  # hangs up after the send
+    mailer.send(notice())
     server.join()
     assert server.messages == 1 and server.commands[-1] == "QUIT"
+
+
+def test_close_says_quit_on_the_idle_connection(scripted: list[ScriptedSmtp]) -> None:
+    server = serve(scripted, {"QUIT": None})
+    mailer = mailer_for(server.port)
+    mailer.send(notice())
+    mailer.close()
+    server.join()
+    assert server.messages == 1 and server.commands == ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+# --- reused connections --------------------------------------------------------------------
+
+
+def numbered(n: int) -> EmailMessage:
+    msg = notice()
+    msg.replace_header("X-Hotline-Notice-Id", f"ntd-{n}")
+    msg.replace_header("Message-ID", f"<ntd-{n}@hotline.test>")
+    return msg
+
+
+def test_sends_reuse_one_connection(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    for n in range(3):
+        mailer.send(numbered(n))
+    mailer.close()
+    assert sink.received == 3 and sink.connections == 1
+    assert sink.count_by_notice() == {"ntd-0": 1, "ntd-1": 1, "ntd-2": 1}
+
+
+def test_connection_dropped_while_idle_is_replaced_and_the_message_delivered_once(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    mailer.send(numbered(1))
+    assert sink.drop_connections() == 1  # the server's idle timeout
+    mailer.send(numbered(2))
+    mailer.send(numbered(3))
+    mailer.close()
+    assert sink.count_by_notice() == {"ntd-1": 1, "ntd-2": 1, "ntd-3": 1}
+    assert sink.connections == 2
+
+
+def test_server_restarted_while_idle_is_replaced(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    mailer.send(numbered(1))
+    sink.stop()
+    sink.start()
+    mailer.send(numbered(2))
+    mailer.close()
+    assert sink.count_by_notice() == {"ntd-1": 1, "ntd-2": 1}
+
+
+def test_421_to_mail_on_a_reused_connection_is_retried_on_a_fresh_one(scripted: list[ScriptedSmtp]) -> None:
+    server = serve(scripted, {"MAIL": ["250 OK", "421 4.4.2 idle too long, closing"]}, connections=2)
+    mailer = mailer_for(server.port)
+    mailer.send(numbered(1))
+    mailer.send(numbered(2))
+    mailer.close()
+    server.join()
+    assert server.messages == 2
+    assert server.commands == ["EHLO", "MAIL", "RCPT", "DATA", "MAIL", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+def test_421_on_a_fresh_connection_is_not_retried(scripted: list[ScriptedSmtp]) -> None:
+    server = serve(scripted, {"MAIL": "421 4.3.2 shutting down"})
+    with pytest.raises(NotDelivered) as caught:
+        mailer_for(server.port).send(notice())
+    assert caught.value.code == 421 and caught.value.permanent is False
+    server.join()
+    assert server.commands == ["EHLO", "MAIL", "QUIT"]
+
+
+def test_drop_after_the_data_on_a_reused_connection_is_unknown_and_not_retried(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    mailer.send(numbered(1))
+    sink.mode = "drop"
+    with pytest.raises(DeliveryUnknown):
+        mailer.send(numbered(2))
+    assert sink.count_by_notice() == {"ntd-1": 1, "ntd-2": 1} and sink.connections == 1
+    sink.mode = "accept"
+    mailer.send(numbered(3))  # the uncertain connection was closed: a new one
+    mailer.close()
+    assert sink.connections == 2 and sink.received == 3
+
+
+def test_silence_after_the_data_on_a_reused_connection_is_unknown_and_not_retried(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    mailer.send(numbered(1))
+    sink.mode = "no_reply"
+    with pytest.raises(DeliveryUnknown):
+        mailer.send(numbered(2))
+    mailer.close()
+    assert sink.count_by_notice() == {"ntd-1": 1, "ntd-2": 1} and sink.connections == 1
+
+
+def test_refusals_on_a_reused_connection_are_reported_and_close_it(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    mailer.send(numbered(1))
+    sink.mode = "tempfail"
+    with pytest.raises(NotDelivered) as caught:
+        mailer.send(numbered(2))
+    assert caught.value.code == 451 and sink.refused == 1 and sink.connections == 1
+    sink.mode = "refuse_rcpt"
+    with pytest.raises(NotDelivered) as caught:
+        mailer.send(numbered(3))
+    assert caught.value.code == 550 and caught.value.permanent is True and sink.connections == 2
+    sink.mode = "accept"
+    mailer.send(numbered(4))
+    mailer.close()
+    assert sink.connections == 3 and sink.count_by_notice() == {"ntd-1": 1, "ntd-4": 1}
+
+
+def test_idle_expired_connection_is_not_reused(sink: SmtpSink) -> None:
+    now = [1000.0]
+    mailer = SmtpMailer("127.0.0.1", sink.port, timeout=TIMEOUT, idle_seconds=30.0, clock=lambda: now[0])
+    mailer.send(numbered(1))
+    now[0] += 29.0
+    mailer.send(numbered(2))  # idle 29 s: reused
+    assert sink.connections == 1
+    now[0] += 30.0
+    mailer.send(numbered(3))  # idle 30 s: closed, a new one
+    mailer.close()
+    assert sink.connections == 2 and sink.received == 3
+
+
+def test_idle_seconds_zero_turns_reuse_off(sink: SmtpSink) -> None:
+    mailer = SmtpMailer("127.0.0.1", sink.port, timeout=TIMEOUT, idle_seconds=0)
+    mailer.send(numbered(1))
+    mailer.send(numbered(2))
+    assert sink.connections == 2 and sink.received == 2
+
+
+def test_connection_is_replaced_after_max_uses(sink: SmtpSink) -> None:
+    mailer = SmtpMailer("127.0.0.1", sink.port, timeout=TIMEOUT, max_uses=2)
+    for n in range(5):
+        mailer.send(numbered(n))
+    mailer.close()
+    assert sink.connections == 3 and sink.received == 5
+
+
+def test_concurrent_sends_are_each_delivered_once(sink: SmtpSink) -> None:
+    threads, per_thread = 4, 10
+    mailer = mailer_for(sink.port)
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        start.wait(5.0)
+        try:
+            for i in range(per_thread):
+                mailer.send(numbered(t * per_thread + i))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(20.0)
+    mailer.close()
+    assert not errors
+    counts = sink.count_by_notice()
+    assert len(counts) == threads * per_thread and set(counts.values()) == {1}
+    # A connection serves one send at a time and none is thrown away (max_idle >= threads),
+    # so no more connections than threads were ever opened.
+    assert 1 <= sink.connections <= threads
+
+
+def test_sends_after_close_work_without_keeping_connections(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink.port)
+    mailer.send(numbered(1))
+    mailer.close()
+    mailer.send(numbered(2))
+    mailer.send(numbered(3))
+    assert sink.connections == 3 and sink.received == 3
 
 
 # --- the pieces and the fake ---------------------------------------------------------------
