@@ -23,7 +23,8 @@ changes in ``services/notify`` and ``services/escalate`` move.
 - escalate: the events it gets per item in the pipeline: ``items.accepted`` (a web report),
   ``items.classified`` (route ``ntd``) and ``notices.events`` (``sent``), one per transaction
   (``process``), with the benchmark's partners file (a DE partner, no status endpoint) and,
-  as a second row, the same partner with a ``status_endpoint``.
+  as a second row, the same partner with a ``status_endpoint``; and as a third, a forward per item
+  queued for one (``forwards.partner``: record, deliver to a gateway that answers 202, record sent).
 
     python -m benchmarks.bench_stagecpu            # 400 items
     python -m benchmarks.bench_stagecpu --quick    # 100 items
@@ -64,8 +65,8 @@ class NullGateway:
         return 202
 
 
-def setup(sessions: Any, n: int, tag: str) -> list[tuple[str, str, str]]:
-    """``n`` items queued for a notice, each named by one web report: (item id, report id, URL)."""
+def setup(sessions: Any, n: int, tag: str, state: str = "notice_queued") -> list[tuple[str, str, str]]:
+    """``n`` items in ``state`` (queued for a notice), each named by one web report: (item id, report id, URL)."""
     from hotline.storage.unit_of_work import SqlUnitOfWork
     from schemas.reports import ReportSubmitted
     from tests.unit.stagekit import path_to
@@ -79,8 +80,8 @@ def setup(sessions: Any, n: int, tag: str) -> list[tuple[str, str, str]]:
             uow.reports.create(msg)
             item = uow.items.create(url)
             uow.reports.link_url(msg.report_id, 0, url, item.id)
-            for state in path_to("notice_queued"):
-                uow.items.set_state(item, state, "set up by the benchmark", "bench")
+            for step in path_to(state):
+                uow.items.set_state(item, step, "set up by the benchmark", "bench")
             item.classification = classified(item.id, url).model_dump(mode="json")
             out.append((item.id, msg.report_id, url))
         uow.commit()
@@ -222,6 +223,31 @@ def run_notify(sessions: Any, items: list[tuple[str, str, str]], batch: int) -> 
     return spent, len(raws)
 
 
+def forward(item_id: str, url: str) -> Any:
+    from schemas.notices import PartnerForward
+
+    return PartnerForward(forward_id=f"fwd-{item_id}", item_id=item_id, url=url, country="DE",
+                          partner_name="Partner hotline DE", images=[image(url)], hosting=hosting())
+
+
+def run_forward(sessions: Any, items: list[tuple[str, str, str]]) -> tuple[float, int]:
+    """``forwards.partner`` per item (queued for a forward), one per transaction (``process``):
+    record the queue row, deliver (a gateway that answers 202 at once), record it sent."""
+    from hotline.runtime.steps import StepRunner
+    from services.escalate.partners import PartnerDirectory, PartnerEntry
+    from services.escalate.stage import EscalateStage
+
+    de = PartnerEntry(country="DE", name="Partner hotline DE", endpoint="http://127.0.0.1:9/api")
+    runner = StepRunner(EscalateStage(partners=PartnerDirectory({"DE": de}), gateway=NullGateway()),  # type: ignore[arg-type]
+                        sessions)
+    raws = [forward(item_id, url).to_bytes() for item_id, _, url in items]
+    started = time.process_time()
+    for raw in raws:
+        if not runner.process("forwards.partner", raw):
+            raise RuntimeError("escalate recorded no forward")
+    return time.process_time() - started, len(raws)
+
+
 def run_escalate(sessions: Any, items: list[tuple[str, str, str]], status_endpoint: bool) -> tuple[float, int]:
     from hotline.runtime.steps import StepRunner
     from schemas.items import ItemAccepted
@@ -286,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                     run_escalate(sessions, items[:10], False)
                     rows.append(("escalate (no status endpoint)", "event", *run_escalate(sessions, items, False)))
                     rows.append(("escalate (DE has a status endpoint)", "event", *run_escalate(sessions, items, True)))
+                    run_forward(sessions, setup(sessions, 10, "fwarm", "forward_queued"))
+                    rows.append(("escalate (forwards.partner)", "forward",
+                                 *run_forward(sessions, setup(sessions, n, "fwd", "forward_queued"))))
         finally:
             engine.dispose()
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, code from {sys.modules['hotline'].__file__}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -36,10 +36,26 @@ class SqlNotices:
     def get(self, notice_id: str) -> Notice | None:
         return self.session.get(Notice, notice_id)
 
+    def get_and_held(self, notice_id: str, abuse_email: str) -> tuple[Notice | None, list[Notice]]:
+        """``get`` and ``held_for`` in one statement (notify asks both of every new notice)."""
+        rows = self.session.scalars(_GET_AND_HELD, {"id": notice_id, "email": abuse_email}).all()
+        notice = next((n for n in rows if n.id == notice_id), None)
+        return notice, [n for n in rows if n.status == "grouped" and n.abuse_email == abuse_email]
+
     def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
         notice = new_notice(notice_id, item_id, hoster, abuse_email, message_id)
         self.session.add(notice)
         return notice
+
+    def mark_sent(self, notice_id: str, at: datetime) -> bool:
+        """Set the notice ``sent`` at ``at``; whether it exists. A notice this session holds is
+        changed in place (flushed with the rest); otherwise by one ``UPDATE``, without loading
+        the row first (notify's record step has the notice's id, not its row)."""
+        held = self.session.identity_map.get(self.session.identity_key(Notice, notice_id))
+        if held is not None:
+            held.status, held.sent_at = "sent", at
+            return True
+        return bool(self.session.execute(_MARK_SENT, {"notice_id": notice_id, "sent": at}).rowcount)  # type: ignore[attr-defined]
 
     def lock(self, notice_id: str) -> Notice | None:
         q = select(Notice).where(Notice.id == notice_id).with_for_update()
@@ -76,6 +92,15 @@ class SqlNotices:
         for notice in taken:
             notice.held_until = until
         return taken
+
+
+NOTICES = cast(Table, Notice.__table__)  # for Core statements
+_GET_AND_HELD = (select(Notice)
+                 .where(or_(Notice.id == bindparam("id"),
+                            and_(Notice.abuse_email == bindparam("email"), Notice.status == "grouped")))
+                 .order_by(Notice.created_at, Notice.id))
+_MARK_SENT = (update(NOTICES).where(NOTICES.c.id == bindparam("notice_id"))
+              .values(status="sent", sent_at=bindparam("sent", type_=NOTICES.c.sent_at.type)))
 
 
 class SqlForwards(SqlForwardQueue):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select
+from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from hotline.storage.models import Forward, ForwardStatus, PartnerUpdate
@@ -125,7 +125,11 @@ def older_pending_sql(session: Session, row: M, group: InstrumentedAttribute[Any
     params: dict[str, Any] = {"group": getattr(row, group.key), "id": row.id}
     if created is not None:
         params["created"] = created
-    return session.scalar(q, params) is not None
+    # Without flushing first: the question is about *other* rows, and a new ``row`` flushed
+    # here would be inserted now and updated a moment later with its attempt (two statements
+    # where the commit's flush inserts it once, attempt and all).
+    with session.no_autoflush:
+        return session.scalar(q, params) is not None
 
 
 def lock_sql(session: Session, model: type[M], row_id: str) -> M | None:
@@ -138,6 +142,39 @@ def lock_sql(session: Session, model: type[M], row_id: str) -> M | None:
     return session.scalars(_statement(("lock", model, postgres), build), {"id": row_id}).first()
 
 
+def mark_sent_in(row: Any, at: datetime) -> int | None:
+    """``mark_sent_sql`` on a loaded (locked) row, or None."""
+    if row is None or row.status == "sent":
+        return None
+    row.status, row.sent_at = "sent", at
+    row.next_attempt_at = row.dispatched_at = None
+    return int(row.attempts)
+
+
+def mark_sent_sql(session: Session, model: type[M], row_id: str, at: datetime) -> int | None:
+    """Record a delivered row ``sent`` at ``at`` unless it is already: its ``attempts`` then, or
+    None when it was ``sent`` before (or is missing).
+
+    PostgreSQL: one ``UPDATE ... WHERE status <> 'sent' RETURNING`` where locking the row
+    (``lock_sql``: the whole row, its payload JSON too) and then updating it took two
+    statements; the update locks the row all the same, and in READ COMMITTED a concurrent
+    attempt's committed ``sent`` makes it match nothing, as the lock-then-check did. A row this
+    session holds, and SQLite, go the ORM way (the held row stays current)."""
+    held = session.identity_map.get(session.identity_key(model, row_id))
+    if held is not None or not _postgres(session):
+        return mark_sent_in(lock_sql(session, model, row_id), at)
+
+    def build() -> Any:
+        table = cast(Table, model.__table__)
+        return (update(table).where(table.c.id == bindparam("row_id"), table.c.status != "sent")
+                .values(status="sent", sent_at=bindparam("at", type_=table.c.sent_at.type),
+                        next_attempt_at=None, dispatched_at=None)
+                .returning(table.c.attempts))
+
+    attempts = session.scalar(_statement(("sent", model), build), {"row_id": row_id, "at": at})
+    return None if attempts is None else int(attempts)
+
+
 class SqlForwardQueue:
     """The queue and partner-status half of the forwards repository (mixed into ``SqlForwards``)."""
 
@@ -145,6 +182,9 @@ class SqlForwardQueue:
 
     def lock(self, forward_id: str) -> Forward | None:
         return lock_sql(self.session, Forward, forward_id)
+
+    def mark_sent(self, forward_id: str, at: datetime) -> int | None:
+        return mark_sent_sql(self.session, Forward, forward_id, at)
 
     def for_item(self, item_id: str) -> Sequence[Forward]:
         q = select(Forward).where(Forward.item_id == item_id).order_by(Forward.created_at, Forward.id)
@@ -195,6 +235,9 @@ class SqlPartnerUpdates:
 
     def lock(self, update_id: str) -> PartnerUpdate | None:
         return lock_sql(self.session, PartnerUpdate, update_id)
+
+    def mark_sent(self, update_id: str, at: datetime) -> int | None:
+        return mark_sent_sql(self.session, PartnerUpdate, update_id, at)
 
     def add(self, update: PartnerUpdate) -> PartnerUpdate:
         self.session.add(update)

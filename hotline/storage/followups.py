@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, inspect, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -80,6 +81,9 @@ def pick_within_cap(candidates: Sequence[C], in_flight: Counter[str], per_hoster
     return taken
 
 
+FOLLOWUPS = cast(Table, Followup.__table__)  # for Core statements
+
+
 class SqlFollowups:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -105,12 +109,28 @@ class SqlFollowups:
         return {f.item_id: f for f in self.session.scalars(query).all()}
 
     def open(self, followup: Followup) -> Followup:
-        """Start following an item up; an item already followed up keeps its row (``reopen``)."""
+        """Start following an item up; an item already followed up keeps its row (``reopen``).
+
+        PostgreSQL: the new row goes in by ``INSERT ... ON CONFLICT DO NOTHING``, one statement
+        for the usual case (an item's first notice), where looking the row up and then
+        inserting it took two; only an item already followed up has its row loaded (and
+        ``reopen``-ed), as before. A row inserted so is not tracked by this session (``get``
+        loads it); ``followup`` is returned as what was stored. On a row being opened at the
+        same moment by another transaction the insert waits for it, then finds the conflict."""
+        if self.session.get_bind().dialect.name == "postgresql" and self._insert_new(followup):
+            return followup
         existing = self.session.get(Followup, followup.item_id)
         if existing is not None:
             return reopen(existing, followup)
         self.session.add(followup)
         return followup
+
+    def _insert_new(self, followup: Followup) -> bool:
+        """Insert ``followup``'s row unless its item has one; whether it did. The attributes set
+        on it only, as a flush would: the columns' defaults fill the rest."""
+        values = {k: v for k, v in inspect(followup).dict.items() if k in FOLLOWUPS.c}
+        stmt = pg_insert(FOLLOWUPS).values(values).on_conflict_do_nothing(index_elements=[FOLLOWUPS.c.item_id])
+        return self.session.execute(stmt.returning(FOLLOWUPS.c.item_id)).first() is not None
 
     def unplanned(self, limit: int) -> list[Followup]:
         """Follow-ups opened by notify that have no first check yet (status ``new``)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hotline.kernel.clock import now
 from hotline.kernel.states import FINAL
 from hotline.storage.actions import ESCALATION_OPEN_FOR_TIMER, new_forward, new_notice
-from hotline.storage.deliveries import claim_in, older_pending_in, queue_order
+from hotline.storage.deliveries import claim_in, mark_sent_in, older_pending_in, queue_order
 from hotline.storage.followups import pick_within_cap, reopen
 from hotline.storage.items import apply_state, new_item
 from hotline.storage.models import (
@@ -195,9 +195,19 @@ class MemoryNotices:
     def get(self, notice_id: str) -> Notice | None:
         return self.state.notices.get(notice_id)
 
+    def get_and_held(self, notice_id: str, abuse_email: str) -> tuple[Notice | None, list[Notice]]:
+        return self.get(notice_id), list(self.held_for(abuse_email))
+
     def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
         notice = self.state.notices[notice_id] = new_notice(notice_id, item_id, hoster, abuse_email, message_id)
         return notice
+
+    def mark_sent(self, notice_id: str, at: datetime) -> bool:
+        notice = self.get(notice_id)
+        if notice is None:
+            return False
+        notice.status, notice.sent_at = "sent", at
+        return True
 
     def lock(self, notice_id: str) -> Notice | None:
         return self.get(notice_id)
@@ -245,6 +255,9 @@ class MemoryForwards:
     def lock(self, forward_id: str) -> Forward | None:
         return self.get(forward_id)
 
+    def mark_sent(self, forward_id: str, at: datetime) -> int | None:
+        return mark_sent_in(self.get(forward_id), at)
+
     def _sorted(self, rows: Iterable[Forward]) -> list[Forward]:
         return sorted(rows, key=queue_order)
 
@@ -284,6 +297,9 @@ class MemoryPartnerUpdates:
 
     def lock(self, update_id: str) -> PartnerUpdate | None:
         return self.get(update_id)
+
+    def mark_sent(self, update_id: str, at: datetime) -> int | None:
+        return mark_sent_in(self.get(update_id), at)
 
     def add(self, update: PartnerUpdate) -> PartnerUpdate:
         if update.id in self.state.partner_updates:

@@ -115,7 +115,8 @@ class Delivery(ABC, Generic[M, R]):
     @abstractmethod
     def send(self, partner: PartnerEntry, message: M) -> object: ...
     @abstractmethod
-    def sent(self, uow: UnitOfWork, row: R, message: M, partner: PartnerEntry) -> list[Outgoing]: ...
+    def sent(self, uow: UnitOfWork, key: str, attempts: int, message: M, partner: PartnerEntry) -> list[Outgoing]:
+        """Recorded ``sent`` (row ``key``, delivered at attempt ``attempts``): what follows."""
     @abstractmethod
     def already_sent(self, uow: UnitOfWork, row: R, message: M) -> list[Outgoing]: ...
     @abstractmethod
@@ -158,13 +159,12 @@ class Delivery(ABC, Generic[M, R]):
         return row
 
     def _done(self, uow: UnitOfWork, key: str, message: M, partner: PartnerEntry) -> list[Outgoing]:
-        row = self._row(uow, key)
-        if row.status == "sent":  # a concurrent attempt recorded it first
-            return self.already_sent(uow, row, message)
-        row.status = "sent"
-        row.sent_at = self.clock.now()
-        row.next_attempt_at = row.dispatched_at = None
-        return self.sent(uow, row, message, partner)
+        # By id, the row locked by the change itself: loading it (payload JSON and all) first
+        # only to move its status cost a statement per delivery.
+        attempts = self.repo(uow).mark_sent(key, self.clock.now())
+        if attempts is None:  # a concurrent attempt recorded it first
+            return self.already_sent(uow, self._row(uow, key), message)
+        return self.sent(uow, key, attempts, message, partner)
 
     def _failed(self, uow: UnitOfWork, key: str, message: M, exc: Exception) -> list[Outgoing]:
         if not isinstance(exc, DeliveryFailed):
@@ -220,10 +220,11 @@ class ForwardDelivery(Delivery[PartnerForward, Forward]):
         assert self.gateway is not None
         return self.gateway.deliver(partner, message)
 
-    def sent(self, uow: UnitOfWork, row: Forward, message: PartnerForward, partner: PartnerEntry) -> list[Outgoing]:
+    def sent(self, uow: UnitOfWork, key: str, attempts: int, message: PartnerForward,
+             partner: PartnerEntry) -> list[Outgoing]:
         reason = f"forwarded to {partner.name} ({partner.country}), which handles takedown there"
-        if row.attempts > 1:
-            reason += f" (delivered at attempt {row.attempts})"
+        if attempts > 1:
+            reason += f" (delivered at attempt {attempts})"
         move_item(uow, message.item_id, ItemState.FORWARDED, reason, STAGE)
         uow.audit.append(STAGE, "forwarded", message.forward_id, partner.name)
         return [self._event(message, "forwarded", reason)]
@@ -285,9 +286,9 @@ class UpdateDelivery(Delivery[PartnerStatusUpdate, PartnerUpdate]):
         assert self.gateway is not None
         return self.gateway.send_status(partner, message)
 
-    def sent(self, uow: UnitOfWork, row: PartnerUpdate, message: PartnerStatusUpdate,
+    def sent(self, uow: UnitOfWork, key: str, attempts: int, message: PartnerStatusUpdate,
              partner: PartnerEntry) -> list[Outgoing]:
-        uow.audit.append(STAGE, "partner_update_sent", row.id, f"{partner.name}: {message.step} {message.action or ''}")
+        uow.audit.append(STAGE, "partner_update_sent", key, f"{partner.name}: {message.step} {message.action or ''}")
         return []
 
     def already_sent(self, uow: UnitOfWork, row: PartnerUpdate, message: PartnerStatusUpdate) -> list[Outgoing]:

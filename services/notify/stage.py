@@ -95,7 +95,9 @@ class NotifyStage:
             raise InvalidMessage("invalid_notice", str(exc)) from exc
 
     def _handle(self, message: TakedownNotice, uow: UnitOfWork) -> Result:
-        notice = uow.notices.get(message.notice_id)
+        # The notice and the notices held for its address in one look-up: a new notice goes
+        # out with those (``_send``), and asking for them apart cost a statement per notice.
+        notice, held = uow.notices.get_and_held(message.notice_id, message.abuse_email)
         if notice is None and not uow.items.exists(message.item_id):
             raise InvalidMessage("unknown_item", f"notice {message.notice_id} names no known item {message.item_id!r}")
         if notice is not None:
@@ -127,7 +129,7 @@ class NotifyStage:
             held_until = self._window_end(uow, message.abuse_email)
             if held_until is not None:
                 return self._hold(uow, message, held_until)
-        return self._send(uow, [message], message.abuse_email)
+        return self._send(uow, [message], message.abuse_email, held)
 
     # ------------------------------------------------------------------ grouping
 
@@ -155,10 +157,14 @@ class NotifyStage:
         uow.audit.append(self.name, "notice_grouped", message.notice_id, message.abuse_email)
         return []
 
-    def _send(self, uow: UnitOfWork, new: list[TakedownNotice], abuse_email: str) -> Result:
-        """Reserve ``new`` (not yet recorded) and every notice held for ``abuse_email`` as one
-        e-mail, all ``sending`` in this one transaction."""
-        held = list(uow.notices.held_for(abuse_email))  # none unless grouping is (or was) on
+    def _send(
+        self, uow: UnitOfWork, new: list[TakedownNotice], abuse_email: str, held: list[Notice] | None = None,
+    ) -> Result:
+        """Reserve ``new`` (not yet recorded) and every notice held for ``abuse_email`` (``held``,
+        when the caller has just looked them up) as one e-mail, all ``sending`` in this one
+        transaction."""
+        if held is None:
+            held = list(uow.notices.held_for(abuse_email))  # none unless grouping is (or was) on
         members: list[tuple[Notice, TakedownNotice]] = [(n, TakedownNotice.model_validate(n.payload)) for n in held]
         if not members and not new:
             return []
@@ -202,18 +208,18 @@ class NotifyStage:
         return out
 
     def _sent(self, uow: UnitOfWork, message: TakedownNotice) -> list[Outgoing]:
-        notice = uow.notices.get(message.notice_id)
-        assert notice is not None
         # Held here so the follow-up and the state change below share one load of the item: the
         # session's identity map keeps unmodified rows only while something refers to them.
         item = uow.items.get(message.item_id)
         sent_at = now()
-        # The follow-up first: its look-up (is the item already followed up?) is a query, which
-        # would flush the notice's change on its own if that were made before; made after, the
-        # changes all go in one flush (the audit append's).
+        # The follow-up first: where the item is already followed up, its look-up is a query,
+        # which would flush the notice's change on its own if that were made (in the session)
+        # before; made after, the changes all go in one flush (the audit append's).
         open_followup(uow, message, sent_at)  # re-check until gone (services.followup)
-        notice.status = "sent"
-        notice.sent_at = sent_at
+        # By id: the reserve step's row is another session's, and loading it again only to
+        # change two columns cost a query per notice.
+        found = uow.notices.mark_sent(message.notice_id, sent_at)
+        assert found, f"notice {message.notice_id} was reserved before it was sent"
         reason = f"takedown notice sent to {message.abuse_email} ({message.hoster}); removal expected within 24 hours"
         move_item(uow, message.item_id, ItemState.NOTICE_SENT, reason, self.name)
         uow.audit.append(self.name, "notice_sent", message.notice_id, message.abuse_email)
