@@ -102,8 +102,9 @@ class ItemRepository(Protocol):
 
 class NoticeRepository(Protocol):
     def get(self, notice_id: str) -> Notice | None: ...
-    def get_and_held(self, notice_id: str, abuse_email: str) -> tuple[Notice | None, list[Notice]]:
-        """``get(notice_id)`` and ``held_for(abuse_email)`` at once (one statement)."""
+    def look_up(self, notice_id: str, abuse_email: str, item_id: str) -> tuple[Notice | None, list[Notice], bool]:
+        """``get(notice_id)``, ``held_for(abuse_email)`` and whether item ``item_id`` is stored,
+        at once (one statement: notify asks all three of every new notice)."""
         ...
     def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
         """A new notice in status ``sending``."""

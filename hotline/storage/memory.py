@@ -195,8 +195,8 @@ class MemoryNotices:
     def get(self, notice_id: str) -> Notice | None:
         return self.state.notices.get(notice_id)
 
-    def get_and_held(self, notice_id: str, abuse_email: str) -> tuple[Notice | None, list[Notice]]:
-        return self.get(notice_id), list(self.held_for(abuse_email))
+    def look_up(self, notice_id: str, abuse_email: str, item_id: str) -> tuple[Notice | None, list[Notice], bool]:
+        return self.get(notice_id), list(self.held_for(abuse_email)), item_id in self.state.items
 
     def reserve(self, notice_id: str, item_id: str, hoster: str, abuse_email: str, message_id: str) -> Notice:
         notice = self.state.notices[notice_id] = new_notice(notice_id, item_id, hoster, abuse_email, message_id)

@@ -95,10 +95,10 @@ class NotifyStage:
             raise InvalidMessage("invalid_notice", str(exc)) from exc
 
     def _handle(self, message: TakedownNotice, uow: UnitOfWork) -> Result:
-        # The notice and the notices held for its address in one look-up: a new notice goes
-        # out with those (``_send``), and asking for them apart cost a statement per notice.
-        notice, held = uow.notices.get_and_held(message.notice_id, message.abuse_email)
-        if notice is None and not uow.items.exists(message.item_id):
+        # The notice, the notices held for its address (a new notice goes out with those,
+        # ``_send``) and whether its item is stored in one look-up: asked apart, a statement each.
+        notice, held, item_known = uow.notices.look_up(message.notice_id, message.abuse_email, message.item_id)
+        if notice is None and not item_known:
             raise InvalidMessage("unknown_item", f"notice {message.notice_id} names no known item {message.item_id!r}")
         if notice is not None:
             if notice.status == "sent":
