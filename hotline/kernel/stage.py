@@ -38,7 +38,10 @@ its partitions). Classify says so: most of an item's time is waiting for hosters
 and the database, and with one item at a time a process would sit idle through it. Notify
 says so too (an SMTP conversation per e-mail); it is also batchable, and the Kafka runtime
 overlaps a stage that allows both when ``HOTLINE_STAGE_IN_FLIGHT`` > 1 (batches otherwise;
-the embedded runtime always batches).
+the embedded runtime always batches). A stage may say what must go one after another instead
+of the topic's key (``in_order_by(topic, message)``): notify orders only the notices of one
+item (or, with grouping on, of one abuse address), not all of a hoster's, so a burst to one
+hoster still has several e-mails in flight.
 
 **Quiet inputs.** A stage may name input topics (``quiet_inputs()``) of which many messages
 need nothing from it, and say from a valid message alone that it needs nothing
@@ -114,6 +117,24 @@ def overlapping(stage: Stage) -> bool:
     """True when the runtime may work on several of ``stage``'s messages at once (its
     ``overlapping`` class attribute; absent means no)."""
     return bool(getattr(stage, "overlapping", False))
+
+
+def order_check(stage: Stage, topic: str) -> Callable[[bytes | str], str | None] | None:
+    """For an overlapping stage that says what must go one after another (``in_order_by(topic,
+    message)``, e.g. notify: the notices of one item), a function of one raw message giving
+    that (None when the message does not decode: the topic's key then). None when the stage
+    says nothing: messages with the same topic key go one after another."""
+    in_order_by: Callable[[str, Message], str] | None = getattr(stage, "in_order_by", None)
+    if in_order_by is None:
+        return None
+
+    def key(raw: bytes | str) -> str | None:
+        try:
+            return in_order_by(topic, decode(topic, raw))
+        except Exception:  # noqa: BLE001 - invalid input goes the usual way: run_stage rejects it
+            return None
+
+    return key
 
 
 def quiet_check(stage: Stage, topic: str) -> Callable[[bytes | str], bool] | None:

@@ -153,7 +153,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
 
-    from hotline.kernel.stage import batchable, overlapping, quiet_check
+    from hotline.kernel.stage import batchable, order_check, overlapping, quiet_check
     from hotline.runtime.steps import StepRunner
 
     if not settings.kafka_brokers:
@@ -209,7 +209,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
             _make_agent(app, logical, stage_name, processor, output_topic,
                         settings.batch_size if batchable(stage) else 1,
                         _in_flight(settings, sessions) if overlapping(stage) else 1,
-                        quiet_check(stage, logical))
+                        quiet_check(stage, logical), order_check(stage, logical))
         )
     return app
 
@@ -232,6 +232,7 @@ def _make_agent(
     batch_size: int = 1,
     in_flight: int = 1,
     quiet: Callable[[bytes], bool] | None = None,
+    order: Callable[[bytes], str | None] | None = None,
 ) -> Callable[[Any], Any]:
     """The agent of one input topic. ``quiet`` (``hotline.kernel.stage.quiet_check``, one event
     at a time only): an event it says the stage needs nothing of is acked here, in the event
@@ -241,7 +242,8 @@ def _make_agent(
         # A stage that allows both (notify) overlaps: its time is waiting, not bookkeeping.
         if in_flight > 1:
             async for events in manual.noack_take(in_flight, within=BATCH_WITHIN_SECONDS):
-                await _process_overlapping(app, logical, stage_name, processor, output_topic, manual, list(events))
+                await _process_overlapping(app, logical, stage_name, processor, output_topic, manual, list(events),
+                                           order=order)
             return
         if batch_size > 1:
             async for events in manual.noack_take(batch_size, within=BATCH_WITHIN_SECONDS):
@@ -324,15 +326,18 @@ async def _process_overlapping(
     manual: Any,
     events: list[Any],
     policy: FailurePolicy = POLICY,
+    order: Callable[[bytes], str | None] | None = None,
 ) -> None:
     """Work on ``events`` at once, each as ``_process_until_done`` would alone (own
     transactions, failure policy, outputs delivered before its ack); events with the same key
-    one after another in their order, so per-key order is what one at a time gives. The
-    offsets move only when all are done, in order: an ack never runs ahead of an event still
-    in progress, so a crash redelivers what was not finished and nothing is skipped."""
+    (or the same ``order``, ``hotline.kernel.stage.order_check``, when the stage says one) one
+    after another in their order, so per-key order is what one at a time gives. The offsets
+    move only when all are done, in order: an ack never runs ahead of an event still in
+    progress, so a crash redelivers what was not finished and nothing is skipped."""
     chains: dict[Any, list[Any]] = {}
     for event in events:
-        chains.setdefault(event.message.key, []).append(event)
+        by = order(_raw(event)) if order is not None else None
+        chains.setdefault(("key", event.message.key) if by is None else ("order", by), []).append(event)
 
     async def chain(evs: list[Any]) -> list[bool]:
         return [await _process_until_done(app, logical, stage_name, processor, output_topic, _raw(e),

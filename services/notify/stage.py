@@ -78,12 +78,21 @@ class NotifyStage:
     # Bookkeeping (a redelivered sent notice, a held one) batches; every e-mail still gets its
     # own reservation commit before it goes (hotline.kernel.stage, "Batches").
     batchable: ClassVar[bool] = True
-    # On Kafka, several e-mails at once (hotline.kernel.stage "Overlapping"), one hoster's
-    # (the topic's key) one after another: most of a notice's time is the SMTP conversation.
+    # On Kafka, several e-mails at once (hotline.kernel.stage "Overlapping"), those of one item
+    # (``in_order_by``) one after another: most of a notice's time is the SMTP conversation.
     # Safe: the mailer takes several senders at once, an e-mail's notices are reserved in their
     # own transaction, and recording an outcome first locks its items (``_lock_items``), so two
     # notices of one item (per-image hosters) record one after the other.
     overlapping: ClassVar[bool] = True
+
+    def in_order_by(self, topic: str, message: Message) -> str:
+        """What must go one after another while e-mails overlap (``hotline.kernel.stage``
+        "Overlapping"): with grouping on, every notice to one abuse address (its window decides
+        which one goes and which wait); without it, only one item's notices, which record on the
+        same item. A hoster's notices need no order among themselves, so a burst to one hoster
+        still has several e-mails in flight."""
+        assert isinstance(message, TakedownNotice)
+        return f"to:{message.abuse_email.lower()}" if self.group_seconds > 0 else f"item:{message.item_id}"
 
     def handle(self, topic: str, message: Message, uow: UnitOfWork) -> Result:
         """A notice that can never be sent (no item of that id; an X-ARF report that does not

@@ -137,7 +137,7 @@ def run_kill_and_restart(
         assert set(received) <= set(notices)
         if stage in ("notify", "all"):
             # Only the e-mails in flight at the kill (notify has up to HOTLINE_STAGE_IN_FLIGHT
-            # of them, one per hoster) can be of unknown outcome; each is never re-sent.
+            # of them, of different items) can be of unknown outcome; each is never re-sent.
             assert states["notice_unconfirmed"] <= Settings.model_fields["stage_in_flight"].default, states
         else:
             assert states["notice_unconfirmed"] == 0, states

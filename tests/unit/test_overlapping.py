@@ -85,6 +85,37 @@ def test_an_event_left_to_another_worker_stops_the_acks_of_its_partition() -> No
     assert manual.acked == [events[2]]
 
 
+def test_a_stage_order_replaces_the_key() -> None:
+    """``order`` (``hotline.kernel.stage.order_check``): events of different keys but the same
+    order go one after another; the same key with different orders meet (run at once)."""
+    tp = _Tp()
+    events = [_Event(k.encode(), n.encode(), tp) for k, n in
+              [("k1", "a1"), ("k1", "b1"), ("k2", "a2"), ("k1", "c1"), ("k3", "a3")]]
+    processor, manual = _Processor(), _Manual()
+    produced: dict[str, _Produced] = {}
+    asyncio.run(_process_overlapping(_App(tp), "notices.ntd", "notify", processor,  # type: ignore[arg-type]
+                                     lambda t: produced.setdefault(t, _Produced()), manual, events, FAST,
+                                     order=lambda raw: raw.decode()[0]))  # "a2" -> "a"
+    assert manual.acked == events
+    ran = processor.ran
+    assert set(ran) == {"a1", "a2", "a3", "b1", "c1"}  # b1 and c1 (same key k1) met at the barrier
+    assert ran["a1"][1] <= ran["a2"][0] and ran["a2"][1] <= ran["a3"][0]  # one order: in order
+
+
+def test_notify_orders_one_items_notices_or_with_grouping_one_address() -> None:
+    from services.notify.stage import NotifyStage
+    from tests.unit.stagekit import notice_for, notify_stage
+
+    stage = notify_stage(object())
+    one, other = notice_for("item-1"), notice_for("item-2")  # the same hoster and address
+    assert stage.in_order_by("notices.ntd", one) != stage.in_order_by("notices.ntd", other)
+    assert stage.in_order_by("notices.ntd", one) == stage.in_order_by(
+        "notices.ntd", notice_for("item-1", notice_id="ntd-item-1-h2", hoster="Hoster B B.V.",
+                                  abuse_email="abuse@hoster-b.test"))
+    grouping = NotifyStage(mailer=object(), sender="n@hotline.test", group_seconds=60)  # type: ignore[arg-type]
+    assert grouping.in_order_by("notices.ntd", one) == grouping.in_order_by("notices.ntd", other)
+
+
 def test_classify_is_overlapping() -> None:
     assert overlapping(ClassifyStage)  # type: ignore[arg-type]
 
