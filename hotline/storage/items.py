@@ -13,8 +13,17 @@ from sqlalchemy import Executable, Select, Table, bindparam, delete, func, selec
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
+from hotline.kernel.ports import ItemWork
 from hotline.kernel.states import FINAL, ItemState, check_transition
-from hotline.storage.models import Item, ItemEvent, ItemImage, OpenUrl, ReportUrl
+from hotline.storage.models import (
+    Forward,
+    ForwardStatus,
+    Item,
+    ItemEvent,
+    ItemImage,
+    OpenUrl,
+    ReportUrl,
+)
 
 
 def url_digest(url: str) -> str:
@@ -80,6 +89,37 @@ class SqlItems:
     def get(self, item_id: str) -> Item | None:
         return self.session.get(Item, item_id)
 
+    def work_of(self, item_id: str) -> ItemWork | None:
+        """One Core statement (no entity: no identity map, no loader), the partners' MO answers
+        counted in it as a subquery (a second round trip per item before). A Core select does
+        not autoflush: when the session holds the ``Item`` (it may have pending changes) it
+        flushes first, so the answer is what ``get`` would show."""
+        if self.session.identity_map.get(self.session.identity_key(Item, item_id)) is not None:
+            self.session.flush()
+        row = self.session.execute(_WORK_OF, {"id": item_id}).first()
+        return None if row is None else ItemWork(*row)
+
+    def classify(self, item_id: str, work: ItemWork, classification: dict[str, Any],
+                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str) -> None:
+        """A Core ``UPDATE`` of the columns it sets (the entity's load and flush cost more CPU than
+        the statements), unless the session holds the ``Item`` already: then through it, which
+        a Core statement would leave stale."""
+        held = self.session.identity_map.get(self.session.identity_key(Item, item_id))
+        if held is not None:
+            item = cast(Item, held)
+            item.classification = classification
+            if hosting is not None:
+                item.country, item.hoster = hosting
+            self.set_state(item, state, reason, stage)
+            return
+        new = check_transition(work.state, state)
+        values: dict[str, Any] = {"item_id": item_id, "classification": classification, "state": new,
+                                  "reason": reason, "updated_at": now()}
+        if hosting is not None:
+            values["country"], values["hoster"] = hosting
+        self.session.execute(_UPDATE_ITEM, values)
+        self._state_changed(item_id, work.url, work.state in FINAL, new, reason, stage, None)
+
     def reload(self, item: Item) -> Item:
         self.session.refresh(item)
         return item
@@ -135,14 +175,18 @@ class SqlItems:
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
         was_final = item.state in FINAL
         new = apply_state(item, state, reason)
-        self.add_event(item.id, stage, new, reason, at)
+        self._state_changed(item.id, item.url, was_final, new, reason, stage, at)
+
+    def _state_changed(self, item_id: str, url: str, was_final: bool, new: ItemState, reason: str, stage: str,
+                       at: datetime | None) -> None:
+        self.add_event(item_id, stage, new, reason, at)
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
-            self._deferred.pop(url_digest(item.url), None)
-            self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
+            self._deferred.pop(url_digest(url), None)
+            self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item_id))
         elif was_final:
             # Reopened (a senior analyst's change): the item holds its URL's slot again.
-            self.session.add(OpenUrl(url_sha256=url_digest(item.url), item_id=item.id))
+            self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item_id))
             self.session.flush()
 
     def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
@@ -211,6 +255,18 @@ class SqlItems:
         return self.session.scalar(_ITEM_EXISTS, {"id": item_id}) is not None
 
 
+_ITEMS = cast(Table, Item.__table__)
+_FORWARDS, _FORWARD_STATUSES = cast(Table, Forward.__table__), cast(Table, ForwardStatus.__table__)
+_MOVED = (select(func.count(func.distinct(_FORWARDS.c.id)))
+          .select_from(_FORWARDS.join(_FORWARD_STATUSES, _FORWARD_STATUSES.c.forward_id == _FORWARDS.c.id))
+          .where(_FORWARDS.c.item_id == _ITEMS.c.id, _FORWARD_STATUSES.c.action == "MO")
+          .scalar_subquery())
+"""``SqlForwardQueue.moved_count`` of the row's item, correlated (table columns throughout: a
+Core statement skips the ORM's compile and execute steps)."""
+_WORK_OF = (select(_ITEMS.c.url, _ITEMS.c.state, _ITEMS.c.classification, _ITEMS.c.first_seen,
+                   _ITEMS.c.last_seen, _MOVED)
+            .where(_ITEMS.c.id == bindparam("id")))
+_UPDATE_ITEM = _ITEMS.update().where(_ITEMS.c.id == bindparam("item_id"))
 _ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))
 _LOCK_ITEMS = (select(Item).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
                .with_for_update().execution_options(populate_existing=True))
