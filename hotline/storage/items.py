@@ -118,7 +118,11 @@ class SqlItems:
         if hosting is not None:
             values["country"], values["hoster"] = hosting
         self.session.execute(_UPDATE_ITEM, values)
-        self._state_changed(item_id, work.url, work.state in FINAL, new, reason, stage, None)
+        # Its event by a Core insert too: else the next flush (``add_images``') would run the
+        # ORM's unit of work for this one row. Still before any event added after it.
+        self.session.execute(_ITEM_EVENTS.insert(), {"item_id": item_id, "stage": stage, "kind": str(new),
+                                                     "detail": reason, "at": now()})
+        self._slot_after(item_id, work.url, work.state in FINAL, new)
 
     def reload(self, item: Item) -> Item:
         self.session.refresh(item)
@@ -175,11 +179,11 @@ class SqlItems:
     def set_state(self, item: Item, state: str, reason: str, stage: str, at: datetime | None = None) -> None:
         was_final = item.state in FINAL
         new = apply_state(item, state, reason)
-        self._state_changed(item.id, item.url, was_final, new, reason, stage, at)
+        self.add_event(item.id, stage, new, reason, at)
+        self._slot_after(item.id, item.url, was_final, new)
 
-    def _state_changed(self, item_id: str, url: str, was_final: bool, new: ItemState, reason: str, stage: str,
-                       at: datetime | None) -> None:
-        self.add_event(item_id, stage, new, reason, at)
+    def _slot_after(self, item_id: str, url: str, was_final: bool, new: ItemState) -> None:
+        """The URL's open-item slot after a state change to ``new``."""
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
             self._deferred.pop(url_digest(url), None)
@@ -209,8 +213,10 @@ class SqlItems:
             # pending), then a Core insert on the table: the ORM's bulk-insert path cost more
             # CPU than the statement itself.
             self.session.flush()
-            self.session.execute(_ITEM_IMAGES.insert(), [{"item_id": item_id, "sha256": sha256, "url": url, "at": at}
-                                                         for sha256, url in images])
+            rows = [{"item_id": item_id, "sha256": sha256, "url": url, "at": at} for sha256, url in images]
+            # One row (most items): a plain execute; psycopg runs an executemany in pipeline
+            # mode, which costs more CPU than the statement.
+            self.session.execute(_ITEM_IMAGES.insert(), rows[0] if len(rows) == 1 else rows)
 
     def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
         """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
@@ -256,6 +262,7 @@ class SqlItems:
 
 
 _ITEMS = cast(Table, Item.__table__)
+_ITEM_EVENTS = cast(Table, ItemEvent.__table__)
 _FORWARDS, _FORWARD_STATUSES = cast(Table, Forward.__table__), cast(Table, ForwardStatus.__table__)
 _MOVED = (select(func.count(func.distinct(_FORWARDS.c.id)))
           .select_from(_FORWARDS.join(_FORWARD_STATUSES, _FORWARD_STATUSES.c.forward_id == _FORWARDS.c.id))
