@@ -47,21 +47,25 @@ def apply_state(item: Item, state: str, reason: str) -> ItemState:
     return new
 
 
+_ITEM_IMAGES = cast(Table, ItemImage.__table__)  # for Core statements
+_IMAGE = _ITEM_IMAGES.c
+"""The sightings statements name table columns, not the entity's attributes: a Core statement
+skips the ORM's compile and result steps (they cost more CPU than the statements' work)."""
+
+
 def _other_sightings(*columns: Any) -> Select[Any]:
     """Rows of ``item_images`` showing the image ``:sha256`` in an item other than ``:me``."""
-    return select(*columns).where(ItemImage.sha256 == bindparam("sha256"), ItemImage.item_id != bindparam("me"))
+    return select(*columns).where(_IMAGE.sha256 == bindparam("sha256"), _IMAGE.item_id != bindparam("me"))
 
-
-_ITEM_IMAGES = cast(Table, ItemImage.__table__)  # for Core statements
 _PROBES_PER_STATEMENT = 16
 """Images probed per statement (a gallery's 50 images: four statements)."""
 
 
 def _probe(i: int) -> Select[str, str, str]:
     """The first other sighting of the image ``:sha<i>``: an index probe (``LIMIT 1``)."""
-    return (select(ItemImage.item_id, ItemImage.sha256, ItemImage.url)
-            .where(ItemImage.sha256 == bindparam(f"sha{i}"), ItemImage.item_id != bindparam("me"))
-            .order_by(ItemImage.id).limit(1))
+    return (select(_IMAGE.item_id, _IMAGE.sha256, _IMAGE.url)
+            .where(_IMAGE.sha256 == bindparam(f"sha{i}"), _IMAGE.item_id != bindparam("me"))
+            .order_by(_IMAGE.id).limit(1))
 
 
 @functools.cache
@@ -75,7 +79,7 @@ def _first_sightings(n: int) -> Executable:
     return union_all(*(select(p.c.item_id, p.c.sha256, p.c.url) for p in parts))
 
 
-_capped = _other_sightings(ItemImage.item_id).limit(bindparam("up_to")).subquery()
+_capped = _other_sightings(_IMAGE.item_id).limit(bindparam("up_to")).subquery()
 _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 
 
@@ -120,7 +124,7 @@ class SqlItems:
         self.session.execute(_UPDATE_ITEM, values)
         # Its event by a Core insert too: else the next flush (``add_images``') would run the
         # ORM's unit of work for this one row. Still before any event added after it.
-        self.session.execute(_ITEM_EVENTS.insert(), {"item_id": item_id, "stage": stage, "kind": str(new),
+        self.session.execute(_INSERT_EVENT, {"item_id": item_id, "stage": stage, "kind": str(new),
                                                      "detail": reason, "at": now()})
         self._slot_after(item_id, work.url, work.state in FINAL, new)
 
@@ -216,7 +220,7 @@ class SqlItems:
             rows = [{"item_id": item_id, "sha256": sha256, "url": url, "at": at} for sha256, url in images]
             # One row (most items): a plain execute; psycopg runs an executemany in pipeline
             # mode, which costs more CPU than the statement.
-            self.session.execute(_ITEM_IMAGES.insert(), rows[0] if len(rows) == 1 else rows)
+            self.session.execute(_INSERT_IMAGES, rows[0] if len(rows) == 1 else rows)
 
     def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
         """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
@@ -263,6 +267,9 @@ class SqlItems:
 
 _ITEMS = cast(Table, Item.__table__)
 _ITEM_EVENTS = cast(Table, ItemEvent.__table__)
+_INSERT_EVENT = _ITEM_EVENTS.insert().inline()
+_INSERT_IMAGES = _ITEM_IMAGES.insert().inline()
+"""``inline``: no ``RETURNING`` of the new row's id for a one-row insert (nobody reads it)."""
 _FORWARDS, _FORWARD_STATUSES = cast(Table, Forward.__table__), cast(Table, ForwardStatus.__table__)
 _MOVED = (select(func.count(func.distinct(_FORWARDS.c.id)))
           .select_from(_FORWARDS.join(_FORWARD_STATUSES, _FORWARD_STATUSES.c.forward_id == _FORWARDS.c.id))
