@@ -17,6 +17,8 @@ changes in ``services/notify`` and ``services/escalate`` move.
   hashing (those cost what they cost, whatever the database does): the pipeline's mix of 60%
   known in NL (a notice), 15% known in DE (a forward), 15% unknown, 10% a gallery of 8 images
   (one known); every image its own SHA-256.
+  Also counted, apart from the timed run: the statements and commits the database sees per
+  classify item (independent of the machine's load).
 - notify: ``--items`` takedown notices (one known image each, as classify writes them), in
   batches of ``HOTLINE_BATCH_SIZE`` as the Kafka runtime hands them (``process_batch``), to a
   mailer that accepts everything in memory: reserve, render (X-ARF report, validated), record.
@@ -205,6 +207,29 @@ def run_classify_record(sessions: Any, items: list[tuple[str, str]]) -> tuple[fl
     return time.process_time() - started, len(raws)
 
 
+def classify_round_trips(engine: Any, sessions: Any, n: int, batch: int) -> float:
+    """Statements and transaction ends (commit, rollback) the database sees per classify item,
+    counted on ``n`` more items outside the timed run (the listeners cost CPU of their own): a
+    count that does not depend on how busy the machine is."""
+    from sqlalchemy import event
+
+    _, _, items = run_ingest(sessions, n, "counted", batch)
+    seen = [0]
+
+    def count(*_args: Any) -> None:
+        seen[0] += 1
+
+    hooks = [(engine, "before_cursor_execute"), (engine, "commit"), (engine, "rollback")]
+    for target, name in hooks:
+        event.listen(target, name, count)
+    try:
+        run_classify_record(sessions, items)
+    finally:
+        for target, name in hooks:
+            event.remove(target, name, count)
+    return seen[0] / n
+
+
 def run_notify(sessions: Any, items: list[tuple[str, str, str]], batch: int) -> tuple[float, int]:
     from hotline.runtime.steps import StepRunner
     from services.notify.stage import NotifyStage
@@ -287,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 
     rows = []
+    trips: float | None = None
     with fresh_database(args.database_url) as url:
         migrate(url)
         engine = make_engine(url)
@@ -303,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "classify" in stages:
                     rows.append(("classify (record step, prepared facts)", "item",
                                  *run_classify_record(sessions, accepted + single)))
+                    trips = classify_round_trips(engine, sessions, 100, args.batch)
             if stages & {"notify", "escalate"}:
                 run_notify(sessions, setup(sessions, 10, "warm"), args.batch)  # warm-up: imports, schemas, pool
                 items = setup(sessions, n, "item")
@@ -322,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for name, unit, spent, count in rows:
         print(f"| {name} | {count} ({unit}s) | {spent:.2f} | {1000 * spent / count:.2f} |")
+    if trips is not None:
+        print(f"classify: {trips:.2f} statements and commits per item (the pipeline's mix, counted apart)")
     return 0
 
 

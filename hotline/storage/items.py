@@ -13,8 +13,17 @@ from sqlalchemy import Executable, Select, Table, bindparam, delete, func, selec
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
+from hotline.kernel.ports import ItemWork
 from hotline.kernel.states import FINAL, ItemState, check_transition
-from hotline.storage.models import Item, ItemEvent, ItemImage, OpenUrl, ReportUrl
+from hotline.storage.models import (
+    Forward,
+    ForwardStatus,
+    Item,
+    ItemEvent,
+    ItemImage,
+    OpenUrl,
+    ReportUrl,
+)
 
 
 def url_digest(url: str) -> str:
@@ -38,21 +47,25 @@ def apply_state(item: Item, state: str, reason: str) -> ItemState:
     return new
 
 
+_ITEM_IMAGES = cast(Table, ItemImage.__table__)  # for Core statements
+_IMAGE = _ITEM_IMAGES.c
+"""The sightings statements name table columns, not the entity's attributes: a Core statement
+skips the ORM's compile and result steps (they cost more CPU than the statements' work)."""
+
+
 def _other_sightings(*columns: Any) -> Select[Any]:
     """Rows of ``item_images`` showing the image ``:sha256`` in an item other than ``:me``."""
-    return select(*columns).where(ItemImage.sha256 == bindparam("sha256"), ItemImage.item_id != bindparam("me"))
+    return select(*columns).where(_IMAGE.sha256 == bindparam("sha256"), _IMAGE.item_id != bindparam("me"))
 
-
-_ITEM_IMAGES = cast(Table, ItemImage.__table__)  # for Core statements
 _PROBES_PER_STATEMENT = 16
 """Images probed per statement (a gallery's 50 images: four statements)."""
 
 
 def _probe(i: int) -> Select[str, str, str]:
     """The first other sighting of the image ``:sha<i>``: an index probe (``LIMIT 1``)."""
-    return (select(ItemImage.item_id, ItemImage.sha256, ItemImage.url)
-            .where(ItemImage.sha256 == bindparam(f"sha{i}"), ItemImage.item_id != bindparam("me"))
-            .order_by(ItemImage.id).limit(1))
+    return (select(_IMAGE.item_id, _IMAGE.sha256, _IMAGE.url)
+            .where(_IMAGE.sha256 == bindparam(f"sha{i}"), _IMAGE.item_id != bindparam("me"))
+            .order_by(_IMAGE.id).limit(1))
 
 
 @functools.cache
@@ -66,7 +79,7 @@ def _first_sightings(n: int) -> Executable:
     return union_all(*(select(p.c.item_id, p.c.sha256, p.c.url) for p in parts))
 
 
-_capped = _other_sightings(ItemImage.item_id).limit(bindparam("up_to")).subquery()
+_capped = _other_sightings(_IMAGE.item_id).limit(bindparam("up_to")).subquery()
 _SIGHTINGS_COUNT = select(func.count(func.distinct(_capped.c.item_id)))
 
 
@@ -79,6 +92,41 @@ class SqlItems:
 
     def get(self, item_id: str) -> Item | None:
         return self.session.get(Item, item_id)
+
+    def work_of(self, item_id: str) -> ItemWork | None:
+        """One Core statement (no entity: no identity map, no loader), the partners' MO answers
+        counted in it as a subquery (a second round trip per item before). A Core select does
+        not autoflush: when the session holds the ``Item`` (it may have pending changes) it
+        flushes first, so the answer is what ``get`` would show."""
+        if self.session.identity_map.get(self.session.identity_key(Item, item_id)) is not None:
+            self.session.flush()
+        row = self.session.execute(_WORK_OF, {"id": item_id}).first()
+        return None if row is None else ItemWork(*row)
+
+    def classify(self, item_id: str, work: ItemWork, classification: dict[str, Any],
+                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str) -> None:
+        """A Core ``UPDATE`` of the columns it sets (the entity's load and flush cost more CPU than
+        the statements), unless the session holds the ``Item`` already: then through it, which
+        a Core statement would leave stale."""
+        held = self.session.identity_map.get(self.session.identity_key(Item, item_id))
+        if held is not None:
+            item = cast(Item, held)
+            item.classification = classification
+            if hosting is not None:
+                item.country, item.hoster = hosting
+            self.set_state(item, state, reason, stage)
+            return
+        new = check_transition(work.state, state)
+        values: dict[str, Any] = {"item_id": item_id, "classification": classification, "state": new,
+                                  "reason": reason, "updated_at": now()}
+        if hosting is not None:
+            values["country"], values["hoster"] = hosting
+        self.session.execute(_UPDATE_ITEM, values)
+        # Its event by a Core insert too: else the next flush (``add_images``') would run the
+        # ORM's unit of work for this one row. Still before any event added after it.
+        self.session.execute(_INSERT_EVENT, {"item_id": item_id, "stage": stage, "kind": str(new),
+                                                     "detail": reason, "at": now()})
+        self._slot_after(item_id, work.url, work.state in FINAL, new)
 
     def reload(self, item: Item) -> Item:
         self.session.refresh(item)
@@ -136,13 +184,17 @@ class SqlItems:
         was_final = item.state in FINAL
         new = apply_state(item, state, reason)
         self.add_event(item.id, stage, new, reason, at)
+        self._slot_after(item.id, item.url, was_final, new)
+
+    def _slot_after(self, item_id: str, url: str, was_final: bool, new: ItemState) -> None:
+        """The URL's open-item slot after a state change to ``new``."""
         if new in FINAL:
             # A closed URL reported again is new work: free the slot.
-            self._deferred.pop(url_digest(item.url), None)
-            self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item.id))
+            self._deferred.pop(url_digest(url), None)
+            self.session.execute(delete(OpenUrl).where(OpenUrl.item_id == item_id))
         elif was_final:
             # Reopened (a senior analyst's change): the item holds its URL's slot again.
-            self.session.add(OpenUrl(url_sha256=url_digest(item.url), item_id=item.id))
+            self.session.add(OpenUrl(url_sha256=url_digest(url), item_id=item_id))
             self.session.flush()
 
     def add_event(self, item_id: str, stage: str, kind: str, detail: str = "", at: datetime | None = None) -> None:
@@ -165,8 +217,10 @@ class SqlItems:
             # pending), then a Core insert on the table: the ORM's bulk-insert path cost more
             # CPU than the statement itself.
             self.session.flush()
-            self.session.execute(_ITEM_IMAGES.insert(), [{"item_id": item_id, "sha256": sha256, "url": url, "at": at}
-                                                         for sha256, url in images])
+            rows = [{"item_id": item_id, "sha256": sha256, "url": url, "at": at} for sha256, url in images]
+            # One row (most items): a plain execute; psycopg runs an executemany in pipeline
+            # mode, which costs more CPU than the statement.
+            self.session.execute(_INSERT_IMAGES, rows[0] if len(rows) == 1 else rows)
 
     def sharing_images(self, item_id: str, sha256s: Sequence[str]) -> list[tuple[str, str, str]]:
         """(other item id, sha256, image URL) of every other item that showed one of ``sha256s``."""
@@ -211,6 +265,22 @@ class SqlItems:
         return self.session.scalar(_ITEM_EXISTS, {"id": item_id}) is not None
 
 
+_ITEMS = cast(Table, Item.__table__)
+_ITEM_EVENTS = cast(Table, ItemEvent.__table__)
+_INSERT_EVENT = _ITEM_EVENTS.insert().inline()
+_INSERT_IMAGES = _ITEM_IMAGES.insert().inline()
+"""``inline``: no ``RETURNING`` of the new row's id for a one-row insert (nobody reads it)."""
+_FORWARDS, _FORWARD_STATUSES = cast(Table, Forward.__table__), cast(Table, ForwardStatus.__table__)
+_MOVED = (select(func.count(func.distinct(_FORWARDS.c.id)))
+          .select_from(_FORWARDS.join(_FORWARD_STATUSES, _FORWARD_STATUSES.c.forward_id == _FORWARDS.c.id))
+          .where(_FORWARDS.c.item_id == _ITEMS.c.id, _FORWARD_STATUSES.c.action == "MO")
+          .scalar_subquery())
+"""``SqlForwardQueue.moved_count`` of the row's item, correlated (table columns throughout: a
+Core statement skips the ORM's compile and execute steps)."""
+_WORK_OF = (select(_ITEMS.c.url, _ITEMS.c.state, _ITEMS.c.classification, _ITEMS.c.first_seen,
+                   _ITEMS.c.last_seen, _MOVED)
+            .where(_ITEMS.c.id == bindparam("id")))
+_UPDATE_ITEM = _ITEMS.update().where(_ITEMS.c.id == bindparam("item_id"))
 _ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))
 _LOCK_ITEMS = (select(Item).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
                .with_for_update().execution_options(populate_existing=True))

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hotline.kernel.clock import now
+from hotline.kernel.ports import ItemWork
 from hotline.kernel.states import FINAL
 from hotline.storage.actions import ESCALATION_OPEN_FOR_TIMER, new_forward, new_notice
 from hotline.storage.deliveries import claim_in, mark_sent_in, older_pending_in, queue_order
@@ -121,6 +122,22 @@ class MemoryItems:
 
     def get(self, item_id: str) -> Item | None:
         return self.state.items.get(item_id)
+
+    def work_of(self, item_id: str) -> ItemWork | None:
+        item = self.state.items.get(item_id)
+        if item is None:
+            return None
+        moved = {s.forward_id for s in self.state.forward_statuses if s.action == "MO"}
+        relookups = sum(1 for f in self.state.forwards.values() if f.item_id == item_id and f.id in moved)
+        return ItemWork(item.url, item.state, item.classification, item.first_seen, item.last_seen, relookups)
+
+    def classify(self, item_id: str, work: ItemWork, classification: dict[str, Any],
+                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str) -> None:
+        item = self.state.items[item_id]
+        item.classification = classification
+        if hosting is not None:
+            item.country, item.hoster = hosting
+        self.set_state(item, state, reason, stage)
 
     def reload(self, item: Item) -> Item:
         return self.state.items[item.id]

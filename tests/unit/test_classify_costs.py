@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from hotline.kernel.clock import FakeClock
+from hotline.kernel.clock import FakeClock, now
+from hotline.kernel.states import IllegalTransition
 from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.hosting_cache import SqlHostingCache
+from hotline.storage.memory import MemoryUnitOfWork
 from hotline.storage.unit_of_work import SqlUnitOfWork
 
 
@@ -70,3 +73,64 @@ def test_the_hosting_cache_answers_from_memory_for_a_while_and_sees_other_writer
     ours.put("dns:short.test", {"addresses": ["192.0.2.3"]}, "dns", 10)
     clock.advance(11)
     assert ours.get("dns:short.test") is None  # never past the entry's own expiry
+
+
+def _open_moved_forward(uow: Any, item_id: str) -> None:
+    """A forward of the item that its partner said moved (MO), and one it did not."""
+    uow.forwards.open(f"fwd-{item_id}", item_id, "DE", "Partner DE")
+    uow.forwards.add_status(f"fwd-{item_id}", "MO", None, "partner-de", now())
+    uow.forwards.open(f"fwd-{item_id}-other", item_id, "DE", "Partner DE")
+    uow.forwards.add_status(f"fwd-{item_id}-other", "CR", None, "partner-de", now())
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["fresh-session", "item-held-by-the-session"])
+def test_classify_reads_and_writes_its_item_as_get_and_set_state_do(
+    db: tuple[Engine, sessionmaker[Session]], held: bool,
+) -> None:
+    """``work_of`` and ``classify`` (Core statements) against the entity's view: the same columns,
+    the partners' MO count of ``moved_count``, the state change with its event, a final state
+    freeing the URL; and through the entity when the session already holds it (no stale copy)."""
+    _engine, sessions = db
+    with sessions() as session:
+        uow = SqlUnitOfWork(session)
+        item = uow.items.create("http://www.hoster.test/page.html")
+        item_id, url = item.id, item.url
+        _open_moved_forward(uow, item_id)
+        uow.commit()
+    with sessions() as session:
+        uow = SqlUnitOfWork(session)
+        if held:
+            assert uow.items.get(item_id) is not None
+        work = uow.items.work_of(item_id)
+        assert uow.items.work_of("no-such-item") is None
+        assert work is not None and work.relookups == uow.forwards.moved_count(item_id) == 1
+        assert (work.url, work.state, work.classification) == (url, "received", None)
+        uow.items.classify(item_id, work, {"route": "closed_offline"}, ("NL", "Hoster"), "closed_offline",
+                           "offline", "classify")
+        uow.commit()
+    with sessions() as session:
+        uow = SqlUnitOfWork(session)
+        stored = uow.items.get(item_id)
+        assert stored is not None
+        assert (stored.state, stored.reason, stored.classification) == ("closed_offline", "offline",
+                                                                       {"route": "closed_offline"})
+        assert (stored.country, stored.hoster) == ("NL", "Hoster")
+        assert [(e.stage, e.kind, e.detail) for e in uow.items.events(item_id)][-1] == (
+            "classify", "closed_offline", "offline")
+        assert uow.items.open_for_url(url) is None  # final: the URL's slot is free
+        again = uow.items.work_of(item_id)
+        assert again is not None and again.classification == {"route": "closed_offline"}
+        with pytest.raises(IllegalTransition):  # checked as set_state checks
+            uow.items.classify(item_id, again, {}, None, "received", "back", "classify")
+
+
+def test_the_memory_items_read_and_write_the_same() -> None:
+    uow = MemoryUnitOfWork()
+    item = uow.items.create("http://www.hoster.test/page.html")
+    _open_moved_forward(uow, item.id)
+    work = uow.items.work_of(item.id)
+    assert work is not None and work.relookups == uow.forwards.moved_count(item.id) == 1
+    assert uow.items.work_of("no-such-item") is None
+    uow.items.classify(item.id, work, {"route": "assessment"}, None, "awaiting_assessment", "unknown", "classify")
+    assert (item.state, item.classification, item.country) == ("awaiting_assessment", {"route": "assessment"}, None)
+    assert uow.items.events(item.id)[-1].kind == "awaiting_assessment"
