@@ -252,7 +252,8 @@ class System:
             from services.notify.stage import NotifyStage
 
             return NotifyStage(mailer=self._mailer(), sender=s.notice_from, hotline_name=s.hotline_name,
-                               notice_language=s.notice_language, group_seconds=s.notice_group_seconds)
+                               notice_language=s.notice_language, group_seconds=s.notice_group_seconds,
+                               in_flight=s.notify_in_flight)
         if name == "followup":
             from services.followup.mail import Contacts
             from services.followup.stage import FollowupStage

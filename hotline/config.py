@@ -224,6 +224,11 @@ class Settings(BaseSettings):
     # "Overlapping") works on at once in one process, each in its own transactions, those with
     # the same key one after another; 1 = one at a time as before.
     stage_in_flight: int = Field(default=4, gt=0)
+    # ... and the e-mails notify has in flight per process (its time is the SMTP conversation
+    # and its database round trips, not memory: classify's items hold fetched images, so
+    # classify keeps the smaller number). 8 is what brought report -> notice p99 under a
+    # second at 50 reports/s on 2 cores (docs/benchmarks.md, issue 13); 1 = one at a time.
+    notify_in_flight: int = Field(default=8, gt=0)
 
     # Embedded runtime (hotline/runtime/embedded.py "Yielding to intake"): while reports arrive
     # faster than embedded_yield_rate a second, a stage defers its next step, at most

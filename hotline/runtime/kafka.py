@@ -208,19 +208,22 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
         app.agent(source, name=f"{stage_name}.{logical}")(
             _make_agent(app, logical, stage_name, processor, output_topic,
                         settings.batch_size if batchable(stage) else 1,
-                        _in_flight(settings, sessions) if overlapping(stage) else 1,
+                        _in_flight(settings, sessions, stage) if overlapping(stage) else 1,
                         quiet_check(stage, logical), order_check(stage, logical))
         )
     return app
 
 
-def _in_flight(settings: Settings, sessions: sessionmaker[Session]) -> int:
-    """``HOTLINE_STAGE_IN_FLIGHT`` for an overlapping stage; 1 on SQLite, whose one writer
-    would make the overlapping transactions wait for each other (and time out)."""
+def _in_flight(settings: Settings, sessions: sessionmaker[Session], stage: Stage) -> int:
+    """How many messages an overlapping stage works on at once: the stage's own number when it
+    has one (notify: ``HOTLINE_NOTIFY_IN_FLIGHT``, set by the bootstrap), else
+    ``HOTLINE_STAGE_IN_FLIGHT``; 1 on SQLite, whose one writer would make the overlapping
+    transactions wait for each other (and time out)."""
     bind = sessions.kw.get("bind")
     if bind is not None and bind.dialect.name == "sqlite":
         return 1
-    return settings.stage_in_flight
+    own = getattr(stage, "in_flight", None)
+    return own if isinstance(own, int) and own > 0 else settings.stage_in_flight
 
 
 def _make_agent(

@@ -72,6 +72,8 @@ class NotifyStage:
     notice_language: str = "auto"  # auto | nl | en (services.notify.notice.notice_language)
 
     group_seconds: float = 0.0  # grouping window per abuse address; 0 = every notice at once
+    # E-mails in flight at once on Kafka (HOTLINE_NOTIFY_IN_FLIGHT; hotline.runtime.kafka); 1 = one.
+    in_flight: int = 8
 
     name: ClassVar[str] = "notify"
     inputs: ClassVar[tuple[str, ...]] = ("notices.ntd",)

@@ -136,9 +136,9 @@ def run_kill_and_restart(
                 assert status == "delivery_unknown", (nid, status)
         assert set(received) <= set(notices)
         if stage in ("notify", "all"):
-            # Only the e-mails in flight at the kill (notify has up to HOTLINE_STAGE_IN_FLIGHT
+            # Only the e-mails in flight at the kill (notify has up to HOTLINE_NOTIFY_IN_FLIGHT
             # of them, of different items) can be of unknown outcome; each is never re-sent.
-            assert states["notice_unconfirmed"] <= Settings.model_fields["stage_in_flight"].default, states
+            assert states["notice_unconfirmed"] <= Settings.model_fields["notify_in_flight"].default, states
         else:
             assert states["notice_unconfirmed"] == 0, states
             assert all(received[n] == 1 for n in notices)
