@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from doubles.loopback import LoopbackSite, PartnerEndpoint, SmtpSink
 from hashing.image import hash_image
 from hashing.synthetic import photo_like_jpeg
+from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.models import Item, Notice, Report, ReportUrl
 from hotline.storage.unit_of_work import SqlUnitOfWork
 from schemas.reports import ReportSubmitted
@@ -413,6 +414,19 @@ def fresh_pg_database(admin_url: str, name_hint: str = "it") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def fresh_pg_sessions(admin_url: str, name_hint: str = "it") -> Iterator[sessionmaker[Session]]:
+    """Sessions on a ``fresh_pg_database``, migrated; the engine disposed and the database
+    dropped on exit (what a test module on PostgreSQL alone needs as its fixture)."""
+    with fresh_pg_database(admin_url, name_hint) as url:
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            yield make_sessionmaker(engine)
+        finally:
+            engine.dispose()
 
 
 # ---------------------------------------------------------------- the Kafka runtime, as processes

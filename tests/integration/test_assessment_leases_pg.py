@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hotline.storage.engine import make_engine, make_sessionmaker, migrate
-from tests.integration.scenario import fresh_pg_database
+from tests.integration.scenario import fresh_pg_sessions
 from tests.unit import test_assessment_queue as q
 
 pytestmark = pytest.mark.integration
@@ -18,13 +17,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def sessions(pg_url: str) -> Iterator[q.Sessions]:
-    with fresh_pg_database(pg_url, "leases") as url:
-        migrate(url)
-        engine = make_engine(url)
-        try:
-            yield make_sessionmaker(engine)
-        finally:
-            engine.dispose()
+    with fresh_pg_sessions(pg_url, "leases") as sessions:
+        yield sessions
 
 
 def test_concurrent_claimers_never_share_an_item_on_postgres(sessions: q.Sessions) -> None:

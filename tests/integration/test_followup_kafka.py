@@ -279,13 +279,8 @@ def test_two_followup_processes_share_the_work(
 @pytest.fixture
 def empty_db_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
     """A database of its own: the other tests' follow-ups would be claimed first."""
-    with scenario.fresh_pg_database(pg_url, "kfclaim") as url:
-        migrate(url)
-        engine = make_engine(url)
-        try:
-            yield make_sessionmaker(engine)
-        finally:
-            engine.dispose()
+    with scenario.fresh_pg_sessions(pg_url, "kfclaim") as sessions:
+        yield sessions
 
 
 def test_claims_skip_rows_another_scheduler_holds(empty_db_sessions: sessionmaker[Session]) -> None:

@@ -17,10 +17,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.runtime.steps import StepRunner
-from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.models import Followup, Notice
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from tests.integration.scenario import fresh_pg_database
+from tests.integration.scenario import fresh_pg_sessions
 from tests.unit.stagekit import make_item, notice_for, notify_stage
 
 pytestmark = pytest.mark.integration
@@ -28,13 +27,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
-    with fresh_pg_database(pg_url, "itemlocks") as url:
-        migrate(url)
-        engine = make_engine(url)
-        try:
-            yield make_sessionmaker(engine)
-        finally:
-            engine.dispose()
+    with fresh_pg_sessions(pg_url, "itemlocks") as sessions:
+        yield sessions
 
 
 def _item(sessions: sessionmaker[Session]) -> str:

@@ -20,11 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.kernel.clock import now
 from hotline.storage.audit import GENESIS, SqlAuditTrail, _row_hash
-from hotline.storage.engine import make_engine, make_sessionmaker, migrate
 from hotline.storage.followups import new_followup
 from hotline.storage.models import AuditLog, Followup, Forward, Notice
 from hotline.storage.unit_of_work import SqlUnitOfWork
-from tests.integration.scenario import fresh_pg_database
+from tests.integration.scenario import fresh_pg_sessions
 from tests.unit.stagekit import make_item
 
 pytestmark = pytest.mark.integration
@@ -34,13 +33,8 @@ DETAILS = ["", 'a "quoted" back\\slash', "ünïcödé €", "emoji 😀 new\nlin
 
 @pytest.fixture
 def sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
-    with fresh_pg_database(pg_url, "records") as url:
-        migrate(url)
-        engine = make_engine(url)
-        try:
-            yield make_sessionmaker(engine)
-        finally:
-            engine.dispose()
+    with fresh_pg_sessions(pg_url, "records") as sessions:
+        yield sessions
 
 
 def test_the_audit_chain_built_by_the_database_is_the_one_python_builds(sessions: sessionmaker[Session]) -> None:
