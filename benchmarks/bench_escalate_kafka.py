@@ -93,33 +93,9 @@ def events_of(item_id: str, report_id: str, url: str, forwarded: bool) -> list[t
 
 def lag(brokers: str, prefix: str) -> int | None:
     """The escalate group's lag over its inputs (None: the broker cannot say right now)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
+    from benchmarks.crash_harness import group_lag
 
-    from hotline.runtime.kafka import app_id_for, kafka_topic
-    from services.escalate.stage import EscalateStage
-
-    admin = consumer = None
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=brokers.split(","), client_id="bench-escalate-lag")
-        consumer = KafkaConsumer(bootstrap_servers=brokers.split(","), group_id=None, enable_auto_commit=False)
-        group = app_id_for(prefix, "escalate")
-        committed = admin.list_group_offsets(group).get(group, {})
-        total = 0
-        for logical in EscalateStage.inputs:
-            topic = kafka_topic(prefix, logical)
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
-            for tp, end in consumer.end_offsets(tps).items():
-                meta = committed.get(tp)
-                total += end - (meta.offset if meta is not None and meta.offset >= 0 else 0)
-        return total
-    except (KafkaError, OSError, ValueError):
-        return None
-    finally:
-        if consumer is not None:
-            consumer.close()
-        if admin is not None:
-            admin.close()
+    return group_lag(brokers, prefix, ("escalate",))
 
 
 def wait_until(what: str, check: Any, timeout: float) -> None:

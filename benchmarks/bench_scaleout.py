@@ -485,27 +485,10 @@ def read_output(env: Env, prefix: str) -> dict[str, list[str]]:
 
 
 def lag(env: Env, prefix: str) -> int | None:
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
+    """The classify group's lag over its input (None: the broker cannot say right now)."""
+    from benchmarks.crash_harness import group_lag
 
-    from hotline.runtime.kafka import app_id_for, kafka_topic
-
-    group, topic = app_id_for(prefix, "classify"), kafka_topic(prefix, "items.accepted")
-    admin = KafkaAdminClient(bootstrap_servers=env.brokers.split(","), client_id="bench-scaleout-lag")
-    consumer = KafkaConsumer(bootstrap_servers=env.brokers.split(","), group_id=None)
-    try:
-        committed = admin.list_group_offsets(group).get(group, {})
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        total = 0
-        for tp, end in consumer.end_offsets(tps).items():
-            meta = committed.get(tp)
-            total += end - (meta.offset if meta is not None and meta.offset >= 0 else 0)
-        return total
-    except (KafkaError, OSError, ValueError):
-        return None
-    finally:
-        consumer.close()
-        admin.close()
+    return group_lag(env.brokers, prefix, ("classify",))
 
 
 def delete_topics(env: Env, prefix: str) -> None:

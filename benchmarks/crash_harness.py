@@ -54,7 +54,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,9 +359,9 @@ class HttpSubmitter(Submitter):
             self.finished_at = time.monotonic()
 
 
-def group_lag(brokers: str, prefix: str) -> int | None:
-    """Messages not yet committed by the stage's consumer group, summed over every stage's input
-    topics; None when the broker cannot be asked right now."""
+def group_lag(brokers: str, prefix: str, stages: Sequence[str] | None = None) -> int | None:
+    """Messages not yet committed by the stage's consumer group, summed over every stage's (or
+    only ``stages``') input topics; None when the broker cannot be asked right now."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -390,6 +390,8 @@ def group_lag(brokers: str, prefix: str) -> int | None:
         )
         lag = 0
         for stage, topics in inputs.items():
+            if stages is not None and stage not in stages:
+                continue
             group = app_id_for(prefix, stage)
             committed = admin.list_group_offsets(group).get(group, {})
             for logical in topics:
