@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
 from hotline.storage.deliveries import SqlForwardQueue
+from hotline.storage.engine import held_row
 from hotline.storage.models import Assessment, Escalation, Forward, Item, Notice
 
 # Escalations the hold timer may release: never one on hold, never one already released.
@@ -54,7 +55,7 @@ class SqlNotices:
         """Set the notice ``sent`` at ``at``; whether it exists. A notice this session holds is
         changed in place (flushed with the rest); otherwise by one ``UPDATE``, without loading
         the row first (notify's record step has the notice's id, not its row)."""
-        held = self.session.identity_map.get(self.session.identity_key(Notice, notice_id))
+        held = held_row(self.session, Notice, notice_id)
         if held is not None:
             held.status, held.sent_at = "sent", at
             return True

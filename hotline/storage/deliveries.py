@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar, cast
 from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
+from hotline.storage.engine import held_row
 from hotline.storage.models import Forward, ForwardStatus, PartnerUpdate
 
 
@@ -160,7 +161,7 @@ def mark_sent_sql(session: Session, model: type[M], row_id: str, at: datetime) -
     statements; the update locks the row all the same, and in READ COMMITTED a concurrent
     attempt's committed ``sent`` makes it match nothing, as the lock-then-check did. A row this
     session holds, and SQLite, go the ORM way (the held row stays current)."""
-    held = session.identity_map.get(session.identity_key(model, row_id))
+    held = held_row(session, model, row_id)
     if held is not None or not _postgres(session):
         return mark_sent_in(lock_sql(session, model, row_id), at)
 

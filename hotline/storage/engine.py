@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,3 +51,10 @@ def migrate(url: str) -> None:
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(cfg, "head")
+
+
+def held_row(session: Session, model: type[Any], key: Any) -> Any | None:
+    """The ``model`` row ``key`` if ``session`` holds it already (its identity map), without a
+    query: a Core statement on that row must then go through the object (or refresh it), else
+    the object would be stale."""
+    return session.identity_map.get(session.identity_key(model, key))

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from hotline.kernel.clock import now
 from hotline.kernel.ports import ItemWork
 from hotline.kernel.states import FINAL, ItemState, check_transition
+from hotline.storage.engine import held_row
 from hotline.storage.models import (
     Forward,
     ForwardStatus,
@@ -98,7 +99,7 @@ class SqlItems:
         counted in it as a subquery (a second round trip per item before). A Core select does
         not autoflush: when the session holds the ``Item`` (it may have pending changes) it
         flushes first, so the answer is what ``get`` would show."""
-        if self.session.identity_map.get(self.session.identity_key(Item, item_id)) is not None:
+        if held_row(self.session, Item, item_id) is not None:
             self.session.flush()
         row = self.session.execute(_WORK_OF, {"id": item_id}).first()
         return None if row is None else ItemWork(*row)
@@ -108,7 +109,7 @@ class SqlItems:
         """A Core ``UPDATE`` of the columns it sets (the entity's load and flush cost more CPU than
         the statements), unless the session holds the ``Item`` already: then through it, which
         a Core statement would leave stale."""
-        held = self.session.identity_map.get(self.session.identity_key(Item, item_id))
+        held = held_row(self.session, Item, item_id)
         if held is not None:
             item = cast(Item, held)
             item.classification = classification
@@ -260,7 +261,7 @@ class SqlItems:
     def exists(self, item_id: str) -> bool:
         """Whether the item is stored: its id only (``get`` loads the whole row, classification
         JSON included, which the notify stage's check for a known item does not need)."""
-        if self.session.identity_map.get(self.session.identity_key(Item, item_id)) is not None:
+        if held_row(self.session, Item, item_id) is not None:
             return True
         return self.session.scalar(_ITEM_EXISTS, {"id": item_id}) is not None
 

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 
+from hotline.storage.engine import held_row
 from hotline.storage.models import Item, Report, ReportUrl
 
 
@@ -102,6 +102,6 @@ class SqlLeases:
 
     def _expire(self, item_id: str) -> None:
         # The UPDATE bypassed the ORM: a loaded Item must read the lease columns afresh.
-        item = self.session.identity_map.get(identity_key(Item, item_id))
+        item = held_row(self.session, Item, item_id)
         if item is not None:
             self.session.expire(item, ["claimed_by", "claimed_until"])
