@@ -291,9 +291,18 @@ def measure(row: Row, port: int, url_base: str, tmp: Path, opts: argparse.Namesp
     return row
 
 
-# The phases of each runtime: the old path (the baseline), group commit, and this work's step
-# on top of it (embedded: the stages yield during the burst; kafka: several web processes).
-OLD, GROUP, YIELD, WORKERS = "one commit per request", "group commit", "group commit, stages yield", "group commit, {n} web workers"
+# The phases of each runtime: the old path (the baseline), group commit, and this work's steps
+# on top of it (embedded: the stages yield during the burst; kafka: the stage processes at a
+# lower CPU priority, HOTLINE_STAGE_NICE, and several web processes).
+OLD, GROUP, YIELD = "one commit per request", "group commit", "group commit, stages yield"
+WORKERS, NICE = "group commit, {n} web workers", "group commit, stages at nice {nice}"
+NICE_WORKERS = "group commit, stages at nice {nice}, {n} web workers"
+
+
+def kafka_modes(opts: argparse.Namespace) -> tuple[str, ...]:
+    """The Kafka phases in order, named with this run's worker count and niceness."""
+    return (OLD, GROUP, WORKERS.format(n=opts.workers), NICE.format(nice=opts.stage_nice),
+            NICE_WORKERS.format(nice=opts.stage_nice, n=opts.workers))
 
 
 def bench_embedded(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, opts: argparse.Namespace) -> Row:
@@ -322,7 +331,8 @@ def bench_kafka(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, 
 
     run_dir = tmp / f"kafka-{len(list(tmp.glob('kafka-*')))}"
     run_dir.mkdir()
-    workers = opts.workers if mode == WORKERS.format(n=opts.workers) else 1
+    workers = opts.workers if mode.endswith(f"{opts.workers} web workers") else 1
+    nice = opts.stage_nice if "stages at nice" in mode else 0
     with contextlib.ExitStack() as stack:
         db = stack.enter_context(fresh_database(opts.database_url))
         migrate(db)
@@ -332,7 +342,8 @@ def bench_kafka(mode: str, url_base: str, world_env: dict[str, str], tmp: Path, 
         env = {**world_env, **common_env(mode), "HOTLINE_DATABASE_URL": db, "HOTLINE_KAFKA_BROKERS": opts.brokers,
                "HOTLINE_TOPIC_PREFIX": prefix, "HOTLINE_KAFKA_PARTITIONS": "3", "HOTLINE_INDEX_DIR": "none"}
         for stage in STAGES:
-            stack.enter_context(spawn(["serve", "--stage", stage], env, run_dir / f"{stage}.log"))
+            stack.enter_context(spawn(["serve", "--stage", stage], {**env, "HOTLINE_STAGE_NICE": str(nice)},
+                                      run_dir / f"{stage}.log"))
         port = free_port()
         log = run_dir / "web.log"
         proc = stack.enter_context(spawn(["serve", "--stage", "web", "--port", str(port), "--workers", str(workers)],
@@ -377,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="kafka: web processes in the last phase")
+    parser.add_argument("--stage-nice", type=int, default=10,
+                        help="kafka, last two phases: HOTLINE_STAGE_NICE of the stage processes")
     parser.add_argument("--yield-seconds", type=float, default=2.0,
                         help="embedded, last phase: HOTLINE_EMBEDDED_YIELD_SECONDS (the deferral bound)")
     parser.add_argument("--drain-seconds", type=float, default=None,
@@ -404,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
             # records them, so the stages do real work while intake is under load.
             url_base = w.url(scenario.NL_A, "")
             for runtime in runtimes:
-                last = YIELD if runtime == "embedded" else WORKERS.format(n=opts.workers)
-                modes = (OLD, GROUP, last) if opts.phases == "all" else (GROUP, last)
+                modes = (OLD, GROUP, YIELD) if runtime == "embedded" else kafka_modes(opts)
+                if opts.phases == "new":
+                    modes = modes[1:]
                 for mode in modes:
                     print(f"{runtime}, {mode}: {opts.seconds} s of load ...", file=sys.stderr, flush=True)
                     bench = bench_embedded if runtime == "embedded" else bench_kafka

@@ -68,6 +68,10 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     if workers > 1 and not (settings.kafka_brokers and stage == "web"):
         raise click.BadParameter("more than one worker needs --stage web on Kafka (HOTLINE_KAFKA_BROKERS): "
                                  "the embedded runtime is one process", param_hint="--workers")
+    if settings.kafka_brokers and stage in STAGE_NAMES:
+        from hotline.runtime.priority import lower_priority
+
+        lower_priority(settings.stage_nice)  # before any thread starts (hotline.runtime.priority)
     system = _system(settings)
     if settings.kafka_brokers:
         if stage in STAGE_NAMES:

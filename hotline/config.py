@@ -229,6 +229,11 @@ class Settings(BaseSettings):
     # classify keeps the smaller number). 8 is what brought report -> notice p99 under a
     # second at 50 reports/s on 2 cores (docs/benchmarks.md, issue 13); 1 = one at a time.
     notify_in_flight: int = Field(default=8, gt=0)
+    # Kafka runtime: a stage process (serve --stage X) lowers its CPU priority to this nice
+    # value at start (hotline/runtime/priority.py), so on a shared host the web process, and
+    # PostgreSQL and Kafka, win the CPU during a burst and the burst waits in Kafka; 0 = leave
+    # it. Off by default: it is a choice about the other processes on the host.
+    stage_nice: int = Field(default=0, ge=0, le=19)
 
     # Embedded runtime (hotline/runtime/embedded.py "Yielding to intake"): while reports arrive
     # faster than embedded_yield_rate a second, a stage defers its next step, at most
