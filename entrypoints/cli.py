@@ -59,19 +59,21 @@ def demo(quiet: bool) -> None:
               help="--stage web on Kafka: web processes sharing the listening socket (one outbox relay).")
 def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     """Run the stages and the web app. Without HOTLINE_KAFKA_BROKERS everything runs embedded."""
-    from entrypoints.bootstrap import STAGE_NAMES
     from hotline.runtime.malloc import limit_arenas
+    from hotline.runtime.priority import lower_priority
 
     limit_arenas()  # before any thread starts (hotline.runtime.malloc: why)
 
     settings = get_settings()
+    if settings.kafka_brokers and stage not in (None, "web"):
+        # Before any thread starts, the import of numpy's OpenBLAS included (an unknown stage
+        # name is refused below; it exits at whatever priority).
+        lower_priority(settings.stage_nice)
+    from entrypoints.bootstrap import STAGE_NAMES
+
     if workers > 1 and not (settings.kafka_brokers and stage == "web"):
         raise click.BadParameter("more than one worker needs --stage web on Kafka (HOTLINE_KAFKA_BROKERS): "
                                  "the embedded runtime is one process", param_hint="--workers")
-    if settings.kafka_brokers and stage in STAGE_NAMES:
-        from hotline.runtime.priority import lower_priority
-
-        lower_priority(settings.stage_nice)  # before any thread starts (hotline.runtime.priority)
     system = _system(settings)
     if settings.kafka_brokers:
         if stage in STAGE_NAMES:
