@@ -210,6 +210,19 @@ def load_bank(sessions: Any, imgs: Images) -> None:
 # ---------------------------------------------------------------- processes
 
 
+def _group_children(leader: int) -> list[tuple[int, str]]:
+    """(pid, the ``--stage`` it runs, else its pid) of the other processes in ``leader``'s group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            pid = int(stat.parent.name)
+            if pid == leader or int(stat.read_text().rsplit(")", 1)[1].split()[2]) != leader:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            found.append((pid, argv[argv.index("--stage") + 1] if "--stage" in argv else str(pid)))
+    return found
+
+
 class Procs:
     """The processes of one runtime, each in its own process group, logging to a file."""
 
@@ -243,13 +256,16 @@ class Procs:
         return "\n".join(lines[-n:])
 
     def peak_rss_mb(self) -> dict[str, float]:
-        """VmHWM (the process's peak resident set) of each live process, in MiB."""
+        """VmHWM (the process's peak resident set) of each live process, in MiB; a process's
+        children in its group too (embedded ``hotline serve`` runs classify in one), named
+        ``NAME/STAGE``."""
         out: dict[str, float] = {}
         for name, p in self.procs.items():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        out[name] = int(line.split()[1]) / 1024
+            for pid, stage in [(p.pid, None), *_group_children(p.pid)]:
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            out[name if stage is None else f"{name}/{stage}"] = int(line.split()[1]) / 1024
         return out
 
     def stop_all(self, grace: float = 5.0) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -106,13 +109,32 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
         finally:
             relay.stop()
         return
+    _serve_embedded(settings, system, host, port, stage)
+
+
+def _serve_embedded(settings: Any, system: Any, host: str, port: int, stage: str | None) -> None:
+    """``hotline serve`` without a broker: the web app and the stages on one database. Plain
+    ``serve`` runs the stages of ``HOTLINE_EMBEDDED_PROCESSES`` (classify) in child processes of
+    their own and every other stage in this one (``hotline.runtime.stage_processes``: why, and
+    why on SQLite only); ``--stage NAME`` runs that stage alone, ``--stage web`` the web app
+    alone. On an SQLite file each stage is held by one process at a time (``stage_lock``)."""
+    from entrypoints.bootstrap import STAGE_NAMES
+    from hotline.runtime import stage_processes as sp
     from hotline.runtime.embedded import EmbeddedRuntime
 
-    names = STAGE_NAMES if stage in (None, "web") else (stage,)
+    if stage not in (None, "web") and stage not in STAGE_NAMES:
+        raise click.BadParameter(f"unknown stage {stage!r}", param_hint="--stage")
+    try:
+        children = sp.child_stage_names(settings.embedded_processes, settings.database_url, STAGE_NAMES) \
+            if stage is None else ()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    names = () if stage == "web" else tuple(n for n in (STAGE_NAMES if stage is None else (stage,))
+                                            if n not in children)
     runtime = EmbeddedRuntime(
         system.sessions,
-        system.build_stages(names) if stage != "web" else [],
-        periodic=system.periodic_for(names) if stage != "web" else [],
+        system.build_stages(names),
+        periodic=system.periodic_for(names),
         batch_size=settings.batch_size,
         batch_max_seconds=settings.batch_max_seconds,
         yield_max_seconds=settings.embedded_yield_seconds,
@@ -125,17 +147,39 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
         app = create_app(system)
         # The stages defer to intake during a burst (hotline.runtime.embedded "Yielding").
         runtime.yield_to = IntakePressure(app.state, settings.embedded_yield_rate)
-    runtime.start()
-    try:
-        if app is not None:
-            uvicorn.run(app, host=host, port=port, log_level="info", access_log=settings.access_log)
-        else:
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        runtime.stop()
+    elif os.environ.get(sp.FLAG_ENV):
+        # A child of plain ``serve``: the parent says when intake is in a burst.
+        runtime.yield_to = sp.IntakeFlag(Path(os.environ[sp.FLAG_ENV]), create=False)
+    db_file = sp.sqlite_file(settings.database_url)
+    spawned = sp.ChildStages(children, db_file, runtime.yield_to) if children and db_file else None
+    if app is None:
+        # SIGTERM (a service manager's stop, the parent's) ends the stage between two steps.
+        signal.signal(signal.SIGTERM, _raise_exit)
+    with contextlib.ExitStack() as held:
+        if db_file is not None:
+            for name in names:
+                held.enter_context(sp.stage_lock(db_file, name))
+        runtime.start()
+        if spawned is not None:
+            spawned.start()
+        try:
+            if app is not None:
+                uvicorn.run(app, host=host, port=port, log_level="info", access_log=settings.access_log)
+            elif os.environ.get(sp.PARENT_ENV):
+                sp.exit_with_parent(int(os.environ[sp.PARENT_ENV]), stop=lambda: None)
+            else:
+                while True:
+                    time.sleep(3600)
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            if spawned is not None:
+                spawned.stop()
+            runtime.stop()
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _web_stack() -> tuple[Any, Any]:

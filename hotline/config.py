@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     # faster than embedded_yield_rate a second, a stage defers its next step, at most
     # embedded_yield_seconds in a row (then it runs one batch and may defer again); 0 = never.
     embedded_yield_seconds: float = Field(default=2.0, ge=0)
+    # Embedded runtime on an SQLite file: the stages plain ``hotline serve`` runs in child
+    # processes of their own, comma-separated (hotline/runtime/stage_processes.py); "" = every
+    # stage in the one process. Classify is the stage that costs the most per item.
+    embedded_processes: str = "classify"
     embedded_yield_rate: float = Field(default=200.0, ge=0)
 
 
