@@ -48,7 +48,9 @@ need nothing from it, and say from a valid message alone that it needs nothing
 (``needs_nothing(topic, message)``: ``handle`` would return no messages and neither read nor
 change any state). The Kafka runtime (one message at a time; a batchable or overlapping
 stage's go the usual way) then acks such a message where it reads it, without a thread hop or
-a transaction: it had nothing to commit or deliver. Anything else (invalid input too, which ``run_stage`` rejects)
+a transaction: it had nothing to commit or deliver. The embedded runtime passes over them
+where it reads them (``EmbeddedRuntime._next_needed``): the next needed message's commit moves
+the position past them, and a run of nothing but quiet ones costs one commit. Anything else (invalid input too, which ``run_stage`` rejects)
 goes the usual way. Escalate says so for the pipeline's events it only reads for partners'
 status updates, which most deployments' partners do not take (each event cost the process
 more in that hop than the stage's decision does).

@@ -127,3 +127,56 @@ def test_the_agent_acks_a_quiet_event_without_the_runner() -> None:
 def test_a_forward_is_never_quiet() -> None:
     stage = escalate_stage(object(), partners=PLAIN)
     assert not stage.needs_nothing("forwards.partner", forward_for("i1"))
+
+
+class _QuietStage:
+    """A stage of one quiet topic: messages whose item id starts with ``q`` need nothing."""
+
+    name = "quietish"
+    inputs = ("items.accepted",)
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    def quiet_inputs(self) -> frozenset[str]:
+        return frozenset({"items.accepted"})
+
+    def needs_nothing(self, topic: str, message: Message) -> bool:
+        return isinstance(message, ItemAccepted) and message.item_id.startswith("q")
+
+    def handle(self, topic: str, message: Message, uow: Any) -> list[Any]:
+        assert isinstance(message, ItemAccepted)
+        assert not message.item_id.startswith("q"), "a quiet message reached handle"
+        self.handled.append(message.item_id)
+        return []
+
+
+def test_the_embedded_runtime_passes_over_quiet_messages_in_few_commits(tmp_path: Any) -> None:
+    from sqlalchemy import event as sa_event
+
+    from hotline.kernel.messages import Outgoing
+    from hotline.runtime.embedded import QUIET_READ, EmbeddedRuntime
+    from hotline.storage.engine import make_engine, make_sessionmaker, migrate
+    from hotline.storage.unit_of_work import SqlUnitOfWork
+
+    url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    ids = [f"q{i}" for i in range(5)] + ["n1"] + [f"q{i}" for i in range(5, 5 + 2 * QUIET_READ + 3)] + ["n2", "q-last"]
+    with sessions() as s:
+        uow = SqlUnitOfWork(s)
+        uow.enqueue([Outgoing("items.accepted", ItemAccepted(item_id=i, url=URL, report_ids=["r"])) for i in ids])
+        uow.commit()
+    commits = []
+    sa_event.listen(engine, "commit", lambda conn: commits.append(1))
+    stage = _QuietStage()
+    runtime = EmbeddedRuntime(sessions, [stage])  # type: ignore[list-item]
+    while runtime.step(stage):  # type: ignore[arg-type]
+        pass
+    assert stage.handled == ["n1", "n2"]  # the needed ones, in order, once
+    assert runtime.idle()  # every message consumed, the quiet ones too
+    # n1 and n2 a commit each; the 2 * QUIET_READ + 3 quiet ones between them are passed over
+    # in whole reads (one commit per read of nothing but quiet ones), the last one in one more.
+    assert len(commits) == 2 + 2 + 1, len(commits)
+    engine.dispose()
