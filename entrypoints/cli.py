@@ -138,6 +138,10 @@ def _serve_embedded(settings: Any, system: Any, host: str, port: int, stage: str
         batch_size=settings.batch_size,
         batch_max_seconds=settings.batch_max_seconds,
         yield_max_seconds=settings.embedded_yield_seconds,
+        # A stage in a process of its own has the interpreter to itself: classify works on
+        # several items at once there (hotline.runtime.embedded); beside the web app and the
+        # other stages it would only share the one interpreter more finely.
+        in_flight=settings.stage_in_flight if stage not in (None, "web") else 1,
     )
     app = None
     if stage in (None, "web"):

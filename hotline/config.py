@@ -222,7 +222,8 @@ class Settings(BaseSettings):
     batch_max_seconds: float = Field(default=0.25, gt=0)
     # Kafka runtime: messages a stage that allows it (classify; hotline.kernel.stage
     # "Overlapping") works on at once in one process, each in its own transactions, those with
-    # the same key one after another; 1 = one at a time as before.
+    # the same key one after another; 1 = one at a time as before. Also the embedded runtime's,
+    # for a stage in a process of its own (hotline serve's classify child, serve --stage NAME).
     stage_in_flight: int = Field(default=4, gt=0)
     # ... and the e-mails notify has in flight per process (its time is the SMTP conversation
     # and its database round trips, not memory: classify's items hold fetched images, so
