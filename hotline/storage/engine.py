@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -15,10 +15,18 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
     "database is locked" when a read transaction later tries to write after another writer
     committed. The web app uses it: an HTTP request has no retry loop, the stages do."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        from hotline.storage.sqlite_writer import TurnConnection, turn_for
+
+        database = make_url(url).database or ""
+        turn = turn_for(str(Path(database).resolve())) if database not in ("", ":memory:") else None
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30,
+                                                  "factory": TurnConnection})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # This process's writers take turns before they wait for SQLite's write lock
+            # (hotline.storage.sqlite_writer: why).
+            dbapi_conn.turn = turn
             # WAL lets readers run beside the one writer; the stages are many threads.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")

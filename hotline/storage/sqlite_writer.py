@@ -1,0 +1,109 @@
+"""SQLite writers of one process take turns on a Python lock before they ask SQLite for its one.
+
+Why: SQLite has one write lock per database, and a connection that finds it taken waits in
+SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between
+tries: a writer that has tried a few times sleeps 25-100 ms at a go, however soon the lock is
+free. With the web's group committer and five stages writing in one process that is most of
+the waiting: a py-spy record of the embedded ``hotline serve`` at 50 reports/s found the group
+committer waiting at ``BEGIN IMMEDIATE`` 60 % of the time and the stages as long in their first
+write (issue 13). A ``threading.Lock`` hands the turn over when it is released, so inside a
+process only the holder ever waits in SQLite's busy handler (for another process: the
+classify child of ``hotline.runtime.stage_processes``).
+
+What counts as a write is what makes SQLite take its lock: ``INSERT``, ``UPDATE``, ``DELETE``,
+``REPLACE`` (the ``sqlite3`` module opens its implicit transaction right before them) and an
+explicit ``BEGIN IMMEDIATE``/``EXCLUSIVE`` (the web's sessions, ``make_engine(immediate=True)``)
+or DDL. The turn is held from there until the transaction ends (commit, rollback, close, or the
+statement ran in autocommit), so it is the same span as SQLite's lock. A statement this does not
+recognize as a write just waits for SQLite's lock the old way. Waiting for the turn is bounded
+like SQLite's busy timeout, and ends in the same error ("database is locked"), which the stages'
+failure policy retries as an outage.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any
+
+WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+_turns: dict[str, threading.Lock] = {}
+_turns_lock = threading.Lock()
+
+
+def turn_for(database: str) -> threading.Lock:
+    """The one writer lock of this process for the database file ``database``."""
+    with _turns_lock:
+        return _turns.setdefault(database, threading.Lock())
+
+
+def _is_write(sql: str) -> bool:
+    head = sql.lstrip()[:16].upper()
+    if head.startswith("BEGIN"):
+        return "IMMEDIATE" in head or "EXCLUSIVE" in head
+    return head.startswith(WRITES)
+
+
+class TurnConnection(sqlite3.Connection):
+    """An ``sqlite3`` connection whose writes take the process's turn first (``sqlite3.connect(
+    factory=TurnConnection)``; ``turn`` set right after, by ``make_engine``)."""
+
+    turn: threading.Lock | None = None
+    timeout_seconds: float = 30.0
+    _holding = False
+
+    def cursor(self, factory: Any = None) -> Any:  # noqa: D102 - same as sqlite3's
+        return super().cursor(factory or TurnCursor)
+
+    def _enter(self, sql: str) -> None:
+        if self._holding or self.turn is None or not _is_write(sql):
+            return
+        if not self.turn.acquire(timeout=self.timeout_seconds):
+            raise sqlite3.OperationalError("database is locked (waited for this process's other writers)")
+        self._holding = True
+
+    def _settle(self) -> None:
+        """Give the turn back once no transaction is open (committed, rolled back, autocommit)."""
+        if self._holding and not self.in_transaction:
+            self._holding = False
+            assert self.turn is not None
+            self.turn.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._settle()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._settle()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._holding:
+                self._holding = False
+                assert self.turn is not None
+                self.turn.release()
+
+
+class TurnCursor(sqlite3.Cursor):
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:  # noqa: D102
+        conn: TurnConnection = self.connection  # type: ignore[assignment]
+        conn._enter(sql)
+        try:
+            return super().execute(sql, parameters)
+        finally:
+            conn._settle()
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Any:  # noqa: D102
+        conn: TurnConnection = self.connection  # type: ignore[assignment]
+        conn._enter(sql)
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        finally:
+            conn._settle()
