@@ -131,17 +131,20 @@ def _serve_embedded(settings: Any, system: Any, host: str, port: int, stage: str
         raise click.ClickException(str(exc)) from None
     names = () if stage == "web" else tuple(n for n in (STAGE_NAMES if stage is None else (stage,))
                                             if n not in children)
+    from hotline.runtime.steps import in_flight_of
+
+    stages = system.build_stages(names)
     runtime = EmbeddedRuntime(
         system.sessions,
-        system.build_stages(names),
+        stages,
         periodic=system.periodic_for(names),
         batch_size=settings.batch_size,
         batch_max_seconds=settings.batch_max_seconds,
         yield_max_seconds=settings.embedded_yield_seconds,
-        # A stage in a process of its own has the interpreter to itself: classify works on
-        # several items at once there (hotline.runtime.embedded); beside the web app and the
-        # other stages it would only share the one interpreter more finely.
-        in_flight=settings.stage_in_flight if stage not in (None, "web") else 1,
+        # A stage in a process of its own has the interpreter to itself: classify and notify
+        # work on several messages at once there (hotline.runtime.embedded); beside the web app
+        # and the other stages they would only share the one interpreter more finely.
+        in_flight=in_flight_of(stages[0], settings.stage_in_flight) if stage not in (None, "web") else 1,
     )
     app = None
     if stage in (None, "web"):

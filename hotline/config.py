@@ -242,8 +242,9 @@ class Settings(BaseSettings):
     embedded_yield_seconds: float = Field(default=2.0, ge=0)
     # Embedded runtime on an SQLite file: the stages plain ``hotline serve`` runs in child
     # processes of their own, comma-separated (hotline/runtime/stage_processes.py); "" = every
-    # stage in the one process. Classify is the stage that costs the most per item.
-    embedded_processes: str = "classify"
+    # stage in the one process. Classify costs the most per item; notify waits the most (an SMTP
+    # conversation and two commits per notice), so each works on several at once in its child.
+    embedded_processes: str = "classify,notify"
     embedded_yield_rate: float = Field(default=200.0, ge=0)
 
 

@@ -13,10 +13,11 @@ more messages after ``batch_max_seconds``, so the one SQLite writer lock is not 
 while web requests wait); while a message keeps failing, the stage goes one message at a
 time, so retries and parking concern that one.
 
-An ``overlapping`` stage that is not batchable (classify) in a process of its own (``hotline serve --stage NAME``,
-``in_flight`` > 1: ``HOTLINE_STAGE_IN_FLIGHT``) gets a window of that many messages at once,
-each handled in its own transactions on a thread of a pool, messages with the same key one
-after another; the next window is read when the whole window is done. Exactly once still: a
+An ``overlapping`` stage (classify, notify) in a process of its own (``hotline serve --stage
+NAME``, ``in_flight`` > 1: ``HOTLINE_STAGE_IN_FLIGHT``, notify's ``HOTLINE_NOTIFY_IN_FLIGHT``)
+gets a window of that many messages at once, each handled in its own transactions on a thread
+of a pool, messages with the same key (or what the stage says must go in order, notify: one
+item's notices) one after another; the next window is read when the whole window is done. Exactly once still: a
 message's last transaction records it as done (a row of consumer ``<stage>#done``) and moves
 the position over every done message in front of it, so the position never passes a message
 still in progress, a crash leaves the done ones marked (they are never handled again) and the
@@ -38,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hotline.kernel.failures import FailureHistory, FailurePolicy, Park
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.ports import UnitOfWork
-from hotline.kernel.stage import Periodic, Stage, batchable, overlapping, quiet_check
+from hotline.kernel.stage import Periodic, Stage, batchable, order_check, overlapping, quiet_check
 from hotline.runtime.periodic import PeriodicRunner
 from hotline.runtime.steps import Finish, StepRunner, after_failure, failure_of
 from hotline.storage.models import BusMessage, BusOffset
@@ -247,8 +248,14 @@ class EmbeddedRuntime:
         if not rows:
             return False
         chains: dict[str, list[tuple[int, str, str, str]]] = {}
+        orders: dict[str, Callable[[bytes | str], str | None] | None] = {}
         for row in rows:
-            chains.setdefault(row[2] or f"#{row[0]}", []).append(row)
+            _, topic, key, value = row
+            if topic not in orders:
+                orders[topic] = order_check(stage, topic)
+            order = orders[topic]
+            by = order(value) if order is not None else None  # notify: one item's notices in order
+            chains.setdefault(f"order:{by}" if by is not None else f"key:{key or row[0]}", []).append(row)
         errors: dict[int, Exception] = {}
 
         def run(chain: list[tuple[int, str, str, str]]) -> None:
@@ -352,6 +359,5 @@ def _done(stage: Stage) -> str:
 
 def _windowed(stage: Stage) -> bool:
     """Whether this runtime works on several of ``stage``'s messages at once when ``in_flight``
-    allows: an overlapping stage that is not batchable (classify). A stage that is both
-    (notify) is batched here, as it always was."""
-    return overlapping(stage) and not batchable(stage)
+    allows (then a stage that is batchable too, notify, is not batched: it overlaps, as on Kafka)."""
+    return overlapping(stage)

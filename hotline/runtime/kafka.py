@@ -222,8 +222,9 @@ def _in_flight(settings: Settings, sessions: sessionmaker[Session], stage: Stage
     bind = sessions.kw.get("bind")
     if bind is not None and bind.dialect.name == "sqlite":
         return 1
-    own = getattr(stage, "in_flight", None)
-    return own if isinstance(own, int) and own > 0 else settings.stage_in_flight
+    from hotline.runtime.steps import in_flight_of
+
+    return in_flight_of(stage, settings.stage_in_flight)
 
 
 def _make_agent(

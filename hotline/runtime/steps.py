@@ -100,6 +100,14 @@ def after_failure(history: FailureHistory, exc: BaseException) -> float:
     return hint if hint is not None else decision.delay_seconds
 
 
+def in_flight_of(stage: Stage, default: int) -> int:
+    """How many messages an overlapping stage works on at once in one process: the stage's own
+    number when it has one (notify: ``HOTLINE_NOTIFY_IN_FLIGHT``, set by the bootstrap), else
+    ``default`` (``HOTLINE_STAGE_IN_FLIGHT``)."""
+    own = getattr(stage, "in_flight", None)
+    return own if isinstance(own, int) and own > 0 else default
+
+
 def keep_rejections(uow: SqlUnitOfWork, out: list[Outgoing]) -> None:
     """The operators' copy of every ``reports.rejected`` message a stage produced (bad input, a
     parked message), in the stage's transaction: every stage's output passes here on either
