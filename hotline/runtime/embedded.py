@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,6 +87,7 @@ class EmbeddedRuntime:
         # Messages an overlapping stage works on at once (module docstring); 1 = one at a time.
         self.in_flight = max(1, in_flight)
         self._pool: ThreadPoolExecutor | None = None
+        self._windows: dict[str, _Window] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, str] = {}
@@ -241,38 +242,49 @@ class EmbeddedRuntime:
                 raise
 
     def _step_window(self, stage: Stage) -> bool:
-        """Up to ``in_flight`` messages at once (module docstring); raises the first failure (in
-        bus order) after the others are done, so the failure policy judges that message, which
-        is then the first one not done."""
-        rows = self._rows(stage, self.in_flight)
-        if not rows:
-            return False
-        chains: dict[str, list[tuple[int, str, str, str]]] = {}
-        orders: dict[str, Callable[[bytes | str], str | None] | None] = {}
-        for row in rows:
-            _, topic, key, value = row
-            if topic not in orders:
-                orders[topic] = order_check(stage, topic)
-            order = orders[topic]
-            by = order(value) if order is not None else None  # notify: one item's notices in order
-            chains.setdefault(f"order:{by}" if by is not None else f"key:{key or row[0]}", []).append(row)
-        errors: dict[int, Exception] = {}
+        """Keep up to ``in_flight`` messages in progress (module docstring): take what finished,
+        start the next ones into the free places, wait a little for one to finish. A message
+        whose key (or order) has one in progress waits for it; later ones of other keys go past.
+        After a failure nothing new starts; once the others are finished the first failure (in
+        bus order) is raised, so the failure policy judges that message alone. False when
+        nothing is in progress and nothing is waiting."""
+        window = self._windows.setdefault(stage.name, _Window())
+        window.reap()
+        if window.errors and not window.running:
+            errors, window.errors = window.errors, {}
+            raise errors[min(errors)]
+        started = 0
+        free = self.in_flight - len(window.running)
+        if free > 0 and not window.errors:
+            busy = {key for _, key in window.running.values()}
+            for row in self._rows(stage, self.in_flight * 4):
+                position, topic, key, value = row
+                if position in window.running:
+                    continue
+                order = window.order(stage, topic)
+                by = order(value) if order is not None else None  # notify: one item's notices in order
+                chain = f"order:{by}" if by is not None else f"key:{key or position}"
+                if chain in busy:
+                    continue  # after the one in progress, in order
+                busy.add(chain)
+                window.running[position] = (self._pool_for(stage).submit(self._one, stage, position, topic, value),
+                                            chain)
+                started += 1
+                free -= 1
+                if free == 0:
+                    break
+        if not window.running:
+            return started > 0
+        wait([f for f, _ in window.running.values()], timeout=self.poll_seconds, return_when=FIRST_COMPLETED)
+        return True
 
-        def run(chain: list[tuple[int, str, str, str]]) -> None:
-            for position, topic, _, value in chain:
-                try:
-                    StepRunner(stage, self.sessions).process(topic, value, self._finisher(stage, position))
-                except Exception as exc:  # noqa: BLE001 - the failure policy judges it, below
-                    errors[position] = exc
-                    return  # the rest of this key waits, in order
+    def _one(self, stage: Stage, position: int, topic: str, value: str) -> None:
+        StepRunner(stage, self.sessions).process(topic, value, self._finisher(stage, position))
 
+    def _pool_for(self, stage: Stage) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix=f"stage-{stage.name}")
-        for future in [self._pool.submit(run, chain) for chain in chains.values()]:
-            future.result()
-        if errors:
-            raise errors[min(errors)]
-        return True
+        return self._pool
 
     def _step_batch(self, stage: Stage) -> bool:
         rows = self._batch(stage, self.batch_size)
@@ -350,6 +362,30 @@ class EmbeddedRuntime:
                 return True
             time.sleep(0.05)
         return False
+
+
+class _Window:
+    """An overlapping stage's messages in progress: bus id -> (its future, its chain)."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[Future[None], str]] = {}
+        self.errors: dict[int, Exception] = {}
+        self._orders: dict[str, Callable[[bytes | str], str | None] | None] = {}
+
+    def order(self, stage: Stage, topic: str) -> Callable[[bytes | str], str | None] | None:
+        if topic not in self._orders:
+            self._orders[topic] = order_check(stage, topic)
+        return self._orders[topic]
+
+    def reap(self) -> None:
+        for position, (future, _) in list(self.running.items()):
+            if future.done():
+                del self.running[position]
+                error = future.exception()
+                if isinstance(error, Exception):
+                    self.errors[position] = error
+                elif error is not None:
+                    raise error
 
 
 def _done(stage: Stage) -> str:

@@ -49,11 +49,11 @@ class SlowStage:
             self.running += 1
             self.most = max(self.most, self.running)
         try:
-            time.sleep(self.seconds)
             with self.lock:
-                if message.item_id in self.trip:
+                if message.item_id in self.trip:  # at once: the others are still in progress
                     self.trip.discard(message.item_id)
                     raise RuntimeError(f"tripped on {message.item_id}")
+            time.sleep(self.seconds)
         finally:
             with self.lock:
                 self.running -= 1
@@ -136,11 +136,33 @@ def test_markers_of_a_window_cut_short_are_honoured_by_the_next_runtime(sessions
     first = SlowStage(trip={"i0"})
     runtime = EmbeddedRuntime(sessions, [first], poll_seconds=0.01, policy=FAST, in_flight=4)  # type: ignore[list-item]
     with pytest.raises(RuntimeError, match="tripped on i0"):
-        runtime.step(first)  # type: ignore[arg-type]
-    # i1-i3 are done, i0 is not: the position stays in front of i0, the three are marked.
+        for _ in range(10_000):  # bounded: the window raises once the others are finished
+            runtime.step(first)  # type: ignore[arg-type]
+    runtime.stop()
+    # i1-i3 are done, i0 is not, nothing new started after its failure: the position stays in
+    # front of i0, the three are marked.
     assert sorted(first.handled) == ["i1", "i2", "i3"] and _markers(sessions) == 3
     assert not runtime.idle()
     # As after a crash: another runtime (one at a time now) takes over.
     second = SlowStage()
     _drain(EmbeddedRuntime(sessions, [second], poll_seconds=0.01, policy=FAST, in_flight=1), second)  # type: ignore[list-item]
     assert sorted(second.handled) == ["i0", "i4", "i5", "i6", "i7"]  # never i1-i3 again
+
+
+def test_a_slow_message_does_not_hold_up_the_ones_behind_it(sessions: sessionmaker[Session]) -> None:
+    _enqueue(sessions, ["slow"] + [f"i{n}" for n in range(10)])
+    stage = SlowStage(seconds=0.01)
+    original = stage.handle
+
+    def slow_first(topic: str, message: Message, uow: Any) -> list[Outgoing]:
+        assert isinstance(message, ItemAccepted)
+        if message.item_id == "slow":
+            time.sleep(2.0)  # a gallery page of many images, say
+        return original(topic, message, uow)
+
+    stage.handle = slow_first  # type: ignore[method-assign]
+    _drain(EmbeddedRuntime(sessions, [stage], poll_seconds=0.01, policy=FAST, in_flight=2), stage)  # type: ignore[list-item]
+    # The other place went through all ten while the slow one was in progress; the position
+    # waited for it all the same (nothing marked is left).
+    assert stage.handled[-1] == "slow" and sorted(stage.handled[:-1]) == sorted(f"i{n}" for n in range(10))
+    assert _markers(sessions) == 0
