@@ -133,8 +133,12 @@ class EmbeddedRuntime:
         return [(i, t, v) for i, t, _, v in self._rows(stage, limit)]
 
     def _rows(self, stage: Stage, limit: int) -> list[tuple[int, str, str, str]]:
+        # One statement, so one snapshot: the position and the done markers are read together
+        # (a window's commit moves the one and deletes the other; read apart, a message could
+        # look neither passed nor done and be handled twice).
+        pos = (select(func.coalesce(func.max(BusOffset.position), 0)).where(BusOffset.consumer == stage.name)
+               .scalar_subquery())
         with self.sessions() as session:
-            pos = self._position(session, stage.name)
             query = (select(BusMessage.id, BusMessage.topic, BusMessage.key, BusMessage.value)
                      .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs)))
             if _windowed(stage):  # markers of a run with in_flight > 1 are honoured whatever it is now
@@ -257,13 +261,12 @@ class EmbeddedRuntime:
         free = self.in_flight - len(window.running)
         if free > 0 and not window.errors:
             busy = {key for _, key in window.running.values()}
-            for row in self._rows(stage, self.in_flight * 4):
+            # The ones in progress come first (they are not done), then the candidates.
+            for row in self._rows(stage, len(window.running) + 2 * free):
                 position, topic, key, value = row
                 if position in window.running:
                     continue
-                order = window.order(stage, topic)
-                by = order(value) if order is not None else None  # notify: one item's notices in order
-                chain = f"order:{by}" if by is not None else f"key:{key or position}"
+                chain = window.chain(stage, position, topic, key, value)
                 if chain in busy:
                     continue  # after the one in progress, in order
                 busy.add(chain)
@@ -371,16 +374,25 @@ class _Window:
         self.running: dict[int, tuple[Future[None], str]] = {}
         self.errors: dict[int, Exception] = {}
         self._orders: dict[str, Callable[[bytes | str], str | None] | None] = {}
+        self._chains: dict[int, str] = {}
 
-    def order(self, stage: Stage, topic: str) -> Callable[[bytes | str], str | None] | None:
-        if topic not in self._orders:
-            self._orders[topic] = order_check(stage, topic)
-        return self._orders[topic]
+    def chain(self, stage: Stage, position: int, topic: str, key: str, value: str) -> str:
+        """What must go one after another (the stage's order, notify: one item's notices; else the
+        key), worked out once per message: a waiting message is looked at on every step."""
+        found = self._chains.get(position)
+        if found is None:
+            if topic not in self._orders:
+                self._orders[topic] = order_check(stage, topic)
+            order = self._orders[topic]
+            by = order(value) if order is not None else None
+            found = self._chains[position] = f"order:{by}" if by is not None else f"key:{key or position}"
+        return found
 
     def reap(self) -> None:
         for position, (future, _) in list(self.running.items()):
             if future.done():
                 del self.running[position]
+                self._chains.pop(position, None)
                 error = future.exception()
                 if isinstance(error, Exception):
                     self.errors[position] = error
