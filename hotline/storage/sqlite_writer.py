@@ -8,7 +8,8 @@ the waiting: a py-spy record of the embedded ``hotline serve`` at 50 reports/s f
 committer waiting at ``BEGIN IMMEDIATE`` 60 % of the time and the stages as long in their first
 write (issue 13). A ``threading.Lock`` hands the turn over when it is released, so inside a
 process only the holder ever waits in SQLite's busy handler (for another process: the
-classify child of ``hotline.runtime.stage_processes``).
+classify and notify children of ``hotline.runtime.stage_processes``, whose writers take the
+same turn through a file lock: one writer of all the processes on the database asks SQLite).
 
 What counts as a write is what makes SQLite take its lock: ``INSERT``, ``UPDATE``, ``DELETE``,
 ``REPLACE`` (the ``sqlite3`` module opens its implicit transaction right before them) and an
@@ -22,19 +23,69 @@ failure policy retries as an outage.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
-_turns: dict[str, threading.Lock] = {}
+
+
+class Turn:
+    """The writers' turn on one database file: a ``threading.Lock`` for this process's threads,
+    then an exclusive ``flock`` on ``<database>.write-turn`` for the other processes on it (the
+    embedded runtime's stage children). The file lock is tried without blocking, then again
+    after 0.2 ms, doubling to 2 ms: a turn handed over is taken within about that, where
+    SQLite's busy handler may sleep 100 ms; and a wait stays bounded (``acquire``'s timeout)
+    as SQLite's busy timeout is."""
+
+    def __init__(self, database: str) -> None:
+        self.path = f"{database}.write-turn"
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self._threads.acquire(timeout=timeout):
+            return False
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            pause = 0.0002
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        self._threads.release()
+                        return False
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.002)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):
+                self._threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+_turns: dict[str, Turn] = {}
 _turns_lock = threading.Lock()
 
 
-def turn_for(database: str) -> threading.Lock:
-    """The one writer lock of this process for the database file ``database``."""
+def turn_for(database: str) -> Turn:
+    """The one writers' turn of this process for the database file ``database``."""
     with _turns_lock:
-        return _turns.setdefault(database, threading.Lock())
+        return _turns.setdefault(database, Turn(database))
 
 
 def _is_write(sql: str) -> bool:
@@ -48,7 +99,7 @@ class TurnConnection(sqlite3.Connection):
     """An ``sqlite3`` connection whose writes take the process's turn first (``sqlite3.connect(
     factory=TurnConnection)``; ``turn`` set right after, by ``make_engine``)."""
 
-    turn: threading.Lock | None = None
+    turn: Turn | None = None
     timeout_seconds: float = 30.0
     _holding = False
 
