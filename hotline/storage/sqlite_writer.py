@@ -6,7 +6,7 @@ tries: a writer that has tried a few times sleeps 25-100 ms at a go, however soo
 free. With the web's group committer and five stages writing in one process that is most of
 the waiting: a py-spy record of the embedded ``hotline serve`` at 50 reports/s found the group
 committer waiting at ``BEGIN IMMEDIATE`` 60 % of the time and the stages as long in their first
-write (issue 13). A ``threading.Lock`` hands the turn over when it is released, so inside a
+write (issue 13). A lock in the process hands the turn over when it is released, so inside a
 process only the holder ever waits in SQLite's busy handler (for another process: the
 classify and notify children of ``hotline.runtime.stage_processes``, whose writers take the
 same turn through a file lock: one writer of all the processes on the database asks SQLite).
@@ -23,19 +23,57 @@ failure policy retries as an outage.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from typing import Any
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 
 
+class FairLock:
+    """A lock that goes to its waiters in the order they came. ``threading.Lock`` does not: a
+    thread that releases it and asks again at once (a stage polling without pause) nearly always
+    wins over one that has been waiting, which can then wait out the whole timeout."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        with self._guard:
+            if not self._held and not self._waiters:
+                self._held = True
+                return True
+            mine = threading.Lock()
+            mine.acquire()
+            self._waiters.append(mine)
+        if mine.acquire(timeout=timeout):
+            return True  # handed over by ``release``
+        with self._guard:
+            try:
+                self._waiters.remove(mine)
+            except ValueError:
+                return True  # handed over just as the wait ran out: it is ours
+            return False
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()  # straight to the next: it stays held
+            else:
+                self._held = False
+
+    def locked(self) -> bool:
+        return self._held
+
+
 class Turn:
-    """The writers' turn on one database file: a ``threading.Lock`` for this process's threads,
+    """The writers' turn on one database file: a ``FairLock`` for this process's threads,
     then an exclusive ``flock`` on ``<database>.write-turn`` for the other processes on it (the
     embedded runtime's stage children). The file lock is tried without blocking, then again
     after 0.2 ms, doubling to 2 ms: a turn handed over is taken within about that, where
@@ -44,7 +82,7 @@ class Turn:
 
     def __init__(self, database: str) -> None:
         self.path = f"{database}.write-turn"
-        self._threads = threading.Lock()
+        self._threads = FairLock()
         self._fd: int | None = None
 
     def acquire(self, timeout: float) -> bool:
@@ -66,8 +104,7 @@ class Turn:
                     time.sleep(pause)
                     pause = min(pause * 2, 0.002)
         except BaseException:
-            with contextlib.suppress(RuntimeError):
-                self._threads.release()
+            self._threads.release()
             raise
 
     def release(self) -> None:

@@ -63,7 +63,7 @@ def test_embedded_benchmark_accounts_for_every_report(tmp_path: Path) -> None:
     lines: list[str] = []
     opts = _opts(tmp_path, lines)
     results = run_runtime("embedded", opts)
-    _check(results, opts, {"hotline serve"}, lines)
+    _check(results, opts, {"hotline serve", "hotline serve/classify", "hotline serve/notify"}, lines)
 
 
 def test_kafka_benchmark_accounts_for_every_report(tmp_path: Path, kafka_brokers: str, pg_url: str) -> None:

@@ -94,3 +94,52 @@ def test_another_process_holding_the_turn_makes_this_one_wait_bounded(tmp_path: 
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_the_turn_goes_to_waiters_in_the_order_they_came_even_against_a_greedy_writer() -> None:
+    from hotline.storage.sqlite_writer import FairLock
+
+    lock = FairLock()
+    assert lock.acquire(timeout=1)
+    order: list[str] = []
+    stop = threading.Event()
+
+    def greedy() -> None:  # takes the lock again the moment it gave it back, as a stage polling without pause
+        while not stop.is_set():
+            if lock.acquire(timeout=5):
+                lock.release()
+
+    def waiter(name: str) -> None:
+        assert lock.acquire(timeout=30), name
+        order.append(name)
+        lock.release()
+
+    first = threading.Thread(target=waiter, args=("first",))
+    first.start()
+    while len(lock._waiters) < 1:
+        threading.Event().wait(0.001)
+    second = threading.Thread(target=waiter, args=("second",))
+    second.start()
+    while len(lock._waiters) < 2:
+        threading.Event().wait(0.001)
+    hog = threading.Thread(target=greedy)
+    hog.start()
+    lock.release()
+    first.join(10)
+    second.join(10)
+    stop.set()
+    hog.join(10)
+    assert order == ["first", "second"]
+
+
+def test_a_wait_that_runs_out_leaves_the_lock_to_the_others() -> None:
+    from hotline.storage.sqlite_writer import FairLock
+
+    lock = FairLock()
+    assert lock.acquire(timeout=1)
+    assert lock.acquire(timeout=0.05) is False
+    assert not lock._waiters  # the one that gave up is gone from the queue
+    lock.release()
+    assert not lock.locked()
+    assert lock.acquire(timeout=0.05)
+    lock.release()
