@@ -76,7 +76,7 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
 
     if workers > 1 and not (settings.kafka_brokers and stage == "web"):
         raise click.BadParameter("more than one worker needs --stage web on Kafka (HOTLINE_KAFKA_BROKERS): "
-                                 "the embedded runtime is one process", param_hint="--workers")
+                                 "the embedded runtime has one web process", param_hint="--workers")
     system = _system(settings)
     if settings.kafka_brokers:
         if stage in STAGE_NAMES:

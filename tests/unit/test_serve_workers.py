@@ -1,5 +1,5 @@
 """``hotline serve --workers N`` is for the Kafka runtime's web processes only: the embedded
-runtime is one process by design (its stages and the web share one SQLite bus), and a stage
+runtime has one web process by design (its stages and the web share one SQLite bus), and a stage
 process has no web app to multiply. Refused before anything starts."""
 
 from __future__ import annotations
