@@ -23,12 +23,14 @@ failure policy retries as an outage.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
@@ -181,17 +183,21 @@ class TurnConnection(sqlite3.Connection):
 
 class TurnCursor(sqlite3.Cursor):
     def execute(self, sql: str, parameters: Any = (), /) -> Any:  # noqa: D102
-        conn: TurnConnection = self.connection  # type: ignore[assignment]
-        conn._enter(sql)
-        try:
+        with _turn_around(self, sql):
             return super().execute(sql, parameters)
-        finally:
-            conn._settle()
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> Any:  # noqa: D102
-        conn: TurnConnection = self.connection  # type: ignore[assignment]
-        conn._enter(sql)
-        try:
+        with _turn_around(self, sql):
             return super().executemany(sql, seq_of_parameters)
-        finally:
-            conn._settle()
+
+
+@contextlib.contextmanager
+def _turn_around(cursor: sqlite3.Cursor, sql: str) -> Iterator[None]:
+    """The turn taken before a write statement, and given back after any statement that left no
+    transaction open."""
+    conn: TurnConnection = cursor.connection  # type: ignore[assignment]
+    conn._enter(sql)
+    try:
+        yield
+    finally:
+        conn._settle()
