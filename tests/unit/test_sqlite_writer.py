@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,40 @@ def test_a_wait_that_runs_out_leaves_the_lock_to_the_others() -> None:
     assert not lock.locked()
     assert lock.acquire(timeout=0.05)
     lock.release()
+
+
+GREEDY = """
+import sys, threading, time
+from hotline.storage.sqlite_writer import Turn
+turn = Turn(sys.argv[1])
+stop = time.monotonic() + float(sys.argv[2])
+def hog():
+    while time.monotonic() < stop:
+        if turn.acquire(timeout=5):
+            time.sleep(0.003)  # a write transaction
+            turn.release()
+threads = [threading.Thread(target=hog) for _ in range(4)]
+[t.start() for t in threads]
+print("hogging", flush=True)
+[t.join() for t in threads]
+"""
+
+
+def test_a_process_whose_threads_queue_for_the_turn_lets_another_process_in(tmp_path: Path) -> None:
+    database = str(tmp_path / "f.db")
+    hog = subprocess.Popen([sys.executable, "-c", GREEDY, database, "20"], stdout=subprocess.PIPE)
+    try:
+        assert hog.stdout is not None and hog.stdout.readline().strip() == b"hogging"
+        mine = Turn(database)
+        waits = []
+        for _ in range(20):  # four threads of the other process never leave the turn free for long
+            began = time.monotonic()
+            assert mine.acquire(timeout=10)
+            waits.append(time.monotonic() - began)
+            mine.release()
+        # Most in about one of the other's transactions (3 ms): the other process's threads
+        # never shut this one out.
+        assert sorted(waits)[10] < 0.5, waits
+    finally:
+        hog.kill()
+        hog.wait(10)
