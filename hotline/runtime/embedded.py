@@ -17,7 +17,8 @@ An ``overlapping`` stage (classify, notify) in a process of its own (``hotline s
 NAME``, ``in_flight`` > 1: ``HOTLINE_STAGE_IN_FLIGHT``, notify's ``HOTLINE_NOTIFY_IN_FLIGHT``)
 gets a window of that many messages at once, each handled in its own transactions on a thread
 of a pool, messages with the same key (or what the stage says must go in order, notify: one
-item's notices) one after another; the next window is read when the whole window is done. Exactly once still: a
+item's notices) one after another; a place that comes free takes the next message at once
+(sliding, not a window waited for as a whole). Exactly once still: a
 message's last transaction records it as done (a row of consumer ``<stage>#done``) and moves
 the position over every done message in front of it, so the position never passes a message
 still in progress, a crash leaves the done ones marked (they are never handled again) and the
@@ -157,11 +158,7 @@ class EmbeddedRuntime:
             if self.in_flight > 1 and _windowed(stage):
                 self._mark_done(uow.session, stage, position)
                 return
-            offset = uow.session.get(BusOffset, (stage.name, "*"))
-            if offset is None:
-                uow.session.add(BusOffset(consumer=stage.name, topic="*", position=position))
-            else:
-                offset.position = position
+            _set_position(uow.session, stage, position)
 
         return finish
 
@@ -185,11 +182,7 @@ class EmbeddedRuntime:
             new = i
         if new == pos:
             return
-        offset = session.get(BusOffset, (stage.name, "*"))
-        if offset is None:
-            session.add(BusOffset(consumer=stage.name, topic="*", position=new))
-        else:
-            offset.position = new
+        _set_position(session, stage, new)
         session.execute(delete(BusOffset).where(BusOffset.consumer == done, BusOffset.position <= new))
 
     def step(self, stage: Stage, history: FailureHistory | None = None) -> bool:
@@ -398,6 +391,15 @@ class _Window:
                     self.errors[position] = error
                 elif error is not None:
                     raise error
+
+
+def _set_position(session: Session, stage: Stage, position: int) -> None:
+    """The stage's consumer position, in the caller's transaction."""
+    offset = session.get(BusOffset, (stage.name, "*"))
+    if offset is None:
+        session.add(BusOffset(consumer=stage.name, topic="*", position=position))
+    else:
+        offset.position = position
 
 
 def _done(stage: Stage) -> str:
