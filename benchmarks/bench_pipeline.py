@@ -223,6 +223,22 @@ def _group_children(leader: int) -> list[tuple[int, str]]:
     return found
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat's first line)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / _TICK, sum(v[:8]) / _TICK
+
+
 class Procs:
     """The processes of one runtime, each in its own process group, logging to a file."""
 
@@ -267,6 +283,27 @@ class Procs:
                         if line.startswith("VmHWM:"):
                             out[name if stage is None else f"{name}/{stage}"] = int(line.split()[1]) / 1024
         return out
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system, every thread) so far of each process of the runtime (named
+        as in ``peak_rss_mb``), of PostgreSQL's processes and the Kafka broker (all of them on
+        this machine: the benchmark is meant to run alone), and of this process (the load
+        generator and the synthetic world)."""
+        out: dict[str, float] = defaultdict(float)
+        for name, p in self.procs.items():
+            for pid, stage in [(p.pid, None), *_group_children(p.pid)]:
+                with contextlib.suppress(OSError):
+                    out[name if stage is None else f"{name}/{stage}"] += _cpu_of(pid)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+                if comm == "postgres":
+                    out["postgres"] += _cpu_of(int(stat.parent.name))
+                elif comm == "java" and b"kafka" in (stat.parent / "cmdline").read_bytes():
+                    out["kafka"] += _cpu_of(int(stat.parent.name))
+        t = os.times()
+        out["benchmark"] = t.user + t.system
+        return dict(out)
 
     def stop_all(self, grace: float = 5.0) -> None:
         """TERM each process group, KILL what is left after ``grace`` (the run's data is thrown
@@ -428,6 +465,8 @@ class PhaseResult:
     expected_awaiting: int = 0
     not_settled: list[str] = field(default_factory=list)
     rss: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over the phase
+    busy: float = 0.0  # the machine's CPU busy share over the phase, of all its cores
 
     @property
     def counts_ok(self) -> bool:
@@ -678,6 +717,7 @@ def _phase(
     forwards_before = {f.body.get("item_id") for f in w.partner.snapshot()}
     budget = time.monotonic() + max(60.0, 3 * len(planned) / max(opts.rate, 1.0))
     say(f"{runtime}: phase {name}: {len(planned)} reports" + (f" at {opts.rate:g}/s" if name == "rate" else ""))
+    cpu0, busy0 = procs.cpu_seconds(), _machine_busy()
     res.started = time.time()
     if name == "rate":
         sent = open_loop(client, planned, opts.rate, budget)
@@ -701,6 +741,9 @@ def _phase(
     t = time.monotonic()
     res.drained, states = wait_settled(sessions, want, deadline, procs.check_alive)
     res.ended = time.time()
+    cpu1, busy1 = procs.cpu_seconds(), _machine_busy()
+    res.cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}
+    res.busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1e-9)
     say(f"{runtime}: phase {name}: {res.accepted} accepted, settled={res.drained} in {time.monotonic() - t:.1f}s after the last")
     res.not_settled = [f"{rid} {kinds[rid]}: {states.get(rid)}" for rid, s in want.items() if states.get(rid) != s][:10]
     res.settled = len(want) - len([1 for rid, s in want.items() if states.get(rid) != s])
@@ -840,6 +883,11 @@ def details(results: Sequence[PhaseResult]) -> str:
         for k, what, v in sorted(rows):
             out.append(f"    {k:<10} {what:<10} n={len(v):<6} p50 {_ms(_pct(v, 0.5)):>8}  "
                        f"p99 {_ms(_pct(v, 0.99)):>8}  sum {sum(v):8.1f} s")
+        if r.cpu and r.settled:
+            per = sorted(r.cpu.items(), key=lambda kv: -kv[1])
+            out.append(f"    CPU per settled item {1000 * sum(r.cpu.values()) / r.settled:.1f} ms "
+                       f"(machine busy {100 * r.busy:.0f}% of {os.cpu_count()} cores over the phase): "
+                       + ", ".join(f"{k} {1000 * v / r.settled:.1f}" for k, v in per))
         for line in r.not_settled:
             out.append(f"    ! not settled: {line}")
     return "\n".join(out)

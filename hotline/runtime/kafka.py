@@ -71,6 +71,9 @@ POLICY = FailurePolicy(first_delay_seconds=0.5, max_delay_seconds=30.0)
 # lone event (a notice must not wait), short against a transaction's own cost.
 BATCH_WITHIN_SECONDS = 0.02
 
+# How long the producer waits for more messages before it sends a request.
+PRODUCER_LINGER_SECONDS = 0.005
+
 
 def kafka_topic(prefix: str, logical: str) -> str:
     """The real Kafka topic of a logical topic name (tests isolate themselves by prefix)."""
@@ -174,6 +177,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=PRODUCER_LINGER_SECONDS,
         broker_session_timeout=SESSION_TIMEOUT_SECONDS,
         broker_heartbeat_interval=HEARTBEAT_SECONDS,
         # Stage work (a page with 50 images, a slow SMTP server) can take long; faust must
