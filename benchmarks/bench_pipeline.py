@@ -226,9 +226,9 @@ def _group_children(leader: int) -> list[tuple[int, str]]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_of(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_in(stat: str) -> float:
+    """utime + stime (all threads), in seconds, from the text of a ``/proc/PID/stat``."""
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -276,13 +276,20 @@ class Procs:
         children in its group too (embedded ``hotline serve`` runs classify in one), named
         ``NAME/STAGE``."""
         out: dict[str, float] = {}
-        for name, p in self.procs.items():
-            for pid, stage in [(p.pid, None), *_group_children(p.pid)]:
-                with contextlib.suppress(OSError):
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmHWM:"):
-                            out[name if stage is None else f"{name}/{stage}"] = int(line.split()[1]) / 1024
+        for pid, label in self._named_pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        out[label] = int(line.split()[1]) / 1024
         return out
+
+    def _named_pids(self) -> Iterator[tuple[int, str]]:
+        """Each process the runtime started, and its children in its group (embedded
+        ``hotline serve`` runs stages in them), as (pid, ``NAME`` or ``NAME/STAGE``)."""
+        for name, p in self.procs.items():
+            yield p.pid, name
+            for pid, stage in _group_children(p.pid):
+                yield pid, f"{name}/{stage}"
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system, every thread) so far of each process of the runtime (named
@@ -290,17 +297,17 @@ class Procs:
         this machine: the benchmark is meant to run alone), and of this process (the load
         generator and the synthetic world)."""
         out: dict[str, float] = defaultdict(float)
-        for name, p in self.procs.items():
-            for pid, stage in [(p.pid, None), *_group_children(p.pid)]:
-                with contextlib.suppress(OSError):
-                    out[name if stage is None else f"{name}/{stage}"] += _cpu_of(pid)
+        for pid, label in self._named_pids():
+            with contextlib.suppress(OSError):
+                out[label] += _cpu_in(Path(f"/proc/{pid}/stat").read_text())
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, IndexError, ValueError):
-                comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+                text = stat.read_text()
+                comm = text.split("(", 1)[1].rsplit(")", 1)[0]
                 if comm == "postgres":
-                    out["postgres"] += _cpu_of(int(stat.parent.name))
+                    out["postgres"] += _cpu_in(text)
                 elif comm == "java" and b"kafka" in (stat.parent / "cmdline").read_bytes():
-                    out["kafka"] += _cpu_of(int(stat.parent.name))
+                    out["kafka"] += _cpu_in(text)
         t = os.times()
         out["benchmark"] = t.user + t.system
         return dict(out)
