@@ -15,6 +15,11 @@ which the stage delivers and answers with its own ``notices.events`` (``forwarde
 it reads back. Items are produced at ``--rate`` per second; the CPU is counted from the first
 event until every forward has reached the partner and the group has no lag, divided by items.
 
+Two rows, each with a process of its own, back to back: the partner without a status endpoint
+(the pipeline's case: escalate does not read the pipeline's events at all, ``hotline.kernel.stage``
+"Unread inputs"), and the same partner with one (it reads and decides each of them; as the
+items are web reports, no update is sent), which is what every deployment paid before.
+
     python -m benchmarks.bench_escalate_kafka                 # 1000 items at 50/s
     python -m benchmarks.bench_escalate_kafka --items 300     # quicker
 
@@ -91,11 +96,11 @@ def events_of(item_id: str, report_id: str, url: str, forwarded: bool) -> list[t
     return out
 
 
-def lag(brokers: str, prefix: str) -> int | None:
-    """The escalate group's lag over its inputs (None: the broker cannot say right now)."""
+def lag(brokers: str, prefix: str, status_updates: bool) -> int | None:
+    """The escalate group's lag over the inputs it reads (None: the broker cannot say right now)."""
     from benchmarks.crash_harness import group_lag
 
-    return group_lag(brokers, prefix, ("escalate",))
+    return group_lag(brokers, prefix, ("escalate",), status_updates=status_updates)
 
 
 def wait_until(what: str, check: Any, timeout: float) -> None:
@@ -131,11 +136,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=0.0, help="also measure this many seconds idle")
     parser.add_argument("--database-url", default=os.environ.get("HOTLINE_TEST_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--brokers", default=os.environ.get("HOTLINE_TEST_KAFKA_BROKERS", DEFAULT_BROKERS))
+    parser.add_argument("--only", choices=("unread", "read"),
+                        help="one row only: no partner status endpoint (events unread) or one (events read)")
     parser.add_argument("--py-spy", metavar="OUT", help="record the measured phase with py-spy (raw) into OUT")
     parser.add_argument("--keep-log", action="store_true", help="print the stage's log at the end")
     args = parser.parse_args(argv)
     n = max(10, min(args.items, 5000))
+    rows = [run(args, n, status_updates=mode == "read") for mode in ("unread", "read") if args.only in (None, mode)]
+    print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"code from {sys.modules['hotline'].__file__}")
+    print("| partners | pipeline events | items | forwarded | rate /s | wall s | CPU s | CPU ms per item | idle CPU ms/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+    return 0
 
+
+def run(args: argparse.Namespace, n: int, status_updates: bool) -> str:
+    """One escalate process fed ``n`` items; its table row. With ``status_updates`` the partner
+    has a status endpoint, so the process reads the pipeline's events (``hotline.kernel.stage``,
+    "Unread inputs"); the items are web reports, so none gets an update sent."""
     import yaml
     from kafka import KafkaProducer
 
@@ -160,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         items = setup(sessions, n, args.forward_every, "item")
         partners = tmp / "partners.yaml"
         partners.write_text(yaml.safe_dump({"partners": [
-            {"country": "DE", "name": "Partner DE", "endpoint": partner.url, "token_env": "HOTLINE_PARTNER_DE_TOKEN"},
+            {"country": "DE", "name": "Partner DE", "endpoint": partner.url, "token_env": "HOTLINE_PARTNER_DE_TOKEN",
+             **({"status_endpoint": partner.status_url} if status_updates else {})},
         ]}))
         create_topics(args.brokers, prefix, 3)
         env = {**os.environ, "HOTLINE_DATABASE_URL": url, "HOTLINE_KAFKA_BROKERS": args.brokers,
@@ -192,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         produce(producer, prefix, warm, args.rate)
         warm_forwards = sum(1 for w in warm if w[3])
         wait_until("the warm-up forwards", lambda: forwards_received(warm_forwards), 120)
-        wait_until("the warm-up events to be committed", lambda: lag(args.brokers, prefix) == 0, 120)
+        wait_until("the warm-up events to be committed", lambda: lag(args.brokers, prefix, status_updates) == 0, 120)
         time.sleep(2)  # the last commits and the dispatcher's rounds of the warm-up settle
         idle = None
         if args.idle > 0:
@@ -208,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         produce(producer, prefix, items, args.rate)
         wait_until("every forward", lambda: forwards_received(expected), 300)
-        wait_until("no lag", lambda: lag(args.brokers, prefix) == 0, 300)
+        wait_until("no lag", lambda: lag(args.brokers, prefix, status_updates) == 0, 300)
         wall = time.monotonic() - started
         spent = cpu_seconds(proc.pid) - before
         if spy is not None:
@@ -216,14 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             spy.wait(60)
         if proc.poll() is not None:
             raise RuntimeError(f"the escalate process exited ({proc.returncode}); log at {log_path}")
-    print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"code from {sys.modules['hotline'].__file__}")
-    print("| items | forwarded | rate /s | wall s | CPU s | CPU ms per item | idle CPU ms/s |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {n} | {expected - warm_forwards} | {args.rate:g} | {wall:.1f} | {spent:.2f} | "
-          f"{1000 * spent / n:.2f} | {'' if idle is None else f'{1000 * idle:.1f}'} |")
-    return 0
-
+    what = ("a status endpoint", "read") if status_updates else ("no status endpoint", "unread")
+    return (f"| {what[0]} | {what[1]} | {n} | {expected - warm_forwards} | {args.rate:g} | {wall:.1f} | {spent:.2f} | "
+            f"{1000 * spent / n:.2f} | {'' if idle is None else f'{1000 * idle:.1f}'} |")
 
 if __name__ == "__main__":
     sys.exit(main())

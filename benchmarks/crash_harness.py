@@ -359,9 +359,12 @@ class HttpSubmitter(Submitter):
             self.finished_at = time.monotonic()
 
 
-def group_lag(brokers: str, prefix: str, stages: Sequence[str] | None = None) -> int | None:
+def group_lag(brokers: str, prefix: str, stages: Sequence[str] | None = None, *,
+              status_updates: bool = False) -> int | None:
     """Messages not yet committed by the stage's consumer group, summed over every stage's (or
-    only ``stages``') input topics; None when the broker cannot be asked right now."""
+    only ``stages``') input topics as its processes read them: escalate reads the pipeline's
+    events only when a partner takes status updates (``status_updates``; ``hotline.kernel.stage``,
+    "Unread inputs"). None when the broker cannot be asked right now."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -371,12 +374,13 @@ def group_lag(brokers: str, prefix: str, stages: Sequence[str] | None = None) ->
     from services.followup.stage import FollowupStage
     from services.ingest.stage import IngestStage
     from services.notify.stage import NotifyStage
+    from services.partners.updates import UPDATE_TOPICS
 
     inputs = {
         "ingest": IngestStage.inputs,
         "classify": ClassifyStage.inputs,
         "notify": NotifyStage.inputs,
-        "escalate": EscalateStage.inputs,
+        "escalate": tuple(t for t in EscalateStage.inputs if status_updates or t not in UPDATE_TOPICS),
         "followup": FollowupStage.inputs,
     }
 

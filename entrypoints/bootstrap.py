@@ -305,11 +305,15 @@ def bootstrap(
     *,
     run_migrations: bool = True,
     dns: Resolver | None = None,
+    pre_ping: bool = True,
     **overrides: Any,
 ) -> System:
+    """The system on ``settings``. ``pre_ping``: test a pooled PostgreSQL connection before each
+    transaction (``hotline.storage.engine.make_engine``: only a Kafka stage process, which
+    retries, goes without)."""
     if run_migrations:
         migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pre_ping=pre_ping)
     sessions = make_sessionmaker(engine)
     bank = Bank.from_settings(settings, sessions)
     hosting = build_hosting(settings, sessions, dns, overrides)

@@ -21,12 +21,12 @@ if TYPE_CHECKING:
     from schemas.reports import ReportSubmitted
 
 
-def _system(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+def _system(settings: Settings | None = None, pre_ping: bool = True):  # type: ignore[no-untyped-def]
     from entrypoints.bootstrap import bootstrap
     from hotline.operator_files import OperatorFileError
 
     try:
-        return bootstrap(settings or get_settings())
+        return bootstrap(settings or get_settings(), pre_ping=pre_ping)
     except OperatorFileError as exc:  # the operator's mistake: one clear line, no traceback
         raise click.ClickException(str(exc)) from None
 
@@ -77,7 +77,9 @@ def serve(host: str, port: int, stage: str | None, workers: int) -> None:
     if workers > 1 and not (settings.kafka_brokers and stage == "web"):
         raise click.BadParameter("more than one worker needs --stage web on Kafka (HOTLINE_KAFKA_BROKERS): "
                                  "the embedded runtime has one web process", param_hint="--workers")
-    system = _system(settings)
+    # A Kafka stage process retries a transaction that fails on a dead connection; the web's
+    # requests cannot (hotline.storage.engine.make_engine, "pre_ping").
+    system = _system(settings, pre_ping=not (settings.kafka_brokers and stage in STAGE_NAMES))
     if settings.kafka_brokers:
         if stage in STAGE_NAMES:
             from hotline.runtime.kafka import run_stage_worker

@@ -54,6 +54,16 @@ the position past them, and a run of nothing but quiet ones costs one commit. An
 goes the usual way. Escalate says so for the pipeline's events it only reads for partners'
 status updates, which most deployments' partners do not take (each event cost the process
 more in that hop than the stage's decision does).
+
+**Unread inputs.** Where a stage's configuration means that *no* message of a quiet input can
+need anything (``unread_inputs()``: escalate when no partner has a status endpoint), the Kafka
+runtime does not subscribe to that topic at all (``read_inputs``): acking unread still cost the
+fetch, decoding and faust's per-event work of three events per item. What that means later:
+once the configuration changes (a partner gets a status endpoint) and the stage restarts, it
+reads the topic from its group's committed offset, or, if it never read it, from the earliest
+message still retained, so events of that time still get their updates, late and each once
+(every update carries its idempotency key); nothing older than the topic's retention does. The
+embedded runtime reads every input (passing over quiet ones costs it next to nothing).
 """
 
 from __future__ import annotations
@@ -119,6 +129,20 @@ def overlapping(stage: Stage) -> bool:
     """True when the runtime may work on several of ``stage``'s messages at once (its
     ``overlapping`` class attribute; absent means no)."""
     return bool(getattr(stage, "overlapping", False))
+
+
+def read_inputs(stage: Stage) -> tuple[str, ...]:
+    """The inputs the Kafka runtime subscribes to: all but the stage's ``unread_inputs()``
+    ("Unread inputs"), each of which must be a quiet input (so it only ever drops messages the
+    stage would have acked unread)."""
+    unread: Callable[[], frozenset[str]] | None = getattr(stage, "unread_inputs", None)
+    if unread is None:
+        return stage.inputs
+    skipped = unread()
+    quiet: Callable[[], frozenset[str]] | None = getattr(stage, "quiet_inputs", None)
+    if not skipped <= (quiet() if quiet is not None else frozenset()):
+        raise ValueError(f"stage {stage.name}: unread inputs must be quiet inputs")
+    return tuple(t for t in stage.inputs if t not in skipped)
 
 
 def order_check(stage: Stage, topic: str) -> Callable[[bytes | str], str | None] | None:

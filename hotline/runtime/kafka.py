@@ -159,7 +159,7 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
     """The faust app of one stage: one agent per input topic, raw bytes in and out."""
     import faust
 
-    from hotline.kernel.stage import batchable, order_check, overlapping, quiet_check
+    from hotline.kernel.stage import batchable, order_check, overlapping, quiet_check, read_inputs
     from hotline.runtime.steps import StepRunner
 
     if not settings.kafka_brokers:
@@ -205,7 +205,11 @@ def build_app(settings: Settings, sessions: sessionmaker[Session], stage: Stage)
             )
         return outputs[logical]
 
-    for logical in stage.inputs:
+    inputs = read_inputs(stage)
+    if unread := [t for t in stage.inputs if t not in inputs]:
+        log.info("stage %s does not read %s: its configuration needs nothing from them", stage_name,
+                 ", ".join(unread))
+    for logical in inputs:
         source = app.topic(
             kafka_topic(prefix, logical),
             key_serializer="raw",

@@ -9,11 +9,19 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, immediate: bool = False) -> Engine:
+def make_engine(url: str, immediate: bool = False, pre_ping: bool = True) -> Engine:
     """``immediate`` (SQLite only): every transaction starts with ``BEGIN IMMEDIATE``, taking the
     write lock up front and waiting for it (busy timeout) instead of failing at once with
     "database is locked" when a read transaction later tries to write after another writer
-    committed. The web app uses it: an HTTP request has no retry loop, the stages do."""
+    committed. The web app uses it: an HTTP request has no retry loop, the stages do.
+
+    ``pre_ping`` (PostgreSQL): a pooled connection is tested with a round trip before each
+    transaction, so one that the server closed (a restart, an idle timeout) is replaced instead
+    of failing the transaction. The web app needs that: a request has no retry. A Kafka stage
+    process does not (``hotline serve --stage NAME`` turns it off): the dead connection's error
+    is an outage to its failure policy (``hotline.kernel.failures``), the message is retried
+    after back-off, and SQLAlchemy has by then dropped every connection of the pool older than
+    the error; the ping was a statement in every one of its transactions (several per item)."""
     if url.startswith("sqlite"):
         from hotline.storage.sqlite_writer import TurnConnection, turn_for
 
@@ -43,7 +51,7 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=10)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

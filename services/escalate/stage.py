@@ -55,6 +55,11 @@ class EscalateStage:
         "Quiet inputs"): three per item, nearly all of which concern no partner."""
         return UPDATE_TOPICS
 
+    def unread_inputs(self) -> frozenset[str]:
+        """All of them when no partner has a status endpoint (``hotline.kernel.stage``, "Unread
+        inputs"): the Kafka runtime then does not read the pipeline's events at all."""
+        return frozenset() if self.partners.sends_status_updates() else UPDATE_TOPICS
+
     def needs_nothing(self, topic: str, message: Message) -> bool:
         """True when ``handle`` would return nothing without a query (as ``updates_for`` decides
         from the message and the partners file alone)."""

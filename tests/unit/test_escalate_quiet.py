@@ -10,9 +10,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import sessionmaker
 
-from hotline.kernel.stage import quiet_check
-from hotline.runtime.kafka import _make_agent
+from hotline.config import Settings
+from hotline.kernel.stage import quiet_check, read_inputs
+from hotline.runtime.kafka import _make_agent, build_app
 from schemas import Message
 from schemas.facts import HostingFacts
 from schemas.items import ItemAccepted, ItemClassified
@@ -180,3 +182,28 @@ def test_the_embedded_runtime_passes_over_quiet_messages_in_few_commits(tmp_path
     # in whole reads (one commit per read of nothing but quiet ones), the last one in one more.
     assert len(commits) == 2 + 2 + 1, len(commits)
     engine.dispose()
+
+
+def test_without_status_endpoints_the_kafka_runtime_does_not_read_the_pipeline_events() -> None:
+    assert read_inputs(escalate_stage(object(), partners=PLAIN)) == (
+        "forwards.partner", "partners.status", "escalations.actions")
+
+
+def test_with_a_status_endpoint_every_input_is_read() -> None:
+    assert read_inputs(escalate_stage(object(), partners=WITH_STATUS)) == EscalateStage.inputs
+
+
+def test_the_kafka_app_subscribes_to_the_inputs_read_only() -> None:
+    settings = Settings(database_url="sqlite://", kafka_brokers="127.0.0.1:9", topic_prefix="t-unread.")
+    for partners, expected in ((PLAIN, ("forwards.partner", "partners.status", "escalations.actions")),
+                               (WITH_STATUS, EscalateStage.inputs)):
+        app = build_app(settings, sessionmaker(), escalate_stage(object(), partners=partners))
+        topics = {agent.channel.get_topic_name() for agent in app.agents.values()}
+        assert topics == {f"t-unread.{t}" for t in expected}
+
+
+def test_only_quiet_inputs_may_go_unread() -> None:
+    stage = escalate_stage(object(), partners=PLAIN)
+    stage.unread_inputs = lambda: frozenset({"forwards.partner"})  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="must be quiet"):
+        read_inputs(stage)
