@@ -35,10 +35,13 @@ offset and the event would be lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -256,9 +259,8 @@ def _make_agent(
         manual = stream.noack()
         # A stage that allows both (notify) overlaps: its time is waiting, not bookkeeping.
         if in_flight > 1:
-            async for events in manual.noack_take(in_flight, within=BATCH_WITHIN_SECONDS):
-                await _process_overlapping(app, logical, stage_name, processor, output_topic, manual, list(events),
-                                           order=order)
+            await _process_overlapping(app, logical, stage_name, processor, output_topic, manual, manual.events(),
+                                       order=order, in_flight=in_flight)
             return
         if batch_size > 1:
             async for events in manual.noack_take(batch_size, within=BATCH_WITHIN_SECONDS):
@@ -332,6 +334,15 @@ async def _process_batch(
         first_error = None
 
 
+@dataclass
+class _Unacked:
+    """An event of ``_process_overlapping`` not acked yet, in its partition's offset order."""
+
+    event: Any
+    done: bool = False
+    dropped: bool = False  # its partition went to another worker: never acked here
+
+
 async def _process_overlapping(
     app: faust.App,
     logical: str,
@@ -339,35 +350,93 @@ async def _process_overlapping(
     processor: StepRunner,
     output_topic: Callable[[str], Any],
     manual: Any,
-    events: list[Any],
+    events: Iterable[Any] | AsyncIterable[Any],
     policy: FailurePolicy = POLICY,
     order: Callable[[bytes], str | None] | None = None,
+    in_flight: int | None = None,
 ) -> None:
-    """Work on ``events`` at once, each as ``_process_until_done`` would alone (own
-    transactions, failure policy, outputs delivered before its ack); events with the same key
-    (or the same ``order``, ``hotline.kernel.stage.order_check``, when the stage says one) one
-    after another in their order, so per-key order is what one at a time gives. The offsets
-    move only when all are done, in order: an ack never runs ahead of an event still in
-    progress, so a crash redelivers what was not finished and nothing is skipped."""
-    chains: dict[Any, list[Any]] = {}
-    for event in events:
-        by = order(_raw(event)) if order is not None else None
-        chains.setdefault(("key", event.message.key) if by is None else ("order", by), []).append(event)
+    """Work on up to ``in_flight`` events at once (all of a list when None), each as
+    ``_process_until_done`` would alone (own transactions, failure policy, outputs delivered
+    before its ack), taking the next as soon as one is done: a sliding window, so one slow
+    e-mail or hoster holds up only the events that must wait for it (it held up the next batch
+    when the agent took ``in_flight`` and waited for all). Events with the same key (or the
+    same ``order``, ``hotline.kernel.stage.order_check``, when the stage says one) run one
+    after another in their order, so per-key order is what one at a time gives. Offsets move
+    in order per partition: an event is acked once it and every earlier event of its partition
+    are done, never past one still in progress, so a crash redelivers what was not finished
+    and nothing is skipped. An event left to another worker (``_process_until_done`` False)
+    stops its partition's acks until the partition is back and redelivers from there."""
+    window = asyncio.Semaphore(in_flight or (max(len(events), 1) if isinstance(events, Sized) else 1))
+    chain_ends: dict[Any, asyncio.Future[None]] = {}  # the last event of each key, order or chain
+    unacked: dict[Any, deque[_Unacked]] = {}
+    lost: dict[Any, int | None] = {}  # partition -> the offset of its event left to another worker
+    acking = asyncio.Lock()
+    running: set[asyncio.Future[None]] = set()
 
-    async def chain(evs: list[Any]) -> list[bool]:
-        return [await _process_until_done(app, logical, stage_name, processor, output_topic, _raw(e),
-                                          e.message.tp, policy) for e in evs]
-
-    outcomes = await asyncio.gather(*(chain(evs) for evs in chains.values()))
-    done = {id(e): ok for evs, oks in zip(chains.values(), outcomes, strict=True)
-            for e, ok in zip(evs, oks, strict=True)}
-    left: set[Any] = set()  # partitions with an event not done (given to another worker)
-    for event in events:
+    async def one(event: Any, entry: _Unacked | None, before: asyncio.Future[None] | None) -> None:
+        try:
+            if before is not None:
+                await asyncio.wait({before})
+            ok = await _process_until_done(app, logical, stage_name, processor, output_topic, _raw(event),
+                                           event.message.tp, policy)
+        finally:
+            window.release()
         tp = event.message.tp
-        if done[id(event)] and tp not in left:
-            await manual.ack(event)
-        else:
-            left.add(tp)  # no later offset of it may be committed past this one
+        if not ok:
+            lost[tp] = getattr(event.message, "offset", None)
+            for waiting in unacked.pop(tp, ()):
+                waiting.dropped = True
+            return
+        if entry is None or entry.dropped:
+            return
+        entry.done = True
+        async with acking:  # one task at a time pops and acks, so acks stay in offset order
+            queue = unacked.get(tp)
+            while queue and queue[0].done:
+                await manual.ack(queue.popleft().event)
+
+    def finished(key: Any, task: asyncio.Future[None]) -> None:
+        running.discard(task)
+        if chain_ends.get(key) is task:
+            del chain_ends[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stage %s: an event from %s failed outside the failure policy", stage_name, logical,
+                      exc_info=task.exception())
+
+    try:
+        async for event in _each(events):
+            await window.acquire()
+            tp = event.message.tp
+            if tp in lost:
+                offset, gone_at = getattr(event.message, "offset", None), lost[tp]
+                if offset is not None and gone_at is not None and offset <= gone_at:
+                    del lost[tp]  # the partition came back and redelivers from its commit
+            entry = None
+            if tp not in lost:
+                entry = _Unacked(event)
+                unacked.setdefault(tp, deque()).append(entry)
+            by = order(_raw(event)) if order is not None else None
+            key = ("key", event.message.key) if by is None else ("order", by)
+            task: asyncio.Future[None] = asyncio.ensure_future(one(event, entry, chain_ends.get(key)))
+            chain_ends[key] = task
+            running.add(task)
+            task.add_done_callback(functools.partial(finished, key))
+        if running:
+            await asyncio.gather(*running)
+    finally:
+        for left in running:
+            left.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _each(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(events, AsyncIterable):
+        async for event in events:
+            yield event
+    else:
+        for event in events:
+            yield event
 
 
 async def _process_until_done(

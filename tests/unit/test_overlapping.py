@@ -1,13 +1,15 @@
 """The Kafka runtime's overlapping step (``hotline.runtime.kafka._process_overlapping``, what an
-``overlapping`` stage's agent awaits per ``noack_take`` batch): events with different keys are
-worked on at the same time, those with the same key one after another in order, and offsets are
-acked only once every event of the batch is done, in order, never past one still unfinished."""
+``overlapping`` stage's agent runs over its stream): events with different keys are worked on at
+the same time, those with the same key one after another in order, the next event starts as soon
+as one of the window is done (not when all are), and offsets are acked in order, never past one
+still unfinished."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 
 from hotline.kernel.messages import Outgoing
 from hotline.kernel.stage import overlapping
@@ -83,6 +85,38 @@ def test_an_event_left_to_another_worker_stops_the_acks_of_its_partition() -> No
     manual = _Manual()
     _run(events, Failing(), mine, manual)  # the app owns only ``mine``: ``gone`` was reassigned
     assert manual.acked == [events[2]]
+
+
+def test_a_slow_event_holds_up_only_itself_the_window_slides_past_it() -> None:
+    """With two in flight, ``slow`` waits until ``f3`` has run: it can only if ``f2`` and ``f3``
+    start while ``slow`` is still in progress (a batch of two waited for both). Their offsets are
+    acked only after ``slow``'s (same partition), all in order."""
+    tp = _Tp()
+    f3_ran = threading.Event()
+    acked_before_slow: list[list[_Event]] = []
+    manual = _Manual()
+
+    class Slow(_Processor):
+        def process(self, logical: str, raw: bytes) -> list[Outgoing]:
+            if raw == b"slow":
+                assert f3_ran.wait(30), "f3 never ran while slow was in progress"
+                acked_before_slow.append(list(manual.acked))
+            elif raw == b"f3":
+                f3_ran.set()
+            return super().process(logical, raw)
+
+    events = [_Event(k.encode(), k.encode(), tp) for k in ("slow", "f1", "f2", "f3")]
+
+    async def stream() -> AsyncIterator[_Event]:
+        for e in events:
+            yield e
+
+    produced: dict[str, _Produced] = {}
+    asyncio.run(_process_overlapping(_App(tp), "items.accepted", "classify", Slow(),  # type: ignore[arg-type]
+                                     lambda t: produced.setdefault(t, _Produced()), manual, stream(), FAST,
+                                     in_flight=2))
+    assert acked_before_slow == [[]]  # nothing of the partition acked past the slow one
+    assert manual.acked == events
 
 
 def test_a_stage_order_replaces_the_key() -> None:
