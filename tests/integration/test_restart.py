@@ -72,6 +72,13 @@ def batch_states(sessions: sessionmaker[Session], urls: list[str]) -> Counter[st
         return Counter(s.scalars(select(Item.state).where(Item.url.in_(urls))).all())
 
 
+def not_final(sessions: sessionmaker[Session], urls: list[str], final: tuple[str, ...]) -> list[str]:
+    """URL, state and reason of each item of the batch not in a final state (why it stopped)."""
+    with sessions() as s:
+        rows = s.execute(select(Item.url, Item.state, Item.reason).where(Item.url.in_(urls))).all()
+    return [f"{url}: {state} ({reason})" for url, state, reason in rows if state not in final]
+
+
 def notice_status(sessions: sessionmaker[Session], urls: list[str]) -> dict[str, str]:
     """Notice id -> status, for the batch's items."""
     with sessions() as s:
@@ -116,7 +123,8 @@ def run_kill_and_restart(
         try:
             wait_for("every item of the batch in a final state", done, 120, interval=0.2)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}: {batch_states(sessions, urls)}") from None
+            raise AssertionError(f"{exc}: {batch_states(sessions, urls)}; not final: "
+                                 f"{not_final(sessions, urls, final)}") from None
         finished = time.monotonic() - t0
         # Give a late duplicate (if any) the chance to show up before counting.
         time.sleep(1.0)
