@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brokers", default=os.environ.get("HOTLINE_TEST_KAFKA_BROKERS", DEFAULT_BROKERS))
     parser.add_argument("--only", choices=("unread", "read"),
                         help="one row only: no partner status endpoint (events unread) or one (events read)")
-    parser.add_argument("--py-spy", metavar="OUT", help="record the measured phase with py-spy (raw) into OUT")
+    parser.add_argument("--py-spy", metavar="OUT",
+                        help="record the measured phase with py-spy (raw) into OUT (OUT.unread and OUT.read "
+                             "when both rows run)")
     parser.add_argument("--keep-log", action="store_true", help="print the stage's log at the end")
     args = parser.parse_args(argv)
     n = max(10, min(args.items, 5000))
@@ -223,7 +225,8 @@ def run(args: argparse.Namespace, n: int, status_updates: bool) -> str:
         expected = warm_forwards + sum(1 for i in items if i[3])
         spy = None
         if args.py_spy:
-            spy = subprocess.Popen(["py-spy", "record", "--gil", "-r", "100", "-f", "raw", "-o", args.py_spy,
+            out = args.py_spy if args.only else f"{args.py_spy}.{'read' if status_updates else 'unread'}"
+            spy = subprocess.Popen(["py-spy", "record", "--gil", "-r", "100", "-f", "raw", "-o", out,
                                     "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = cpu_seconds(proc.pid)
         started = time.monotonic()

@@ -370,17 +370,16 @@ def group_lag(brokers: str, prefix: str, stages: Sequence[str] | None = None, *,
 
     from hotline.runtime.kafka import app_id_for, kafka_topic
     from services.classify.stage import ClassifyStage
-    from services.escalate.stage import EscalateStage
+    from services.escalate.stage import EscalateStage, unread_when
     from services.followup.stage import FollowupStage
     from services.ingest.stage import IngestStage
     from services.notify.stage import NotifyStage
-    from services.partners.updates import UPDATE_TOPICS
 
     inputs = {
         "ingest": IngestStage.inputs,
         "classify": ClassifyStage.inputs,
         "notify": NotifyStage.inputs,
-        "escalate": tuple(t for t in EscalateStage.inputs if status_updates or t not in UPDATE_TOPICS),
+        "escalate": tuple(t for t in EscalateStage.inputs if t not in unread_when(status_updates)),
         "followup": FollowupStage.inputs,
     }
 

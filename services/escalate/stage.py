@@ -30,6 +30,13 @@ from services.escalate.release import handle_action
 from services.partners.updates import UPDATE_TOPICS, step_of, updates_for
 
 
+def unread_when(status_updates: bool) -> frozenset[str]:
+    """The inputs an escalate process does not read: the pipeline's events, when no partner
+    has a status endpoint (``status_updates`` False); else none. Also what tools that watch its
+    consumer group's lag must leave out (``benchmarks.crash_harness.group_lag``)."""
+    return frozenset() if status_updates else UPDATE_TOPICS
+
+
 @dataclass
 class EscalateStage:
     partners: PartnerDirectory
@@ -56,9 +63,8 @@ class EscalateStage:
         return UPDATE_TOPICS
 
     def unread_inputs(self) -> frozenset[str]:
-        """All of them when no partner has a status endpoint (``hotline.kernel.stage``, "Unread
-        inputs"): the Kafka runtime then does not read the pipeline's events at all."""
-        return frozenset() if self.partners.sends_status_updates() else UPDATE_TOPICS
+        """``unread_when`` this stage's partners file (``hotline.kernel.stage``, "Unread inputs")."""
+        return unread_when(self.partners.sends_status_updates())
 
     def needs_nothing(self, topic: str, message: Message) -> bool:
         """True when ``handle`` would return nothing without a query (as ``updates_for`` decides
