@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hotline.kernel.failures import FailureHistory, FailurePolicy, Park
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # Messages read at once for a stage with quiet inputs: runs of quiet ones are passed over in
 # one read, and a needed one found early wastes no more than this many rows read.
 QUIET_READ = 32
+
+_MESSAGES: Table = BusMessage.__table__  # type: ignore[assignment]
+_OFFSETS: Table = BusOffset.__table__  # type: ignore[assignment]
 
 
 class EmbeddedRuntime:
@@ -139,13 +142,15 @@ class EmbeddedRuntime:
         # look neither passed nor done and be handled twice).
         pos = (select(func.coalesce(func.max(BusOffset.position), 0)).where(BusOffset.consumer == stage.name)
                .scalar_subquery())
+        query = (select(BusMessage.id, BusMessage.topic, BusMessage.key, BusMessage.value)
+                 .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs)))
+        if _windowed(stage):  # markers of a run with in_flight > 1 are honoured whatever it is now
+            query = query.where(BusMessage.id.not_in(
+                select(BusOffset.position).where(BusOffset.consumer == _done(stage))))
         with self.sessions() as session:
-            query = (select(BusMessage.id, BusMessage.topic, BusMessage.key, BusMessage.value)
-                     .where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs)))
-            if _windowed(stage):  # markers of a run with in_flight > 1 are honoured whatever it is now
-                query = query.where(BusMessage.id.not_in(
-                    select(BusOffset.position).where(BusOffset.consumer == _done(stage))))
-            rows = session.execute(query.order_by(BusMessage.id).limit(limit)).all()
+            # On the session's connection, past the ORM: plain columns need none of it, and the
+            # ORM's per-statement work was most of a poll's cost (issue 13).
+            rows = session.connection().execute(query.order_by(BusMessage.id).limit(limit)).all()
             return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     def _finisher(self, stage: Stage, position: int) -> Finish:
@@ -166,15 +171,24 @@ class EmbeddedRuntime:
         """Mark ``message_id`` done and move the position over the done messages right after it
         (they may have finished before it, in other threads). The marker's insert comes first:
         it is a write, so on SQLite the transaction holds the one write lock before it reads
-        the position and the markers, and no other commit changes them under it."""
+        the position and the markers, and no other commit changes them under it. Core
+        statements on the session's connection: this runs once per message, and through the
+        ORM (an object added and flushed, a position loaded and changed) it was a fifth of
+        classify's and notify's CPU (issue 13)."""
         done = _done(stage)
-        session.add(BusOffset(consumer=done, topic=str(message_id), position=message_id))
-        session.flush()
-        pos = self._position(session, stage.name)
-        marked = set(session.scalars(select(BusOffset.position).where(BusOffset.consumer == done,
-                                                                      BusOffset.position > pos)))
-        ids = session.scalars(select(BusMessage.id).where(BusMessage.id > pos, BusMessage.topic.in_(stage.inputs))
-                              .order_by(BusMessage.id).limit(len(marked) + 1))
+        conn = session.connection()
+        conn.execute(insert(_OFFSETS).values(consumer=done, topic=str(message_id), position=message_id))
+        pos = 0
+        marked: set[int] = set()
+        for consumer, position in conn.execute(select(_OFFSETS.c.consumer, _OFFSETS.c.position)
+                                               .where(_OFFSETS.c.consumer.in_((stage.name, done)))):
+            if consumer == done:
+                marked.add(int(position))
+            else:
+                pos = max(pos, int(position))
+        marked = {m for m in marked if m > pos}
+        ids = conn.execute(select(_MESSAGES.c.id).where(_MESSAGES.c.id > pos, _MESSAGES.c.topic.in_(stage.inputs))
+                           .order_by(_MESSAGES.c.id).limit(len(marked) + 1)).scalars()
         new = pos
         for i in ids:
             if i not in marked:
@@ -183,7 +197,7 @@ class EmbeddedRuntime:
         if new == pos:
             return
         _set_position(session, stage, new)
-        session.execute(delete(BusOffset).where(BusOffset.consumer == done, BusOffset.position <= new))
+        conn.execute(delete(_OFFSETS).where(_OFFSETS.c.consumer == done, _OFFSETS.c.position <= new))
 
     def step(self, stage: Stage, history: FailureHistory | None = None) -> bool:
         """Process one message for ``stage``; False when there was nothing to do. With
@@ -312,9 +326,36 @@ class EmbeddedRuntime:
         self._stop.wait(min(self.poll_seconds, self.yield_max_seconds - waited))
         return since
 
+    def _high_water(self) -> int | None:
+        """The bus's last message id, read on a raw connection (tens of microseconds, where a
+        stage's read of its next messages through the ORM costs a millisecond or more); None
+        when the sessions have no engine to read it from (then every poll reads).
+
+        Why: an idle ``hotline serve`` polled every stage's input every 50 ms and spent a
+        quarter of a core doing it (measured, issue 13). A stage that found nothing to do at
+        high water ``h`` (read *before* its read of the messages) has nothing to do while the
+        bus's last id is still ``h``: messages become visible in id order (module docstring of
+        ``hotline.runtime.stage_processes``; on PostgreSQL, ``hotline.storage.unit_of_work``'s
+        lock), only the stage moves its own position, and its done markers are its own."""
+        bind = self.sessions.kw.get("bind")
+        if not isinstance(bind, Engine):
+            return None
+        raw = bind.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute("SELECT max(id) FROM bus_messages")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+        return int(row[0] or 0) if row is not None else 0
+
     def _loop(self, stage: Stage) -> None:
         history = FailureHistory(self.policy)
         deferred_since: float | None = None
+        idle_at: int | None = None  # the high water at which the last step found nothing
         while not self._stop.is_set():
             since = self._defer(stage, deferred_since)
             if since is None and deferred_since is not None:
@@ -326,10 +367,16 @@ class EmbeddedRuntime:
             if since is not None:
                 continue
             try:
+                water = self._high_water()
+                if idle_at is not None and water == idle_at:
+                    self._stop.wait(self.poll_seconds)  # nothing new on the bus since
+                    continue
                 busy = self.step(stage, history)
                 history.reset()
                 self.errors.pop(stage.name, None)
+                idle_at = None if busy else water
             except Exception as exc:  # noqa: BLE001 - the failure policy decides what happens next
+                idle_at = None
                 delay = after_failure(history, exc)
                 self.errors[stage.name] = repr(failure_of(exc))
                 log.warning(
@@ -394,12 +441,13 @@ class _Window:
 
 
 def _set_position(session: Session, stage: Stage, position: int) -> None:
-    """The stage's consumer position, in the caller's transaction."""
-    offset = session.get(BusOffset, (stage.name, "*"))
-    if offset is None:
-        session.add(BusOffset(consumer=stage.name, topic="*", position=position))
-    else:
-        offset.position = position
+    """The stage's consumer position, in the caller's transaction (Core statements, as in
+    ``_mark_done``: once per message or batch)."""
+    conn = session.connection()
+    moved = conn.execute(update(_OFFSETS).where(_OFFSETS.c.consumer == stage.name, _OFFSETS.c.topic == "*")
+                         .values(position=position))
+    if moved.rowcount == 0:
+        conn.execute(insert(_OFFSETS).values(consumer=stage.name, topic="*", position=position))
 
 
 def _done(stage: Stage) -> str:
