@@ -232,11 +232,26 @@ def _cpu_in(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far (/proc/stat's first line)."""
+def _machine_busy() -> tuple[float, float, float]:
+    """(busy, stolen, total) CPU seconds of the whole machine so far (/proc/stat's first line).
+    Stolen time (the hypervisor ran another guest on our virtual CPU) is counted apart: on this
+    VM it was 4 % at rest and 17 % under the benchmark's load on 2026-12-03, and it is why runs
+    of the same code on different days differ (issue 13, seventh round)."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = v[3] + v[4]  # idle + iowait
-    return (sum(v[:8]) - idle) / _TICK, sum(v[:8]) / _TICK
+    steal = v[7]
+    return (sum(v[:8]) - idle - steal) / _TICK, steal / _TICK, sum(v[:8]) / _TICK
+
+
+def _calibration_ms() -> float:
+    """Milliseconds for a fixed piece of pure Python (10M additions), best of three: how fast
+    this machine's cores are at the moment, to compare runs made on different days."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        sum(range(10_000_000))
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best
 
 
 class Procs:
@@ -474,6 +489,7 @@ class PhaseResult:
     rss: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over the phase
     busy: float = 0.0  # the machine's CPU busy share over the phase, of all its cores
+    stolen: float = 0.0  # ... and the share the hypervisor took for other guests
 
     @property
     def counts_ok(self) -> bool:
@@ -750,7 +766,8 @@ def _phase(
     res.ended = time.time()
     cpu1, busy1 = procs.cpu_seconds(), _machine_busy()
     res.cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}
-    res.busy = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1e-9)
+    res.busy = (busy1[0] - busy0[0]) / max(busy1[2] - busy0[2], 1e-9)
+    res.stolen = (busy1[1] - busy0[1]) / max(busy1[2] - busy0[2], 1e-9)
     say(f"{runtime}: phase {name}: {res.accepted} accepted, settled={res.drained} in {time.monotonic() - t:.1f}s after the last")
     res.not_settled = [f"{rid} {kinds[rid]}: {states.get(rid)}" for rid, s in want.items() if states.get(rid) != s][:10]
     res.settled = len(want) - len([1 for rid, s in want.items() if states.get(rid) != s])
@@ -893,7 +910,8 @@ def details(results: Sequence[PhaseResult]) -> str:
         if r.cpu and r.settled:
             per = sorted(r.cpu.items(), key=lambda kv: -kv[1])
             out.append(f"    CPU per settled item {1000 * sum(r.cpu.values()) / r.settled:.1f} ms "
-                       f"(machine busy {100 * r.busy:.0f}% of {os.cpu_count()} cores over the phase): "
+                       f"(machine busy {100 * r.busy:.0f}% of {os.cpu_count()} cores over the phase, "
+                       f"{100 * r.stolen:.0f}% stolen by the hypervisor): "
                        + ", ".join(f"{k} {1000 * v / r.settled:.1f}" for k, v in per))
         for line in r.not_settled:
             out.append(f"    ! not settled: {line}")
@@ -960,7 +978,8 @@ def main(argv: list[str] | None = None) -> int:
         keep_logs=a.keep_logs,
         out=lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", flush=True),
     )
-    print(f"machine: {machine()}; load average at start {_load()}", flush=True)
+    print(f"machine: {machine()}; load average at start {_load()}; "
+          f"calibration {_calibration_ms():.0f} ms (10M additions in pure Python, best of 3)", flush=True)
     results = run(opts)
     print(f"load average at end {_load()}")
     print(details(results))
