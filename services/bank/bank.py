@@ -209,6 +209,10 @@ class Bank:
         self.matcher = CompactBankMatcher(self.radius)
         self.state: SyncState | None = None
         self.loaded_from: str | None = None
+        # True once the first load is complete, snapshot *and* the changes since: until then
+        # every match waits for it (a match against the bare snapshot would miss the rows added
+        # after it and route known material to an analyst).
+        self._ready = False
         self._checked = 0.0
         self._verified = 0.0
         self._lock = threading.RLock()
@@ -247,6 +251,7 @@ class Bank:
             else:
                 self.loaded_from = "snapshot"
             self._checked = self._verified = time.monotonic()
+            self._ready = True
             return self.loaded_from
 
     def _load_snapshot(self) -> SyncState | None:
@@ -282,9 +287,11 @@ class Bank:
             if info.get("fingerprint") != fingerprint(session, state.max_id):
                 log.warning("bank snapshot does not fit the rows in the database; rebuilding")
                 return None
-        self.matcher, self.state = matcher, state
         t1 = time.perf_counter()
-        self._catch_up()
+        # Caught up before it is swapped in: a match in another thread uses the matcher it
+        # finds, and the bare snapshot lacks what was added or retired since it was saved.
+        self._catch_up(matcher, state)
+        self.matcher, self.state = matcher, state
         repaired = self.verify()
         log.info(
             "bank: snapshot of %d entries loaded in %.2fs, %d changes since applied in %.2fs%s",
@@ -316,6 +323,7 @@ class Bank:
             del batches
             self.matcher = fresh
             self.state = SyncState(max_id, audit_id, changes=None)
+            self._ready = True
             log.info(
                 "bank: %d entries loaded from the database in %.1fs",
                 len(fresh),
@@ -395,9 +403,9 @@ class Bank:
         thread (matching goes on against the current matcher), except the
         first load, which everyone needs.
         """
-        if self.state is None:
+        if not self._ready:
             with self._lock:
-                if self.state is None:
+                if not self._ready:
                     self.load()
                     return
         if not force and time.monotonic() - self._checked < self.refresh_seconds:
@@ -428,9 +436,13 @@ class Bank:
         log.info("bank: adopted the newer snapshot %s (%d rows ahead)", path, ahead)
         return True
 
-    def _catch_up(self) -> int:
-        """Add rows with ids beyond ``max_id``, apply newer ``bank_retire`` audit rows."""
-        state = self.state
+    def _catch_up(
+        self, matcher: CompactBankMatcher | None = None, state: SyncState | None = None
+    ) -> int:
+        """Add rows with ids beyond ``max_id``, apply newer ``bank_retire`` audit rows (to the
+        matcher in use, or to ``matcher`` at ``state``, one not swapped in yet)."""
+        matcher = self.matcher if matcher is None else matcher
+        state = self.state if state is None else state
         assert state is not None
         changed = 0
         with self.sessions() as session:
@@ -438,7 +450,7 @@ class Bank:
             max_id = session.scalar(select(func.max(_T.c.id))) or 0
             audit_id = session.scalar(select(func.max(AuditLog.id))) or 0
             if max_id > state.max_id:
-                entries = self.matcher.entries
+                entries = matcher.entries
                 batches = list(
                     stream_batches(
                         conn,
@@ -449,7 +461,7 @@ class Bank:
                     )
                 )
                 batch = EntryBatch.concat(batches)
-                self.matcher.add_batch(batch)
+                matcher.add_batch(batch)
                 changed += len(batch)
                 state.max_id = max_id
             if audit_id > state.audit_id:
@@ -462,7 +474,7 @@ class Bank:
                 ).scalars()
                 ids = [int(s) for s in subjects if s.isdigit()]
                 if ids:
-                    changed += self.matcher.retire(ids)
+                    changed += matcher.retire(ids)
                 state.audit_id = audit_id
         if state.changes is not None:
             state.changes += changed

@@ -10,8 +10,10 @@ import csv
 import io
 import json
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -357,6 +359,50 @@ def test_incremental_update_after_snapshot(
     assert bank.match(phash=later["phash"]).entry_id == later_id  # type: ignore[union-attr]
     assert bank.match(pdq=late[0]["pdq"]) is None
     assert bank.match(md5=rows[0]["md5"]) is not None
+
+
+def test_a_match_while_the_snapshot_catches_up_waits_for_the_changes_since(
+    tmp_path: Path,
+    do_import: Callable[..., tuple[int, list[str]]],
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Classify matches on several threads at once. The first match loads the snapshot and
+    then applies what was added since; a second thread must not match against the bare
+    snapshot meanwhile (it would route known material to an analyst: seen on Kafka, with two
+    classify processes, as items of a known batch ending ``awaiting_assessment``)."""
+    do_import(csv_text(list(CSV_COLUMNS), [entry() for _ in range(50)]))
+    make_bank(sessions, tmp_path / "idx").load()  # writes the snapshot
+    late = [entry() for _ in range(3)]
+    add_entries(sessions, late)
+
+    bank = make_bank(sessions, tmp_path / "idx")
+    catching_up, go_on = threading.Event(), threading.Event()
+    real_catch_up = bank._catch_up
+
+    def slow_catch_up(*args: Any) -> int:
+        catching_up.set()
+        assert go_on.wait(10)
+        return real_catch_up(*args)
+
+    monkeypatch.setattr(bank, "_catch_up", slow_catch_up)
+    hits: dict[str, object] = {}
+
+    def match(name: str, row: dict[str, str]) -> None:
+        hits[name] = bank.match(sha256=row["sha256"])
+
+    first = threading.Thread(target=match, args=("first", late[0]))
+    first.start()
+    assert catching_up.wait(10)
+    second = threading.Thread(target=match, args=("second", late[1]))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), f"matched before the bank had caught up: {hits.get('second')}"
+    go_on.set()
+    first.join(10)
+    second.join(10)
+    assert hits["first"] is not None and hits["second"] is not None, hits
+    assert bank.loaded_from == "snapshot"
 
 
 def test_resave_after_many_changes(
