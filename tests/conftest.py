@@ -32,6 +32,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from tests import sqlite_template
+
 # Property tests explore new random inputs on every developer run (and keep what failed in
 # .hypothesis/), but in CI they replay one fixed sequence, so a submission's CI result
 # depends on the code alone. A failure found locally becomes an @example.
@@ -59,12 +61,17 @@ _CHROMIUM_HINT = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    sqlite_template.install()  # a fresh SQLite database is a copy of one migrated once
     # kafka-python 3.0.12 loads its protocol schemas with the deprecated
     # importlib.resources API on every request: hundreds of identical warnings.
     config.addinivalue_line(
         "filterwarnings",
         r"ignore:(read|open)_text is deprecated:DeprecationWarning",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    sqlite_template.uninstall()
 
 
 def in_ci() -> bool:
