@@ -29,8 +29,7 @@ from sqlalchemy.engine import make_url
 
 _real_upgrade = alembic.command.upgrade
 _lock = threading.Lock()
-_dir: Path | None = None
-_template: Path | None = None
+_template: Path | None = None  # in a directory of its own, removed by ``uninstall``
 
 
 def _fresh_sqlite_file(config: Config, revision: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Path | None:
@@ -48,10 +47,9 @@ def _fresh_sqlite_file(config: Config, revision: str, args: tuple[Any, ...], kwa
 
 
 def _made_template(config: Config) -> Path:
-    global _dir, _template
+    global _template
     if _template is None:
-        _dir = Path(tempfile.mkdtemp(prefix="hotline-test-schema-"))
-        path = _dir / "template.db"
+        path = Path(tempfile.mkdtemp(prefix="hotline-test-schema-")) / "template.db"
         cfg = Config()
         cfg.set_main_option("script_location", str(config.get_main_option("script_location")))
         cfg.set_main_option("sqlalchemy.url", f"sqlite:///{path}".replace("%", "%%"))
@@ -79,8 +77,8 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    global _dir, _template
+    global _template
     alembic.command.upgrade = _real_upgrade
-    if _dir is not None:
-        shutil.rmtree(_dir, ignore_errors=True)
-    _dir = _template = None
+    if _template is not None:
+        shutil.rmtree(_template.parent, ignore_errors=True)
+    _template = None
