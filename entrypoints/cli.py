@@ -39,7 +39,9 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("alembic", "mail.log", "kafka", "aiokafka"):
+    # httpx and httpcore log every request at INFO: in classify and the follow-up that is a line
+    # per fetched image URL, the reported material's addresses in the log and CPU per image.
+    for noisy in ("alembic", "mail.log", "kafka", "aiokafka", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
