@@ -651,6 +651,8 @@ class BurstResult:
     rss_samples: list[float]
     hwm_mb: float
     baseline_rss_mb: float
+    anon_mb: float = 0.0  # the largest private (RssAnon) and mapped-file (RssFile) parts seen
+    file_mb: float = 0.0
 
 
 def run_burst(env: Env, n: int, seconds: float, out: Any) -> BurstResult:
@@ -670,12 +672,14 @@ def run_burst(env: Env, n: int, seconds: float, out: Any) -> BurstResult:
                 samples.append(rss)
             if not baseline and len(classified_at(env, batch.item_ids[::PARTITIONS][:50])) > 0:
                 baseline = rss
+            workers.sample()  # the private and mapped parts too: which of them a burst grows
             time.sleep(0.5)
             workers.check_alive()
         workers.sample()
         done = len(classified_at(env, batch.item_ids))
         waiting = lag(env, batch.prefix)
-        r = BurstResult(n, seconds, done, waiting, samples, workers.hwm.get(pid, 0) / 1024, baseline)
+        r = BurstResult(n, seconds, done, waiting, samples, workers.hwm.get(pid, 0) / 1024, baseline,
+                        workers.anon.get(pid, 0) / 1024, workers.file.get(pid, 0) / 1024)
         out(f"burst: {n} items, {done} classified in {seconds:.0f}s (start included), {waiting} waiting in Kafka, "
             f"RSS {min(samples or [0]):.0f}-{max(samples or [0]):.0f} MB (first classification at {baseline:.0f} MB)")
         return r
@@ -733,9 +737,11 @@ def report(machine_line: str, opts: argparse.Namespace, runs: list[RunResult], s
                          f"| {again} | {s.rate_before:.1f} | {s.rate_after:.1f} |")
     if burst:
         lines += ["", "| burst (1 process) | classified | still waiting in Kafka | RSS at first result | RSS max "
-                  "while working | peak RSS (VmHWM) |", "|---|---|---|---|---|---|",
+                  "while working | peak RSS (VmHWM) | largest private (RssAnon) / mapped files (RssFile) |",
+                  "|---|---|---|---|---|---|---|",
                   f"| {burst.items} items, {burst.seconds:.0f} s | {burst.classified} | {burst.waiting} | "
-                  f"{burst.baseline_rss_mb:.0f} MB | {max(burst.rss_samples or [0]):.0f} MB | {burst.hwm_mb:.0f} MB |"]
+                  f"{burst.baseline_rss_mb:.0f} MB | {max(burst.rss_samples or [0]):.0f} MB | {burst.hwm_mb:.0f} MB "
+                  f"| {burst.anon_mb:.0f} / {burst.file_mb:.0f} MB |"]
     return "\n".join(lines)
 
 
