@@ -153,6 +153,10 @@ def test_no_image_bytes_and_no_reporter_address_after_a_full_run(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # Everything a run may log, the loggers that ``hotline`` quiets unless ``-v`` included (an
+    # earlier test's CLI call leaves them quiet): a verbose run must not leak either.
+    for name in ("httpx", "httpcore", "alembic", "mail.log", "kafka", "aiokafka"):
+        caplog.set_level(logging.DEBUG, logger=name)
     run_tmp = tmp_path / "tmp"
     run_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(run_tmp))
