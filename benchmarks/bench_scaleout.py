@@ -651,8 +651,8 @@ class BurstResult:
     rss_samples: list[float]
     hwm_mb: float
     baseline_rss_mb: float
-    anon_mb: float = 0.0  # the largest private (RssAnon) and mapped-file (RssFile) parts seen
-    file_mb: float = 0.0
+    anon_mb: float  # the largest private (RssAnon) and mapped-file (RssFile) parts seen
+    file_mb: float
 
 
 def run_burst(env: Env, n: int, seconds: float, out: Any) -> BurstResult:

@@ -31,6 +31,12 @@ def _system(settings: Settings | None = None, pre_ping: bool = True):  # type: i
         raise click.ClickException(str(exc)) from None
 
 
+# Loggers kept at WARNING unless ``-v``. httpx and httpcore log every request at INFO: in classify
+# and the follow-up that is a line per fetched image URL, the reported material's addresses in the
+# log and CPU per image.
+QUIET_LOGGERS = ("alembic", "mail.log", "kafka", "aiokafka", "httpx", "httpcore")
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(verbose: bool) -> None:
@@ -39,9 +45,7 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # httpx and httpcore log every request at INFO: in classify and the follow-up that is a line
-    # per fetched image URL, the reported material's addresses in the log and CPU per image.
-    for noisy in ("alembic", "mail.log", "kafka", "aiokafka", "httpx", "httpcore"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 

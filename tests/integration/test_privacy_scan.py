@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from doubles.loopback import free_port, serve_app
 from entrypoints.bootstrap import STAGE_NAMES, bootstrap
-from entrypoints.cli import submit_reports
+from entrypoints.cli import QUIET_LOGGERS, submit_reports
 from entrypoints.web import create_app
 from hashing.synthetic import photo_like_jpeg
 from hotline.config import Settings
@@ -155,7 +155,7 @@ def test_no_image_bytes_and_no_reporter_address_after_a_full_run(
     caplog.set_level(logging.DEBUG)
     # Everything a run may log, the loggers that ``hotline`` quiets unless ``-v`` included (an
     # earlier test's CLI call leaves them quiet): a verbose run must not leak either.
-    for name in ("httpx", "httpcore", "alembic", "mail.log", "kafka", "aiokafka"):
+    for name in QUIET_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     run_tmp = tmp_path / "tmp"
     run_tmp.mkdir()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from entrypoints.cli import main
+from entrypoints.cli import QUIET_LOGGERS, main
 
 IMAGE_URL = "http://images.example.test/gallery/7.jpg"
 
@@ -39,7 +39,7 @@ def probe() -> Iterator[click.Command]:
             logging.getLogger().removeHandler(handler)
         click.echo("\n".join(r.getMessage() for r in records))
 
-    saved = {n: logging.getLogger(n).level for n in ("", "httpx", "httpcore", "alembic", "mail.log", "kafka", "aiokafka")}
+    saved = {n: logging.getLogger(n).level for n in ("", *QUIET_LOGGERS)}
     # As ``logging.basicConfig`` in the CLI leaves a fresh process; under pytest the root logger
     # has handlers already, so that call changes nothing here.
     logging.getLogger().setLevel(logging.INFO)
