@@ -41,10 +41,10 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from hashing.arrays import load_array, save_array
 from hashing.mih import MultiIndexTables, choose_substrings, estimated_cost
 
 __all__ = ["HammingIndex", "ExactIndex", "brute_force", "hamming_distances"]
@@ -65,6 +65,11 @@ _HAMMING_VERSION = 2
 # ExactIndex v2: 4-byte key prefixes instead of 8.
 _EXACT_VERSION = 2
 _READABLE = (1, 2)
+_HAMMING_SPARSE = frozenset({"ids"})
+_EXACT_SPARSE = frozenset({"keys", "ids"})
+"""The arrays a query reads only for its hits (``hashing.arrays``): a Hamming index's ids (its
+codes and tables are scanned by every query), an exact index's keys and ids (its prefixes are
+searched by every lookup; a key is read when its prefix matches)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -154,8 +159,10 @@ def brute_force(
     return list(zip(i[o].tolist(), d[o].tolist(), strict=True))
 
 
-def _write_dir(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
-    """Write ``arrays`` as ``.npy`` plus ``meta.json`` into a fresh directory, then swap it in.
+def _write_dir(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, object],
+               sparse: frozenset[str] = frozenset()) -> None:
+    """Write ``arrays`` as ``.npy`` plus ``meta.json`` into a fresh directory, then swap it in
+    (``sparse``: the arrays read only on hits, ``hashing.arrays``).
 
     Never overwrite files in place: a process (this one included) may have the
     old index memory-mapped, and truncating a mapped file crashes it with
@@ -167,7 +174,7 @@ def _write_dir(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, object
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+            save_array(tmp / f"{name}.npy", arr, sparse=name in sparse)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         old = None
         if path.exists():
@@ -465,7 +472,7 @@ class HammingIndex:
             "tables": t is not None,
             "shift": t.shift if t is not None else 0,
         }
-        _write_dir(Path(path), arrays, meta)
+        _write_dir(Path(path), arrays, meta, _HAMMING_SPARSE)
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = False) -> HammingIndex:
@@ -482,10 +489,8 @@ class HammingIndex:
         # snapshots written before the compact layout keep working until the next save.
         if meta.get("format") != _FORMAT or meta.get("version") not in _READABLE:
             raise ValueError(f"{p} is not a {_FORMAT} v1 or v2 directory")
-        mode: Literal["r"] | None = "r" if mmap else None
-
         def arr(name: str) -> np.ndarray:
-            return np.load(p / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+            return load_array(p / f"{name}.npy", mmap=mmap, sparse=name in _HAMMING_SPARSE)
 
         idx = cls(
             meta["bits"],
@@ -658,7 +663,7 @@ class ExactIndex:
             "max_delta": self.max_delta,
             "n": int(len(self._ids)),
         }
-        _write_dir(Path(path), arrays, meta)
+        _write_dir(Path(path), arrays, meta, _EXACT_SPARSE)
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = False) -> ExactIndex:
@@ -668,11 +673,10 @@ class ExactIndex:
         # v1 (8-byte prefixes) is still read; the next merge writes 4-byte ones.
         if meta.get("format") != _EXACT_FORMAT or meta.get("version") not in _READABLE:
             raise ValueError(f"{p} is not a {_EXACT_FORMAT} v1 or v2 directory")
-        mode: Literal["r"] | None = "r" if mmap else None
         idx = cls(meta["nbytes"], max_delta=meta["max_delta"])
-        idx._keys = np.load(p / "keys.npy", mmap_mode=mode, allow_pickle=False)
-        idx._prefix = np.load(p / "prefix.npy", mmap_mode=mode, allow_pickle=False)
-        idx._ids = np.load(p / "ids.npy", mmap_mode=mode, allow_pickle=False)
+        idx._keys = load_array(p / "keys.npy", mmap=mmap, sparse=True)
+        idx._prefix = load_array(p / "prefix.npy", mmap=mmap)
+        idx._ids = load_array(p / "ids.npy", mmap=mmap, sparse=True)
         if idx._keys.shape != (meta["n"], meta["nbytes"]):
             raise ValueError(f"{p}: arrays do not match meta.json")
         idx._alive = np.ones(meta["n"], dtype=bool)

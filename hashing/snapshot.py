@@ -32,10 +32,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from hashing.arrays import load_array, save_array
 from hashing.index import ExactIndex, HammingIndex
 from hashing.matcher import BankMatcher, BankRecord, Hit
 from hashing.signals import EXACT_SIGNALS, NEAR_SIGNALS, SIGNAL_TYPES
@@ -428,7 +429,7 @@ class EntryTable:
             ("source", self._src),
             ("alive", self._alive),
         ):
-            np.save(path / f"{name}.npy", a, allow_pickle=False)
+            save_array(path / f"{name}.npy", a, sparse=name != "alive")
         (path / "names.json").write_text(
             json.dumps({"categories": self.categories, "sources": self.sources})
         )
@@ -436,14 +437,14 @@ class EntryTable:
     @classmethod
     def load(cls, path: Path, *, mmap: bool = False) -> EntryTable:
         t = cls()
-        mode: Literal["r"] | None = "r" if mmap else None
         names = json.loads((path / "names.json").read_text())
         t.categories, t.sources = list(names["categories"]), list(names["sources"])
         t._cat_code = {c: i for i, c in enumerate(t.categories)}
         t._src_code = {s: i for i, s in enumerate(t.sources)}
-        t._ids = np.load(path / "ids.npy", mmap_mode=mode, allow_pickle=False)
-        t._cat = np.load(path / "category.npy", mmap_mode=mode, allow_pickle=False)
-        t._src = np.load(path / "source.npy", mmap_mode=mode, allow_pickle=False)
+        # Read only for hits (``hashing.arrays``: mapped page by page).
+        t._ids = load_array(path / "ids.npy", mmap=mmap, sparse=True)
+        t._cat = load_array(path / "category.npy", mmap=mmap, sparse=True)
+        t._src = load_array(path / "source.npy", mmap=mmap, sparse=True)
         # Retiring writes to ``alive``: 1 byte per entry, so read it rather than map it.
         t._alive = np.load(path / "alive.npy", allow_pickle=False)
         if not (len(t._ids) == len(t._cat) == len(t._src) == len(t._alive)):
