@@ -239,7 +239,7 @@ class System:
             return ClassifyStage(
                 fetcher=fetcher,
                 hash_image=lambda data: hash_image(data, max_pixels=max_pixels),
-                match=self.bank.match,
+                match=self.bank.match_batch,
                 hosting=self.hosting,
                 partner_names=self.partners.names(),
                 home_country=s.home_country.upper(),

@@ -183,19 +183,38 @@ class BankMatcher:
         one is the closest entry. A hash the registry calls not ``usable`` at its quality
         (PDQ of known quality below 50) is not matched; unknown quality is matched.
         """
+        return self.match_batch([hashes])[0]
+
+    def match_batch(self, images: Sequence[Mapping[str, str | int | None]]) -> list[Hit | None]:
+        """:meth:`match` for several images at once (a page's gallery), in input order.
+
+        Why: classify matched a page's images one at a time, five index probes per image; one
+        probe per type for all of them costs a third less per image for PDQ and pHash (the
+        probe's fixed costs are shared), and matching was a sixth of classify's CPU."""
         known = {*SIGNAL_TYPES, *(s.quality_key for s in SIGNAL_TYPES.values() if s.quality_key)}
-        unknown = sorted(set(hashes) - known)
-        if unknown:
-            raise TypeError(f"match() got unknown hash keyword(s) {', '.join(unknown)}")
+        for hashes in images:
+            unknown = sorted(set(hashes) - known)
+            if unknown:
+                raise TypeError(f"match() got unknown hash keyword(s) {', '.join(unknown)}")
+        best: list[Hit | None] = [None] * len(images)
+        pending = list(range(len(images)))
         for name in MATCH_ORDER:
             signal = SIGNAL_TYPES[name]
-            value = hashes.get(name)
-            if not value:
+            asked: list[int] = []
+            for i in pending:
+                value = images[i].get(name)
+                if not value:
+                    continue
+                quality = images[i].get(signal.quality_key) if signal.quality_key else None
+                if signal.usable(None if quality is None else int(quality)):
+                    asked.append(i)
+            if not asked:
                 continue
-            quality = hashes.get(signal.quality_key) if signal.quality_key else None
-            if not signal.usable(None if quality is None else int(quality)):
-                continue
-            hits = self.lookup(name, str(value))
-            if hits:  # exact hits all have distance 0: the first is the first entry
-                return min(hits, key=lambda h: h.distance)
-        return None
+            found = self.lookup_batch(name, [str(images[i][name]) for i in asked])
+            for i, hits in zip(asked, found, strict=True):
+                if hits:  # exact hits all have distance 0: the first is the first entry
+                    best[i] = min(hits, key=lambda h: h.distance)
+            pending = [i for i in pending if best[i] is None]
+            if not pending:
+                break
+        return best

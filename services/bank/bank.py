@@ -30,7 +30,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -577,6 +577,11 @@ class Bank:
     def match(self, **hashes: str | int | None) -> Hit | None:
         self.refresh()
         return self.matcher.match(**hashes)  # type: ignore[arg-type]
+
+    def match_batch(self, images: Sequence[Mapping[str, str | int | None]]) -> list[Hit | None]:
+        """``match`` for a page's images at once (``BankMatcher.match_batch``)."""
+        self.refresh()
+        return self.matcher.match_batch(images)
 
     def forget(self, entry_ids: list[int]) -> None:
         """Stop matching entries at once in this process, after the caller committed their

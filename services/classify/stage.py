@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -64,7 +64,18 @@ def _reraise(uow: UnitOfWork, exc: Exception) -> list[Outgoing]:
     raise exc
 
 HashFn = Callable[[bytes], ImageHashes]
-MatchFn = Callable[..., Hit | None]
+MatchFn = Callable[[Sequence[Mapping[str, Any]]], list[Hit | None]]
+"""Images' hashes (:func:`hash_fields`) -> each one's best bank hit (``Bank.match_batch``)."""
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """An image hashed but not matched yet: its facts without ``match``, and what to match
+    (its own hashes, then each sampled frame's). A page's images are matched together once all
+    are hashed (``ClassifyStage._matched``)."""
+
+    facts: ImageFacts
+    probes: tuple[dict[str, Any], ...] = ()
 
 HASH_FIELDS: tuple[str, ...] = (
     *SIGNAL_TYPES,
@@ -309,7 +320,7 @@ class ClassifyStage:
             if page.status >= 400:
                 online, offline_reason = False, f"the URL answered HTTP {page.status}: content is not (or no longer) online"
             elif looks_like_image(page):
-                images.append(self._image_facts(url, page.body).model_copy(update={"hosting": hosting}))
+                images = self._matched([self._image_facts(url, page.body)], hosting_of)
             elif "html" in page.content_type:
                 html, final_url = page.body.decode("utf-8", "replace"), page.final_url
                 del page  # the page's bytes are not needed while its images are fetched
@@ -317,7 +328,7 @@ class ClassifyStage:
                 del html
                 fetched = fetch_each(self.fetcher, found, lambda u, r: self._fetched_image(u, r, deadline),
                                      deadline=deadline, concurrency=self.image_concurrency, names=names)
-                images += [f.model_copy(update={"hosting": hosting_of(f.url)}) for f in fetched]
+                images = self._matched(fetched, hosting_of)
         except FetchError as err:
             online, offline_reason = False, f"could not fetch the URL ({err.code}): {err.reason}"
         strong = [i for i in images if i.match is not None and not is_weak(i.match)]
@@ -359,48 +370,43 @@ class ClassifyStage:
             home_country=self.home_country, partner_countries=set(self.partner_names),
         )
 
-    def _fetched_image(self, url: str, result: Fetched | FetchError, deadline: float) -> ImageFacts:
-        """One image's facts from its fetch (in a fetching thread of ``fetch_each``)."""
+    def _fetched_image(self, url: str, result: Fetched | FetchError, deadline: float) -> Hashed:
+        """One image hashed from its fetch (in a fetching thread of ``fetch_each``)."""
         if isinstance(result, FetchError):
-            return ImageFacts(url=url, error=f"{result.code}: {result.reason}")
+            return Hashed(ImageFacts(url=url, error=f"{result.code}: {result.reason}"))
         if result.status >= 400:
-            return ImageFacts(url=url, error=f"HTTP {result.status}")
+            return Hashed(ImageFacts(url=url, error=f"HTTP {result.status}"))
         with self._hash_lock:
             if time.monotonic() >= deadline:
-                return ImageFacts(url=url, byte_size=len(result.body),
-                                  error=f"deadline: {DEADLINE_PASSED}: fetched, but the item's time ran out before hashing")
+                return Hashed(ImageFacts(url=url, byte_size=len(result.body),
+                                         error=f"deadline: {DEADLINE_PASSED}: fetched, but the item's time ran out before hashing"))
             return self._image_facts(url, result.body)
 
-    def _image_facts(self, url: str, data: bytes) -> ImageFacts:
+    def _image_facts(self, url: str, data: bytes) -> Hashed:
         try:
             h = self.hash_image(data)
         except ValueError as err:  # ImageError: broken file, bomb, not an image
-            return ImageFacts(url=url, byte_size=len(data), error=str(err))
+            return Hashed(ImageFacts(url=url, byte_size=len(data), error=str(err)))
         hashes = hash_fields(h)
-        hit = self.match(**hashes)
+        facts = ImageFacts(url=url, **hashes, width=h.width, height=h.height, format=h.format, byte_size=len(data))
         # An animation is known if any of its sampled frames is (abusers hide a frame in a GIF).
-        for frame in h.frames:
-            if hit is not None:
-                break
-            hit = self.match(**hash_fields(frame))
-        match = None
-        if hit is not None:
-            match = BankMatch(
-                entry_id=hit.entry_id,
-                signal=hit.signal,
-                distance=hit.distance,
-                category=hit.category,
-                source=hit.source,
+        return Hashed(facts, (hashes, *(hash_fields(frame) for frame in h.frames)))
+
+    def _matched(self, hashed: Sequence[Hashed], hosting_of: Callable[[str], HostingFacts]) -> list[ImageFacts]:
+        """A page's hashed images matched against the bank in one call (each image, then each
+        of its frames, the first hit wins, as one image at a time), with their hosters."""
+        probes = [p for h in hashed for p in h.probes]
+        hits = iter(self.match(probes) if probes else [])
+        out: list[ImageFacts] = []
+        for h in hashed:
+            hit = None
+            for found in [next(hits) for _ in h.probes]:
+                hit = hit or found
+            match = None if hit is None else BankMatch(
+                entry_id=hit.entry_id, signal=hit.signal, distance=hit.distance, category=hit.category, source=hit.source,
             )
-        return ImageFacts(
-            url=url,
-            **hashes,
-            width=h.width,
-            height=h.height,
-            format=h.format,
-            byte_size=len(data),
-            match=match,
-        )
+            out.append(h.facts.model_copy(update={"hosting": hosting_of(h.facts.url), "match": match}))
+        return out
 
     def _police_record(self, c: ItemClassified, uow: UnitOfWork, work: ItemWork | None = None) -> PoliceEscalation | None:
         """Known material noticed at a hoster abroad (no partner hotline there): the police's

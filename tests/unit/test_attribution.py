@@ -119,7 +119,7 @@ class World:
         return ClassifyStage(
             fetcher=Fetcher(FetchPolicy(allow_private=True, timeout_seconds=10), resolve=hosting.addresses,
                             transport=self.transport),
-            hash_image=hash_image, match=self.bank.match, hosting=hosting, partner_names={"DE": "Partner DE"},
+            hash_image=hash_image, match=self.bank.match_batch, hosting=hosting, partner_names={"DE": "Partner DE"},
         )
 
 

@@ -65,7 +65,7 @@ def stage_with(bank: BankMatcher, transport: LoopbackOnly) -> ClassifyStage:
     return ClassifyStage(
         fetcher=Fetcher(FetchPolicy(allow_private=True), resolve=hosting.addresses, transport=transport),
         hash_image=hash_image,
-        match=bank.match,
+        match=bank.match_batch,
         hosting=hosting,
         partner_names={},
     )

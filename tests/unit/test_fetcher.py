@@ -667,7 +667,7 @@ def test_classify_records_pixel_bomb_as_image_error(store: SqlUnitOfWork, transp
         stage = ClassifyStage(
             fetcher=Fetcher(FetchPolicy(allow_private=True), resolve=hosting.addresses, transport=transport),
             hash_image=lambda data: hash_image(data, max_pixels=1_000_000),
-            match=lambda **hashes: None,
+            match=lambda images: [None] * len(images),
             hosting=hosting,
             partner_names={},
         )
@@ -710,7 +710,7 @@ def test_classify_finds_hosting_of_ipv6_literal_urls(url: str, transport: Loopba
     stage = ClassifyStage(
         fetcher=Fetcher(FetchPolicy(allow_private=False), resolve=hosting.addresses, transport=transport),
         hash_image=lambda data: hash_image(data),
-        match=lambda **hashes: None,
+        match=lambda images: [None] * len(images),
         hosting=hosting,
         partner_names={},
     )

@@ -60,7 +60,7 @@ class _Hosting:
 
 def _stage(fetcher: Fetcher, **kw: Any) -> ClassifyStage:
     return ClassifyStage(
-        fetcher=fetcher, hash_image=lambda data: hash_image(data), match=lambda **_: None,
+        fetcher=fetcher, hash_image=lambda data: hash_image(data), match=lambda images: [None] * len(images),
         hosting=_Hosting(), partner_names={}, item_deadline_seconds=kw.pop("item_deadline_seconds", ITEM),  # type: ignore[arg-type]
         image_concurrency=kw.pop("image_concurrency", 4), **kw,
     )
