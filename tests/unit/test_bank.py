@@ -716,3 +716,40 @@ def test_cli_import_rebuild_retire(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert not m.lookup("md5", rows[1]["md5"]) and m.lookup("md5", rows[2]["md5"])
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("matcher_class", [BankMatcher, CompactBankMatcher])
+def test_a_gallery_matched_at_once_is_matched_as_one_image_at_a_time(matcher_class: type[BankMatcher]) -> None:
+    """Classify matches a page's images in one call (``match_batch``); every image must get
+    what ``match`` gives it alone: exact before perceptual, the closest perceptual entry, a
+    PDQ of low quality never matched, a retired entry never."""
+    rng = random.Random(5)
+
+    def hex_of(nbytes: int) -> str:
+        return "".join(f"{rng.randrange(256):02x}" for _ in range(nbytes))
+
+    records = [BankRecord(id=i, category="baseline", source="t", md5=hex_of(16), sha1=hex_of(20),
+                          sha256=hex_of(32), pdq=hex_of(32), phash=hex_of(8)) for i in range(1, 41)]
+    matcher = matcher_class()
+    matcher.add(records)
+    matcher.retire([40])
+    near_pair = BankRecord(id=41, category="other", source="t", pdq=flip(records[2].pdq or "", 20))
+    matcher.add([near_pair])
+    r = records
+    images: list[dict[str, Any]] = [
+        {"sha256": r[0].sha256, "pdq": r[5].pdq},  # exact wins over a perceptual hit elsewhere
+        {"md5": r[1].md5},
+        {"sha256": hex_of(32), "pdq": flip(r[2].pdq or "", 10), "pdq_quality": 90},  # closest: entry 3
+        {"pdq": flip(r[3].pdq or "", 10), "pdq_quality": 20},  # too poor to match
+        {"pdq": flip(r[3].pdq or "", 10), "pdq_quality": 20, "phash": flip(r[4].phash or "", 3)},
+        {"md5": r[39].md5, "pdq": r[39].pdq},  # retired
+        {"sha1": hex_of(20), "pdq": hex_of(32), "phash": hex_of(8)},  # unknown
+        {},
+        {"sha1": r[6].sha1, "phash": r[7].phash},
+    ]
+    one_by_one = [matcher.match(**hashes) for hashes in images]
+    assert matcher.match_batch(images) == one_by_one
+    assert [h.entry_id if h else None for h in one_by_one] == [1, 2, 3, None, 5, None, None, None, 7]
+    assert matcher.match_batch([]) == []
+    with pytest.raises(TypeError, match="unknown hash keyword"):
+        matcher.match_batch([{"md5": r[0].md5}, {"crc32": "00"}])
