@@ -368,6 +368,34 @@ def test_http_error_status_is_returned_not_raised(site: ScriptedSite, transport:
     assert got.status == 404
 
 
+def test_a_hosters_cookie_is_never_sent_back(site: ScriptedSite, transport: LoopbackOnlyTransport) -> None:
+    """A hoster that sets a cookie must not recognise the hotline's fetcher by it on the next
+    fetch (a re-check, the next report), nor along a redirect."""
+    cookies: list[str | None] = []
+
+    def set_cookie(h: BaseHTTPRequestHandler) -> None:
+        cookies.append(h.headers.get("Cookie"))
+        h.send_response(302)
+        h.send_header("Set-Cookie", "visitor=hotline-1; Path=/")
+        h.send_header("Location", "/landing")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def landing(h: BaseHTTPRequestHandler) -> None:
+        cookies.append(h.headers.get("Cookie"))
+        h.send_response(200)
+        h.send_header("Content-Length", "2")
+        h.end_headers()
+        h.wfile.write(b"ok")
+
+    site.routes["/"] = set_cookie
+    site.routes["/landing"] = landing
+    f = make_fetcher(TestResolver({"h.test": ["127.0.0.1"]}), transport, allow_private=True)
+    assert f.get(f"http://h.test:{site.port}/").status == 200
+    assert f.get(f"http://h.test:{site.port}/").status == 200
+    assert cookies == [None, None, None, None]
+
+
 # --------------------------------------------------------------------------- every redirect hop
 
 
