@@ -76,10 +76,13 @@ class ItemRepository(Protocol):
         changes it only through ``classify``."""
         ...
     def classify(self, item_id: str, work: ItemWork, classification: dict[str, Any],
-                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str) -> None:
+                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str,
+                 *, if_unchanged: bool = False) -> bool:
         """Store the item's classification (and ``hosting``'s (country, hoster) unless None)
         and change its state from ``work.state`` as ``set_state`` does (checked, with the
-        timeline event, freeing or taking the URL's slot), without loading the entity."""
+        timeline event, freeing or taking the URL's slot), without loading the entity.
+        ``if_unchanged``: only if the item is still unclassified in ``work.state`` (``work`` may
+        have been read in an earlier transaction); False when it is not, and nothing changed."""
         ...
     def reload(self, item: Item) -> Item:
         """The item as committed now (another worker may have classified it meanwhile)."""

@@ -9,7 +9,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Executable, Select, Table, bindparam, delete, func, select, union_all
+from sqlalchemy import (
+    CursorResult,
+    Executable,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from hotline.kernel.clock import now
@@ -105,29 +115,39 @@ class SqlItems:
         return None if row is None else ItemWork(*row)
 
     def classify(self, item_id: str, work: ItemWork, classification: dict[str, Any],
-                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str) -> None:
+                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str,
+                 *, if_unchanged: bool = False) -> bool:
         """A Core ``UPDATE`` of the columns it sets (the entity's load and flush cost more CPU than
         the statements), unless the session holds the ``Item`` already: then through it, which
-        a Core statement would leave stale."""
+        a Core statement would leave stale. ``if_unchanged``: the ``UPDATE``'s own condition
+        (so classify need not read the item again in its record transaction)."""
         held = held_row(self.session, Item, item_id)
         if held is not None:
             item = cast(Item, held)
+            if if_unchanged and (item.classification is not None or item.state != work.state):
+                return False
             item.classification = classification
             if hosting is not None:
                 item.country, item.hoster = hosting
             self.set_state(item, state, reason, stage)
-            return
+            return True
         new = check_transition(work.state, state)
         values: dict[str, Any] = {"item_id": item_id, "classification": classification, "state": new,
                                   "reason": reason, "updated_at": now()}
         if hosting is not None:
             values["country"], values["hoster"] = hosting
-        self.session.execute(_UPDATE_ITEM, values)
+        if if_unchanged:
+            done = self.session.execute(_UPDATE_UNCLASSIFIED, {**values, "was": str(work.state)})
+            if cast(CursorResult[Any], done).rowcount != 1:
+                return False
+        else:
+            self.session.execute(_UPDATE_ITEM, values)
         # Its event by a Core insert too: else the next flush (``add_images``') would run the
         # ORM's unit of work for this one row. Still before any event added after it.
         self.session.execute(_INSERT_EVENT, {"item_id": item_id, "stage": stage, "kind": str(new),
                                                      "detail": reason, "at": now()})
         self._slot_after(item_id, work.url, work.state in FINAL, new)
+        return True
 
     def reload(self, item: Item) -> Item:
         self.session.refresh(item)
@@ -282,6 +302,9 @@ _WORK_OF = (select(_ITEMS.c.url, _ITEMS.c.state, _ITEMS.c.classification, _ITEMS
                    _ITEMS.c.last_seen, _MOVED)
             .where(_ITEMS.c.id == bindparam("id")))
 _UPDATE_ITEM = _ITEMS.update().where(_ITEMS.c.id == bindparam("item_id"))
+_UPDATE_UNCLASSIFIED = _UPDATE_ITEM.where(_ITEMS.c.classification.is_(None), _ITEMS.c.state == bindparam("was"))
+"""``classify(if_unchanged=True)``: an item stored as JSON ``null`` rather than SQL NULL does
+not match, and the caller reads it again (``ClassifyStage._record``)."""
 _ITEM_EXISTS = select(Item.id).where(Item.id == bindparam("id"))
 _LOCK_ITEMS = (select(Item).where(Item.id.in_(bindparam("ids", expanding=True))).order_by(Item.id)
                .with_for_update().execution_options(populate_existing=True))

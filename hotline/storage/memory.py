@@ -132,12 +132,16 @@ class MemoryItems:
         return ItemWork(item.url, item.state, item.classification, item.first_seen, item.last_seen, relookups)
 
     def classify(self, item_id: str, work: ItemWork, classification: dict[str, Any],
-                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str) -> None:
+                 hosting: tuple[str | None, str | None] | None, state: str, reason: str, stage: str,
+                 *, if_unchanged: bool = False) -> bool:
         item = self.state.items[item_id]
+        if if_unchanged and (item.classification is not None or item.state != work.state):
+            return False
         item.classification = classification
         if hosting is not None:
             item.country, item.hoster = hosting
         self.set_state(item, state, reason, stage)
+        return True
 
     def reload(self, item: Item) -> Item:
         return self.state.items[item.id]

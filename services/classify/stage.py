@@ -260,23 +260,26 @@ class ClassifyStage:
         item_id, url = message.item_id, work.url
         return SideEffect(
             act=lambda: self.classify(item_id, url),
-            done=lambda u, classified: self._record(u, item_id, classified),
+            done=lambda u, classified: self._record(u, item_id, classified, work),
             failed=_reraise,
         )
 
-    def _record(self, uow: UnitOfWork, item_id: str, classified: ItemClassified) -> list[Outgoing]:
-        # Read and written by Core statements (``work_of``, ``classify``), not as an entity: its
-        # load and flush were a fifth of classify's CPU.
-        work = uow.items.work_of(item_id)
-        assert work is not None
-        if work.classification is not None:  # another worker classified it meanwhile
-            return self._outputs(ItemClassified.model_validate(work.classification), uow, work)
+    def _record(self, uow: UnitOfWork, item_id: str, classified: ItemClassified, seen: ItemWork) -> list[Outgoing]:
+        # Written by Core statements (``classify``), not as an entity: its load and flush were a
+        # fifth of classify's CPU. ``seen`` is the item as ``handle`` read it; the update applies
+        # only if the item is still unclassified in that state, so the record transaction reads
+        # the item again only when it changed meanwhile (a statement less per item).
         # A new lookup after a partner said the content moved (MO) gets ids of its own
         # (``work.relookups``: ``services.partners.logic.relookups``, counted in the same read).
-        classified = with_lookup_ids(classified, work.relookups)
-        h = classified.hosting
-        uow.items.classify(item_id, work, classified.model_dump(mode="json"), (h.country, h.hoster) if h else None,
-                           ROUTE_STATE[classified.route], classified.reason, self.name)
+        found, work = classified, seen
+        classified = with_lookup_ids(found, work.relookups)
+        if not self._store(uow, item_id, classified, work, if_unchanged=True):
+            fresh = uow.items.work_of(item_id)
+            assert fresh is not None
+            if fresh.classification is not None:  # another worker classified it meanwhile
+                return self._outputs(ItemClassified.model_validate(fresh.classification), uow, fresh)
+            work, classified = fresh, with_lookup_ids(found, fresh.relookups)
+            self._store(uow, item_id, classified, work)
         record_sightings(uow, item_id, classified)
         if classified.route == "police":
             escalation = PoliceEscalation(
@@ -292,6 +295,11 @@ class ClassifyStage:
                                          f"takedown notice {first.notice_id if first else ''} to "
                                          f"{classified.hosting.abuse if classified.hosting else ''}")
         return self._outputs(classified, uow, work)
+
+    def _store(self, uow: UnitOfWork, item_id: str, c: ItemClassified, work: ItemWork, *, if_unchanged: bool = False) -> bool:
+        h = c.hosting
+        return uow.items.classify(item_id, work, c.model_dump(mode="json"), (h.country, h.hoster) if h else None,
+                                  ROUTE_STATE[c.route], c.reason, self.name, if_unchanged=if_unchanged)
 
     def classify(self, item_id: str, url: str) -> ItemClassified:
         if is_onion((urlsplit(url).hostname or "").lower()):  # never fetched: no hoster to notice, only the police

@@ -260,7 +260,9 @@ def test_known_material_abroad_without_partner_is_noticed_there_and_recorded_for
                       abuse="abuse@hoster-us.test", source="hosting_file")
     classified = ItemClassified(item_id=item.id, url=item.url, online=True, images=[KNOWN_IMAGE], hosting=us,
                                 known=True, route="ntd", reason="known material hosted in US, where no partner ...")
-    out = stage._record(uow, item.id, classified)
+    seen = uow.items.work_of(item.id)
+    assert seen is not None
+    out = stage._record(uow, item.id, classified, seen)
     uow.commit()
     (notice,) = of_topic(out, "notices.ntd")
     assert notice.abuse_email == "abuse@hoster-us.test" and notice.notice_id == f"ntd-{item.id}"
